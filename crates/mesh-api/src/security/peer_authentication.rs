@@ -1,0 +1,63 @@
+//! `security.istio.io/PeerAuthentication`: which mutual TLS mode a workload
+//! accepts, mesh-wide (root namespace), per namespace, per workload and per port.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::common::WorkloadSelector;
+use crate::status::IstioStatus;
+
+/// Mutual TLS requirements for traffic arriving at a workload.
+#[derive(kube::CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "security.istio.io",
+    version = "v1",
+    kind = "PeerAuthentication",
+    namespaced,
+    status = "IstioStatus",
+    derive = "PartialEq",
+    derive = "Default",
+    shortname = "pa",
+    category = "istio-io",
+    category = "security-istio-io"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerAuthenticationSpec {
+    /// Workloads this policy applies to; absent means every workload in the
+    /// namespace (or the whole mesh in the root namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<WorkloadSelector>,
+    /// Mutual TLS settings for the workload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtls: Option<MutualTls>,
+    /// Port-specific settings, keyed by the workload's (container) port.
+    /// Only valid with a workload selector.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub port_level_mtls: BTreeMap<u32, MutualTls>,
+}
+
+/// A mutual TLS setting.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MutualTls {
+    /// Which traffic is accepted.
+    #[serde(default)]
+    pub mode: MtlsMode,
+}
+
+/// PeerAuthentication's mutual TLS modes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum MtlsMode {
+    /// Inherit from the parent policy; PERMISSIVE when nothing is set.
+    #[default]
+    Unset,
+    /// Plaintext only.
+    Disable,
+    /// Both plaintext and mutual TLS.
+    Permissive,
+    /// Mutual TLS only; plaintext is refused at the handshake.
+    Strict,
+}

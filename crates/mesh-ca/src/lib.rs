@@ -1,0 +1,1 @@
+//! Certificate authority: SPIFFE SVID issuance. Built under issue 3.

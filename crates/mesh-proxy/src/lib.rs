@@ -1,0 +1,1 @@
+//! Data plane proxy. Built under issue 5.

@@ -1,0 +1,1 @@
+//! End-to-end scenario suite. Built under issue 10.
