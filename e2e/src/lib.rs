@@ -1,1 +1,5 @@
-//! End-to-end scenario suite. Built under issue 10.
+//! End-to-end support: the sample application `mesh-echo` (used by docs,
+//! demos, the control-plane tests against a stock Envoy and the scenario
+//! suite) and, as they land, the scenario harness and benchmarks.
+
+pub mod echo;

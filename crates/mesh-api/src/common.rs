@@ -32,7 +32,9 @@ pub enum DurationError {
     #[error("empty duration; use a value such as \"1s\" or \"100ms\"")]
     Empty,
     /// A number was not followed by a unit, or the unit is unknown.
-    #[error("invalid duration {0:?}: expected a number followed by a unit (ns, us, ms, s, m, h), e.g. \"1.5s\"")]
+    #[error(
+        "invalid duration {0:?}: expected a number followed by a unit (ns, us, ms, s, m, h), e.g. \"1.5s\""
+    )]
     Invalid(String),
     /// Negative durations are meaningless for every Istio field.
     #[error("invalid duration {0:?}: durations must not be negative")]
@@ -140,7 +142,7 @@ impl fmt::Display for Duration {
         let nanos = self.0.subsec_nanos();
         if nanos == 0 {
             write!(f, "{secs}s")
-        } else if secs == 0 && nanos % 1_000_000 == 0 {
+        } else if secs == 0 && nanos.is_multiple_of(1_000_000) {
             write!(f, "{}ms", nanos / 1_000_000)
         } else {
             let frac = format!("{nanos:09}");
@@ -181,10 +183,11 @@ impl JsonSchema for Duration {
 
 // === StringMatch ===
 
-/// Istio's `StringMatch`: exactly one of `exact`, `prefix` or `regex` (RE2
-/// syntax). Encoded as a single-key object, e.g. `{prefix: /api}`.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
+/// Istio's `StringMatch`: at most one of `exact`, `prefix` or `regex` (RE2
+/// syntax), encoded as a single-key object such as `{prefix: /api}`. An
+/// empty object `{}` is Istio's presence match: for a header or query
+/// parameter it matches any value as long as the name is present.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum StringMatch {
     /// Exact string match.
     Exact(String),
@@ -192,13 +195,74 @@ pub enum StringMatch {
     Prefix(String),
     /// RE2 style regex-based match (<https://github.com/google/re2/wiki/Syntax>).
     Regex(String),
+    /// `{}`: any value (presence only).
+    Present,
+}
+
+/// The wire form of [`StringMatch`]: three optional sibling keys.
+#[derive(Default, Serialize, Deserialize)]
+struct StringMatchWire {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    exact: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    regex: Option<String>,
+}
+
+impl Serialize for StringMatch {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut wire = StringMatchWire::default();
+        match self {
+            Self::Exact(v) => wire.exact = Some(v.clone()),
+            Self::Prefix(v) => wire.prefix = Some(v.clone()),
+            Self::Regex(v) => wire.regex = Some(v.clone()),
+            Self::Present => {}
+        }
+        wire.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for StringMatch {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let wire = StringMatchWire::deserialize(deserializer)?;
+        match (wire.exact, wire.prefix, wire.regex) {
+            (None, None, None) => Ok(Self::Present),
+            (Some(v), None, None) => Ok(Self::Exact(v)),
+            (None, Some(v), None) => Ok(Self::Prefix(v)),
+            (None, None, Some(v)) => Ok(Self::Regex(v)),
+            _ => Err(serde::de::Error::custom(
+                "a string match takes only one of exact, prefix or regex",
+            )),
+        }
+    }
+}
+
+impl JsonSchema for StringMatch {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "StringMatch".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "object",
+            "description": "One of exact, prefix or regex; {} matches any value.",
+            "maxProperties": 1,
+            "properties": {
+                "exact": {"type": "string"},
+                "prefix": {"type": "string"},
+                "regex": {"type": "string"}
+            }
+        })
+    }
 }
 
 impl StringMatch {
-    /// The string or pattern this match carries, whatever its kind.
+    /// The string or pattern this match carries (empty for a presence match).
     pub fn value(&self) -> &str {
         match self {
             Self::Exact(s) | Self::Prefix(s) | Self::Regex(s) => s,
+            Self::Present => "",
         }
     }
 
@@ -211,6 +275,7 @@ impl StringMatch {
             Self::Regex(r) => regex::Regex::new(&format!("^(?:{r})$"))
                 .map(|re| re.is_match(input))
                 .unwrap_or(false),
+            Self::Present => true,
         }
     }
 }
@@ -237,6 +302,13 @@ pub struct WorkloadSelector {
     pub match_labels: BTreeMap<String, String>,
 }
 
+impl PolicyTargetReference {
+    /// The group, with absent meaning the core group (`""`).
+    pub fn group(&self) -> &str {
+        self.group.as_deref().unwrap_or("")
+    }
+}
+
 impl WorkloadSelector {
     /// Whether a workload with `labels` is selected.
     pub fn selects(&self, labels: &BTreeMap<String, String>) -> bool {
@@ -259,9 +331,11 @@ pub struct PortSelector {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PolicyTargetReference {
-    /// Group of the target resource (`gateway.networking.k8s.io`, or `""` for core).
-    #[serde(default)]
-    pub group: String,
+    /// Group of the target resource (`gateway.networking.k8s.io`, or `""`
+    /// or absent for the core group). Kept as written so `group: ""`
+    /// round-trips.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
     /// Kind of the target resource, e.g. `Gateway` or `Service`.
     pub kind: String,
     /// Name of the target resource.
@@ -295,7 +369,10 @@ mod tests {
     #[test_case("abc" ; "garbage")]
     #[test_case("1..5s" ; "two dots")]
     fn refuses_bad_durations(input: &str) {
-        assert!(input.parse::<Duration>().is_err(), "{input:?} must be refused");
+        assert!(
+            input.parse::<Duration>().is_err(),
+            "{input:?} must be refused"
+        );
     }
 
     #[test_case("10s" ; "whole seconds")]
@@ -317,6 +394,9 @@ mod tests {
         assert!(!m.matches("/ap"));
         let r = StringMatch::Regex("v[0-9]+".into());
         assert!(r.matches("v12"));
-        assert!(!r.matches("xv12"), "regex matches are anchored like Envoy's");
+        assert!(
+            !r.matches("xv12"),
+            "regex matches are anchored like Envoy's"
+        );
     }
 }

@@ -63,17 +63,41 @@ mod tests {
         let crds = all_crds();
         assert_eq!(crds.len(), IstioKind::ALL.len());
         let vs = crd_for(IstioKind::VirtualService);
-        assert_eq!(vs.metadata.name.as_deref(), Some("virtualservices.networking.istio.io"));
-        let versions: Vec<_> = vs.spec.versions.iter().map(|v| (v.name.as_str(), v.storage)).collect();
-        assert_eq!(versions, [("v1", false), ("v1beta1", false), ("v1alpha3", true)]);
-        assert_eq!(vs.spec.names.short_names.as_deref(), Some(&["vs".to_string()][..]));
+        assert_eq!(
+            vs.metadata.name.as_deref(),
+            Some("virtualservices.networking.istio.io")
+        );
+        let versions: Vec<_> = vs
+            .spec
+            .versions
+            .iter()
+            .map(|v| (v.name.as_str(), v.storage))
+            .collect();
+        assert_eq!(
+            versions,
+            [("v1", false), ("v1beta1", false), ("v1alpha3", true)]
+        );
+        assert_eq!(
+            vs.spec.names.short_names.as_deref(),
+            Some(&["vs".to_string()][..])
+        );
         let ap = crd_for(IstioKind::AuthorizationPolicy);
-        assert_eq!(ap.metadata.name.as_deref(), Some("authorizationpolicies.security.istio.io"));
+        assert_eq!(
+            ap.metadata.name.as_deref(),
+            Some("authorizationpolicies.security.istio.io")
+        );
         for crd in &crds {
             assert_eq!(crd.spec.versions.iter().filter(|v| v.storage).count(), 1);
-            let schema = crd.spec.versions[0].schema.as_ref().and_then(|s| s.open_api_v3_schema.as_ref());
+            let schema = crd.spec.versions[0]
+                .schema
+                .as_ref()
+                .and_then(|s| s.open_api_v3_schema.as_ref());
             let props = schema.and_then(|s| s.properties.as_ref()).unwrap();
-            assert!(props.contains_key("spec"), "{:?} has a spec schema", crd.metadata.name);
+            assert!(
+                props.contains_key("spec"),
+                "{:?} has a spec schema",
+                crd.metadata.name
+            );
         }
     }
 }

@@ -176,7 +176,10 @@ pub fn load_str(file: &str, text: &str) -> Vec<Loaded> {
                     .unwrap_or(doc.line);
                 report.error(
                     &Path::root(""),
-                    format!("malformed YAML at line {line}: {}", first_line(&e.to_string())),
+                    format!(
+                        "malformed YAML at line {line}: {}",
+                        first_line(&e.to_string())
+                    ),
                 );
                 out.push(Loaded {
                     source,
@@ -200,9 +203,8 @@ pub fn load_path(path: &FsPath) -> std::io::Result<Vec<Loaded>> {
     }
     let mut out = Vec::new();
     for file in config_files(path)? {
-        let text = std::fs::read_to_string(&file).map_err(|e| {
-            std::io::Error::new(e.kind(), format!("{}: {e}", file.display()))
-        })?;
+        let text = std::fs::read_to_string(&file)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", file.display())))?;
         out.extend(load_str(&file.display().to_string(), &text));
     }
     Ok(out)
@@ -297,7 +299,10 @@ fn decode_object(header: &Header, value: Value, report: &mut Report) -> Option<M
         }
     };
     if header.name.is_empty() {
-        report.error(&Path::root("metadata").field("name"), "metadata.name is required");
+        report.error(
+            &Path::root("metadata").field("name"),
+            "metadata.name is required",
+        );
     }
     let ctx = Context {
         namespace: &header.namespace,
@@ -339,7 +344,9 @@ fn decode_object(header: &Header, value: Value, report: &mut Report) -> Option<M
 fn decode_kubernetes(header: &Header, value: Value, report: &mut Report) -> Option<MeshObject> {
     let mut sub = Report::default();
     let obj = match (header.api_version.as_str(), header.kind.as_str()) {
-        ("v1", "Service") => decode(value, &mut sub, false).map(|o| MeshObject::Service(Box::new(o))),
+        ("v1", "Service") => {
+            decode(value, &mut sub, false).map(|o| MeshObject::Service(Box::new(o)))
+        }
         ("v1", "Pod") => decode(value, &mut sub, false).map(|o| MeshObject::Pod(Box::new(o))),
         ("v1", "Namespace") => {
             decode(value, &mut sub, false).map(|o| MeshObject::Namespace(Box::new(o)))
@@ -364,7 +371,11 @@ fn decode_kubernetes(header: &Header, value: Value, report: &mut Report) -> Opti
 
 /// Decodes `value` into `T`, recording a decode failure as an error at the
 /// failing field and, when `warn_unknown`, every ignored field as a warning.
-pub fn decode<T: DeserializeOwned>(value: Value, report: &mut Report, warn_unknown: bool) -> Option<T> {
+pub fn decode<T: DeserializeOwned>(
+    value: Value,
+    report: &mut Report,
+    warn_unknown: bool,
+) -> Option<T> {
     let mut ignored = Vec::new();
     let result = {
         let mut on_ignored = |p: serde_ignored::Path<'_>| ignored.push(format_ignored(&p));
@@ -455,7 +466,11 @@ mod tests {
         assert!(!loaded[0].report.has_errors());
         assert!(loaded[1].report.has_errors());
         assert_eq!(loaded[1].source.line, 7);
-        assert!(loaded[1].report.diagnostics[0].message.contains("malformed YAML"));
+        assert!(
+            loaded[1].report.diagnostics[0]
+                .message
+                .contains("malformed YAML")
+        );
         assert_eq!(loaded[2].header.name, "c");
         assert!(loaded[2].object.is_some());
     }
@@ -464,7 +479,11 @@ mod tests {
     fn unknown_fields_are_warnings_with_paths() {
         let text = "apiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata: {name: a, namespace: foo}\nspec:\n  mtls: {mode: STRICT, strict: true}\n  selektor: {}\n";
         let loaded = load_str("f.yaml", text);
-        let warnings: Vec<_> = loaded[0].report.warnings().map(|d| d.path.as_str()).collect();
+        let warnings: Vec<_> = loaded[0]
+            .report
+            .warnings()
+            .map(|d| d.path.as_str())
+            .collect();
         assert_eq!(warnings, ["spec.mtls.strict", "spec.selektor"]);
         assert!(!loaded[0].report.has_errors());
         assert_eq!(loaded[0].header.namespace, "foo");
@@ -492,7 +511,10 @@ mod tests {
     #[test]
     fn lists_are_flattened() {
         let text = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: security.istio.io/v1\n  kind: PeerAuthentication\n  metadata: {name: a}\n- apiVersion: security.istio.io/v1\n  kind: PeerAuthentication\n  metadata: {name: b}\n";
-        let names: Vec<_> = load_str("f.yaml", text).into_iter().map(|l| l.header.name).collect();
+        let names: Vec<_> = load_str("f.yaml", text)
+            .into_iter()
+            .map(|l| l.header.name)
+            .collect();
         assert_eq!(names, ["a", "b"]);
     }
 }

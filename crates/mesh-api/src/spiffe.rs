@@ -22,7 +22,9 @@ pub enum SpiffeIdError {
     #[error("{0:?} is not a SPIFFE id: it must start with \"spiffe://\"")]
     Scheme(String),
     /// The path is not `/ns/<ns>/sa/<sa>`.
-    #[error("{0:?} is not a mesh SPIFFE id: expected spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>")]
+    #[error(
+        "{0:?} is not a mesh SPIFFE id: expected spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>"
+    )]
     Path(String),
     /// The trust domain is empty or not a valid lower-case domain name.
     #[error("{0:?} has an invalid trust domain: use lower-case letters, digits, '.', '-' and '_'")]
@@ -78,9 +80,7 @@ impl FromStr for SpiffeId {
         }
         let parts: Vec<&str> = path.split('/').collect();
         match parts.as_slice() {
-            ["ns", ns, "sa", sa] if !ns.is_empty() && !sa.is_empty() => {
-                Ok(Self::new(td, *ns, *sa))
-            }
+            ["ns", ns, "sa", sa] if !ns.is_empty() && !sa.is_empty() => Ok(Self::new(td, *ns, *sa)),
             _ => Err(SpiffeIdError::Path(s.to_string())),
         }
     }
@@ -101,7 +101,10 @@ mod tests {
             id.to_string(),
             "spiffe://cluster.local/ns/default/sa/bookinfo-reviews"
         );
-        assert_eq!(id.principal(), "cluster.local/ns/default/sa/bookinfo-reviews");
+        assert_eq!(
+            id.principal(),
+            "cluster.local/ns/default/sa/bookinfo-reviews"
+        );
     }
 
     #[test]

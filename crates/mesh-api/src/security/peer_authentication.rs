@@ -10,7 +10,9 @@ use crate::common::WorkloadSelector;
 use crate::status::IstioStatus;
 
 /// Mutual TLS requirements for traffic arriving at a workload.
-#[derive(kube::CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    kube::CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema,
+)]
 #[kube(
     group = "security.istio.io",
     version = "v1",
@@ -32,8 +34,8 @@ pub struct PeerAuthenticationSpec {
     /// Mutual TLS settings for the workload.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtls: Option<MutualTls>,
-    /// Port-specific settings, keyed by the workload's (container) port.
-    /// Only valid with a workload selector.
+    /// Port-specific settings, keyed by the workload's (container) port,
+    /// not the Service port. Only valid with a workload selector.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub port_level_mtls: BTreeMap<u32, MutualTls>,
 }
@@ -42,9 +44,18 @@ pub struct PeerAuthenticationSpec {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MutualTls {
-    /// Which traffic is accepted.
-    #[serde(default)]
-    pub mode: MtlsMode,
+    /// Which traffic is accepted; UNSET (inherit) when not written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<MtlsMode>,
+}
+
+// === impl MutualTls ===
+
+impl MutualTls {
+    /// The effective mode as written: UNSET when `mode` is absent.
+    pub fn mode(&self) -> MtlsMode {
+        self.mode.unwrap_or_default()
+    }
 }
 
 /// PeerAuthentication's mutual TLS modes.

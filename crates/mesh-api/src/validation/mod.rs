@@ -15,6 +15,7 @@ use crate::common::{Duration, PortSelector, StringMatch, WorkloadSelector};
 mod authorization_policy;
 mod destination_rule;
 mod gateway;
+mod mesh_config;
 mod peer_authentication;
 mod request_authentication;
 mod service_entry;
@@ -232,7 +233,9 @@ pub fn check_fqdn(host: &str) -> Result<(), String> {
         return Err("domain name must not be empty".into());
     }
     if host.len() > 255 {
-        return Err(format!("domain name {host:?} is longer than 255 characters"));
+        return Err(format!(
+            "domain name {host:?} is longer than 255 characters"
+        ));
     }
     let trimmed = host.strip_suffix('.').unwrap_or(host);
     for label in trimmed.split('.') {
@@ -281,7 +284,10 @@ pub fn check_cidr(value: &str) -> Result<(), String> {
 /// Records an error unless `port` is in 1..=65535.
 pub fn check_port(port: u32, path: &Path, report: &mut Report) {
     if port == 0 || port > 65_535 {
-        report.error(path, format!("port number {port} must be in the range 1..65535"));
+        report.error(
+            path,
+            format!("port number {port} must be in the range 1..65535"),
+        );
     }
 }
 
@@ -297,8 +303,23 @@ pub fn check_regex(pattern: &str, path: &Path, report: &mut Report) {
         return;
     }
     if let Err(e) = regex::Regex::new(pattern) {
-        report.error(path, format!("invalid regex {pattern:?}: {e}"));
+        report.error(
+            path,
+            format!("invalid regex {pattern:?}: {}", regex_error_summary(&e)),
+        );
     }
+}
+
+/// The regex crate renders syntax errors over several lines (pattern,
+/// caret, message); findings are one line each, so keep the message.
+fn regex_error_summary(e: &regex::Error) -> String {
+    let text = e.to_string();
+    let last = text
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or(&text);
+    last.trim().trim_start_matches("error: ").to_string()
 }
 
 /// Records an error if a string match is empty or its regex does not compile.
@@ -307,7 +328,7 @@ pub fn check_string_match(m: &StringMatch, path: &Path, report: &mut Report) {
         StringMatch::Regex(r) => check_regex(r, &path.field("regex"), report),
         // An empty exact/prefix is legal in Istio (it matches anything for a
         // prefix); nothing to check.
-        StringMatch::Exact(_) | StringMatch::Prefix(_) => {}
+        StringMatch::Exact(_) | StringMatch::Prefix(_) | StringMatch::Present => {}
     }
 }
 
@@ -343,8 +364,7 @@ pub fn is_label_value(value: &str) -> bool {
         || (b.len() <= 63
             && b[0].is_ascii_alphanumeric()
             && b[b.len() - 1].is_ascii_alphanumeric()
-            && b
-                .iter()
+            && b.iter()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.')))
 }
 
@@ -391,7 +411,9 @@ pub fn check_namespaced_host(value: &str, path: &Path, report: &mut Report) {
     if ns != "*" && ns != "." && ns != "~" && !is_dns1123_label(ns) {
         report.error(
             path,
-            format!("namespace {ns:?} in {value:?} must be \"*\", \".\", \"~\" or a namespace name"),
+            format!(
+                "namespace {ns:?} in {value:?} must be \"*\", \".\", \"~\" or a namespace name"
+            ),
         );
     }
     if let Err(e) = check_wildcard_host(host) {
@@ -406,14 +428,131 @@ pub fn check_export_to(export_to: &[String], path: &Path, report: &mut Report) {
     for (i, e) in export_to.iter().enumerate() {
         let p = path.index(i);
         if e != "." && e != "*" && e != "~" && !is_dns1123_label(e) {
-            report.error(&p, format!("exportTo {e:?} must be \".\", \"*\", \"~\" or a namespace name"));
+            report.error(
+                &p,
+                format!("exportTo {e:?} must be \".\", \"*\", \"~\" or a namespace name"),
+            );
         }
         if !seen.insert(e.as_str()) {
             report.error(&p, format!("exportTo {e:?} is listed twice"));
         }
     }
     if export_to.len() > 1 && (seen.contains("*") || seen.contains("~")) {
-        report.error(path, "exportTo \"*\" and \"~\" must be the only entry in the list");
+        report.error(
+            path,
+            "exportTo \"*\" and \"~\" must be the only entry in the list",
+        );
+    }
+}
+
+/// Checks how a policy picks its workloads: at most one of `selector`,
+/// `targetRef` and `targetRefs`, a selector with labels, and targets of the
+/// kinds Istio attaches policies to, in the policy's own namespace. Shared
+/// by AuthorizationPolicy, RequestAuthentication and Telemetry, whose
+/// webhook rules for these three fields are identical.
+pub fn check_policy_targets(
+    selector: Option<&WorkloadSelector>,
+    target_ref: Option<&crate::common::PolicyTargetReference>,
+    target_refs: &[crate::common::PolicyTargetReference],
+    ctx: &Context<'_>,
+    path: &Path,
+    report: &mut Report,
+) {
+    let set = [
+        selector.is_some(),
+        target_ref.is_some(),
+        !target_refs.is_empty(),
+    ];
+    if set.iter().filter(|s| **s).count() > 1 {
+        let at = if target_refs.is_empty() {
+            "targetRef"
+        } else {
+            "targetRefs"
+        };
+        report.error(
+            &path.field(at),
+            "only one of selector, targetRef or targetRefs can be set; remove all but one",
+        );
+    }
+    if let Some(sel) = selector {
+        let p = path.field("selector");
+        check_workload_selector(sel, &p, report);
+        if sel.match_labels.is_empty() {
+            // Istio warns: an empty selector reads as "some workloads" but
+            // selects every workload in the namespace.
+            report.warn(
+                &p,
+                "workload selector specified without labels selects every workload; add matchLabels or remove the selector",
+            );
+        }
+    }
+    if let Some(r) = target_ref {
+        check_policy_target_reference(r, ctx, &path.field("targetRef"), report);
+    }
+    if target_refs.len() > 16 {
+        report.error(
+            &path.field("targetRefs"),
+            format!(
+                "{} targetRefs given; at most 16 are allowed",
+                target_refs.len()
+            ),
+        );
+    }
+    for (i, r) in target_refs.iter().enumerate() {
+        check_policy_target_reference(r, ctx, &path.field("targetRefs").index(i), report);
+    }
+}
+
+/// Checks one `targetRef`: a Gateway or GatewayClass
+/// (`gateway.networking.k8s.io`), a Service (core group) or a ServiceEntry
+/// (`networking.istio.io`), named, and never in another namespace.
+pub fn check_policy_target_reference(
+    r: &crate::common::PolicyTargetReference,
+    ctx: &Context<'_>,
+    path: &Path,
+    report: &mut Report,
+) {
+    if r.name.is_empty() {
+        report.error(&path.field("name"), "targetRef name must be set");
+    } else if r.name.len() > 253 {
+        report.error(
+            &path.field("name"),
+            "targetRef name must be at most 253 characters",
+        );
+    }
+    if r.namespace.as_deref().is_some_and(|ns| !ns.is_empty()) {
+        report.error(
+            &path.field("namespace"),
+            "cross-namespace targetRef is not supported; remove namespace (the policy's own namespace is used)",
+        );
+    }
+    let group = if r.group().is_empty() {
+        "core"
+    } else {
+        r.group()
+    };
+    let allowed = matches!(
+        (group, r.kind.as_str()),
+        ("core", "Service")
+            | ("networking.istio.io", "ServiceEntry")
+            | ("gateway.networking.k8s.io", "Gateway" | "GatewayClass")
+    );
+    if !allowed {
+        report.error(
+            &path.field("kind"),
+            format!(
+                "targetRef {:?}/{:?} is not supported; use kind Gateway or GatewayClass (group gateway.networking.k8s.io), Service (group \"\") or ServiceEntry (group networking.istio.io)",
+                r.group(), r.kind
+            ),
+        );
+    } else if r.kind == "GatewayClass" && ctx.namespace != ctx.root_namespace {
+        report.warn(
+            &path.field("kind"),
+            format!(
+                "a GatewayClass target only takes effect for policies in the root namespace {:?}; move the policy there",
+                ctx.root_namespace
+            ),
+        );
     }
 }
 
@@ -442,9 +581,16 @@ mod tests {
 
     #[test]
     fn paths_print_like_users_read_them() {
-        let p = Path::root("spec").field("http").index(0).field("route").index(2);
+        let p = Path::root("spec")
+            .field("http")
+            .index(0)
+            .field("route")
+            .index(2);
         assert_eq!(p.to_string(), "spec.http[0].route[2]");
-        assert_eq!(Path::root("spec").field("selector").key("app").to_string(), "spec.selector[\"app\"]");
+        assert_eq!(
+            Path::root("spec").field("selector").key("app").to_string(),
+            "spec.selector[\"app\"]"
+        );
     }
 
     #[test_case("10.0.0.0/8", true)]
@@ -459,10 +605,18 @@ mod tests {
     #[test]
     fn export_to_star_must_stand_alone() {
         let mut r = Report::default();
-        check_export_to(&["*".into(), "foo".into()], &Path::root("spec").field("exportTo"), &mut r);
+        check_export_to(
+            &["*".into(), "foo".into()],
+            &Path::root("spec").field("exportTo"),
+            &mut r,
+        );
         assert!(r.has_errors());
         let mut r = Report::default();
-        check_export_to(&[".".into(), "istio-system".into()], &Path::root("spec").field("exportTo"), &mut r);
+        check_export_to(
+            &[".".into(), "istio-system".into()],
+            &Path::root("spec").field("exportTo"),
+            &mut r,
+        );
         assert!(!r.has_errors(), "{r:?}");
     }
 }

@@ -1,0 +1,245 @@
+//! `mesh-echo`, the sample application: answers every HTTP/1.1 or h2c
+//! request with a JSON document naming the workload (name, version,
+//! namespace) and echoing what it received (method, path, host, protocol and
+//! every header, so tests can see `X-Forwarded-Client-Cert`, trace headers
+//! and `-shadow` hosts).
+//!
+//! Query parameters make it misbehave on cue, for resilience tests:
+//! `status=503` answers with that status, `delay=300ms` waits first,
+//! `call=http://host:port/path` makes an outbound request (through the mesh
+//! when run inside it) and embeds the answer under `upstream`.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde::Serialize;
+use tokio::net::TcpListener;
+
+/// Who this instance is and how it behaves by default.
+#[derive(Clone, Debug)]
+pub struct EchoConfig {
+    /// Workload name, e.g. `reviews-v2`.
+    pub name: String,
+    /// Version label, e.g. `v2`.
+    pub version: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Default behaviour, overridable per request.
+    pub behaviour: Behaviour,
+}
+
+/// How an answer is produced.
+#[derive(Clone, Copy, Debug)]
+pub struct Behaviour {
+    /// Status code of the answer.
+    pub status: u16,
+    /// Wait this long before answering.
+    pub delay: Option<Duration>,
+}
+
+impl Default for Behaviour {
+    fn default() -> Self {
+        Self {
+            status: 200,
+            delay: None,
+        }
+    }
+}
+
+/// The JSON body of every answer.
+#[derive(Debug, Serialize, serde::Deserialize, PartialEq)]
+pub struct EchoResponse {
+    /// Workload name.
+    pub name: String,
+    /// Workload version.
+    pub version: String,
+    /// Workload namespace.
+    pub namespace: String,
+    /// Request method.
+    pub method: String,
+    /// Request path and query.
+    pub path: String,
+    /// `Host` / `:authority` as received.
+    pub host: String,
+    /// `HTTP/1.1` or `HTTP/2.0`.
+    pub protocol: String,
+    /// Every received header, lower-case names; repeated headers joined by `,`.
+    pub headers: BTreeMap<String, String>,
+    /// The answer of an outbound call made on request (`call=`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<serde_json::Value>,
+}
+
+/// Serves `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, config: Arc<EchoConfig>) {
+    loop {
+        let Ok((stream, _peer)) = listener.accept().await else {
+            // Accept errors (e.g. EMFILE) are transient; back off briefly.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let config = config.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| handle(req, config.clone()));
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn query_params(query: Option<&str>) -> BTreeMap<String, String> {
+    query
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
+        .filter(|(k, _)| !k.is_empty())
+        .map(|(k, v)| (k.to_string(), percent_decode(v)))
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(b) => {
+                        out.push(b);
+                        i += 3;
+                    }
+                    None => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    config: Arc<EchoConfig>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let params = query_params(req.uri().query());
+    let mut status = config.behaviour.status;
+    if let Some(s) = params.get("status").and_then(|s| s.parse().ok()) {
+        status = s;
+    }
+    let delay = params
+        .get("delay")
+        .and_then(|d| d.parse::<mesh_api::Duration>().ok())
+        .map(|d| d.as_std())
+        .or(config.behaviour.delay);
+    if let Some(d) = delay {
+        tokio::time::sleep(d).await;
+    }
+    let mut headers: BTreeMap<String, String> = BTreeMap::new();
+    for (k, v) in req.headers() {
+        let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
+        headers
+            .entry(k.as_str().to_string())
+            .and_modify(|e| {
+                e.push(',');
+                e.push_str(&v);
+            })
+            .or_insert(v);
+    }
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.to_string())
+        .or_else(|| headers.get("host").cloned())
+        .unwrap_or_default();
+    let upstream = match params.get("call") {
+        Some(url) => Some(call(url).await),
+        None => None,
+    };
+    let body = EchoResponse {
+        name: config.name.clone(),
+        version: config.version.clone(),
+        namespace: config.namespace.clone(),
+        method: req.method().to_string(),
+        path: req
+            .uri()
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "/".into()),
+        host,
+        protocol: format!("{:?}", req.version()),
+        headers,
+        upstream,
+    };
+    // Drain the request body so keep-alive connections stay usable.
+    let _ = req.into_body().collect().await;
+    let json = serde_json::to_vec_pretty(&body).unwrap_or_default();
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let response = Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .header("x-echo-name", config.name.as_str())
+        .header("x-echo-version", config.version.as_str())
+        .body(Full::new(Bytes::from(json)));
+    Ok(response.unwrap_or_else(|_| Response::new(Full::new(Bytes::new()))))
+}
+
+/// Makes an outbound GET and returns its JSON (or a description of the failure).
+async fn call(url: &str) -> serde_json::Value {
+    let uri: http::Uri = match url.parse() {
+        Ok(u) => u,
+        Err(e) => return serde_json::json!({ "error": format!("invalid url {url:?}: {e}") }),
+    };
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let request = Request::get(uri).body(Full::new(Bytes::new()));
+    let Ok(request) = request else {
+        return serde_json::json!({ "error": "cannot build request" });
+    };
+    match tokio::time::timeout(Duration::from_secs(10), client.request(request)).await {
+        Err(_) => serde_json::json!({ "error": "timeout after 10s" }),
+        Ok(Err(e)) => serde_json::json!({ "error": e.to_string() }),
+        Ok(Ok(resp)) => {
+            let status = resp.status().as_u16();
+            let body = resp.into_body().collect().await.map(|b| b.to_bytes());
+            let body = body
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+            serde_json::json!({ "status": status, "body": body })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_query_parameters() {
+        let p = query_params(Some(
+            "status=503&delay=10ms&call=http%3A%2F%2Fa%3A80%2F&flag",
+        ));
+        assert_eq!(p["status"], "503");
+        assert_eq!(p["delay"], "10ms");
+        assert_eq!(p["call"], "http://a:80/");
+        assert_eq!(p["flag"], "");
+    }
+}
