@@ -32,7 +32,13 @@ pub struct EchoConfig {
     pub namespace: String,
     /// Default behaviour, overridable per request.
     pub behaviour: Behaviour,
+    /// When set, every request's host and path are appended here (tests
+    /// use it to see mirrored copies, which the client never sees).
+    pub log: Option<RequestLog>,
 }
+
+/// Requests seen by an echo server: `(host, path)` in arrival order.
+pub type RequestLog = Arc<std::sync::Mutex<Vec<(String, String)>>>;
 
 /// How an answer is produced.
 #[derive(Clone, Copy, Debug)]
@@ -170,6 +176,12 @@ async fn handle(
         .map(|a| a.to_string())
         .or_else(|| headers.get("host").cloned())
         .unwrap_or_default();
+    if let Some(log) = &config.log {
+        let path = req.uri().path().to_string();
+        if let Ok(mut entries) = log.lock() {
+            entries.push((host.clone(), path));
+        }
+    }
     let upstream = match params.get("call") {
         Some(url) => Some(call(url).await),
         None => None,

@@ -20,6 +20,7 @@ async fn start(name: &str, behaviour: Behaviour) -> std::net::SocketAddr {
         version: "v2".into(),
         namespace: "default".into(),
         behaviour,
+        log: None,
     });
     tokio::spawn(e2e::echo::serve(listener, config));
     addr

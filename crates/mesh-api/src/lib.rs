@@ -17,6 +17,7 @@ pub mod status;
 pub mod telemetry;
 pub mod validation;
 pub mod wellknown;
+pub mod xds;
 
 pub use common::{Duration, Percent, PortSelector, StringMatch, WorkloadSelector};
 pub use kinds::IstioKind;

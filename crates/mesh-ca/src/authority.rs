@@ -110,7 +110,9 @@ pub struct ServingCertificate {
 
 impl std::fmt::Debug for ServingCertificate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServingCertificate").field("chain_len", &self.chain_pem.len()).finish_non_exhaustive()
+        f.debug_struct("ServingCertificate")
+            .field("chain_len", &self.chain_pem.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -158,7 +160,10 @@ impl Authority {
             return Self::load_dir(dir, config);
         }
         let material = generate_root(dir, &config)?;
-        std::fs::create_dir_all(dir).map_err(|source| AuthorityError::Io { path: dir.to_path_buf(), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| AuthorityError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
         write_file(&dir.join(CA_KEY_FILE), &material.ca_key_pem, true)?;
         write_file(&dir.join(CA_CERT_FILE), &material.ca_cert_pem, false)?;
         write_file(&dir.join(ROOT_CERT_FILE), &material.root_cert_pem, false)?;
@@ -174,15 +179,20 @@ impl Authority {
         let read = |name: &'static str| -> Result<String, AuthorityError> {
             let path = dir.join(name);
             if !path.exists() {
-                return Err(AuthorityError::Incomplete { dir: dir.to_path_buf(), missing: name });
+                return Err(AuthorityError::Incomplete {
+                    dir: dir.to_path_buf(),
+                    missing: name,
+                });
             }
             std::fs::read_to_string(&path).map_err(|source| AuthorityError::Io { path, source })
         };
         let chain_path = dir.join(CERT_CHAIN_FILE);
         let cert_chain_pem = if chain_path.exists() {
             Some(
-                std::fs::read_to_string(&chain_path)
-                    .map_err(|source| AuthorityError::Io { path: chain_path, source })?,
+                std::fs::read_to_string(&chain_path).map_err(|source| AuthorityError::Io {
+                    path: chain_path,
+                    source,
+                })?,
             )
         } else {
             None
@@ -207,7 +217,10 @@ impl Authority {
     }
 
     /// Checks and loads CA material; see the module docs for what is checked.
-    pub fn from_material(material: &CaMaterial, config: AuthorityConfig) -> Result<Self, AuthorityError> {
+    pub fn from_material(
+        material: &CaMaterial,
+        config: AuthorityConfig,
+    ) -> Result<Self, AuthorityError> {
         if config.default_ttl.is_zero() || config.default_ttl > config.max_ttl {
             return Err(AuthorityError::Config {
                 field: "default_ttl",
@@ -227,14 +240,20 @@ impl Authority {
         let ca_cert = parse_pem_certs(&cert_path, &material.ca_cert_pem)?
             .into_iter()
             .next()
-            .ok_or_else(|| AuthorityError::Pem { path: cert_path.clone(), expected: "CERTIFICATE" })?;
+            .ok_or_else(|| AuthorityError::Pem {
+                path: cert_path.clone(),
+                expected: "CERTIFICATE",
+            })?;
         let ca_x509 = check_ca_cert(&cert_path, 0, &ca_cert, now)?;
 
         let key = load_key(&key_path, &material.ca_key_pem)?;
         {
             use rcgen::PublicKeyData;
             if key.subject_public_key_info() != ca_x509.public_key().raw {
-                return Err(AuthorityError::KeyMismatch { key_path, cert_path });
+                return Err(AuthorityError::KeyMismatch {
+                    key_path,
+                    cert_path,
+                });
             }
         }
 
@@ -252,21 +271,23 @@ impl Authority {
             Some(pem) => parse_pem_certs(&chain_path, pem)?,
             None => Vec::new(),
         };
-        let tail = chain_to_root(&ca_cert, &pool, &bundle).ok_or_else(|| AuthorityError::NotChained {
-            cert_path: cert_path.clone(),
-            root_path: root_path.clone(),
-            chain_path: chain_path.clone(),
-        })?;
+        let tail =
+            chain_to_root(&ca_cert, &pool, &bundle).ok_or_else(|| AuthorityError::NotChained {
+                cert_path: cert_path.clone(),
+                root_path: root_path.clone(),
+                chain_path: chain_path.clone(),
+            })?;
         for (index, cert) in tail.iter().enumerate() {
             check_ca_cert(&chain_path, index, cert, now)?;
         }
 
         let signing_not_after = ca_x509.validity().not_after.to_datetime();
-        let issuer = Issuer::from_ca_cert_der(&ca_cert, key).map_err(|e| AuthorityError::Parse {
-            path: cert_path.clone(),
-            index: 0,
-            detail: e.to_string(),
-        })?;
+        let issuer =
+            Issuer::from_ca_cert_der(&ca_cert, key).map_err(|e| AuthorityError::Parse {
+                path: cert_path.clone(),
+                index: 0,
+                detail: e.to_string(),
+            })?;
         Ok(Self {
             config,
             issuer,
@@ -328,7 +349,9 @@ impl Authority {
         let now = OffsetDateTime::now_utc();
         let not_before = now - self.config.backdate;
         if self.signing_not_after <= now + Duration::from_secs(60) {
-            return Err(SignError::CaExpiring { not_after: self.signing_not_after.to_string() });
+            return Err(SignError::CaExpiring {
+                not_after: self.signing_not_after.to_string(),
+            });
         }
         let not_after = (now + self.effective_ttl(ttl)).min(self.signing_not_after);
 
@@ -341,8 +364,14 @@ impl Authority {
         params.not_after = not_after;
         params.serial_number = Some(self.random_serial()?);
         params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
         params.use_authority_key_identifier_extension = true;
         let leaf = params.signed_by(&public_key, &self.issuer)?;
 
@@ -367,19 +396,27 @@ impl Authority {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let mut params = CertificateParams::new(dns_names.to_vec())?;
         params.distinguished_name = DistinguishedName::new();
-        params.distinguished_name.push(DnType::CommonName, "mesh-ca");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "mesh-ca");
         let now = OffsetDateTime::now_utc();
         params.not_before = now - self.config.backdate;
         params.not_after = (now + ttl).min(self.signing_not_after);
         params.serial_number = Some(self.random_serial()?);
         params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.use_authority_key_identifier_extension = true;
         let cert = params.signed_by(&key, &self.issuer)?;
         let mut chain_pem = vec![cert.pem()];
         chain_pem.extend(self.tail_pem.iter().cloned());
-        Ok(ServingCertificate { chain_pem, key_pem: key.serialize_pem() })
+        Ok(ServingCertificate {
+            chain_pem,
+            key_pem: key.serialize_pem(),
+        })
     }
 
     /// A positive 128-bit serial from the system CSPRNG.
@@ -396,12 +433,19 @@ impl Authority {
 
 /// Generates a self-signed ECDSA P-256 root as `cacerts` material.
 pub fn generate_root(dir: &Path, config: &AuthorityConfig) -> Result<CaMaterial, AuthorityError> {
-    let generate = |source| AuthorityError::Generate { what: "self-signed root", source };
+    let generate = |source| AuthorityError::Generate {
+        what: "self-signed root",
+        source,
+    };
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(generate)?;
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
-    params.distinguished_name.push(DnType::OrganizationName, config.trust_domain.as_str());
-    params.distinguished_name.push(DnType::CommonName, "mesh root CA");
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, config.trust_domain.as_str());
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "mesh root CA");
     let now = OffsetDateTime::now_utc();
     params.not_before = now - config.backdate;
     params.not_after = now + config.root_ttl;
@@ -430,7 +474,10 @@ pub fn generate_root(dir: &Path, config: &AuthorityConfig) -> Result<CaMaterial,
 fn write_file(path: &Path, contents: &str, secret: bool) -> Result<(), AuthorityError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let io = |source| AuthorityError::Io { path: path.to_path_buf(), source };
+    let io = |source| AuthorityError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     if secret {
@@ -451,13 +498,19 @@ fn parse_pem_certs(path: &Path, pem: &str) -> Result<Vec<CertificateDer<'static>
         })?);
     }
     if certs.is_empty() {
-        return Err(AuthorityError::Pem { path: path.to_path_buf(), expected: "CERTIFICATE" });
+        return Err(AuthorityError::Pem {
+            path: path.to_path_buf(),
+            expected: "CERTIFICATE",
+        });
     }
     Ok(certs)
 }
 
 fn load_key(path: &Path, pem: &str) -> Result<KeyPair, AuthorityError> {
-    let key_err = |detail: String| AuthorityError::Key { path: path.to_path_buf(), detail };
+    let key_err = |detail: String| AuthorityError::Key {
+        path: path.to_path_buf(),
+        detail,
+    };
     let der = rustls::pki_types::PrivateKeyDer::from_pem_slice(pem.as_bytes())
         .map_err(|e| key_err(format!("no private key PEM block ({e})")))?;
     KeyPair::try_from(&der).map_err(|e| key_err(e.to_string()))
@@ -475,19 +528,28 @@ fn check_ca_cert<'a>(
         index,
         detail: e.to_string(),
     })?;
-    let not_ca = |detail| AuthorityError::NotCa { path: path.to_path_buf(), index, detail };
+    let not_ca = |detail| AuthorityError::NotCa {
+        path: path.to_path_buf(),
+        index,
+        detail,
+    };
     match x509.basic_constraints() {
         Ok(Some(bc)) if bc.value.ca => {}
         Ok(_) => return Err(not_ca("basicConstraints CA:TRUE is missing")),
         Err(_) => return Err(not_ca("basicConstraints cannot be parsed")),
     }
     match x509.key_usage() {
-        Ok(Some(ku)) if !ku.value.key_cert_sign() => return Err(not_ca("keyUsage lacks keyCertSign")),
+        Ok(Some(ku)) if !ku.value.key_cert_sign() => {
+            return Err(not_ca("keyUsage lacks keyCertSign"));
+        }
         Ok(_) => {}
         Err(_) => return Err(not_ca("keyUsage cannot be parsed")),
     }
     let validity = x509.validity();
-    let (from, to) = (validity.not_before.to_datetime(), validity.not_after.to_datetime());
+    let (from, to) = (
+        validity.not_before.to_datetime(),
+        validity.not_after.to_datetime(),
+    );
     if now < from || now > to {
         return Err(AuthorityError::Expired {
             path: path.to_path_buf(),
@@ -501,7 +563,10 @@ fn check_ca_cert<'a>(
 
 /// True if `issuer`'s key signed `cert` and the names line up.
 fn issued_by(cert: &CertificateDer<'_>, issuer: &CertificateDer<'_>) -> bool {
-    let (Ok((_, c)), Ok((_, i))) = (X509Certificate::from_der(cert), X509Certificate::from_der(issuer)) else {
+    let (Ok((_, c)), Ok((_, i))) = (
+        X509Certificate::from_der(cert),
+        X509Certificate::from_der(issuer),
+    ) else {
         return false;
     };
     c.issuer() == i.subject() && c.verify_signature(Some(i.public_key())).is_ok()
@@ -527,9 +592,9 @@ fn chain_to_root(
             tail.push(root.clone());
             return Some(tail);
         }
-        let next = pool
-            .iter()
-            .find(|c| c.as_ref() != current.as_ref() && !tail.contains(c) && issued_by(&current, c))?;
+        let next = pool.iter().find(|c| {
+            c.as_ref() != current.as_ref() && !tail.contains(c) && issued_by(&current, c)
+        })?;
         current = next.clone();
     }
     None
@@ -553,8 +618,14 @@ mod tests {
     fn ttl_defaults_and_caps() {
         let ca = Authority::generate_in_memory(AuthorityConfig::default()).unwrap();
         assert_eq!(ca.effective_ttl(None), Duration::from_secs(86400));
-        assert_eq!(ca.effective_ttl(Some(Duration::ZERO)), Duration::from_secs(86400));
-        assert_eq!(ca.effective_ttl(Some(Duration::from_secs(600))), Duration::from_secs(600));
+        assert_eq!(
+            ca.effective_ttl(Some(Duration::ZERO)),
+            Duration::from_secs(86400)
+        );
+        assert_eq!(
+            ca.effective_ttl(Some(Duration::from_secs(600))),
+            Duration::from_secs(600)
+        );
         assert_eq!(
             ca.effective_ttl(Some(Duration::from_secs(1000 * 86400))),
             Duration::from_secs(90 * 86400)
@@ -595,14 +666,19 @@ mod tests {
         assert_eq!(second.origin(), CaOrigin::Loaded);
         assert_eq!(first.trust_bundle(), second.trust_bundle());
         let mode = std::os::unix::fs::PermissionsExt::mode(
-            &std::fs::metadata(dir.path().join(CA_KEY_FILE)).unwrap().permissions(),
+            &std::fs::metadata(dir.path().join(CA_KEY_FILE))
+                .unwrap()
+                .permissions(),
         );
         assert_eq!(mode & 0o077, 0, "key must not be group/world readable");
     }
 
     #[test]
     fn refuses_bad_config() {
-        let config = AuthorityConfig { default_ttl: Duration::ZERO, ..AuthorityConfig::default() };
+        let config = AuthorityConfig {
+            default_ttl: Duration::ZERO,
+            ..AuthorityConfig::default()
+        };
         let err = Authority::generate_in_memory(config).unwrap_err();
         assert!(err.to_string().contains("default_ttl"), "{err}");
     }

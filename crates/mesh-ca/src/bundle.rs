@@ -42,7 +42,9 @@ pub struct TrustBundle {
 
 impl TrustBundle {
     /// A bundle of the given DER roots (duplicates removed, order kept).
-    pub fn new(roots: impl IntoIterator<Item = CertificateDer<'static>>) -> Result<Self, BundleError> {
+    pub fn new(
+        roots: impl IntoIterator<Item = CertificateDer<'static>>,
+    ) -> Result<Self, BundleError> {
         let mut out: Vec<CertificateDer<'static>> = Vec::new();
         for root in roots {
             if !out.contains(&root) {
@@ -73,7 +75,12 @@ impl TrustBundle {
 
     /// The bundle without `root` (end of a rotation). Refuses to become empty.
     pub fn without_root(&self, root: &CertificateDer<'_>) -> Result<Self, BundleError> {
-        Self::new(self.roots.iter().filter(|r| r.as_ref() != root.as_ref()).cloned())
+        Self::new(
+            self.roots
+                .iter()
+                .filter(|r| r.as_ref() != root.as_ref())
+                .cloned(),
+        )
     }
 
     /// The roots, DER.
@@ -95,9 +102,10 @@ impl TrustBundle {
     pub fn root_store(&self) -> Result<RootCertStore, BundleError> {
         let mut store = RootCertStore::empty();
         for (index, root) in self.roots.iter().enumerate() {
-            store
-                .add(root.clone())
-                .map_err(|e| BundleError::Anchor { index, detail: e.to_string() })?;
+            store.add(root.clone()).map_err(|e| BundleError::Anchor {
+                index,
+                detail: e.to_string(),
+            })?;
         }
         Ok(store)
     }
@@ -133,13 +141,16 @@ mod tests {
         assert_eq!(reparsed, rotating);
         assert_eq!(reparsed.root_store().unwrap().len(), 2);
         let done = rotating.without_root(&old).unwrap();
-        assert_eq!(done.roots(), &[new.clone()]);
+        assert_eq!(done.roots(), std::slice::from_ref(&new));
         assert_eq!(done.without_root(&new), Err(BundleError::Empty));
     }
 
     #[test]
     fn refuses_empty_and_garbage() {
         assert_eq!(TrustBundle::from_pem(""), Err(BundleError::Empty));
-        assert!(TrustBundle::from_pem("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").is_err());
+        assert!(
+            TrustBundle::from_pem("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+                .is_err()
+        );
     }
 }

@@ -30,6 +30,9 @@ use crate::bundle::TrustBundle;
 use crate::service::CaClient;
 use crate::tls::{MeshTls, PeerIdentities, TlsError, WorkloadIdentity};
 
+/// Shortest wait between two successful fetches.
+const MIN_REFRESH: Duration = Duration::from_secs(1);
+
 /// Why one certificate fetch failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -93,7 +96,10 @@ pub struct Backoff {
 
 impl Default for Backoff {
     fn default() -> Self {
-        Self { initial: Duration::from_millis(250), max: Duration::from_secs(30) }
+        Self {
+            initial: Duration::from_millis(250),
+            max: Duration::from_secs(30),
+        }
     }
 }
 
@@ -143,7 +149,11 @@ impl CertWatch {
 
     /// Waits until a certificate is available and returns it.
     pub async fn ready(&mut self) -> Option<Arc<MeshTls>> {
-        self.rx.wait_for(Option::is_some).await.ok().and_then(|v| v.clone())
+        self.rx
+            .wait_for(Option::is_some)
+            .await
+            .ok()
+            .and_then(|v| v.clone())
     }
 
     /// Asks the client to fetch a new certificate now (e.g. after a root
@@ -160,8 +170,19 @@ impl CertClient {
     pub fn new(config: CertClientConfig) -> (Self, CertWatch) {
         let (tx, rx) = watch::channel(None);
         let rotate = Arc::new(Notify::new());
-        let watch = CertWatch { rx, rotate: rotate.clone() };
-        (Self { config, tx, rotate, rng: SystemRandom::new() }, watch)
+        let watch = CertWatch {
+            rx,
+            rotate: rotate.clone(),
+        };
+        (
+            Self {
+                config,
+                tx,
+                rotate,
+                rng: SystemRandom::new(),
+            },
+            watch,
+        )
     }
 
     /// Obtains one certificate and builds its configs (does not publish).
@@ -169,7 +190,10 @@ impl CertClient {
         let config = &self.config;
         let (key, csr) = generate_key_and_csr(&config.identity)?;
         let token = config.token.token().map_err(ClientError::Token)?;
-        let chain_pem = config.ca.create_certificate(&csr, config.ttl, &token).await?;
+        let chain_pem = config
+            .ca
+            .create_certificate(&csr, config.ttl, &token)
+            .await?;
         let workload = check_response(&config.identity, &key, &chain_pem, &config.bundle)?;
         Ok(Arc::new(MeshTls::new(&workload, &config.bundle)?))
     }
@@ -180,11 +204,16 @@ impl CertClient {
         loop {
             let wait = match self.fetch().await {
                 Ok(tls) => {
-                    let remaining = tls.not_after.duration_since(SystemTime::now()).unwrap_or_default();
+                    let remaining = tls
+                        .not_after
+                        .duration_since(SystemTime::now())
+                        .unwrap_or_default();
                     tracing::info!(identity = %tls.identity, valid_for = ?remaining, "workload certificate rotated");
                     self.tx.send_replace(Some(tls));
                     delay = self.config.backoff.initial;
-                    remaining / 2
+                    // Floor: a certificate that is (nearly) expired on
+                    // arrival must not turn this into a busy loop.
+                    (remaining / 2).max(MIN_REFRESH)
                 }
                 Err(err) => {
                     let current_valid = self
@@ -216,19 +245,32 @@ impl CertClient {
     /// the CA together do not retry in lockstep.
     fn jitter(&self, d: Duration) -> Duration {
         let mut b = [0u8; 1];
-        let r = if self.rng.fill(&mut b).is_ok() { f64::from(b[0]) / 256.0 } else { 0.5 };
+        let r = if self.rng.fill(&mut b).is_ok() {
+            f64::from(b[0]) / 256.0
+        } else {
+            0.5
+        };
         d.mul_f64(0.8 + 0.4 * r)
     }
 }
 
 /// A fresh P-256 key and a CSR for `identity` (URI SAN only, empty subject).
 pub fn generate_key_and_csr(identity: &SpiffeId) -> Result<(KeyPair, String), ClientError> {
-    let generate = |source| ClientError::Generate { identity: identity.to_string(), source };
+    let generate = |source| ClientError::Generate {
+        identity: identity.to_string(),
+        source,
+    };
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(generate)?;
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
-    params.subject_alt_names = vec![SanType::URI(identity.to_string().try_into().map_err(generate)?)];
-    let csr = params.serialize_request(&key).map_err(generate)?.pem().map_err(generate)?;
+    params.subject_alt_names = vec![SanType::URI(
+        identity.to_string().try_into().map_err(generate)?,
+    )];
+    let csr = params
+        .serialize_request(&key)
+        .map_err(generate)?
+        .pem()
+        .map_err(generate)?;
     Ok((key, csr))
 }
 
@@ -247,15 +289,19 @@ pub fn check_response(
             chain.push(cert.map_err(|e| bad(format!("chain is not PEM: {e}")))?);
         }
     }
-    let leaf = chain.first().ok_or_else(|| bad("empty certificate chain".into()))?;
-    let (_, x509) = X509Certificate::from_der(leaf).map_err(|e| bad(format!("leaf does not parse: {e}")))?;
+    let leaf = chain
+        .first()
+        .ok_or_else(|| bad("empty certificate chain".into()))?;
+    let (_, x509) =
+        X509Certificate::from_der(leaf).map_err(|e| bad(format!("leaf does not parse: {e}")))?;
     if x509.public_key().raw != key.subject_public_key_info().as_slice() {
         return Err(bad("leaf certificate is not for our key".into()));
     }
     PeerIdentities::one_of([identity.clone()])
         .check(leaf)
         .map_err(|e| bad(format!("leaf certificate: {e}")))?;
-    verify_chain(leaf, &chain[1..], bundle).map_err(|e| bad(format!("leaf does not chain to the mesh roots: {e}")))?;
+    verify_chain(leaf, &chain[1..], bundle)
+        .map_err(|e| bad(format!("leaf does not chain to the mesh roots: {e}")))?;
     let time = |t: i64| UNIX_EPOCH + Duration::from_secs(u64::try_from(t).unwrap_or(0));
     let validity = x509.validity();
     let key_der = PrivateKeyDer::from(PrivatePkcs8KeyDer::from(key.serialize_der()));

@@ -42,7 +42,9 @@ pub enum CsrError {
     #[error("field csr: requests CA:TRUE; workloads may not obtain CA certificates")]
     CaRequested,
     /// The request carries more than one subject alternative name.
-    #[error("field csr: {count} subject alternative names requested; exactly one SPIFFE URI is allowed")]
+    #[error(
+        "field csr: {count} subject alternative names requested; exactly one SPIFFE URI is allowed"
+    )]
     ExtraSans {
         /// How many SANs the request has.
         count: usize,
@@ -115,7 +117,8 @@ pub struct CheckedCsr {
 /// `trust_domain`. A request without any SAN is accepted: the certificate
 /// gets the proven identity, as Istio's CA does.
 pub fn check_csr(pem: &str, proven: &SpiffeId, trust_domain: &str) -> Result<CheckedCsr, CsrError> {
-    let der = CertificateSigningRequestDer::from_pem_slice(pem.as_bytes()).map_err(|_| CsrError::Pem)?;
+    let der =
+        CertificateSigningRequestDer::from_pem_slice(pem.as_bytes()).map_err(|_| CsrError::Pem)?;
     let (_, csr) = X509CertificationRequest::from_der(der.as_ref())
         .map_err(|e| CsrError::Malformed(e.to_string()))?;
     csr.verify_signature().map_err(|_| CsrError::BadSignature)?;
@@ -132,11 +135,15 @@ pub fn check_csr(pem: &str, proven: &SpiffeId, trust_domain: &str) -> Result<Che
                         if let GeneralName::URI(uri) = name {
                             uris.push((*uri).to_string());
                         } else {
-                            return Err(CsrError::NonUriSan { san: name.to_string() });
+                            return Err(CsrError::NonUriSan {
+                                san: name.to_string(),
+                            });
                         }
                     }
                 }
-                ParsedExtension::BasicConstraints(bc) if bc.ca => return Err(CsrError::CaRequested),
+                ParsedExtension::BasicConstraints(bc) if bc.ca => {
+                    return Err(CsrError::CaRequested);
+                }
                 ParsedExtension::ParseError { error } => {
                     return Err(CsrError::Malformed(error.to_string()));
                 }
@@ -164,7 +171,9 @@ pub fn check_csr(pem: &str, proven: &SpiffeId, trust_domain: &str) -> Result<Che
             });
         }
     }
-    Ok(CheckedCsr { spki_der: csr.certification_request_info.subject_pki.raw.to_vec() })
+    Ok(CheckedCsr {
+        spki_der: csr.certification_request_info.subject_pki.raw.to_vec(),
+    })
 }
 
 fn check_key(csr: &X509CertificationRequest<'_>) -> Result<(), CsrError> {
@@ -176,7 +185,9 @@ fn check_key(csr: &X509CertificationRequest<'_>) -> Result<(), CsrError> {
             "RSA key of {} bits, at least {MIN_RSA_BITS} required",
             rsa.key_size()
         ))),
-        Ok(_) => Err(CsrError::UnsupportedKey("use ECDSA P-256/P-384, Ed25519 or RSA".into())),
+        Ok(_) => Err(CsrError::UnsupportedKey(
+            "use ECDSA P-256/P-384, Ed25519 or RSA".into(),
+        )),
         Err(e) => Err(CsrError::UnsupportedKey(e.to_string())),
     }
 }
@@ -185,7 +196,7 @@ fn check_key(csr: &X509CertificationRequest<'_>) -> Result<(), CsrError> {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-    use rcgen::{CertificateParams, DistinguishedName, IsCa, BasicConstraints, KeyPair, SanType};
+    use rcgen::{BasicConstraints, CertificateParams, DistinguishedName, IsCa, KeyPair, SanType};
 
     use super::*;
 
@@ -210,7 +221,10 @@ mod tests {
 
     #[test]
     fn accepts_the_proven_identity() {
-        let pem = csr_with(vec![uri("spiffe://cluster.local/ns/default/sa/sleep")], false);
+        let pem = csr_with(
+            vec![uri("spiffe://cluster.local/ns/default/sa/sleep")],
+            false,
+        );
         assert!(check_csr(&pem, &id("default", "sleep"), "cluster.local").is_ok());
     }
 
@@ -224,8 +238,20 @@ mod tests {
     fn refuses_policy_violations() {
         let proven = id("default", "sleep");
         let cases: Vec<(String, &str)> = vec![
-            (csr_with(vec![uri("spiffe://cluster.local/ns/default/sa/admin")], false), "identity_mismatch"),
-            (csr_with(vec![uri("spiffe://other.domain/ns/default/sa/sleep")], false), "trust_domain"),
+            (
+                csr_with(
+                    vec![uri("spiffe://cluster.local/ns/default/sa/admin")],
+                    false,
+                ),
+                "identity_mismatch",
+            ),
+            (
+                csr_with(
+                    vec![uri("spiffe://other.domain/ns/default/sa/sleep")],
+                    false,
+                ),
+                "trust_domain",
+            ),
             (
                 csr_with(
                     vec![
@@ -236,9 +262,24 @@ mod tests {
                 ),
                 "extra_sans",
             ),
-            (csr_with(vec![SanType::DnsName("evil.example.com".try_into().unwrap())], false), "foreign_san"),
-            (csr_with(vec![uri("https://example.com/x")], false), "foreign_san"),
-            (csr_with(vec![uri("spiffe://cluster.local/ns/default/sa/sleep")], true), "ca_requested"),
+            (
+                csr_with(
+                    vec![SanType::DnsName("evil.example.com".try_into().unwrap())],
+                    false,
+                ),
+                "foreign_san",
+            ),
+            (
+                csr_with(vec![uri("https://example.com/x")], false),
+                "foreign_san",
+            ),
+            (
+                csr_with(
+                    vec![uri("spiffe://cluster.local/ns/default/sa/sleep")],
+                    true,
+                ),
+                "ca_requested",
+            ),
         ];
         for (pem, reason) in cases {
             let err = check_csr(&pem, &proven, "cluster.local").unwrap_err();
@@ -261,7 +302,10 @@ mod tests {
         assert!(matches!(err, CsrError::Malformed(_)), "{err}");
 
         // Flip one byte of the signature (the last bytes of the DER).
-        let pem = csr_with(vec![uri("spiffe://cluster.local/ns/default/sa/sleep")], false);
+        let pem = csr_with(
+            vec![uri("spiffe://cluster.local/ns/default/sa/sleep")],
+            false,
+        );
         let mut der = CertificateSigningRequestDer::from_pem_slice(pem.as_bytes())
             .unwrap()
             .as_ref()
@@ -270,7 +314,10 @@ mod tests {
         der[n - 3] ^= 0x55;
         let tampered = pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", der));
         let err = check_csr(&tampered, &proven, "cluster.local").unwrap_err();
-        assert!(matches!(err, CsrError::BadSignature | CsrError::Malformed(_)), "{err}");
+        assert!(
+            matches!(err, CsrError::BadSignature | CsrError::Malformed(_)),
+            "{err}"
+        );
         assert!(!err.is_policy_refusal());
     }
 }

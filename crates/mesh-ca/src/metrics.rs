@@ -53,16 +53,28 @@ impl CaMetrics {
 
     /// Counts a refused CSR.
     pub fn refuse_csr(&self, reason: &str) {
-        self.csr_refused.get_or_create(&RefusalLabels { reason: reason.to_string() }).inc();
+        self.csr_refused
+            .get_or_create(&RefusalLabels {
+                reason: reason.to_string(),
+            })
+            .inc();
     }
 
     /// Counts a failed authentication.
     pub fn fail_auth(&self, reason: &str) {
-        self.auth_failed.get_or_create(&RefusalLabels { reason: reason.to_string() }).inc();
+        self.auth_failed
+            .get_or_create(&RefusalLabels {
+                reason: reason.to_string(),
+            })
+            .inc();
     }
 
     /// Current count of CSR refusals for `reason` (for tests and debug pages).
     pub fn refused(&self, reason: &str) -> u64 {
-        self.csr_refused.get_or_create(&RefusalLabels { reason: reason.to_string() }).get()
+        self.csr_refused
+            .get_or_create(&RefusalLabels {
+                reason: reason.to_string(),
+            })
+            .get()
     }
 }

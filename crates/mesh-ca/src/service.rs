@@ -22,7 +22,7 @@ use mesh_api::spiffe::SpiffeId;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tonic::body::Body;
-use tonic::codegen::{BoxFuture, Body as HttpBody, Service, StdError, http};
+use tonic::codegen::{Body as HttpBody, BoxFuture, Service, StdError, http};
 use tonic::server::NamedService;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Request, Response, Status};
@@ -36,7 +36,8 @@ use crate::metrics::CaMetrics;
 /// Fully-qualified gRPC service name.
 pub const SERVICE_NAME: &str = "istio.v1.auth.IstioCertificateService";
 /// Path of the `CreateCertificate` method.
-pub const CREATE_CERTIFICATE_PATH: &str = "/istio.v1.auth.IstioCertificateService/CreateCertificate";
+pub const CREATE_CERTIFICATE_PATH: &str =
+    "/istio.v1.auth.IstioCertificateService/CreateCertificate";
 /// How long a TLS handshake may take before the connection is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -84,7 +85,14 @@ impl std::fmt::Debug for CaService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CaService")
             .field("authority", &self.authority)
-            .field("authenticators", &self.authenticators.iter().map(|a| a.name()).collect::<Vec<_>>())
+            .field(
+                "authenticators",
+                &self
+                    .authenticators
+                    .iter()
+                    .map(|a| a.name())
+                    .collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -94,8 +102,16 @@ impl std::fmt::Debug for CaService {
 impl CaService {
     /// A service signing with `authority` for callers any of
     /// `authenticators` accepts.
-    pub fn new(authority: Arc<Authority>, authenticators: Vec<Arc<dyn Authenticator>>, metrics: CaMetrics) -> Self {
-        Self { authority, authenticators, metrics }
+    pub fn new(
+        authority: Arc<Authority>,
+        authenticators: Vec<Arc<dyn Authenticator>>,
+        metrics: CaMetrics,
+    ) -> Self {
+        Self {
+            authority,
+            authenticators,
+            metrics,
+        }
     }
 
     /// The metrics handle.
@@ -132,7 +148,9 @@ impl CaService {
             Ok(issued) => {
                 self.metrics.issued.inc();
                 tracing::debug!(identity = %identity, "issued workload certificate");
-                Ok(Response::new(pb::IstioCertificateResponse { cert_chain: issued.chain_pem }))
+                Ok(Response::new(pb::IstioCertificateResponse {
+                    cert_chain: issued.chain_pem,
+                }))
             }
             Err(err) => Err(self.sign_status(&identity, err)),
         }
@@ -170,7 +188,11 @@ impl CaService {
             SignError::Csr(csr) => {
                 self.metrics.refuse_csr(csr.reason());
                 tracing::info!(identity = %identity, reason = csr.reason(), error = %csr, "CSR refused");
-                let code = if csr.is_policy_refusal() { Code::PermissionDenied } else { Code::InvalidArgument };
+                let code = if csr.is_policy_refusal() {
+                    Code::PermissionDenied
+                } else {
+                    Code::InvalidArgument
+                };
                 Status::new(code, err.to_string())
             }
             SignError::ForeignIdentity { .. } => {
@@ -235,7 +257,9 @@ where
                 Ok(grpc.unary(CreateCertificateSvc(inner), req).await)
             })
         } else {
-            Box::pin(async move { Ok(Status::unimplemented("no such method on IstioCertificateService").into_http()) })
+            Box::pin(async move {
+                Ok(Status::unimplemented("no such method on IstioCertificateService").into_http())
+            })
         }
     }
 }
@@ -313,8 +337,15 @@ impl CaClient {
     /// `roots` for the CA's serving certificate, which must carry the DNS
     /// name `server_name`. Connects lazily, so a CA that is down is reported
     /// by the calls, not here.
-    pub fn new(endpoint: &str, roots: &TrustBundle, server_name: &str) -> Result<Self, ClientBuildError> {
-        let err = |source| ClientBuildError::Endpoint { endpoint: endpoint.to_string(), source };
+    pub fn new(
+        endpoint: &str,
+        roots: &TrustBundle,
+        server_name: &str,
+    ) -> Result<Self, ClientBuildError> {
+        let err = |source| ClientBuildError::Endpoint {
+            endpoint: endpoint.to_string(),
+            source,
+        };
         let tls = ClientTlsConfig::new()
             .ca_certificate(tonic::transport::Certificate::from_pem(roots.to_pem()))
             .domain_name(server_name);
@@ -336,7 +367,9 @@ impl CaClient {
         validity: Option<Duration>,
         token: &str,
     ) -> Result<Vec<String>, Status> {
-        let seconds = validity.map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)).unwrap_or(0);
+        let seconds = validity
+            .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+            .unwrap_or(0);
         self.create_certificate_raw(csr_pem, seconds, token).await
     }
 
@@ -348,17 +381,24 @@ impl CaClient {
         validity_duration: i64,
         token: &str,
     ) -> Result<Vec<String>, Status> {
-        let message = pb::IstioCertificateRequest { csr: csr_pem.to_string(), validity_duration, metadata: None };
+        let message = pb::IstioCertificateRequest {
+            csr: csr_pem.to_string(),
+            validity_duration,
+            metadata: None,
+        };
         let mut request = Request::new(message);
-        let value = format!("Bearer {token}")
-            .parse()
-            .map_err(|_| Status::invalid_argument("token contains characters not allowed in metadata"))?;
+        let value = format!("Bearer {token}").parse().map_err(|_| {
+            Status::invalid_argument("token contains characters not allowed in metadata")
+        })?;
         request.metadata_mut().insert("authorization", value);
         let mut grpc = tonic::client::Grpc::new(self.channel.clone());
-        grpc.ready().await.map_err(|e| Status::unavailable(format!("CA not ready: {e}")))?;
+        grpc.ready()
+            .await
+            .map_err(|e| Status::unavailable(format!("CA not ready: {e}")))?;
         let path = http::uri::PathAndQuery::from_static(CREATE_CERTIFICATE_PATH);
-        let response: Response<pb::IstioCertificateResponse> =
-            grpc.unary(request, path, tonic_prost::ProstCodec::default()).await?;
+        let response: Response<pb::IstioCertificateResponse> = grpc
+            .unary(request, path, tonic_prost::ProstCodec::default())
+            .await?;
         Ok(response.into_inner().cert_chain)
     }
 }

@@ -20,8 +20,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
 use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, OtherError, RootCertStore,
-    ServerConfig, SignatureScheme,
+    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, OtherError,
+    RootCertStore, ServerConfig, SignatureScheme,
 };
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -109,7 +109,9 @@ impl PeerIdentities {
                 trust_domain: td.clone(),
             }),
             PeerIdentities::OneOf(set) if set.contains(&id) => Ok(id),
-            PeerIdentities::OneOf(_) => Err(IdentityError::Unexpected { identity: id.to_string() }),
+            PeerIdentities::OneOf(_) => Err(IdentityError::Unexpected {
+                identity: id.to_string(),
+            }),
         }
     }
 
@@ -171,15 +173,27 @@ impl WorkloadIdentity {
         let mut chain = Vec::new();
         for pem in chain_pem {
             for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-                chain.push(cert.map_err(|_| TlsError::NoCertificate { what: "workload chain" })?);
+                chain.push(cert.map_err(|_| TlsError::NoCertificate {
+                    what: "workload chain",
+                })?);
             }
         }
         if chain.is_empty() {
-            return Err(TlsError::NoCertificate { what: "workload chain" });
+            return Err(TlsError::NoCertificate {
+                what: "workload chain",
+            });
         }
-        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
-            .map_err(|e| TlsError::Key { what: "workload key", detail: e.to_string() })?;
-        Ok(Self { identity, chain, key, not_before, not_after })
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| TlsError::Key {
+            what: "workload key",
+            detail: e.to_string(),
+        })?;
+        Ok(Self {
+            identity,
+            chain,
+            key,
+            not_before,
+            not_after,
+        })
     }
 
     /// A copy (private keys are not `Clone` in rustls on purpose).
@@ -233,14 +247,20 @@ impl MeshTls {
     }
 
     /// An inbound config accepting only `allowed` client identities.
-    pub fn server_config_for(&self, allowed: PeerIdentities) -> Result<Arc<ServerConfig>, TlsError> {
+    pub fn server_config_for(
+        &self,
+        allowed: PeerIdentities,
+    ) -> Result<Arc<ServerConfig>, TlsError> {
         build_server(&self.roots, &self.chain, &self.key, allowed)
     }
 
     /// An outbound config accepting only `expected` server identities. The
     /// `ServerName` passed at connect time is not checked (SVIDs carry no
     /// DNS names); any valid name will do.
-    pub fn client_config_for(&self, expected: PeerIdentities) -> Result<Arc<ClientConfig>, TlsError> {
+    pub fn client_config_for(
+        &self,
+        expected: PeerIdentities,
+    ) -> Result<Arc<ClientConfig>, TlsError> {
         build_client(&self.roots, &self.chain, &self.key, expected)
     }
 }
@@ -270,7 +290,11 @@ fn build_client(
     expected: PeerIdentities,
 ) -> Result<Arc<ClientConfig>, TlsError> {
     let provider = crate::crypto_provider();
-    let verifier = Arc::new(SpiffeServerVerifier { roots: roots.clone(), provider: provider.clone(), expected });
+    let verifier = Arc::new(SpiffeServerVerifier {
+        roots: roots.clone(),
+        provider: provider.clone(),
+        expected,
+    });
     let config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .dangerous()
@@ -285,11 +309,16 @@ pub fn ca_server_config(serving: &ServingCertificate) -> Result<Arc<ServerConfig
     let mut chain = Vec::new();
     for pem in &serving.chain_pem {
         for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-            chain.push(cert.map_err(|_| TlsError::NoCertificate { what: "CA serving chain" })?);
+            chain.push(cert.map_err(|_| TlsError::NoCertificate {
+                what: "CA serving chain",
+            })?);
         }
     }
-    let key = PrivateKeyDer::from_pem_slice(serving.key_pem.as_bytes())
-        .map_err(|e| TlsError::Key { what: "CA serving key", detail: e.to_string() })?;
+    let key =
+        PrivateKeyDer::from_pem_slice(serving.key_pem.as_bytes()).map_err(|e| TlsError::Key {
+            what: "CA serving key",
+            detail: e.to_string(),
+        })?;
     let mut config = ServerConfig::builder_with_provider(crate::crypto_provider())
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
@@ -333,7 +362,12 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -342,11 +376,18 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -368,7 +409,8 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        self.inner
+            .verify_client_cert(end_entity, intermediates, now)?;
         self.allowed.verify(end_entity)?;
         Ok(ClientCertVerified::assertion())
     }

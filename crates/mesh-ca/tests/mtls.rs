@@ -15,7 +15,9 @@ use mesh_api::spiffe::SpiffeId;
 use mesh_ca::client::{check_response, generate_key_and_csr};
 use mesh_ca::tls::{MeshTls, PeerIdentities, WorkloadIdentity, peer_identity};
 use mesh_ca::{Authority, AuthorityConfig, TrustBundle};
-use rcgen::{CertificateParams, DistinguishedName, ExtendedKeyUsagePurpose, Issuer, KeyUsagePurpose, SanType};
+use rcgen::{
+    CertificateParams, DistinguishedName, ExtendedKeyUsagePurpose, Issuer, KeyUsagePurpose, SanType,
+};
 use rustls::pki_types::ServerName;
 use time::OffsetDateTime;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -38,27 +40,54 @@ async fn handshake(
     let addr = listener.local_addr().unwrap();
     let server_task = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
-        let mut tls = TlsAcceptor::from(server).accept(tcp).await.map_err(|e| format!("server: {e}"))?;
-        let peer = tls.get_ref().1.peer_certificates().and_then(|c| c.first().cloned()).ok_or("no client cert")?;
+        let mut tls = TlsAcceptor::from(server)
+            .accept(tcp)
+            .await
+            .map_err(|e| format!("server: {e}"))?;
+        let peer = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first().cloned())
+            .ok_or("no client cert")?;
         let mut buf = [0u8; 4];
-        tls.read_exact(&mut buf).await.map_err(|e| format!("server read: {e}"))?;
-        tls.write_all(&buf).await.map_err(|e| format!("server write: {e}"))?;
+        tls.read_exact(&mut buf)
+            .await
+            .map_err(|e| format!("server read: {e}"))?;
+        tls.write_all(&buf)
+            .await
+            .map_err(|e| format!("server write: {e}"))?;
         tls.shutdown().await.ok();
         Ok::<_, String>(peer_identity(&peer).ok_or("client cert has no SPIFFE id")?)
     });
     let tcp = TcpStream::connect(addr).await.unwrap();
     let name = ServerName::try_from("mesh.invalid").unwrap();
     let client_result = async {
-        let mut tls = TlsConnector::from(client).connect(name, tcp).await.map_err(|e| format!("client: {e}"))?;
-        tls.write_all(b"ping").await.map_err(|e| format!("client write: {e}"))?;
+        let mut tls = TlsConnector::from(client)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("client: {e}"))?;
+        tls.write_all(b"ping")
+            .await
+            .map_err(|e| format!("client write: {e}"))?;
         let mut buf = [0u8; 4];
-        tls.read_exact(&mut buf).await.map_err(|e| format!("client read: {e}"))?;
+        tls.read_exact(&mut buf)
+            .await
+            .map_err(|e| format!("client read: {e}"))?;
         assert_eq!(&buf, b"ping");
-        let peer = tls.get_ref().1.peer_certificates().and_then(|c| c.first().cloned()).ok_or("no server cert")?;
+        let peer = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first().cloned())
+            .ok_or("no server cert")?;
         Ok::<_, String>(peer_identity(&peer).ok_or("server cert has no SPIFFE id")?)
     }
     .await;
-    let server_result = tokio::time::timeout(Duration::from_secs(5), server_task).await.unwrap().unwrap();
+    let server_result = tokio::time::timeout(Duration::from_secs(5), server_task)
+        .await
+        .unwrap()
+        .unwrap();
     match (client_result, server_result) {
         (Ok(c), Ok(s)) => Ok((c, s)),
         (c, s) => Err(format!("{:?} / {:?}", c.err(), s.err())),
@@ -71,18 +100,32 @@ async fn two_mesh_identities_complete_mtls() {
     let (a, b) = (id("default", "sleep"), id("default", "httpbin"));
     let tls_a = MeshTls::new(&workload(&ca, &a), ca.trust_bundle()).unwrap();
     let tls_b = MeshTls::new(&workload(&ca, &b), ca.trust_bundle()).unwrap();
-    let (seen_by_client, seen_by_server) = handshake(tls_b.server.clone(), tls_a.client.clone()).await.unwrap();
+    let (seen_by_client, seen_by_server) = handshake(tls_b.server.clone(), tls_a.client.clone())
+        .await
+        .unwrap();
     assert_eq!(seen_by_client, b);
     assert_eq!(seen_by_server, a);
 
     // Expected-identity checks in both directions.
-    let only_b = tls_a.client_config_for(PeerIdentities::one_of([b.clone()])).unwrap();
+    let only_b = tls_a
+        .client_config_for(PeerIdentities::one_of([b.clone()]))
+        .unwrap();
     assert!(handshake(tls_b.server.clone(), only_b).await.is_ok());
-    let only_other = tls_a.client_config_for(PeerIdentities::one_of([id("default", "other")])).unwrap();
-    let err = handshake(tls_b.server.clone(), only_other).await.unwrap_err();
+    let only_other = tls_a
+        .client_config_for(PeerIdentities::one_of([id("default", "other")]))
+        .unwrap();
+    let err = handshake(tls_b.server.clone(), only_other)
+        .await
+        .unwrap_err();
     assert!(err.contains("Unexpected"), "{err}");
-    let server_only_other = tls_b.server_config_for(PeerIdentities::one_of([id("default", "other")])).unwrap();
-    assert!(handshake(server_only_other, tls_a.client.clone()).await.is_err());
+    let server_only_other = tls_b
+        .server_config_for(PeerIdentities::one_of([id("default", "other")]))
+        .unwrap();
+    assert!(
+        handshake(server_only_other, tls_a.client.clone())
+            .await
+            .is_err()
+    );
 }
 
 #[tokio::test]
@@ -93,7 +136,12 @@ async fn intermediate_chain_completes_mtls() {
     let (a, b) = (id("ns1", "a"), id("ns2", "b"));
     let tls_a = MeshTls::new(&workload(&ca, &a), ca.trust_bundle()).unwrap();
     let tls_b = MeshTls::new(&workload(&ca, &b), ca.trust_bundle()).unwrap();
-    assert_eq!(handshake(tls_b.server.clone(), tls_a.client.clone()).await.unwrap(), (b, a));
+    assert_eq!(
+        handshake(tls_b.server.clone(), tls_a.client.clone())
+            .await
+            .unwrap(),
+        (b, a)
+    );
 }
 
 #[tokio::test]
@@ -102,13 +150,24 @@ async fn certificate_from_another_root_is_refused() {
     let (a, b) = (id("default", "sleep"), id("default", "httpbin"));
     let tls_b = MeshTls::new(&workload(&mesh, &b), mesh.trust_bundle()).unwrap();
     // Same identity name, minted by another CA, trusting both roots itself.
-    let both = TrustBundle::new(mesh.trust_bundle().roots().iter().chain(stranger.trust_bundle().roots()).cloned()).unwrap();
+    let both = TrustBundle::new(
+        mesh.trust_bundle()
+            .roots()
+            .iter()
+            .chain(stranger.trust_bundle().roots())
+            .cloned(),
+    )
+    .unwrap();
     let intruder = MeshTls::new(&workload(&stranger, &a), &both).unwrap();
-    let err = handshake(tls_b.server.clone(), intruder.client.clone()).await.unwrap_err();
+    let err = handshake(tls_b.server.clone(), intruder.client.clone())
+        .await
+        .unwrap_err();
     assert!(err.contains("server: invalid peer certificate"), "{err}");
     // And the other way: the mesh client refuses the stranger's server.
     let tls_a = MeshTls::new(&workload(&mesh, &a), mesh.trust_bundle()).unwrap();
-    let err = handshake(intruder.server.clone(), tls_a.client.clone()).await.unwrap_err();
+    let err = handshake(intruder.server.clone(), tls_a.client.clone())
+        .await
+        .unwrap_err();
     assert!(err.contains("client: invalid peer certificate"), "{err}");
 }
 
@@ -130,8 +189,14 @@ async fn expired_certificate_is_refused() {
     let now = OffsetDateTime::now_utc();
     params.not_before = now - Duration::from_secs(7200);
     params.not_after = now - Duration::from_secs(3600);
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
     let issuer = Issuer::from_params(&plugged.inter_params, &plugged.inter_key);
     let leaf = params.signed_by(&key, &issuer).unwrap();
     let expired = WorkloadIdentity::from_pem(
@@ -143,8 +208,18 @@ async fn expired_certificate_is_refused() {
     )
     .unwrap();
     let tls_expired = MeshTls::new(&expired, ca.trust_bundle()).unwrap();
-    let err = handshake(tls_b.server.clone(), tls_expired.client.clone()).await.unwrap_err();
-    assert!(err.contains("server: invalid peer certificate: certificate expired"), "{err}");
-    let err = handshake(tls_expired.server.clone(), tls_b.client.clone()).await.unwrap_err();
-    assert!(err.contains("client: invalid peer certificate: certificate expired"), "{err}");
+    let err = handshake(tls_b.server.clone(), tls_expired.client.clone())
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains("server: invalid peer certificate: certificate expired"),
+        "{err}"
+    );
+    let err = handshake(tls_expired.server.clone(), tls_b.client.clone())
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains("client: invalid peer certificate: certificate expired"),
+        "{err}"
+    );
 }

@@ -1,1 +1,18 @@
-//! Control plane: Istio config and registry to Envoy xDS. Built under issue 4.
+//! The control plane: reads Istio configuration and the service registry
+//! (a config directory today; Kubernetes watchers later), builds immutable
+//! snapshots, translates them per proxy into Envoy xDS resources, and
+//! streams them over ADS.
+//!
+//! ```text
+//! source (config dir) -> store (last good per object) -> debounce
+//!   -> Snapshot (Arc, versioned) -> xds::generate(snapshot, proxy)
+//!   -> ads (per-connection versions, nonces, ACK/NACK)
+//! ```
+
+pub mod ads;
+pub mod cli;
+pub mod model;
+pub mod proxy;
+pub mod snapshot;
+pub mod source;
+pub mod xds;

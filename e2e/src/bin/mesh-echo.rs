@@ -44,6 +44,7 @@ async fn main() -> anyhow::Result<()> {
             status: args.status,
             delay: args.delay.map(|d| d.as_std()),
         },
+        log: None,
     });
     let mut tasks = Vec::new();
     for port in args.ports {

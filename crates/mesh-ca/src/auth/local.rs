@@ -77,10 +77,15 @@ impl LocalTokenAuthority {
     }
 
     /// An authority over an existing PKCS#8 P-256 key.
-    pub fn from_key_pem(key_pem: &str, trust_domain: &str, audience: &str) -> Result<Self, TokenKeyError> {
-        let key = rcgen::KeyPair::from_pem(key_pem).map_err(|e| TokenKeyError::Key(e.to_string()))?;
-        let encoding =
-            EncodingKey::from_ec_pem(key_pem.as_bytes()).map_err(|e| TokenKeyError::Key(e.to_string()))?;
+    pub fn from_key_pem(
+        key_pem: &str,
+        trust_domain: &str,
+        audience: &str,
+    ) -> Result<Self, TokenKeyError> {
+        let key =
+            rcgen::KeyPair::from_pem(key_pem).map_err(|e| TokenKeyError::Key(e.to_string()))?;
+        let encoding = EncodingKey::from_ec_pem(key_pem.as_bytes())
+            .map_err(|e| TokenKeyError::Key(e.to_string()))?;
         let decoding = DecodingKey::from_ec_pem(key.public_key_pem().as_bytes())
             .map_err(|e| TokenKeyError::Key(e.to_string()))?;
         Ok(Self {
@@ -111,7 +116,11 @@ impl LocalTokenAuthority {
         audience: &str,
         expires: SystemTime,
     ) -> Result<String, TokenKeyError> {
-        let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let secs = |t: SystemTime| {
+            t.duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0)
+        };
         let now = secs(SystemTime::now());
         let claims = Claims {
             iss: ISSUER.to_string(),
@@ -122,7 +131,10 @@ impl LocalTokenAuthority {
             exp: secs(expires),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims, &self.encoding).map_err(|e| {
-            TokenKeyError::Issue { identity: identity.to_string(), detail: e.to_string() }
+            TokenKeyError::Issue {
+                identity: identity.to_string(),
+                detail: e.to_string(),
+            }
         })
     }
 
@@ -136,21 +148,23 @@ impl LocalTokenAuthority {
         validation.set_required_spec_claims(&["exp", "aud", "iss", "sub"]);
         validation.validate_nbf = true;
         validation.leeway = self.leeway.as_secs();
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation).map_err(|e| {
-            match e.kind() {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation).map_err(
+            |e| match e.kind() {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
                 ErrorKind::ImmatureSignature => AuthError::NotYetValid,
-                ErrorKind::InvalidAudience => AuthError::WrongAudience { expected: self.audience.clone() },
-                ErrorKind::InvalidIssuer => AuthError::WrongIssuer { expected: ISSUER.to_string() },
+                ErrorKind::InvalidAudience => AuthError::WrongAudience {
+                    expected: self.audience.clone(),
+                },
+                ErrorKind::InvalidIssuer => AuthError::WrongIssuer {
+                    expected: ISSUER.to_string(),
+                },
                 ErrorKind::InvalidSignature => AuthError::BadSignature,
                 other => AuthError::Malformed(format!("{other:?}")),
-            }
+            },
+        )?;
+        let identity: SpiffeId = data.claims.sub.parse().map_err(|_| AuthError::Subject {
+            subject: data.claims.sub.clone(),
         })?;
-        let identity: SpiffeId = data
-            .claims
-            .sub
-            .parse()
-            .map_err(|_| AuthError::Subject { subject: data.claims.sub.clone() })?;
         if identity.trust_domain != self.trust_domain {
             return Err(AuthError::ForeignTrustDomain {
                 identity: identity.to_string(),
@@ -187,7 +201,9 @@ mod tests {
         let token = tokens.issue(&sleep_id(), Duration::from_secs(600)).unwrap();
         assert_eq!(tokens.verify(&token), Ok(sleep_id()));
         // Reloaded from the persisted key, old tokens still verify.
-        let reloaded = LocalTokenAuthority::from_key_pem(tokens.key_pem(), "cluster.local", DEFAULT_AUDIENCE).unwrap();
+        let reloaded =
+            LocalTokenAuthority::from_key_pem(tokens.key_pem(), "cluster.local", DEFAULT_AUDIENCE)
+                .unwrap();
         assert_eq!(reloaded.verify(&token), Ok(sleep_id()));
     }
 
@@ -196,15 +212,30 @@ mod tests {
         let tokens = LocalTokenAuthority::generate("cluster.local", DEFAULT_AUDIENCE).unwrap();
         let other = LocalTokenAuthority::generate("cluster.local", DEFAULT_AUDIENCE).unwrap();
         let hour = Duration::from_secs(3600);
-        let expired = tokens.issue_with(&sleep_id(), DEFAULT_AUDIENCE, SystemTime::now() - hour).unwrap();
-        let wrong_aud = tokens.issue_with(&sleep_id(), "something-else", SystemTime::now() + hour).unwrap();
+        let expired = tokens
+            .issue_with(&sleep_id(), DEFAULT_AUDIENCE, SystemTime::now() - hour)
+            .unwrap();
+        let wrong_aud = tokens
+            .issue_with(&sleep_id(), "something-else", SystemTime::now() + hour)
+            .unwrap();
         let foreign_key = other.issue(&sleep_id(), hour).unwrap();
-        let foreign_td = tokens.issue(&SpiffeId::new("evil.local", "default", "sleep"), hour).unwrap();
+        let foreign_td = tokens
+            .issue(&SpiffeId::new("evil.local", "default", "sleep"), hour)
+            .unwrap();
         assert_eq!(tokens.verify(""), Err(AuthError::MissingToken));
-        assert!(matches!(tokens.verify("not.a.jwt"), Err(AuthError::Malformed(_))));
+        assert!(matches!(
+            tokens.verify("not.a.jwt"),
+            Err(AuthError::Malformed(_))
+        ));
         assert_eq!(tokens.verify(&expired), Err(AuthError::Expired));
-        assert!(matches!(tokens.verify(&wrong_aud), Err(AuthError::WrongAudience { .. })));
+        assert!(matches!(
+            tokens.verify(&wrong_aud),
+            Err(AuthError::WrongAudience { .. })
+        ));
         assert_eq!(tokens.verify(&foreign_key), Err(AuthError::BadSignature));
-        assert!(matches!(tokens.verify(&foreign_td), Err(AuthError::ForeignTrustDomain { .. })));
+        assert!(matches!(
+            tokens.verify(&foreign_td),
+            Err(AuthError::ForeignTrustDomain { .. })
+        ));
     }
 }

@@ -18,7 +18,8 @@ use mesh_ca::metrics::CaMetrics;
 use mesh_ca::service::{CaClient, CaService, serve_tls};
 use mesh_ca::{Authority, AuthorityConfig};
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
 };
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
@@ -29,10 +30,16 @@ pub fn id(ns: &str, sa: &str) -> SpiffeId {
     SpiffeId::new(TD, ns, sa)
 }
 
-pub fn ca_params(cn: &str, not_before: OffsetDateTime, not_after: OffsetDateTime) -> CertificateParams {
+pub fn ca_params(
+    cn: &str,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+) -> CertificateParams {
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
-    params.distinguished_name.push(DnType::OrganizationName, "Example Corp");
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "Example Corp");
     params.distinguished_name.push(DnType::CommonName, cn);
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
@@ -64,13 +71,29 @@ pub fn write_plugged_ca(dir: &Path) -> Plugged {
     std::fs::write(dir.join("ca-cert.pem"), inter.pem()).unwrap();
     std::fs::write(dir.join("ca-key.pem"), inter_key.serialize_pem()).unwrap();
     std::fs::write(dir.join("root-cert.pem"), root.pem()).unwrap();
-    std::fs::write(dir.join("cert-chain.pem"), format!("{}{}", inter.pem(), root.pem())).unwrap();
-    Plugged { root_pem: root.pem(), inter_pem: inter.pem(), inter_key, inter_params }
+    std::fs::write(
+        dir.join("cert-chain.pem"),
+        format!("{}{}", inter.pem(), root.pem()),
+    )
+    .unwrap();
+    Plugged {
+        root_pem: root.pem(),
+        inter_pem: inter.pem(),
+        inter_key,
+        inter_params,
+    }
 }
 
 pub fn openssl(args: &[&str]) -> (bool, String) {
-    let out = Command::new("/usr/bin/openssl").args(args).output().expect("openssl runs");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("/usr/bin/openssl")
+        .args(args)
+        .output()
+        .expect("openssl runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.success(), text)
 }
 
@@ -90,15 +113,26 @@ impl RunningCa {
         Self::start_on(listener, authority, tokens).await
     }
 
-    pub async fn start_on(listener: TcpListener, authority: Arc<Authority>, tokens: Arc<LocalTokenAuthority>) -> Self {
+    pub async fn start_on(
+        listener: TcpListener,
+        authority: Arc<Authority>,
+        tokens: Arc<LocalTokenAuthority>,
+    ) -> Self {
         let addr = listener.local_addr().unwrap();
         let serving = authority
-            .issue_serving_certificate(&["localhost".into(), "istiod.istio-system.svc".into()], Duration::from_secs(3600))
+            .issue_serving_certificate(
+                &["localhost".into(), "istiod.istio-system.svc".into()],
+                Duration::from_secs(3600),
+            )
             .unwrap();
         let tls = mesh_ca::tls::ca_server_config(&serving).unwrap();
         let metrics = CaMetrics::default();
         let authenticators: Vec<Arc<dyn Authenticator>> = vec![tokens.clone()];
-        let service = Arc::new(CaService::new(authority.clone(), authenticators, metrics.clone()));
+        let service = Arc::new(CaService::new(
+            authority.clone(),
+            authenticators,
+            metrics.clone(),
+        ));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             serve_tls(listener, service, tls, async {
@@ -107,15 +141,29 @@ impl RunningCa {
             .await
             .unwrap();
         });
-        Self { addr, authority, tokens, metrics, shutdown: Some(tx), task }
+        Self {
+            addr,
+            authority,
+            tokens,
+            metrics,
+            shutdown: Some(tx),
+            task,
+        }
     }
 
     pub fn client(&self) -> CaClient {
-        CaClient::new(&format!("https://{}", self.addr), self.authority.trust_bundle(), "localhost").unwrap()
+        CaClient::new(
+            &format!("https://{}", self.addr),
+            self.authority.trust_bundle(),
+            "localhost",
+        )
+        .unwrap()
     }
 
     pub fn token(&self, identity: &SpiffeId) -> String {
-        self.tokens.issue(identity, Duration::from_secs(600)).unwrap()
+        self.tokens
+            .issue(identity, Duration::from_secs(600))
+            .unwrap()
     }
 
     pub async fn stop(mut self) {

@@ -1,0 +1,415 @@
+//! Translated resources ready to send: every resource packed once into an
+//! `Any`, named, and given a content-hash version, plus a cache that lets
+//! proxies of the same "shape" share one translation per snapshot.
+//!
+//! Versions must not change when the content does not (else every snapshot
+//! pushes everything to everyone), but prost encodes `map` fields in
+//! `HashMap` order, which differs between two equal messages. So the hash is
+//! taken over a canonical walk of the message (fields by number, map
+//! entries sorted, `Any` payloads decoded and walked too) using the Envoy
+//! descriptor set that `mesh-api` embeds.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::Hasher;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use envoy_types::pb::google::protobuf::Any;
+use mesh_api::xds::{ResourceType, pack_any};
+use prost::Message;
+use prost_reflect::{DescriptorPool, DynamicMessage, ReflectMessage, Value};
+use tokio::sync::OnceCell;
+
+use super::Generator;
+use crate::proxy::{ProxyInfo, ProxyRole};
+use crate::snapshot::Snapshot;
+use crate::xds::ProxyResources;
+
+/// Why a proxy's resources could not be produced.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TranslateError {
+    /// The generator panicked or its task was cancelled; the proxy keeps
+    /// the resources it has.
+    #[error("translation for proxy {proxy} at snapshot {version} failed: {reason}")]
+    Failed {
+        /// Node id of the proxy.
+        proxy: String,
+        /// Snapshot version.
+        version: u64,
+        /// What the task reported.
+        reason: String,
+    },
+}
+
+/// One packed resource.
+#[derive(Debug, Clone)]
+pub(crate) struct Item {
+    /// Resource name (cluster name, listener name, ...).
+    pub name: String,
+    /// Content hash, hex.
+    pub version: String,
+    hash: u64,
+    /// The packed resource.
+    pub any: Any,
+}
+
+/// Every resource of one type, in translation order.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TypeResources {
+    /// Content hash of the full set, hex.
+    pub version: String,
+    pub items: Vec<Item>,
+    index: HashMap<String, usize>,
+}
+
+impl TypeResources {
+    fn new(items: Vec<Item>) -> Self {
+        let index = items
+            .iter()
+            .enumerate()
+            .map(|(i, it)| (it.name.clone(), i))
+            .collect();
+        let version = version_of(items.iter());
+        Self {
+            version,
+            items,
+            index,
+        }
+    }
+
+    /// The resource with this name, if it exists.
+    pub fn get(&self, name: &str) -> Option<&Item> {
+        self.index.get(name).and_then(|&i| self.items.get(i))
+    }
+}
+
+/// Hex content hash of a sequence of resources (names and contents).
+pub(crate) fn version_of<'a>(items: impl Iterator<Item = &'a Item>) -> String {
+    let mut h = Fnv::default();
+    for it in items {
+        h.write_str_field(&it.name);
+        h.write_u64(it.hash);
+    }
+    format!("{:016x}", h.finish())
+}
+
+/// One proxy's resources for one snapshot.
+#[derive(Debug, Default)]
+pub(crate) struct Translated {
+    /// Snapshot the resources come from.
+    pub snapshot_version: u64,
+    by_type: BTreeMap<ResourceType, TypeResources>,
+    empty: TypeResources,
+}
+
+impl Translated {
+    /// Packs and hashes generated resources.
+    pub fn new(snapshot_version: u64, res: ProxyResources) -> Self {
+        let pool = mesh_api::xds::json::pool().ok();
+        let pack = |name: String, any: Any| {
+            let hash = canonical_hash(pool, &any);
+            Item {
+                name,
+                version: format!("{hash:016x}"),
+                hash,
+                any,
+            }
+        };
+        let mut by_type = BTreeMap::new();
+        let clusters = res
+            .clusters
+            .into_iter()
+            .map(|c| (c.name.clone(), pack_any(c)));
+        by_type.insert(
+            ResourceType::Cluster,
+            TypeResources::new(clusters.map(|(n, a)| pack(n, a)).collect()),
+        );
+        let endpoints = res
+            .endpoints
+            .into_iter()
+            .map(|c| (c.cluster_name.clone(), pack_any(c)));
+        by_type.insert(
+            ResourceType::Endpoint,
+            TypeResources::new(endpoints.map(|(n, a)| pack(n, a)).collect()),
+        );
+        let listeners = res
+            .listeners
+            .into_iter()
+            .map(|l| (l.name.clone(), pack_any(l)));
+        by_type.insert(
+            ResourceType::Listener,
+            TypeResources::new(listeners.map(|(n, a)| pack(n, a)).collect()),
+        );
+        let routes = res
+            .routes
+            .into_iter()
+            .map(|r| (r.name.clone(), pack_any(r)));
+        by_type.insert(
+            ResourceType::Route,
+            TypeResources::new(routes.map(|(n, a)| pack(n, a)).collect()),
+        );
+        by_type.insert(ResourceType::Secret, TypeResources::new(Vec::new()));
+        Self {
+            snapshot_version,
+            by_type,
+            empty: TypeResources::new(Vec::new()),
+        }
+    }
+
+    /// The resources of one type.
+    pub fn get(&self, ty: ResourceType) -> &TypeResources {
+        self.by_type.get(&ty).unwrap_or(&self.empty)
+    }
+}
+
+// === canonical hashing ===
+
+/// FNV-1a, 64 bit: stable across processes and Rust releases, unlike
+/// `DefaultHasher`, so a restarted control plane computes the same versions.
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+impl Fnv {
+    fn write_str_field(&mut self, s: &str) {
+        self.write_u64(s.len() as u64);
+        self.write(s.as_bytes());
+    }
+}
+
+/// Hash of a packed resource that ignores map ordering. Falls back to the
+/// encoded bytes when the type is not in the descriptor set.
+fn canonical_hash(pool: Option<&DescriptorPool>, any: &Any) -> u64 {
+    let mut h = Fnv::default();
+    match pool.and_then(|p| decode_any(p, &any.type_url, &any.value)) {
+        Some(msg) => hash_message(&mut h, pool, &msg),
+        None => {
+            h.write_str_field(&any.type_url);
+            h.write(&any.value);
+        }
+    }
+    h.finish()
+}
+
+fn decode_any(pool: &DescriptorPool, type_url: &str, value: &[u8]) -> Option<DynamicMessage> {
+    let name = type_url.rsplit('/').next()?;
+    let desc = pool.get_message_by_name(name)?;
+    DynamicMessage::decode(desc, value).ok()
+}
+
+fn hash_message(h: &mut Fnv, pool: Option<&DescriptorPool>, msg: &DynamicMessage) {
+    let desc = msg.descriptor();
+    h.write_str_field(desc.full_name());
+    if desc.full_name() == "google.protobuf.Any" {
+        let type_url = msg.get_field_by_number(1);
+        let value = msg.get_field_by_number(2);
+        if let (Some(Value::String(url)), Some(Value::Bytes(bytes))) =
+            (type_url.as_deref(), value.as_deref())
+            && let Some(inner) = pool.and_then(|p| decode_any(p, url, bytes))
+        {
+            hash_message(h, pool, &inner);
+            return;
+        }
+    }
+    for (field, value) in msg.fields() {
+        h.write_u32(field.number());
+        hash_value(h, pool, value);
+    }
+}
+
+fn hash_value(h: &mut Fnv, pool: Option<&DescriptorPool>, value: &Value) {
+    match value {
+        Value::Bool(v) => h.write_u8(u8::from(*v)),
+        Value::I32(v) => h.write_i32(*v),
+        Value::I64(v) => h.write_i64(*v),
+        Value::U32(v) => h.write_u32(*v),
+        Value::U64(v) => h.write_u64(*v),
+        Value::F32(v) => h.write_u32(v.to_bits()),
+        Value::F64(v) => h.write_u64(v.to_bits()),
+        Value::String(v) => h.write_str_field(v),
+        Value::Bytes(v) => {
+            h.write_u64(v.len() as u64);
+            h.write(v);
+        }
+        Value::EnumNumber(v) => h.write_i32(*v),
+        Value::Message(m) => hash_message(h, pool, m),
+        Value::List(items) => {
+            h.write_u64(items.len() as u64);
+            for v in items {
+                hash_value(h, pool, v);
+            }
+        }
+        Value::Map(map) => {
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            h.write_u64(entries.len() as u64);
+            for (k, v) in entries {
+                hash_value(h, pool, &k.clone().into());
+                hash_value(h, pool, v);
+            }
+        }
+    }
+}
+
+// === shape cache ===
+
+/// What translation output depends on, besides the snapshot. Proxies with
+/// the same key get the same `Arc<Translated>`. Addresses are part of it
+/// because inbound listeners bind them.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ShapeKey {
+    role: ProxyRole,
+    namespace: String,
+    labels: BTreeMap<String, String>,
+    ips: Vec<IpAddr>,
+}
+
+impl ShapeKey {
+    fn of(proxy: &ProxyInfo) -> Self {
+        let mut ips = proxy.ip_addresses.clone();
+        ips.sort();
+        Self {
+            role: proxy.role,
+            namespace: proxy.namespace.clone(),
+            labels: proxy.labels.clone(),
+            ips,
+        }
+    }
+}
+
+type Slot = Arc<OnceCell<Arc<Translated>>>;
+
+/// Translations of the newest snapshot seen, by proxy shape. Older entries
+/// are dropped as soon as a newer snapshot is asked for.
+#[derive(Default)]
+pub(crate) struct ShapeCache {
+    // Held only to find or insert a slot, never across translation.
+    inner: Mutex<(u64, HashMap<ShapeKey, Slot>)>,
+}
+
+impl ShapeCache {
+    /// The resources for `proxy` at `snapshot`, translating at most once per
+    /// shape; concurrent callers of the same shape wait for one translation.
+    pub async fn get(
+        &self,
+        snapshot: &Arc<Snapshot>,
+        proxy: &ProxyInfo,
+        generator: &Generator,
+    ) -> Result<Arc<Translated>, TranslateError> {
+        let slot = {
+            let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            if snapshot.version > inner.0 {
+                *inner = (snapshot.version, HashMap::new());
+            }
+            if snapshot.version == inner.0 {
+                Some(inner.1.entry(ShapeKey::of(proxy)).or_default().clone())
+            } else {
+                None
+            }
+        };
+        let translate = || async {
+            let (snap, p, g) = (snapshot.clone(), proxy.clone(), generator.clone());
+            tokio::task::spawn_blocking(move || {
+                Arc::new(Translated::new(snap.version, g(&snap, &p)))
+            })
+            .await
+            .map_err(|e| TranslateError::Failed {
+                proxy: proxy.id.clone(),
+                version: snapshot.version,
+                reason: e.to_string(),
+            })
+        };
+        match slot {
+            Some(slot) => slot.get_or_try_init(translate).await.cloned(),
+            // A connection still working on an older snapshot: don't cache.
+            None => translate().await,
+        }
+    }
+}
+
+/// Bytes a response would take, for logs.
+pub(crate) fn encoded_len(items: &[&Item]) -> usize {
+    items.iter().map(|i| i.any.encoded_len()).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+    use envoy_types::pb::envoy::config::core::v3::Metadata;
+    use envoy_types::pb::google::protobuf::{Struct, Value as PbValue, value::Kind};
+
+    fn cluster_with_metadata(keys: &[&str]) -> Cluster {
+        let fields = keys
+            .iter()
+            .map(|k| {
+                (
+                    k.to_string(),
+                    PbValue {
+                        kind: Some(Kind::StringValue(format!("v-{k}"))),
+                    },
+                )
+            })
+            .collect();
+        Cluster {
+            name: "c".into(),
+            metadata: Some(Metadata {
+                filter_metadata: [("istio".to_string(), Struct { fields })].into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn equal_content_has_equal_versions_whatever_the_map_order() {
+        let keys: Vec<String> = (0..32).map(|i| format!("k{i}")).collect();
+        let fwd: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let rev: Vec<&str> = fwd.iter().rev().copied().collect();
+        let a = Translated::new(
+            1,
+            ProxyResources {
+                clusters: vec![cluster_with_metadata(&fwd)],
+                ..Default::default()
+            },
+        );
+        let b = Translated::new(
+            2,
+            ProxyResources {
+                clusters: vec![cluster_with_metadata(&rev)],
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            a.get(ResourceType::Cluster).version,
+            b.get(ResourceType::Cluster).version
+        );
+        let c = Translated::new(
+            3,
+            ProxyResources {
+                clusters: vec![cluster_with_metadata(&fwd[1..])],
+                ..Default::default()
+            },
+        );
+        assert_ne!(
+            a.get(ResourceType::Cluster).version,
+            c.get(ResourceType::Cluster).version
+        );
+    }
+}

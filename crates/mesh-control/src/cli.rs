@@ -1,0 +1,113 @@
+//! The `mesh-control` process: the config-directory source, the ADS server
+//! and the monitoring endpoints, wired together and shut down together on
+//! SIGTERM or Ctrl-C.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use axum::Json;
+use axum::routing::get;
+use clap::Parser;
+use tokio::sync::watch;
+
+use crate::ads::{self, AdsServer};
+use crate::source::{ConfigStatus, DirSource, DirSourceConfig};
+
+/// Command-line arguments of `mesh-control`.
+#[derive(Debug, Parser)]
+#[command(name = "mesh-control", version, about = "Control plane: Istio configuration to Envoy xDS over ADS")]
+pub struct Args {
+    /// Directory of Istio and Kubernetes YAML to serve (watched for changes).
+    #[arg(long, env = "MESH_CONFIG_DIR")]
+    pub config_dir: PathBuf,
+    /// Address of the plaintext ADS server (local mode only).
+    #[arg(long, default_value = "127.0.0.1:15010")]
+    pub xds_address: SocketAddr,
+    /// Address of the monitoring server (/metrics, /debug/syncz, /debug/configz, /ready).
+    #[arg(long, default_value = "127.0.0.1:15014")]
+    pub monitoring_address: SocketAddr,
+    /// Log format.
+    #[arg(long, value_parser = ["text", "json"], default_value = "text")]
+    pub log_format: String,
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // A second init (tests) is harmless; ignore it.
+    let _ = if format == "json" { builder.json().try_init() } else { builder.try_init() };
+}
+
+async fn shutdown_signal(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Runs the control plane until SIGTERM/Ctrl-C.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    init_logging(&args.log_format);
+    let (source, snapshot) = DirSource::load(DirSourceConfig::new(&args.config_dir))
+        .map_err(|e| anyhow::anyhow!("cannot read config directory {}: {e}", args.config_dir.display()))?;
+    let status: Arc<Mutex<ConfigStatus>> = source.status_handle();
+    tracing::info!(
+        dir = %args.config_dir.display(),
+        version = snapshot.version,
+        services = snapshot.registry.services.len(),
+        "loaded configuration"
+    );
+    let (snapshots_tx, snapshots_rx) = watch::channel(Arc::new(snapshot));
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let source_task = tokio::spawn(source.run(snapshots_tx, shutdown_signal(stop_rx.clone())));
+    let server = AdsServer::with_default_generator(snapshots_rx);
+
+    let configz = get(move || {
+        let status = status.lock().map(|s| s.clone()).unwrap_or_default();
+        async move { Json(status) }
+    });
+    let monitoring = server.debug_router().route("/debug/configz", configz);
+    let listener = tokio::net::TcpListener::bind(args.monitoring_address)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot bind monitoring address {}: {e}", args.monitoring_address))?;
+    let monitoring_stop = shutdown_signal(stop_rx.clone());
+    let monitoring_task = tokio::spawn(async move {
+        axum::serve(listener, monitoring).with_graceful_shutdown(monitoring_stop).await
+    });
+    tracing::info!(xds = %args.xds_address, monitoring = %args.monitoring_address, "serving");
+
+    let xds = ads::serve(args.xds_address, server, shutdown_signal(stop_rx.clone()));
+    tokio::pin!(xds);
+    let result = tokio::select! {
+        r = &mut xds => r.map_err(anyhow::Error::from),
+        _ = terminate() => {
+            tracing::info!("shutting down");
+            let _ = stop_tx.send(true);
+            xds.await.map_err(anyhow::Error::from)
+        }
+    };
+    let _ = stop_tx.send(true);
+    let _ = source_task.await;
+    let _ = monitoring_task.await;
+    result
+}
+
+async fn terminate() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

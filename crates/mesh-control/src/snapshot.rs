@@ -1,0 +1,115 @@
+//! An immutable, versioned view of everything the control plane knows: the
+//! registry plus every Istio object, normalised (namespace always set,
+//! sorted by namespace/name so translation is deterministic). A change to
+//! any input builds a new snapshot; translation and the ADS server only ever
+//! read snapshots, through `Arc`.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Secret;
+use mesh_api::mesh_config::MeshConfig;
+use mesh_api::networking::{DestinationRule, Gateway, Sidecar, VirtualService};
+use mesh_api::object::Loaded;
+use mesh_api::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
+use mesh_api::telemetry::Telemetry;
+use mesh_api::wellknown::DEFAULT_DOMAIN_SUFFIX;
+use mesh_api::MeshObject;
+
+use crate::model::{Registry, build_registry};
+
+/// Everything translation reads.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// Monotonic version, bumped on every change.
+    pub version: u64,
+    /// Mesh-wide settings.
+    pub mesh: Arc<MeshConfig>,
+    /// DNS suffix of Kubernetes services (`cluster.local`).
+    pub domain: String,
+    /// Services and endpoints.
+    pub registry: Registry,
+    /// VirtualServices.
+    pub virtual_services: Vec<Arc<VirtualService>>,
+    /// DestinationRules.
+    pub destination_rules: Vec<Arc<DestinationRule>>,
+    /// Gateways.
+    pub gateways: Vec<Arc<Gateway>>,
+    /// Sidecars.
+    pub sidecars: Vec<Arc<Sidecar>>,
+    /// PeerAuthentications.
+    pub peer_authentications: Vec<Arc<PeerAuthentication>>,
+    /// RequestAuthentications.
+    pub request_authentications: Vec<Arc<RequestAuthentication>>,
+    /// AuthorizationPolicies.
+    pub authorization_policies: Vec<Arc<AuthorizationPolicy>>,
+    /// Telemetry resources.
+    pub telemetries: Vec<Arc<Telemetry>>,
+    /// Secrets (gateway `credentialName` certificates).
+    pub secrets: Vec<Arc<Secret>>,
+}
+
+/// The namespace of any Kubernetes-style object; snapshots always set it.
+pub fn namespace_of<K: kube::Resource>(obj: &K) -> &str {
+    obj.meta().namespace.as_deref().unwrap_or("default")
+}
+
+/// The name of any Kubernetes-style object.
+pub fn name_of<K: kube::Resource>(obj: &K) -> &str {
+    obj.meta().name.as_deref().unwrap_or("")
+}
+
+impl Snapshot {
+    /// Builds a snapshot from loaded objects. Objects that failed to decode
+    /// or validate must already have been filtered out (or replaced by their
+    /// last good version) by the config store.
+    pub fn build<'a>(version: u64, objects: impl IntoIterator<Item = &'a Loaded> + Clone, mesh: MeshConfig) -> Self {
+        let domain = DEFAULT_DOMAIN_SUFFIX.to_string();
+        let mut snap = Snapshot {
+            version,
+            registry: build_registry(objects.clone(), &domain),
+            mesh: Arc::new(mesh),
+            domain,
+            ..Default::default()
+        };
+        macro_rules! push {
+            ($field:ident, $obj:expr, $ns:expr) => {{
+                let mut o = (**$obj).clone();
+                o.metadata.namespace = Some($ns.to_string());
+                snap.$field.push(Arc::new(o));
+            }};
+        }
+        for l in objects {
+            let ns = l.header.namespace.as_str();
+            match &l.object {
+                Some(MeshObject::VirtualService(o)) => push!(virtual_services, o, ns),
+                Some(MeshObject::DestinationRule(o)) => push!(destination_rules, o, ns),
+                Some(MeshObject::Gateway(o)) => push!(gateways, o, ns),
+                Some(MeshObject::Sidecar(o)) => push!(sidecars, o, ns),
+                Some(MeshObject::PeerAuthentication(o)) => push!(peer_authentications, o, ns),
+                Some(MeshObject::RequestAuthentication(o)) => push!(request_authentications, o, ns),
+                Some(MeshObject::AuthorizationPolicy(o)) => push!(authorization_policies, o, ns),
+                Some(MeshObject::Telemetry(o)) => push!(telemetries, o, ns),
+                Some(MeshObject::Secret(o)) => push!(secrets, o, ns),
+                _ => {}
+            }
+        }
+        fn sort<K: kube::Resource>(v: &mut [Arc<K>]) {
+            v.sort_by(|a, b| (namespace_of(a.as_ref()), name_of(a.as_ref())).cmp(&(namespace_of(b.as_ref()), name_of(b.as_ref()))));
+        }
+        sort(&mut snap.virtual_services);
+        sort(&mut snap.destination_rules);
+        sort(&mut snap.gateways);
+        sort(&mut snap.sidecars);
+        sort(&mut snap.peer_authentications);
+        sort(&mut snap.request_authentications);
+        sort(&mut snap.authorization_policies);
+        sort(&mut snap.telemetries);
+        sort(&mut snap.secrets);
+        snap
+    }
+
+    /// The mesh root namespace.
+    pub fn root_namespace(&self) -> &str {
+        self.mesh.root_namespace()
+    }
+}

