@@ -6,7 +6,7 @@
 //! - [`csr`]: CSR parsing and the policy of what a caller may ask for.
 //! - [`bundle`]: the trust bundle (roots, two during a rotation).
 //! - [`auth`]: who is calling: control-plane-issued tokens in local mode,
-//!   Kubernetes ServiceAccount tokens otherwise.
+//!   Kubernetes ServiceAccount tokens (TokenReview) otherwise.
 //! - [`service`]: Istio's `IstioCertificateService` over gRPC+TLS, server and
 //!   client.
 //! - [`client`]: the workload certificate client (key in memory, rotation at

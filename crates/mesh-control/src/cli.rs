@@ -16,7 +16,11 @@ use crate::source::{ConfigStatus, DirSource, DirSourceConfig};
 
 /// Command-line arguments of `mesh-control`.
 #[derive(Debug, Parser)]
-#[command(name = "mesh-control", version, about = "Control plane: Istio configuration to Envoy xDS over ADS")]
+#[command(
+    name = "mesh-control",
+    version,
+    about = "Control plane: Istio configuration to Envoy xDS over ADS"
+)]
 pub struct Args {
     /// Directory of Istio and Kubernetes YAML to serve (watched for changes).
     #[arg(long, env = "MESH_CONFIG_DIR")]
@@ -35,9 +39,15 @@ pub struct Args {
 fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     // A second init (tests) is harmless; ignore it.
-    let _ = if format == "json" { builder.json().try_init() } else { builder.try_init() };
+    let _ = if format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
 }
 
 async fn shutdown_signal(mut stop: watch::Receiver<bool>) {
@@ -47,8 +57,13 @@ async fn shutdown_signal(mut stop: watch::Receiver<bool>) {
 /// Runs the control plane until SIGTERM/Ctrl-C.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     init_logging(&args.log_format);
-    let (source, snapshot) = DirSource::load(DirSourceConfig::new(&args.config_dir))
-        .map_err(|e| anyhow::anyhow!("cannot read config directory {}: {e}", args.config_dir.display()))?;
+    let (source, snapshot) =
+        DirSource::load(DirSourceConfig::new(&args.config_dir)).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot read config directory {}: {e}",
+                args.config_dir.display()
+            )
+        })?;
     let status: Arc<Mutex<ConfigStatus>> = source.status_handle();
     tracing::info!(
         dir = %args.config_dir.display(),
@@ -69,10 +84,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let monitoring = server.debug_router().route("/debug/configz", configz);
     let listener = tokio::net::TcpListener::bind(args.monitoring_address)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot bind monitoring address {}: {e}", args.monitoring_address))?;
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot bind monitoring address {}: {e}",
+                args.monitoring_address
+            )
+        })?;
     let monitoring_stop = shutdown_signal(stop_rx.clone());
     let monitoring_task = tokio::spawn(async move {
-        axum::serve(listener, monitoring).with_graceful_shutdown(monitoring_stop).await
+        axum::serve(listener, monitoring)
+            .with_graceful_shutdown(monitoring_stop)
+            .await
     });
     tracing::info!(xds = %args.xds_address, monitoring = %args.monitoring_address, "serving");
 
@@ -96,13 +118,14 @@ async fn terminate() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

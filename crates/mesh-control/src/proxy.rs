@@ -102,7 +102,8 @@ impl ProxyInfo {
             name: string_field(md, "NAME").unwrap_or_else(|| pod_name.to_string()),
             namespace,
             labels: string_map(md.and_then(|m| m.fields.get("LABELS"))),
-            service_account: string_field(md, "SERVICE_ACCOUNT").unwrap_or_else(|| "default".into()),
+            service_account: string_field(md, "SERVICE_ACCOUNT")
+                .unwrap_or_else(|| "default".into()),
             cluster_id: string_field(md, "CLUSTER_ID").unwrap_or_else(|| "Kubernetes".into()),
         })
     }
@@ -115,7 +116,10 @@ impl ProxyInfo {
             ip_addresses: vec![ip],
             name: name.into(),
             namespace: namespace.into(),
-            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             service_account: "default".into(),
             cluster_id: "Kubernetes".into(),
         }
@@ -136,19 +140,32 @@ mod tests {
     use super::*;
 
     fn s(v: &str) -> Value {
-        Value { kind: Some(Kind::StringValue(v.into())) }
+        Value {
+            kind: Some(Kind::StringValue(v.into())),
+        }
     }
 
     #[test]
     fn reads_istio_style_nodes() {
-        let labels = Struct { fields: [("app".to_string(), s("reviews")), ("version".to_string(), s("v1"))].into() };
+        let labels = Struct {
+            fields: [
+                ("app".to_string(), s("reviews")),
+                ("version".to_string(), s("v1")),
+            ]
+            .into(),
+        };
         let node = Node {
             id: "sidecar~10.1.0.7~reviews-v1-abc.bookinfo~bookinfo.svc.cluster.local".into(),
             metadata: Some(Struct {
                 fields: [
                     ("NAMESPACE".to_string(), s("bookinfo")),
                     ("SERVICE_ACCOUNT".to_string(), s("bookinfo-reviews")),
-                    ("LABELS".to_string(), Value { kind: Some(Kind::StructValue(labels)) }),
+                    (
+                        "LABELS".to_string(),
+                        Value {
+                            kind: Some(Kind::StructValue(labels)),
+                        },
+                    ),
                 ]
                 .into(),
             }),
@@ -165,8 +182,14 @@ mod tests {
 
     #[test]
     fn refuses_malformed_ids() {
-        let node = Node { id: "just-a-name".into(), ..Default::default() };
-        assert!(matches!(ProxyInfo::from_node(Some(&node)), Err(ProxyInfoError::BadId(_))));
+        let node = Node {
+            id: "just-a-name".into(),
+            ..Default::default()
+        };
+        assert!(matches!(
+            ProxyInfo::from_node(Some(&node)),
+            Err(ProxyInfoError::BadId(_))
+        ));
         assert_eq!(ProxyInfo::from_node(None), Err(ProxyInfoError::MissingNode));
     }
 }

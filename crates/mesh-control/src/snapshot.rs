@@ -7,13 +7,13 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Secret;
+use mesh_api::MeshObject;
 use mesh_api::mesh_config::MeshConfig;
 use mesh_api::networking::{DestinationRule, Gateway, Sidecar, VirtualService};
 use mesh_api::object::Loaded;
 use mesh_api::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 use mesh_api::telemetry::Telemetry;
 use mesh_api::wellknown::DEFAULT_DOMAIN_SUFFIX;
-use mesh_api::MeshObject;
 
 use crate::model::{Registry, build_registry};
 
@@ -62,7 +62,11 @@ impl Snapshot {
     /// Builds a snapshot from loaded objects. Objects that failed to decode
     /// or validate must already have been filtered out (or replaced by their
     /// last good version) by the config store.
-    pub fn build<'a>(version: u64, objects: impl IntoIterator<Item = &'a Loaded> + Clone, mesh: MeshConfig) -> Self {
+    pub fn build<'a>(
+        version: u64,
+        objects: impl IntoIterator<Item = &'a Loaded> + Clone,
+        mesh: MeshConfig,
+    ) -> Self {
         let domain = DEFAULT_DOMAIN_SUFFIX.to_string();
         let mut snap = Snapshot {
             version,
@@ -94,7 +98,10 @@ impl Snapshot {
             }
         }
         fn sort<K: kube::Resource>(v: &mut [Arc<K>]) {
-            v.sort_by(|a, b| (namespace_of(a.as_ref()), name_of(a.as_ref())).cmp(&(namespace_of(b.as_ref()), name_of(b.as_ref()))));
+            v.sort_by(|a, b| {
+                (namespace_of(a.as_ref()), name_of(a.as_ref()))
+                    .cmp(&(namespace_of(b.as_ref()), name_of(b.as_ref())))
+            });
         }
         sort(&mut snap.virtual_services);
         sort(&mut snap.destination_rules);

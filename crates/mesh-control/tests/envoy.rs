@@ -38,14 +38,25 @@ impl ControlPlane {
             .arg("--config-dir")
             .arg(dir)
             .args(["--xds-address", &format!("127.0.0.1:{xds_port}")])
-            .args(["--monitoring-address", &format!("127.0.0.1:{monitoring_port}")])
+            .args([
+                "--monitoring-address",
+                &format!("127.0.0.1:{monitoring_port}"),
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
-        let cp = Self { child, xds_port, monitoring_port };
+        let cp = Self {
+            child,
+            xds_port,
+            monitoring_port,
+        };
         assert!(
-            wait_for(Duration::from_secs(10), || http_get(cp.monitoring_port, "/ready")).is_some(),
+            wait_for(Duration::from_secs(10), || http_get(
+                cp.monitoring_port,
+                "/ready"
+            ))
+            .is_some(),
             "mesh-control did not become ready"
         );
         cp
@@ -187,7 +198,9 @@ spec:
 /// Starts a mesh-echo "pod" on `ip:port`; returns the log of every request it sees.
 async fn start_backend(ip: [u8; 4], port: u16, name: &str, version: &str) -> RequestLog {
     let log = RequestLog::default();
-    let listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::from(ip), port)).await.unwrap();
+    let listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::from(ip), port))
+        .await
+        .unwrap();
     let config = Arc::new(EchoConfig {
         name: name.into(),
         version: version.into(),
@@ -199,17 +212,29 @@ async fn start_backend(ip: [u8; 4], port: u16, name: &str, version: &str) -> Req
     log
 }
 
-type Client = hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>;
+type Client = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Empty<Bytes>,
+>;
 
-async fn request(client: &Client, port: u16, path: &str, headers: &[(&str, &str)]) -> (u16, Option<EchoResponse>) {
-    let mut req = http::Request::get(format!("http://127.0.0.1:{port}{path}")).header("host", "bookinfo.example.com");
+async fn request(
+    client: &Client,
+    port: u16,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, Option<EchoResponse>) {
+    let mut req = http::Request::get(format!("http://127.0.0.1:{port}{path}"))
+        .header("host", "bookinfo.example.com");
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let resp = tokio::time::timeout(Duration::from_secs(5), client.request(req.body(Empty::new()).unwrap()))
-        .await
-        .expect("request timed out")
-        .expect("request failed");
+    let resp = tokio::time::timeout(
+        Duration::from_secs(5),
+        client.request(req.body(Empty::new()).unwrap()),
+    )
+    .await
+    .expect("request timed out")
+    .expect("request failed");
     let status = resp.status().as_u16();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     (status, serde_json::from_slice(&body).ok())
@@ -250,25 +275,51 @@ async fn stock_envoy_acks_and_routes_as_the_virtual_services_say() {
     // Every resource type is ACKed and nothing is NACKed.
     let all_synced = |syncz: &serde_json::Value| {
         let status = &syncz["proxies"][0]["status"];
-        ["CDS", "EDS", "LDS", "RDS"].iter().all(|t| status[*t] == "SYNCED")
+        ["CDS", "EDS", "LDS", "RDS"]
+            .iter()
+            .all(|t| status[*t] == "SYNCED")
     };
-    let acked = wait_for(Duration::from_secs(15), || all_synced(&cp.syncz()).then_some(()));
+    let acked = wait_for(Duration::from_secs(15), || {
+        all_synced(&cp.syncz()).then_some(())
+    });
     let syncz = cp.syncz();
-    assert!(acked.is_some(), "not all types ACKed: {syncz:#}\n{}", envoy.log());
-    assert!(!syncz.to_string().contains("NACKED"), "NACK recorded: {syncz:#}");
     assert!(
-        wait_for(Duration::from_secs(10), || envoy.stat("listener_manager.total_listeners_active").filter(|n| *n >= 1)).is_some(),
+        acked.is_some(),
+        "not all types ACKed: {syncz:#}\n{}",
+        envoy.log()
+    );
+    assert!(
+        !syncz.to_string().contains("NACKED"),
+        "NACK recorded: {syncz:#}"
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || envoy
+            .stat("listener_manager.total_listeners_active")
+            .filter(|n| *n >= 1))
+        .is_some(),
         "gateway listener not active\n{}",
         envoy.log()
     );
-    assert_eq!(envoy.stat("cluster_manager.cds.update_rejected"), Some(0), "{}", envoy.log());
-    assert_eq!(envoy.stat("listener_manager.lds.update_rejected"), Some(0), "{}", envoy.log());
+    assert_eq!(
+        envoy.stat("cluster_manager.cds.update_rejected"),
+        Some(0),
+        "{}",
+        envoy.log()
+    );
+    assert_eq!(
+        envoy.stat("listener_manager.lds.update_rejected"),
+        Some(0),
+        "{}",
+        envoy.log()
+    );
 
-    let client: Client = hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http();
+    let client: Client =
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http();
 
     // Header match → v2, always.
     for _ in 0..20 {
-        let (status, body) = request(&client, gateway_port, "/reviews", &[("end-user", "jason")]).await;
+        let (status, body) =
+            request(&client, gateway_port, "/reviews", &[("end-user", "jason")]).await;
         assert_eq!(status, 200);
         assert_eq!(body.unwrap().version, "v2");
     }
@@ -276,7 +327,10 @@ async fn stock_envoy_acks_and_routes_as_the_virtual_services_say() {
     // 90/10 weights, observed within binomial bounds over 1,000 requests.
     let share = v2_share(&client, gateway_port, 1000).await;
     let (lo, hi) = binomial_bounds(0.10, 1000);
-    assert!(share >= lo && share <= hi, "v2 share {share} outside [{lo}, {hi}]");
+    assert!(
+        share >= lo && share <= hi,
+        "v2 share {share} outside [{lo}, {hi}]"
+    );
 
     // Fault abort returns its status.
     let (status, _) = request(&client, gateway_port, "/fault", &[]).await;
@@ -291,7 +345,10 @@ async fn stock_envoy_acks_and_routes_as_the_virtual_services_say() {
         log.iter().find(|(_, path)| path == "/mirror").cloned()
     });
     let (host, _) = shadow_seen.expect("the mirrored copy never reached v2");
-    assert_eq!(host, "bookinfo.example.com-shadow", "mirrored requests carry the -shadow host");
+    assert_eq!(
+        host, "bookinfo.example.com-shadow",
+        "mirrored requests carry the -shadow host"
+    );
 
     // Editing the file changes behaviour within a second (polled up to 5 s).
     std::fs::write(&routing, config(backend_port, gateway_port, (0, 100))).unwrap();
@@ -307,14 +364,21 @@ async fn stock_envoy_acks_and_routes_as_the_virtual_services_say() {
     assert!(switched.is_some(), "weights 0/100 did not take effect");
 
     // A broken file changes nothing: the last good routing stays.
-    std::fs::write(&routing, config(backend_port, gateway_port, (0, 100)).replace("weight: 100", "weight: -5")).unwrap();
+    std::fs::write(
+        &routing,
+        config(backend_port, gateway_port, (0, 100)).replace("weight: 100", "weight: -5"),
+    )
+    .unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(v2_share(&client, gateway_port, 50).await, 1.0);
-    let status: BTreeMap<String, serde_json::Value> = http_get(cp.monitoring_port, "/debug/configz")
-        .and_then(|b| serde_json::from_str(&b).ok())
-        .unwrap_or_default();
+    let status: BTreeMap<String, serde_json::Value> =
+        http_get(cp.monitoring_port, "/debug/configz")
+            .and_then(|b| serde_json::from_str(&b).ok())
+            .unwrap_or_default();
     assert!(
-        serde_json::to_string(&status).unwrap().contains("last good version kept"),
+        serde_json::to_string(&status)
+            .unwrap()
+            .contains("last good version kept"),
         "configz does not report the broken object: {status:?}"
     );
     drop(envoy);

@@ -20,6 +20,9 @@ use mesh_control::xds::{ProxyResources, generate};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+#[path = "support/envoy_validate.rs"]
+mod envoy_validate;
+
 /// One entry of `proxies.yaml`.
 #[derive(Debug, Deserialize)]
 struct ProxySpec {
@@ -42,7 +45,11 @@ fn default_role() -> String {
 }
 
 fn proxy_info(p: &ProxySpec) -> ProxyInfo {
-    let labels: Vec<(&str, &str)> = p.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let labels: Vec<(&str, &str)> = p
+        .labels
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     match p.role.as_str() {
         "router" | "gateway" => ProxyInfo::router(&p.name, &p.namespace, p.ip, &labels),
         _ => ProxyInfo::sidecar(&p.name, &p.namespace, p.ip, &labels),
@@ -81,7 +88,12 @@ fn load_case(dir: &Path) -> (Snapshot, Vec<ProxySpec>) {
 fn cases() -> Vec<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
     let mut cases: Vec<PathBuf> = std::fs::read_dir(&root)
-        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.join("proxies.yaml").exists()).collect())
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.join("proxies.yaml").exists())
+                .collect()
+        })
         .unwrap_or_default();
     cases.sort();
     cases
@@ -119,7 +131,34 @@ fn translation_is_deterministic() {
         let (snapshot, proxies) = load_case(&case);
         for p in &proxies {
             let info = proxy_info(p);
-            assert_eq!(generate(&snapshot, &info), generate(&snapshot, &info), "{}", case.display());
+            assert_eq!(
+                generate(&snapshot, &info),
+                generate(&snapshot, &info),
+                "{}",
+                case.display()
+            );
         }
     }
+}
+
+#[test]
+fn stock_envoy_accepts_every_golden_translation() {
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for case in cases() {
+        let (snapshot, proxies) = load_case(&case);
+        for p in &proxies {
+            let resources = generate(&snapshot, &proxy_info(p));
+            if let Err(e) = envoy_validate::validate(&resources, &p.name) {
+                failures.push(format!("{} / {}: {e}", case.display(), p.name));
+            }
+            checked += 1;
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "Envoy rejected {} of {checked} translations:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }

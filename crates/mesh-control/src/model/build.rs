@@ -60,7 +60,9 @@ pub fn build_registry<'a>(objects: impl IntoIterator<Item = &'a Loaded>, domain:
         add_service_entry(&mut registry, ns, se, &inputs);
     }
     for eps in registry.endpoints.values_mut() {
-        eps.sort_by(|a, b| (a.service_port, &a.address, a.port).cmp(&(b.service_port, &b.address, b.port)));
+        eps.sort_by(|a, b| {
+            (a.service_port, &a.address, a.port).cmp(&(b.service_port, &b.address, b.port))
+        });
         eps.dedup();
     }
     registry
@@ -81,12 +83,16 @@ fn pod_labels(pod: &Pod) -> BTreeMap<String, String> {
 fn pod_has_proxy(pod: &Pod) -> bool {
     let labels = pod.metadata.labels.as_ref();
     let annotations = pod.metadata.annotations.as_ref();
-    labels.and_then(|l| l.get(LABEL_TLS_MODE)).is_some_and(|v| v == "istio")
+    labels
+        .and_then(|l| l.get(LABEL_TLS_MODE))
+        .is_some_and(|v| v == "istio")
         || annotations.is_some_and(|a| a.contains_key(ANNOTATION_SIDECAR_STATUS))
 }
 
 fn pod_ready(pod: &Pod) -> bool {
-    let Some(status) = &pod.status else { return true };
+    let Some(status) = &pod.status else {
+        return true;
+    };
     match &status.conditions {
         Some(conds) => conds
             .iter()
@@ -103,9 +109,15 @@ fn locality_from_labels(labels: &BTreeMap<String, String>) -> Locality {
         return parse_locality(&l.replace('.', "/"));
     }
     Locality {
-        region: labels.get(LABEL_TOPOLOGY_REGION).cloned().unwrap_or_default(),
+        region: labels
+            .get(LABEL_TOPOLOGY_REGION)
+            .cloned()
+            .unwrap_or_default(),
         zone: labels.get(LABEL_TOPOLOGY_ZONE).cloned().unwrap_or_default(),
-        subzone: labels.get(LABEL_TOPOLOGY_SUBZONE).cloned().unwrap_or_default(),
+        subzone: labels
+            .get(LABEL_TOPOLOGY_SUBZONE)
+            .cloned()
+            .unwrap_or_default(),
     }
 }
 
@@ -130,8 +142,15 @@ fn named_container_port(pod: &Pod, name: &str) -> Option<u16> {
     })
 }
 
-fn add_kubernetes_service(registry: &mut Registry, svc: &KubeService, inputs: &Inputs<'_>, domain: &str) {
-    let Some(name) = svc.metadata.name.as_deref() else { return };
+fn add_kubernetes_service(
+    registry: &mut Registry,
+    svc: &KubeService,
+    inputs: &Inputs<'_>,
+    domain: &str,
+) {
+    let Some(name) = svc.metadata.name.as_deref() else {
+        return;
+    };
     let ns = namespace_of(&svc.metadata);
     let hostname = format!("{name}.{ns}.svc.{domain}");
     let spec = svc.spec.clone().unwrap_or_default();
@@ -145,7 +164,11 @@ fn add_kubernetes_service(registry: &mut Registry, svc: &KubeService, inputs: &I
                 Some("UDP") => Protocol::Udp,
                 _ => Protocol::from_kubernetes_port(&name, p.app_protocol.as_deref()),
             };
-            Some(ServicePort { name, port, protocol })
+            Some(ServicePort {
+                name,
+                port,
+                protocol,
+            })
         })
         .collect();
     let headless = spec.cluster_ip.as_deref() == Some("None");
@@ -160,7 +183,11 @@ fn add_kubernetes_service(registry: &mut Registry, svc: &KubeService, inputs: &I
     let annotations = svc.metadata.annotations.clone().unwrap_or_default();
     let export_to = annotations
         .get(ANNOTATION_EXPORT_TO)
-        .map(|v| v.split(',').map(|s| s.trim().to_string()).collect::<Vec<_>>())
+        .map(|v| {
+            v.split(',')
+                .map(|s| s.trim().to_string())
+                .collect::<Vec<_>>()
+        })
         .map(|list| ExportTo::parse(&list, ns))
         .unwrap_or_default();
     let service = Service {
@@ -169,7 +196,11 @@ fn add_kubernetes_service(registry: &mut Registry, svc: &KubeService, inputs: &I
         name: name.to_string(),
         ports,
         addresses,
-        resolution: if headless { Resolution::Passthrough } else { Resolution::ClientSideLb },
+        resolution: if headless {
+            Resolution::Passthrough
+        } else {
+            Resolution::ClientSideLb
+        },
         location: Location::MeshInternal,
         export_to,
         labels: svc.metadata.labels.clone().unwrap_or_default(),
@@ -187,7 +218,11 @@ fn add_kubernetes_service(registry: &mut Registry, svc: &KubeService, inputs: &I
         .copied()
         .filter(|s| namespace_of(&s.metadata) == ns)
         .filter(|s| {
-            s.metadata.labels.as_ref().and_then(|l| l.get(LABEL_SERVICE_NAME)).map(String::as_str)
+            s.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(LABEL_SERVICE_NAME))
+                .map(String::as_str)
                 == Some(name)
         })
         .collect();
@@ -204,9 +239,15 @@ fn add_kubernetes_service(registry: &mut Registry, svc: &KubeService, inputs: &I
                 let labels = pod.map(pod_labels).unwrap_or_default();
                 let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
                 for slice_port in slice.ports.iter().flatten() {
-                    let Some(target) = slice_port.port.and_then(|p| u16::try_from(p).ok()) else { continue };
+                    let Some(target) = slice_port.port.and_then(|p| u16::try_from(p).ok()) else {
+                        continue;
+                    };
                     // Slice ports carry the service port's name.
-                    let Some(sp) = service.ports.iter().find(|p| Some(p.name.as_str()) == slice_port.name.as_deref().or(Some(""))) else {
+                    let Some(sp) = service
+                        .ports
+                        .iter()
+                        .find(|p| Some(p.name.as_str()) == slice_port.name.as_deref().or(Some("")))
+                    else {
                         continue;
                     };
                     for address in &ep.addresses {
@@ -231,12 +272,18 @@ fn add_kubernetes_service(registry: &mut Registry, svc: &KubeService, inputs: &I
     } else if let Some(selector) = spec.selector.as_ref() {
         // No EndpointSlices: derive endpoints from the selected Pods' IPs,
         // as the EndpointSlice controller would.
-        for pod in inputs.pods.iter().filter(|p| namespace_of(&p.metadata) == ns) {
+        for pod in inputs
+            .pods
+            .iter()
+            .filter(|p| namespace_of(&p.metadata) == ns)
+        {
             let labels = pod_labels(pod);
             if !selects(selector, &labels) {
                 continue;
             }
-            let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.clone()) else { continue };
+            let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.clone()) else {
+                continue;
+            };
             for (kp, sp) in kube_ports.iter().zip(service.ports.iter()) {
                 let target = match &kp.target_port {
                     Some(IntOrString::Int(p)) => u16::try_from(*p).ok(),
@@ -269,8 +316,15 @@ fn add_kubernetes_service(registry: &mut Registry, svc: &KubeService, inputs: &I
             }
         }
     }
-    registry.endpoints.entry(hostname.clone()).or_default().extend(endpoints);
-    registry.services.entry(hostname).or_insert_with(|| Arc::new(service));
+    registry
+        .endpoints
+        .entry(hostname.clone())
+        .or_default()
+        .extend(endpoints);
+    registry
+        .services
+        .entry(hostname)
+        .or_insert_with(|| Arc::new(service));
 }
 
 fn workload_entry_endpoints(
@@ -294,8 +348,15 @@ fn workload_entry_endpoints(
                 port: target,
                 service_port: sp.port,
                 labels: we.labels.clone(),
-                locality: we.locality.as_deref().map(parse_locality).unwrap_or_default(),
-                service_account: we.service_account.clone().unwrap_or_else(|| "default".into()),
+                locality: we
+                    .locality
+                    .as_deref()
+                    .map(parse_locality)
+                    .unwrap_or_default(),
+                service_account: we
+                    .service_account
+                    .clone()
+                    .unwrap_or_else(|| "default".into()),
                 namespace: ns.to_string(),
                 // A WorkloadEntry with the Istio tls label runs a proxy.
                 has_proxy: we.labels.get(LABEL_TLS_MODE).is_some_and(|v| v == "istio"),
@@ -348,7 +409,10 @@ fn add_service_entry(registry: &mut Registry, ns: &str, se: &ServiceEntry, input
             }
         }
         // DNS resolution without endpoints means "resolve the host itself".
-        if endpoints.is_empty() && matches!(resolution, Resolution::DnsLb | Resolution::DnsRoundRobin) && !host.starts_with('*') {
+        if endpoints.is_empty()
+            && matches!(resolution, Resolution::DnsLb | Resolution::DnsRoundRobin)
+            && !host.starts_with('*')
+        {
             endpoints = ports
                 .iter()
                 .map(|sp| Endpoint {
@@ -435,14 +499,21 @@ spec:
         assert_eq!(svc.ports[0].protocol, Protocol::Http);
         assert_eq!(svc.ports[1].protocol, Protocol::Grpc);
         assert_eq!(svc.addresses, vec!["10.96.0.10".parse::<IpAddr>().unwrap()]);
-        let http: Vec<_> = reg.endpoints_for("reviews.default.svc.cluster.local", 9080).collect();
+        let http: Vec<_> = reg
+            .endpoints_for("reviews.default.svc.cluster.local", 9080)
+            .collect();
         assert_eq!(http.len(), 1);
         assert_eq!(http[0].address, "127.0.10.1");
         assert!(http[0].has_proxy);
         assert_eq!(http[0].service_account, "bookinfo-reviews");
         assert_eq!(http[0].locality.region, "us-east");
-        let grpc: Vec<_> = reg.endpoints_for("reviews.default.svc.cluster.local", 9090).collect();
-        assert_eq!(grpc[0].port, 19090, "named targetPort resolves to the container port");
+        let grpc: Vec<_> = reg
+            .endpoints_for("reviews.default.svc.cluster.local", 9090)
+            .collect();
+        assert_eq!(
+            grpc[0].port, 19090,
+            "named targetPort resolves to the container port"
+        );
 
         let ext = reg.service("api.example.com").unwrap();
         assert_eq!(ext.resolution, Resolution::DnsLb);
@@ -453,9 +524,21 @@ spec:
 
     #[test]
     fn protocol_from_port_name_and_app_protocol() {
-        assert_eq!(Protocol::from_kubernetes_port("http-web", None), Protocol::Http);
-        assert_eq!(Protocol::from_kubernetes_port("web", Some("kubernetes.io/h2c")), Protocol::Http2);
-        assert_eq!(Protocol::from_kubernetes_port("tcp-db", None), Protocol::Tcp);
-        assert_eq!(Protocol::from_kubernetes_port("web", None), Protocol::Unsupported);
+        assert_eq!(
+            Protocol::from_kubernetes_port("http-web", None),
+            Protocol::Http
+        );
+        assert_eq!(
+            Protocol::from_kubernetes_port("web", Some("kubernetes.io/h2c")),
+            Protocol::Http2
+        );
+        assert_eq!(
+            Protocol::from_kubernetes_port("tcp-db", None),
+            Protocol::Tcp
+        );
+        assert_eq!(
+            Protocol::from_kubernetes_port("web", None),
+            Protocol::Unsupported
+        );
     }
 }

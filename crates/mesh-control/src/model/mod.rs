@@ -146,7 +146,13 @@ impl ExportTo {
         }
         Self::Namespaces(
             list.iter()
-                .map(|e| if e == "." { owner.to_string() } else { e.clone() })
+                .map(|e| {
+                    if e == "." {
+                        owner.to_string()
+                    } else {
+                        e.clone()
+                    }
+                })
                 .collect(),
         )
     }
@@ -246,7 +252,11 @@ impl Registry {
     }
 
     /// The endpoints of one port of a service.
-    pub fn endpoints_for(&self, hostname: &str, service_port: u16) -> impl Iterator<Item = &Endpoint> {
+    pub fn endpoints_for(
+        &self,
+        hostname: &str,
+        service_port: u16,
+    ) -> impl Iterator<Item = &Endpoint> {
         self.endpoints
             .get(hostname)
             .into_iter()

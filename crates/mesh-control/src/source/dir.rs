@@ -77,7 +77,13 @@ impl DirSource {
         let mut fp = Fingerprint::new();
         for file in mesh_api::object::config_files(&self.config.dir)? {
             if let Ok(meta) = std::fs::metadata(&file) {
-                fp.insert(file, (meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), meta.len()));
+                fp.insert(
+                    file,
+                    (
+                        meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                        meta.len(),
+                    ),
+                );
             }
         }
         Ok(fp)
@@ -112,12 +118,20 @@ impl DirSource {
     fn snapshot(&mut self) -> Snapshot {
         self.version += 1;
         let objects = self.store.objects();
-        Snapshot::build(self.version, objects.iter().copied(), self.store.mesh_config())
+        Snapshot::build(
+            self.version,
+            objects.iter().copied(),
+            self.store.mesh_config(),
+        )
     }
 
     /// Watches the directory until `shutdown` resolves, publishing a new
     /// snapshot after each debounced change.
-    pub async fn run(mut self, tx: watch::Sender<Arc<Snapshot>>, shutdown: impl Future<Output = ()>) {
+    pub async fn run(
+        mut self,
+        tx: watch::Sender<Arc<Snapshot>>,
+        shutdown: impl Future<Output = ()>,
+    ) {
         tokio::pin!(shutdown);
         let mut pending_since: Option<Instant> = None;
         let mut last_change = Instant::now();
@@ -132,7 +146,9 @@ impl DirSource {
                     pending_since.get_or_insert(last_change);
                 }
                 Ok(false) => {}
-                Err(e) => tracing::warn!(dir = %self.config.dir.display(), "cannot list config directory: {e}"),
+                Err(e) => {
+                    tracing::warn!(dir = %self.config.dir.display(), "cannot list config directory: {e}")
+                }
             }
             if let Some(first) = pending_since {
                 let quiet = last_change.elapsed() >= self.config.debounce_quiet;
@@ -140,7 +156,11 @@ impl DirSource {
                 if quiet || overdue {
                     pending_since = None;
                     let snapshot = self.snapshot();
-                    tracing::info!(version = snapshot.version, objects = self.store.objects().len(), "config changed; new snapshot");
+                    tracing::info!(
+                        version = snapshot.version,
+                        objects = self.store.objects().len(),
+                        "config changed; new snapshot"
+                    );
                     if tx.send(Arc::new(snapshot)).is_err() {
                         return;
                     }

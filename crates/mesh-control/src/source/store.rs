@@ -7,17 +7,21 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use mesh_api::MeshObject;
 use mesh_api::mesh_config::{MeshConfig, parse_mesh_config};
 use mesh_api::object::{Loaded, load_str};
 use mesh_api::validation::Severity;
-use mesh_api::MeshObject;
 
 /// Identity of an object: kind, namespace, name.
 pub type ObjectKey = (String, String, String);
 
 fn key_of(l: &Loaded) -> Option<ObjectKey> {
     (!l.header.kind.is_empty() && !l.header.name.is_empty()).then(|| {
-        (l.header.kind.clone(), l.header.namespace.clone(), l.header.name.clone())
+        (
+            l.header.kind.clone(),
+            l.header.namespace.clone(),
+            l.header.name.clone(),
+        )
     })
 }
 
@@ -77,7 +81,15 @@ impl ConfigStore {
             let key = key_of(&l);
             let errors = l.report.has_errors();
             let status = if !errors {
-                if l.report.diagnostics.iter().any(|d| d.severity == Severity::Warning) { "warning" } else { "ok" }
+                if l.report
+                    .diagnostics
+                    .iter()
+                    .any(|d| d.severity == Severity::Warning)
+                {
+                    "warning"
+                } else {
+                    "ok"
+                }
             } else if key.as_ref().is_some_and(|k| previous.good.contains_key(k)) {
                 "error (last good version kept)"
             } else {
@@ -94,7 +106,18 @@ impl ConfigStore {
                     .report
                     .diagnostics
                     .iter()
-                    .map(|d| format!("{}: {}{}", d.severity, if d.path.is_empty() { String::new() } else { format!("{}: ", d.path) }, d.message))
+                    .map(|d| {
+                        format!(
+                            "{}: {}{}",
+                            d.severity,
+                            if d.path.is_empty() {
+                                String::new()
+                            } else {
+                                format!("{}: ", d.path)
+                            },
+                            d.message
+                        )
+                    })
                     .collect(),
             });
             match (key, errors) {
@@ -113,7 +136,12 @@ impl ConfigStore {
                 }
                 (None, _) => {
                     unreadable = true;
-                    tracing::warn!(file, line = l.source.line, "unreadable document: {}", first_error(&l));
+                    tracing::warn!(
+                        file,
+                        line = l.source.line,
+                        "unreadable document: {}",
+                        first_error(&l)
+                    );
                 }
             }
         }
@@ -164,7 +192,9 @@ impl ConfigStore {
                 if l.header.name != "istio" {
                     continue;
                 }
-                let Some(text) = cm.data.as_ref().and_then(|d| d.get("mesh")) else { continue };
+                let Some(text) = cm.data.as_ref().and_then(|d| d.get("mesh")) else {
+                    continue;
+                };
                 let (mesh, report) = parse_mesh_config(text);
                 for d in report.errors() {
                     tracing::warn!(file = %l.source.file, "MeshConfig {}: {}", d.path, d.message);
@@ -179,8 +209,15 @@ impl ConfigStore {
 
     /// The status of every document, for `/debug/configz`.
     pub fn status(&self) -> ConfigStatus {
-        let objects: Vec<ObjectStatus> = self.files.values().flat_map(|f| f.status.iter().cloned()).collect();
-        let errors = objects.iter().filter(|o| o.status.starts_with("error")).count();
+        let objects: Vec<ObjectStatus> = self
+            .files
+            .values()
+            .flat_map(|f| f.status.iter().cloned())
+            .collect();
+        let errors = objects
+            .iter()
+            .filter(|o| o.status.starts_with("error"))
+            .count();
         ConfigStatus { objects, errors }
     }
 }
@@ -189,12 +226,21 @@ fn first_error(l: &Loaded) -> String {
     l.report
         .errors()
         .next()
-        .map(|d| if d.path.is_empty() { d.message.clone() } else { format!("{}: {}", d.path, d.message) })
+        .map(|d| {
+            if d.path.is_empty() {
+                d.message.clone()
+            } else {
+                format!("{}: {}", d.path, d.message)
+            }
+        })
         .unwrap_or_default()
 }
 
 fn same_objects(a: &BTreeMap<ObjectKey, Loaded>, b: &BTreeMap<ObjectKey, Loaded>) -> bool {
-    a.len() == b.len() && a.iter().zip(b.iter()).all(|((ka, la), (kb, lb))| ka == kb && la.object == lb.object)
+    a.len() == b.len()
+        && a.iter()
+            .zip(b.iter())
+            .all(|((ka, la), (kb, lb))| ka == kb && la.object == lb.object)
 }
 
 #[cfg(test)]
@@ -206,7 +252,9 @@ mod tests {
 
     fn vs_subset(store: &ConfigStore) -> Option<String> {
         store.objects().iter().find_map(|l| match &l.object {
-            Some(MeshObject::VirtualService(vs)) => vs.spec.http[0].route[0].destination.subset.clone(),
+            Some(MeshObject::VirtualService(vs)) => {
+                vs.spec.http[0].route[0].destination.subset.clone()
+            }
             _ => None,
         })
     }
@@ -217,13 +265,31 @@ mod tests {
         assert!(store.update_file("a.yaml", &format!("{GOOD}---\n{OTHER}")));
         assert_eq!(store.objects().len(), 2);
         // The VirtualService becomes invalid (weights all zero); the DR changes.
-        let broken = GOOD.replace("subset: v1}\n", "subset: v2}\n      weight: 0\n    - destination: {host: reviews}\n      weight: 0\n");
-        store.update_file("a.yaml", &format!("{broken}---\n{}", OTHER.replace("host: reviews", "host: reviews.default.svc.cluster.local")));
+        let broken = GOOD.replace(
+            "subset: v1}\n",
+            "subset: v2}\n      weight: 0\n    - destination: {host: reviews}\n      weight: 0\n",
+        );
+        store.update_file(
+            "a.yaml",
+            &format!(
+                "{broken}---\n{}",
+                OTHER.replace("host: reviews", "host: reviews.default.svc.cluster.local")
+            ),
+        );
         assert_eq!(store.objects().len(), 2);
-        assert_eq!(vs_subset(&store).as_deref(), Some("v1"), "last good version stays in effect");
+        assert_eq!(
+            vs_subset(&store).as_deref(),
+            Some("v1"),
+            "last good version stays in effect"
+        );
         let status = store.status();
         assert_eq!(status.errors, 1);
-        assert!(status.objects.iter().any(|o| o.status == "error (last good version kept)"));
+        assert!(
+            status
+                .objects
+                .iter()
+                .any(|o| o.status == "error (last good version kept)")
+        );
     }
 
     #[test]
@@ -241,6 +307,12 @@ mod tests {
         let mut store = ConfigStore::default();
         store.update_file("a.yaml", &format!("{OTHER}---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: bad}}\nspec:\n  hosts: [\"*.\"]\n"));
         assert_eq!(store.objects().len(), 1);
-        assert!(store.status().objects.iter().any(|o| o.name == "bad" && o.status == "error (skipped)"));
+        assert!(
+            store
+                .status()
+                .objects
+                .iter()
+                .any(|o| o.name == "bad" && o.status == "error (skipped)")
+        );
     }
 }

@@ -14,15 +14,18 @@
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
-    ClusterDiscoveryType, CommonLbConfig, DiscoveryType, DnsLookupFamily, EdsClusterConfig, LbPolicy,
+    ClusterDiscoveryType, CommonLbConfig, DiscoveryType, DnsLookupFamily, EdsClusterConfig,
+    LbPolicy,
     common_lb_config::{LocalityConfigSpecifier, LocalityWeightedLbConfig},
 };
 use envoy_types::pb::envoy::config::core::v3::{
     Address, AggregatedConfigSource, ApiVersion, BindConfig, ConfigSource, SocketAddress,
-    address::Address as AddressKind, config_source::ConfigSourceSpecifier, socket_address::PortSpecifier,
+    address::Address as AddressKind, config_source::ConfigSourceSpecifier,
+    socket_address::PortSpecifier,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{
-    ClusterLoadAssignment, Endpoint as EnvoyEndpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint::HostIdentifier,
+    ClusterLoadAssignment, Endpoint as EnvoyEndpoint, LbEndpoint, LocalityLbEndpoints,
+    lb_endpoint::HostIdentifier,
 };
 use envoy_types::pb::envoy::config::route::v3::route_action::{HashPolicy, hash_policy};
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
@@ -31,8 +34,8 @@ use mesh_api::networking::destination_rule::Subset;
 
 use super::endpoint::{self, EndpointFilter};
 use super::{
-    BLACKHOLE_CLUSTER, INBOUND_PASSTHROUGH_CLUSTER, PASSTHROUGH_CLUSTER, ProxyScope, inbound_cluster_name,
-    outbound_cluster_name,
+    BLACKHOLE_CLUSTER, INBOUND_PASSTHROUGH_CLUSTER, PASSTHROUGH_CLUSTER, ProxyScope,
+    inbound_cluster_name, outbound_cluster_name,
 };
 use crate::model::{Protocol, Resolution, Service, ServicePort};
 use crate::proxy::ProxyRole;
@@ -64,9 +67,17 @@ pub fn build_clusters(scope: &ProxyScope<'_>) -> Vec<Cluster> {
         }
     }
     if scope.proxy.role == ProxyRole::Sidecar {
-        clusters.extend(inbound_ports(scope).into_iter().map(|p| inbound_cluster(scope, p)));
+        clusters.extend(
+            inbound_ports(scope)
+                .into_iter()
+                .map(|p| inbound_cluster(scope, p)),
+        );
         clusters.push(passthrough_cluster(scope, PASSTHROUGH_CLUSTER, false));
-        clusters.push(passthrough_cluster(scope, INBOUND_PASSTHROUGH_CLUSTER, true));
+        clusters.push(passthrough_cluster(
+            scope,
+            INBOUND_PASSTHROUGH_CLUSTER,
+            true,
+        ));
     }
     clusters.push(blackhole_cluster(scope));
     clusters.sort_by(|a, b| a.name.cmp(&b.name));
@@ -75,7 +86,11 @@ pub fn build_clusters(scope: &ProxyScope<'_>) -> Vec<Cluster> {
 }
 
 /// The default cluster of a service port and one per DestinationRule subset.
-fn outbound_clusters(scope: &ProxyScope<'_>, service: &Service, port: &ServicePort) -> Vec<Cluster> {
+fn outbound_clusters(
+    scope: &ProxyScope<'_>,
+    service: &Service,
+    port: &ServicePort,
+) -> Vec<Cluster> {
     let dr = scope.destination_rule(&service.hostname);
     let mut out = vec![outbound_cluster(scope, service, port, None)];
     if let Some(dr) = dr {
@@ -91,7 +106,12 @@ fn outbound_clusters(scope: &ProxyScope<'_>, service: &Service, port: &ServicePo
 }
 
 /// One outbound cluster, with the merged DestinationRule policy applied.
-fn outbound_cluster(scope: &ProxyScope<'_>, service: &Service, port: &ServicePort, subset: Option<&Subset>) -> Cluster {
+fn outbound_cluster(
+    scope: &ProxyScope<'_>,
+    service: &Service,
+    port: &ServicePort,
+    subset: Option<&Subset>,
+) -> Cluster {
     let mesh = scope.snapshot.mesh.as_ref();
     let subset_name = subset.map_or("", |s| s.name.as_str());
     let name = outbound_cluster_name(port.port, subset_name, &service.hostname);
@@ -117,7 +137,12 @@ fn outbound_cluster(scope: &ProxyScope<'_>, service: &Service, port: &ServicePor
         }
         Resolution::DnsLb | Resolution::DnsRoundRobin => {
             let mut cla = endpoint::load_assignment(scope, &name, &filter, &policy);
-            let single = cla.endpoints.iter().map(|l| l.lb_endpoints.len()).sum::<usize>() == 1;
+            let single = cla
+                .endpoints
+                .iter()
+                .map(|l| l.lb_endpoints.len())
+                .sum::<usize>()
+                == 1;
             // LOGICAL_DNS takes exactly one host; Istio's validation refuses
             // more, so anything else falls back to STRICT_DNS rather than a NACK.
             if service.resolution == Resolution::DnsRoundRobin && single {
@@ -148,12 +173,25 @@ fn outbound_cluster(scope: &ProxyScope<'_>, service: &Service, port: &ServicePor
     } else {
         None
     };
-    policy::apply_connection_pool(&mut cluster, policy.connection_pool, mesh, &mut http_options);
+    policy::apply_connection_pool(
+        &mut cluster,
+        policy.connection_pool,
+        mesh,
+        &mut http_options,
+    );
     policy::attach_http_options(&mut cluster, http_options);
     policy::apply_outlier_detection(&mut cluster, policy.outlier_detection);
-    if policy.locality_setting(mesh).is_some_and(|l| !l.distribute.is_empty()) && cluster.lb_policy != LbPolicy::ClusterProvided as i32 {
-        cluster.common_lb_config.get_or_insert_with(CommonLbConfig::default).locality_config_specifier =
-            Some(LocalityConfigSpecifier::LocalityWeightedLbConfig(LocalityWeightedLbConfig {}));
+    if policy
+        .locality_setting(mesh)
+        .is_some_and(|l| !l.distribute.is_empty())
+        && cluster.lb_policy != LbPolicy::ClusterProvided as i32
+    {
+        cluster
+            .common_lb_config
+            .get_or_insert_with(CommonLbConfig::default)
+            .locality_config_specifier = Some(LocalityConfigSpecifier::LocalityWeightedLbConfig(
+            LocalityWeightedLbConfig {},
+        ));
     }
     let target = tls::TlsTarget {
         service,
@@ -176,28 +214,41 @@ pub struct InboundPort {
 }
 
 /// The ports this sidecar's workload serves: target ports of every service
-/// endpoint whose address is one of the proxy's, sorted and unique by port
-/// (the first service by host name decides the protocol). Listeners and
-/// clusters share this list so `inbound|<port>||` always exists.
+/// endpoint whose address is one of the proxy's, sorted and unique by port.
+/// When two services disagree on a port's protocol, HTTP wins: it still
+/// carries opaque bytes it cannot parse. Listeners and clusters share this
+/// list so `inbound|<port>||` always exists for every inbound filter chain.
 pub fn inbound_ports(scope: &ProxyScope<'_>) -> Vec<InboundPort> {
     let ips = &scope.proxy.ip_addresses;
     let registry = &scope.snapshot.registry;
-    let mut ports: Vec<InboundPort> = Vec::new();
+    let mut ports: std::collections::BTreeMap<u16, Protocol> = std::collections::BTreeMap::new();
     for (host, endpoints) in &registry.endpoints {
-        let Some(service) = registry.service(host) else { continue };
+        let Some(service) = registry.service(host) else {
+            continue;
+        };
         for ep in endpoints {
-            let Ok(addr) = ep.address.parse() else { continue };
-            if ep.port == 0 || !ips.contains(&addr) || ports.iter().any(|p| p.port == ep.port) {
+            let Ok(addr) = ep.address.parse() else {
+                continue;
+            };
+            if ep.port == 0 || !ips.contains(&addr) {
                 continue;
             }
-            let Some(sp) = service.port(ep.service_port) else { continue };
-            if sp.protocol != Protocol::Udp {
-                ports.push(InboundPort { port: ep.port, protocol: sp.protocol });
+            let Some(sp) = service.port(ep.service_port) else {
+                continue;
+            };
+            if sp.protocol == Protocol::Udp {
+                continue;
+            }
+            let entry = ports.entry(ep.port).or_insert(sp.protocol);
+            if sp.protocol.is_http() && !entry.is_http() {
+                *entry = sp.protocol;
             }
         }
     }
-    ports.sort();
     ports
+        .into_iter()
+        .map(|(port, protocol)| InboundPort { port, protocol })
+        .collect()
 }
 
 /// `inbound|<port>||`: a STATIC cluster to `127.0.0.1:<port>`. Istio now
@@ -223,10 +274,12 @@ fn inbound_cluster(scope: &ProxyScope<'_>, port: InboundPort) -> Cluster {
             }],
             ..Default::default()
         }),
-        circuit_breakers: Some(envoy_types::pb::envoy::config::cluster::v3::CircuitBreakers {
-            thresholds: vec![policy::default_thresholds()],
-            ..Default::default()
-        }),
+        circuit_breakers: Some(
+            envoy_types::pb::envoy::config::cluster::v3::CircuitBreakers {
+                thresholds: vec![policy::default_thresholds()],
+                ..Default::default()
+            },
+        ),
         ..Default::default()
     };
     set_type(&mut cluster, DiscoveryType::Static);
@@ -242,10 +295,12 @@ fn passthrough_cluster(scope: &ProxyScope<'_>, name: &str, inbound: bool) -> Clu
     let mut cluster = Cluster {
         name: name.to_string(),
         connect_timeout: Some(connect_timeout(scope)),
-        circuit_breakers: Some(envoy_types::pb::envoy::config::cluster::v3::CircuitBreakers {
-            thresholds: vec![policy::default_thresholds()],
-            ..Default::default()
-        }),
+        circuit_breakers: Some(
+            envoy_types::pb::envoy::config::cluster::v3::CircuitBreakers {
+                thresholds: vec![policy::default_thresholds()],
+                ..Default::default()
+            },
+        ),
         ..Default::default()
     };
     policy::make_original_dst(&mut cluster);
@@ -286,11 +341,23 @@ fn blackhole_cluster(scope: &ProxyScope<'_>) -> Cluster {
 /// for `host` (subset `subset`, empty for none, on `port`): the route
 /// builder adds them to routes whose destination is that cluster. Empty
 /// when the merged policy is not consistent hashing.
-pub fn hash_policy_for(scope: &ProxyScope<'_>, host: &str, subset: &str, port: u16) -> Vec<HashPolicy> {
+pub fn hash_policy_for(
+    scope: &ProxyScope<'_>,
+    host: &str,
+    subset: &str,
+    port: u16,
+) -> Vec<HashPolicy> {
     let dr = scope.destination_rule(host);
-    let subset = if subset.is_empty() { None } else { find_subset(dr, subset) };
+    let subset = if subset.is_empty() {
+        None
+    } else {
+        find_subset(dr, subset)
+    };
     let policy = Policy::effective(dr, subset, port);
-    let Some(ch) = policy.load_balancer.and_then(|lb| lb.consistent_hash.as_ref()) else {
+    let Some(ch) = policy
+        .load_balancer
+        .and_then(|lb| lb.consistent_hash.as_ref())
+    else {
         return Vec::new();
     };
     use hash_policy::PolicySpecifier;
@@ -315,7 +382,11 @@ pub fn hash_policy_for(scope: &ProxyScope<'_>, host: &str, subset: &str, port: u
         })
     } else if ch.use_source_ip == Some(true) {
         PolicySpecifier::ConnectionProperties(hash_policy::ConnectionProperties { source_ip: true })
-    } else if let Some(name) = ch.http_query_parameter_name.as_ref().filter(|q| !q.is_empty()) {
+    } else if let Some(name) = ch
+        .http_query_parameter_name
+        .as_ref()
+        .filter(|q| !q.is_empty())
+    {
         PolicySpecifier::QueryParameter(hash_policy::QueryParameter { name: name.clone() })
     } else {
         return Vec::new();
@@ -336,12 +407,12 @@ pub fn hash_policy_for(scope: &ProxyScope<'_>, host: &str, subset: &str, port: u
 fn set_dns_options(cluster: &mut Cluster, mesh: &mesh_api::mesh_config::MeshConfig) {
     cluster.dns_lookup_family = DnsLookupFamily::V4Only as i32;
     cluster.respect_dns_ttl = true;
-    cluster.dns_refresh_rate = Some(
-        mesh.dns_refresh_rate
-            .as_ref()
-            .map(pb_duration)
-            .unwrap_or(PbDuration { seconds: DEFAULT_DNS_REFRESH_SECS, nanos: 0 }),
-    );
+    cluster.dns_refresh_rate = Some(mesh.dns_refresh_rate.as_ref().map(pb_duration).unwrap_or(
+        PbDuration {
+            seconds: DEFAULT_DNS_REFRESH_SECS,
+            nanos: 0,
+        },
+    ));
 }
 
 fn set_type(cluster: &mut Cluster, t: DiscoveryType) {
@@ -356,7 +427,10 @@ fn connect_timeout(scope: &ProxyScope<'_>) -> PbDuration {
         .connect_timeout
         .as_ref()
         .map(pb_duration)
-        .unwrap_or(PbDuration { seconds: DEFAULT_CONNECT_TIMEOUT_SECS, nanos: 0 })
+        .unwrap_or(PbDuration {
+            seconds: DEFAULT_CONNECT_TIMEOUT_SECS,
+            nanos: 0,
+        })
 }
 
 /// `{ads: {}, resource_api_version: V3}`.

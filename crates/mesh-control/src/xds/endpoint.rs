@@ -17,10 +17,13 @@ use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType};
 use envoy_types::pb::envoy::config::core::v3::{HealthStatus, Locality as EnvoyLocality, Metadata};
 use envoy_types::pb::envoy::config::endpoint::v3::{
-    ClusterLoadAssignment, Endpoint as EnvoyEndpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint::HostIdentifier,
+    ClusterLoadAssignment, Endpoint as EnvoyEndpoint, LbEndpoint, LocalityLbEndpoints,
+    lb_endpoint::HostIdentifier,
 };
 use mesh_api::networking::destination_rule::LocalityLoadBalancerSetting;
-use mesh_api::wellknown::{LABEL_ISTIO_LOCALITY, LABEL_TOPOLOGY_REGION, LABEL_TOPOLOGY_SUBZONE, LABEL_TOPOLOGY_ZONE};
+use mesh_api::wellknown::{
+    LABEL_ISTIO_LOCALITY, LABEL_TOPOLOGY_REGION, LABEL_TOPOLOGY_SUBZONE, LABEL_TOPOLOGY_ZONE,
+};
 
 use super::ProxyScope;
 use super::cluster::{Policy, find_subset, socket_address, tls_mode_struct, u32_value};
@@ -54,7 +57,11 @@ pub fn build_endpoints(scope: &ProxyScope<'_>, clusters: &[Cluster]) -> Vec<Clus
         .filter(|c| c.cluster_discovery_type == eds)
         .map(|c| {
             let name = c.eds_cluster_config.as_ref().map_or(c.name.as_str(), |e| {
-                if e.service_name.is_empty() { c.name.as_str() } else { e.service_name.as_str() }
+                if e.service_name.is_empty() {
+                    c.name.as_str()
+                } else {
+                    e.service_name.as_str()
+                }
             });
             cluster_load_assignment(scope, name)
         })
@@ -67,10 +74,18 @@ fn cluster_load_assignment(scope: &ProxyScope<'_>, name: &str) -> ClusterLoadAss
         cluster_name: name.to_string(),
         ..Default::default()
     };
-    let Some((port, subset, host)) = parse_outbound_name(name) else { return empty() };
-    let Some(service) = scope.service(host) else { return empty() };
+    let Some((port, subset, host)) = parse_outbound_name(name) else {
+        return empty();
+    };
+    let Some(service) = scope.service(host) else {
+        return empty();
+    };
     let dr = scope.destination_rule(host);
-    let subset = if subset.is_empty() { None } else { find_subset(dr, subset) };
+    let subset = if subset.is_empty() {
+        None
+    } else {
+        find_subset(dr, subset)
+    };
     let policy = Policy::effective(dr, subset, port);
     let filter = EndpointFilter {
         service,
@@ -101,8 +116,14 @@ pub(crate) fn load_assignment(
 ) -> ClusterLoadAssignment {
     let needs_ip = filter.service.resolution == Resolution::ClientSideLb;
     let mut groups: BTreeMap<(u32, &Locality), Vec<&Endpoint>> = BTreeMap::new();
-    for ep in scope.snapshot.registry.endpoints_for(&filter.service.hostname, filter.port) {
-        let selected = filter.subset_labels.is_none_or(|want| want.iter().all(|(k, v)| ep.labels.get(k) == Some(v)));
+    for ep in scope
+        .snapshot
+        .registry
+        .endpoints_for(&filter.service.hostname, filter.port)
+    {
+        let selected = filter
+            .subset_labels
+            .is_none_or(|want| want.iter().all(|(k, v)| ep.labels.get(k) == Some(v)));
         // EDS hosts must be IPs; a name here would make Envoy reject the whole assignment.
         if !selected || ep.port == 0 || (needs_ip && ep.address.parse::<IpAddr>().is_err()) {
             continue;
@@ -117,7 +138,8 @@ pub(crate) fn load_assignment(
         && policy.outlier_detection.is_some()
         && !setting.failover_priority.is_empty()
     {
-        groups = failover_priority_groups(groups, scope, &proxy_locality, &setting.failover_priority);
+        groups =
+            failover_priority_groups(groups, scope, &proxy_locality, &setting.failover_priority);
     }
     let mut localities: Vec<(u32, LocalityLbEndpoints)> = groups
         .into_iter()
@@ -141,10 +163,15 @@ pub(crate) fn load_assignment(
 }
 
 fn locality_endpoints(locality: &Locality, eps: &[&Endpoint]) -> LocalityLbEndpoints {
-    let mut lb_endpoints: Vec<(&str, u16, LbEndpoint)> = eps.iter().map(|e| (e.address.as_str(), e.port, lb_endpoint(e))).collect();
+    let mut lb_endpoints: Vec<(&str, u16, LbEndpoint)> = eps
+        .iter()
+        .map(|e| (e.address.as_str(), e.port, lb_endpoint(e)))
+        .collect();
     lb_endpoints.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
     lb_endpoints.dedup_by(|a, b| (a.0, a.1) == (b.0, b.1));
-    let weight: u32 = eps.iter().fold(0u32, |acc, e| acc.saturating_add(e.weight.max(1)));
+    let weight: u32 = eps
+        .iter()
+        .fold(0u32, |acc, e| acc.saturating_add(e.weight.max(1)));
     LocalityLbEndpoints {
         locality: Some(EnvoyLocality {
             region: locality.region.clone(),
@@ -158,7 +185,11 @@ fn locality_endpoints(locality: &Locality, eps: &[&Endpoint]) -> LocalityLbEndpo
 }
 
 fn lb_endpoint(ep: &Endpoint) -> LbEndpoint {
-    let health = if ep.healthy { HealthStatus::Healthy } else { HealthStatus::Unhealthy };
+    let health = if ep.healthy {
+        HealthStatus::Healthy
+    } else {
+        HealthStatus::Unhealthy
+    };
     let metadata = ep.has_proxy.then(|| Metadata {
         filter_metadata: HashMap::from([
             (TRANSPORT_SOCKET_MATCH.to_string(), tls_mode_struct()),
@@ -195,7 +226,10 @@ fn proxy_locality(scope: &ProxyScope<'_>) -> Locality {
         return Locality {
             region: region.clone(),
             zone: labels.get(LABEL_TOPOLOGY_ZONE).cloned().unwrap_or_default(),
-            subzone: labels.get(LABEL_TOPOLOGY_SUBZONE).cloned().unwrap_or_default(),
+            subzone: labels
+                .get(LABEL_TOPOLOGY_SUBZONE)
+                .cloned()
+                .unwrap_or_default(),
         };
     }
     let ips = &scope.proxy.ip_addresses;
@@ -218,18 +252,34 @@ fn locality_matches(locality: &Locality, pattern: &str) -> bool {
     let zone = parts.next().unwrap_or("*");
     let subzone = parts.next().unwrap_or("*");
     let part = |rule: &str, value: &str| rule == "*" || rule == value;
-    part(region, &locality.region) && (zone.is_empty() || part(zone, &locality.zone)) && (subzone.is_empty() || part(subzone, &locality.subzone))
+    part(region, &locality.region)
+        && (zone.is_empty() || part(zone, &locality.zone))
+        && (subzone.is_empty() || part(subzone, &locality.subzone))
 }
 
 /// `distribute`: the first rule whose `from` matches the proxy sets each
 /// destination locality's weight (split among the groups a wildcard
 /// matches, in proportion to their size); localities it does not name get
 /// no traffic.
-fn apply_distribute(localities: &mut Vec<(u32, LocalityLbEndpoints)>, proxy: &Locality, setting: &LocalityLoadBalancerSetting) {
-    let Some(rule) = setting.distribute.iter().find(|d| locality_matches(proxy, &d.from)) else { return };
+fn apply_distribute(
+    localities: &mut Vec<(u32, LocalityLbEndpoints)>,
+    proxy: &Locality,
+    setting: &LocalityLoadBalancerSetting,
+) {
+    let Some(rule) = setting
+        .distribute
+        .iter()
+        .find(|d| locality_matches(proxy, &d.from))
+    else {
+        return;
+    };
     let of = |l: &LocalityLbEndpoints| {
         let e = l.locality.clone().unwrap_or_default();
-        Locality { region: e.region, zone: e.zone, subzone: e.sub_zone }
+        Locality {
+            region: e.region,
+            zone: e.zone,
+            subzone: e.sub_zone,
+        }
     };
     // Exact destinations claim their localities before wildcards do.
     let mut targets: Vec<(&String, &u32)> = rule.to.iter().collect();
@@ -239,7 +289,13 @@ fn apply_distribute(localities: &mut Vec<(u32, LocalityLbEndpoints)>, proxy: &Lo
         let matched: Vec<usize> = (0..localities.len())
             .filter(|i| assigned[*i].is_none() && locality_matches(&of(&localities[*i].1), pattern))
             .collect();
-        let original = |i: usize| localities[i].1.load_balancing_weight.as_ref().map_or(1, |w| w.value);
+        let original = |i: usize| {
+            localities[i]
+                .1
+                .load_balancing_weight
+                .as_ref()
+                .map_or(1, |w| w.value)
+        };
         let total: u64 = matched.iter().map(|i| u64::from(original(*i))).sum();
         for i in matched {
             let share = (u64::from(original(i)) * u64::from(*weight)).div_ceil(total.max(1));
@@ -260,7 +316,11 @@ fn apply_distribute(localities: &mut Vec<(u32, LocalityLbEndpoints)>, proxy: &Lo
 /// its zone, 2 for its region, 3 for other regions, and when a `failover`
 /// rule names the proxy's region, 4 for regions other than its target.
 /// Combined with any failover-priority level already assigned.
-fn apply_locality_failover(localities: &mut [(u32, LocalityLbEndpoints)], proxy: &Locality, setting: &LocalityLoadBalancerSetting) {
+fn apply_locality_failover(
+    localities: &mut [(u32, LocalityLbEndpoints)],
+    proxy: &Locality,
+    setting: &LocalityLoadBalancerSetting,
+) {
     for (prio, l) in localities.iter_mut() {
         let e = l.locality.clone().unwrap_or_default();
         let mut p = if e.region != proxy.region {
@@ -300,7 +360,10 @@ fn failover_priority_groups<'e>(
             for (j, entry) in labels.iter().enumerate() {
                 let (label, want) = match entry.split_once('=') {
                     Some((l, v)) => (l, Some(v.to_string())),
-                    None => (entry.as_str(), label_value(&scope.proxy.labels, proxy_locality, entry)),
+                    None => (
+                        entry.as_str(),
+                        label_value(&scope.proxy.labels, proxy_locality, entry),
+                    ),
                 };
                 if want.is_none() || want != label_value(&ep.labels, &ep.locality, label) {
                     prio = n.saturating_sub(u32::try_from(j).unwrap_or(u32::MAX));
@@ -313,7 +376,11 @@ fn failover_priority_groups<'e>(
     out
 }
 
-fn label_value(labels: &BTreeMap<String, String>, locality: &Locality, label: &str) -> Option<String> {
+fn label_value(
+    labels: &BTreeMap<String, String>,
+    locality: &Locality,
+    label: &str,
+) -> Option<String> {
     if let Some(v) = labels.get(label) {
         return Some(v.clone());
     }
@@ -338,7 +405,11 @@ fn renumber_priorities(localities: &mut [(u32, LocalityLbEndpoints)]) {
         l.priority = *p;
     }
     localities.sort_by(|(pa, a), (pb, b)| {
-        let key = |l: &LocalityLbEndpoints| l.locality.as_ref().map(|l| (l.region.clone(), l.zone.clone(), l.sub_zone.clone()));
+        let key = |l: &LocalityLbEndpoints| {
+            l.locality
+                .as_ref()
+                .map(|l| (l.region.clone(), l.zone.clone(), l.sub_zone.clone()))
+        };
         (pa, key(a)).cmp(&(pb, key(b)))
     });
 }

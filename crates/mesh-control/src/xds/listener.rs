@@ -185,7 +185,7 @@ fn outbound_port_listeners(scope: &ProxyScope<'_>) -> Vec<Listener> {
                         address: Some(socket_address(&ip, p.port.into())),
                         bind_to_port: Some(BoolValue { value: false }),
                         traffic_direction: TrafficDirection::Outbound as i32,
-                        listener_filters: if chains.iter().any(|c| has_server_names(c)) {
+                        listener_filters: if chains.iter().any(has_server_names) {
                             vec![tls_inspector()]
                         } else {
                             Vec::new()

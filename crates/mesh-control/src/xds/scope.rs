@@ -41,7 +41,10 @@ pub fn host_matches(pattern: &str, host: &str) -> bool {
     }
 }
 
-fn selector_matches(labels: &std::collections::BTreeMap<String, String>, proxy: &ProxyInfo) -> bool {
+fn selector_matches(
+    labels: &std::collections::BTreeMap<String, String>,
+    proxy: &ProxyInfo,
+) -> bool {
     labels.iter().all(|(k, v)| proxy.labels.get(k) == Some(v))
 }
 
@@ -54,7 +57,9 @@ impl<'a> ProxyScope<'a> {
             .services
             .values()
             .filter(|s| s.export_to.visible_to(&proxy.namespace) || s.namespace == proxy.namespace)
-            .filter(|s| sidecar.is_none_or(|sc| sidecar_allows(sc, namespace_of(sc), s, &proxy.namespace)))
+            .filter(|s| {
+                sidecar.is_none_or(|sc| sidecar_allows(sc, namespace_of(sc), s, &proxy.namespace))
+            })
             .collect();
         Self {
             snapshot,
@@ -71,7 +76,10 @@ impl<'a> ProxyScope<'a> {
 
     /// A visible service by host name.
     pub fn service(&self, hostname: &str) -> Option<&'a Arc<Service>> {
-        self.services.iter().copied().find(|s| s.hostname == hostname)
+        self.services
+            .iter()
+            .copied()
+            .find(|s| s.hostname == hostname)
     }
 
     /// Resolves a host written in namespace `ns`.
@@ -86,17 +94,27 @@ impl<'a> ProxyScope<'a> {
         let service_ns = self.service(hostname).map(|s| s.namespace.as_str());
         let root = self.snapshot.root_namespace();
         let candidates = |ns: &str| -> Vec<&'a DestinationRule> {
-            self.snapshot.destination_rules.iter().map(Arc::as_ref).filter(|dr| {
-                let dr_ns = namespace_of(*dr);
-                dr_ns == ns
-                    && (dr_ns == self.proxy.namespace
-                        || ExportTo::parse(&dr.spec.export_to, dr_ns).visible_to(&self.proxy.namespace))
-                    && dr.spec.workload_selector.as_ref().is_none_or(|ws| {
-                        dr_ns == self.proxy.namespace && selector_matches(&ws.match_labels, self.proxy)
-                    })
-            }).collect()
+            self.snapshot
+                .destination_rules
+                .iter()
+                .map(Arc::as_ref)
+                .filter(|dr| {
+                    let dr_ns = namespace_of(*dr);
+                    dr_ns == ns
+                        && (dr_ns == self.proxy.namespace
+                            || ExportTo::parse(&dr.spec.export_to, dr_ns)
+                                .visible_to(&self.proxy.namespace))
+                        && dr.spec.workload_selector.as_ref().is_none_or(|ws| {
+                            dr_ns == self.proxy.namespace
+                                && selector_matches(&ws.match_labels, self.proxy)
+                        })
+                })
+                .collect()
         };
-        for ns in [Some(self.proxy.namespace.as_str()), service_ns, Some(root)].into_iter().flatten() {
+        for ns in [Some(self.proxy.namespace.as_str()), service_ns, Some(root)]
+            .into_iter()
+            .flatten()
+        {
             let mut exact = None;
             let mut wildcard: Option<&DestinationRule> = None;
             for dr in candidates(ns) {
@@ -125,10 +143,13 @@ impl<'a> ProxyScope<'a> {
             .virtual_services
             .iter()
             .map(Arc::as_ref)
-            .filter(|vs| vs.spec.gateways.is_empty() || vs.spec.gateways.iter().any(|g| g == "mesh"))
+            .filter(|vs| {
+                vs.spec.gateways.is_empty() || vs.spec.gateways.iter().any(|g| g == "mesh")
+            })
             .filter(|vs| {
                 let ns = namespace_of(*vs);
-                ns == self.proxy.namespace || ExportTo::parse(&vs.spec.export_to, ns).visible_to(&self.proxy.namespace)
+                ns == self.proxy.namespace
+                    || ExportTo::parse(&vs.spec.export_to, ns).visible_to(&self.proxy.namespace)
             })
             .collect()
     }
@@ -142,7 +163,9 @@ impl<'a> ProxyScope<'a> {
             .gateways
             .iter()
             .map(Arc::as_ref)
-            .filter(|g| !g.spec.selector.is_empty() && selector_matches(&g.spec.selector, self.proxy))
+            .filter(|g| {
+                !g.spec.selector.is_empty() && selector_matches(&g.spec.selector, self.proxy)
+            })
             .collect()
     }
 
@@ -158,7 +181,10 @@ impl<'a> ProxyScope<'a> {
             .map(Arc::as_ref)
             .filter(|vs| {
                 let vs_ns = namespace_of(*vs);
-                vs.spec.gateways.iter().any(|g| *g == full || (g == gw_name && vs_ns == gw_ns))
+                vs.spec
+                    .gateways
+                    .iter()
+                    .any(|g| *g == full || (g == gw_name && vs_ns == gw_ns))
             })
             .collect()
     }
@@ -169,7 +195,12 @@ fn find_sidecar<'a>(snapshot: &'a Snapshot, proxy: &ProxyInfo) -> Option<&'a Sid
         return None;
     }
     let in_ns = |ns: &str| -> Vec<&'a Sidecar> {
-        snapshot.sidecars.iter().map(Arc::as_ref).filter(|s| namespace_of(*s) == ns).collect()
+        snapshot
+            .sidecars
+            .iter()
+            .map(Arc::as_ref)
+            .filter(|s| namespace_of(*s) == ns)
+            .collect()
     };
     let selected = in_ns(&proxy.namespace).into_iter().find(|s| {
         s.spec
@@ -177,10 +208,19 @@ fn find_sidecar<'a>(snapshot: &'a Snapshot, proxy: &ProxyInfo) -> Option<&'a Sid
             .as_ref()
             .is_some_and(|ws| !ws.labels.is_empty() && selector_matches(&ws.labels, proxy))
     });
-    let no_selector = |s: &&Sidecar| s.spec.workload_selector.as_ref().is_none_or(|ws| ws.labels.is_empty());
+    let no_selector = |s: &&Sidecar| {
+        s.spec
+            .workload_selector
+            .as_ref()
+            .is_none_or(|ws| ws.labels.is_empty())
+    };
     selected
         .or_else(|| in_ns(&proxy.namespace).into_iter().find(no_selector))
-        .or_else(|| in_ns(snapshot.root_namespace()).into_iter().find(no_selector))
+        .or_else(|| {
+            in_ns(snapshot.root_namespace())
+                .into_iter()
+                .find(no_selector)
+        })
 }
 
 /// Whether a Sidecar's egress hosts (`ns/host`) let a proxy in `proxy_ns`
@@ -190,14 +230,21 @@ fn sidecar_allows(sidecar: &Sidecar, sidecar_ns: &str, service: &Service, proxy_
     if sidecar.spec.egress.is_empty() {
         return true;
     }
-    sidecar.spec.egress.iter().flat_map(|e| e.hosts.iter()).any(|h| {
-        let Some((ns, host)) = h.split_once('/') else { return false };
-        let ns_ok = match ns {
-            "*" => true,
-            "." => service.namespace == proxy_ns || service.namespace == sidecar_ns,
-            "~" => false,
-            other => service.namespace == other,
-        };
-        ns_ok && (host == "*" || host_matches(host, &service.hostname) || host == service.name)
-    })
+    sidecar
+        .spec
+        .egress
+        .iter()
+        .flat_map(|e| e.hosts.iter())
+        .any(|h| {
+            let Some((ns, host)) = h.split_once('/') else {
+                return false;
+            };
+            let ns_ok = match ns {
+                "*" => true,
+                "." => service.namespace == proxy_ns || service.namespace == sidecar_ns,
+                "~" => false,
+                other => service.namespace == other,
+            };
+            ns_ok && (host == "*" || host_matches(host, &service.hostname) || host == service.name)
+        })
 }

@@ -7,25 +7,29 @@
 //! later level that sets it; nothing is merged inside them.
 
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
-    self as envoy_cluster, CommonLbConfig, DiscoveryType, LbPolicy, MaglevLbConfig, RingHashLbConfig,
+    self as envoy_cluster, CommonLbConfig, DiscoveryType, LbPolicy, MaglevLbConfig,
+    RingHashLbConfig,
 };
 use envoy_types::pb::envoy::config::cluster::v3::{
     CircuitBreakers, Cluster, OutlierDetection as EnvoyOutlierDetection, UpstreamConnectionOptions,
     circuit_breakers::Thresholds,
 };
 use envoy_types::pb::envoy::config::core::v3::{
-    Http1ProtocolOptions, Http2ProtocolOptions, HttpProtocolOptions as CoreHttpProtocolOptions, TcpKeepalive,
+    Http1ProtocolOptions, Http2ProtocolOptions, HttpProtocolOptions as CoreHttpProtocolOptions,
+    TcpKeepalive,
 };
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
-    ExplicitHttpConfig, UpstreamProtocolOptions, UseDownstreamHttpConfig, explicit_http_config::ProtocolConfig,
+    ExplicitHttpConfig, UpstreamProtocolOptions, UseDownstreamHttpConfig,
+    explicit_http_config::ProtocolConfig,
 };
 use envoy_types::pb::envoy::r#type::v3::Percent;
 use mesh_api::mesh_config::{MeshConfig, MeshH2UpgradePolicy};
 use mesh_api::networking::DestinationRule;
 use mesh_api::networking::destination_rule::{
-    ClientTlsSettings, ConnectionPoolSettings, H2UpgradePolicy, LoadBalancerSettings, LocalityLoadBalancerSetting,
-    OutlierDetection, PortTrafficPolicy, SimpleLb, Subset, TrafficPolicy,
+    ClientTlsSettings, ConnectionPoolSettings, H2UpgradePolicy, LoadBalancerSettings,
+    LocalityLoadBalancerSetting, OutlierDetection, PortTrafficPolicy, SimpleLb, Subset,
+    TrafficPolicy,
 };
 
 use super::{pb_duration, u32_value};
@@ -34,7 +38,8 @@ use crate::model::Protocol;
 /// Ring size Istio uses when a consistent-hash policy names none.
 const DEFAULT_RING_SIZE: u64 = 1024;
 /// Envoy's HttpProtocolOptions extension key (the value's type URL names it too).
-pub(crate) const HTTP_PROTOCOL_OPTIONS_KEY: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+pub(crate) const HTTP_PROTOCOL_OPTIONS_KEY: &str =
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 
 // === Policy ===
 
@@ -53,7 +58,11 @@ pub(crate) struct Policy<'a> {
 
 impl<'a> Policy<'a> {
     /// Merges the rule's policy and the subset's for `port`, as Istio does.
-    pub fn effective(dr: Option<&'a DestinationRule>, subset: Option<&'a Subset>, port: u16) -> Self {
+    pub fn effective(
+        dr: Option<&'a DestinationRule>,
+        subset: Option<&'a Subset>,
+        port: u16,
+    ) -> Self {
         let mut policy = Self::default();
         if let Some(tp) = dr.and_then(|dr| dr.spec.traffic_policy.as_ref()) {
             policy.overlay(tp, port);
@@ -92,7 +101,9 @@ impl<'a> Policy<'a> {
 
 /// The mesh-wide setting in DestinationRule form (MeshConfig keeps its
 /// own copy of the message, with optional `from`/`to`).
-fn from_mesh(m: &mesh_api::mesh_config::LocalityLoadBalancerSetting) -> LocalityLoadBalancerSetting {
+fn from_mesh(
+    m: &mesh_api::mesh_config::LocalityLoadBalancerSetting,
+) -> LocalityLoadBalancerSetting {
     use mesh_api::networking::destination_rule::{LocalityDistribute, LocalityFailover};
     LocalityLoadBalancerSetting {
         distribute: m
@@ -118,7 +129,9 @@ fn from_mesh(m: &mesh_api::mesh_config::LocalityLoadBalancerSetting) -> Locality
 
 /// The first `portLevelSettings` entry for `port` (Istio stops at the first).
 fn port_settings(settings: &[PortTrafficPolicy], port: u16) -> Option<&PortTrafficPolicy> {
-    settings.iter().find(|p| p.port.as_ref().is_some_and(|s| s.number == u32::from(port)))
+    settings
+        .iter()
+        .find(|p| p.port.as_ref().is_some_and(|s| s.number == u32::from(port)))
 }
 
 /// The subset of `dr` named `name`.
@@ -138,7 +151,7 @@ pub(crate) fn apply_load_balancer(cluster: &mut Cluster, lb: Option<&LoadBalance
         if let Some(maglev) = &ch.maglev {
             cluster.lb_policy = LbPolicy::Maglev as i32;
             cluster.lb_config = Some(envoy_cluster::LbConfig::MaglevLbConfig(MaglevLbConfig {
-                table_size: maglev.table_size.filter(|s| *s > 0).map(|value| u64_value(value)),
+                table_size: maglev.table_size.filter(|s| *s > 0).map(u64_value),
             }));
         } else {
             let size = ch
@@ -149,10 +162,12 @@ pub(crate) fn apply_load_balancer(cluster: &mut Cluster, lb: Option<&LoadBalance
                 .filter(|s| *s > 0)
                 .unwrap_or(DEFAULT_RING_SIZE);
             cluster.lb_policy = LbPolicy::RingHash as i32;
-            cluster.lb_config = Some(envoy_cluster::LbConfig::RingHashLbConfig(RingHashLbConfig {
-                minimum_ring_size: Some(u64_value(size)),
-                ..Default::default()
-            }));
+            cluster.lb_config = Some(envoy_cluster::LbConfig::RingHashLbConfig(
+                RingHashLbConfig {
+                    minimum_ring_size: Some(u64_value(size)),
+                    ..Default::default()
+                },
+            ));
         }
         return;
     }
@@ -167,8 +182,9 @@ pub(crate) fn apply_load_balancer(cluster: &mut Cluster, lb: Option<&LoadBalance
 /// Turns a cluster into ORIGINAL_DST: no endpoints, the connection's
 /// original destination is the upstream.
 pub(crate) fn make_original_dst(cluster: &mut Cluster) {
-    cluster.cluster_discovery_type =
-        Some(envoy_cluster::ClusterDiscoveryType::Type(DiscoveryType::OriginalDst as i32));
+    cluster.cluster_discovery_type = Some(envoy_cluster::ClusterDiscoveryType::Type(
+        DiscoveryType::OriginalDst as i32,
+    ));
     cluster.lb_policy = LbPolicy::ClusterProvided as i32;
     cluster.lb_config = None;
     cluster.eds_cluster_config = None;
@@ -234,8 +250,9 @@ pub(crate) fn apply_connection_pool(
         }
         max_streams = positive(http.max_concurrent_streams);
         if http.use_client_protocol == Some(true) {
-            http_options.get_or_insert_with(HttpProtocolOptions::default).upstream_protocol_options =
-                Some(use_downstream_protocol());
+            http_options
+                .get_or_insert_with(HttpProtocolOptions::default)
+                .upstream_protocol_options = Some(use_downstream_protocol());
         }
     }
     if let Some(tcp) = pool.and_then(|p| p.tcp.as_ref()) {
@@ -272,7 +289,9 @@ pub(crate) fn apply_connection_pool(
         });
     }
     if common_set {
-        http_options.get_or_insert_with(HttpProtocolOptions::default).common_http_protocol_options = Some(common);
+        http_options
+            .get_or_insert_with(HttpProtocolOptions::default)
+            .common_http_protocol_options = Some(common);
     }
     if let Some(streams) = max_streams
         && let Some(opts) = http_options.as_mut()
@@ -290,14 +309,22 @@ fn secs_u32(d: &mesh_api::common::Duration) -> u32 {
 
 /// Whether the cluster's upstream speaks HTTP/2: HTTP/2 and gRPC ports, and
 /// HTTP/1.1 ports a rule (or the mesh) upgrades.
-pub(crate) fn use_http2(protocol: Protocol, pool: Option<&ConnectionPoolSettings>, mesh: &MeshConfig) -> bool {
+pub(crate) fn use_http2(
+    protocol: Protocol,
+    pool: Option<&ConnectionPoolSettings>,
+    mesh: &MeshConfig,
+) -> bool {
     if protocol.is_http2() {
         return true;
     }
     if protocol != Protocol::Http {
         return false;
     }
-    match pool.and_then(|p| p.http.as_ref()).and_then(|h| h.h2_upgrade_policy).unwrap_or_default() {
+    match pool
+        .and_then(|p| p.http.as_ref())
+        .and_then(|h| h.h2_upgrade_policy)
+        .unwrap_or_default()
+    {
         H2UpgradePolicy::Upgrade => true,
         H2UpgradePolicy::DoNotUpgrade => false,
         H2UpgradePolicy::Default => mesh.h2_upgrade_policy == Some(MeshH2UpgradePolicy::Upgrade),
@@ -307,9 +334,13 @@ pub(crate) fn use_http2(protocol: Protocol, pool: Option<&ConnectionPoolSettings
 /// HttpProtocolOptions forcing HTTP/2 upstream.
 pub(crate) fn explicit_http2() -> HttpProtocolOptions {
     HttpProtocolOptions {
-        upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(ExplicitHttpConfig {
-            protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(Http2ProtocolOptions::default())),
-        })),
+        upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
+            ExplicitHttpConfig {
+                protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(
+                    Http2ProtocolOptions::default(),
+                )),
+            },
+        )),
         ..Default::default()
     }
 }
@@ -329,13 +360,18 @@ pub(crate) fn use_downstream_protocol() -> UpstreamProtocolOptions {
 pub(crate) fn attach_http_options(cluster: &mut Cluster, options: Option<HttpProtocolOptions>) {
     let Some(mut options) = options else { return };
     if options.upstream_protocol_options.is_none() {
-        options.upstream_protocol_options = Some(UpstreamProtocolOptions::ExplicitHttpConfig(ExplicitHttpConfig {
-            protocol_config: Some(ProtocolConfig::HttpProtocolOptions(Http1ProtocolOptions::default())),
-        }));
+        options.upstream_protocol_options = Some(UpstreamProtocolOptions::ExplicitHttpConfig(
+            ExplicitHttpConfig {
+                protocol_config: Some(ProtocolConfig::HttpProtocolOptions(
+                    Http1ProtocolOptions::default(),
+                )),
+            },
+        ));
     }
-    cluster
-        .typed_extension_protocol_options
-        .insert(HTTP_PROTOCOL_OPTIONS_KEY.to_string(), mesh_api::xds::pack_any(options));
+    cluster.typed_extension_protocol_options.insert(
+        HTTP_PROTOCOL_OPTIONS_KEY.to_string(),
+        mesh_api::xds::pack_any(options),
+    );
 }
 
 // === Outlier detection ===
@@ -382,6 +418,10 @@ pub(crate) fn apply_outlier_detection(cluster: &mut Cluster, od: Option<&Outlier
     }
     cluster.outlier_detection = Some(out);
     let min_health = od.min_health_percent.unwrap_or(0).clamp(0, 100);
-    cluster.common_lb_config.get_or_insert_with(CommonLbConfig::default).healthy_panic_threshold =
-        Some(Percent { value: f64::from(min_health) });
+    cluster
+        .common_lb_config
+        .get_or_insert_with(CommonLbConfig::default)
+        .healthy_panic_threshold = Some(Percent {
+        value: f64::from(min_health),
+    });
 }

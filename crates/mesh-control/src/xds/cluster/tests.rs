@@ -62,7 +62,11 @@ spec:
 "#;
 
 fn snapshot(yaml: &str) -> Snapshot {
-    Snapshot::build(1, &mesh_api::load_str("t.yaml", yaml), MeshConfig::default())
+    Snapshot::build(
+        1,
+        &mesh_api::load_str("t.yaml", yaml),
+        MeshConfig::default(),
+    )
 }
 
 fn ip(s: &str) -> IpAddr {
@@ -70,7 +74,10 @@ fn ip(s: &str) -> IpAddr {
 }
 
 fn find<'a>(clusters: &'a [Cluster], name: &str) -> &'a Cluster {
-    clusters.iter().find(|c| c.name == name).unwrap_or_else(|| panic!("no cluster {name}"))
+    clusters
+        .iter()
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("no cluster {name}"))
 }
 
 const V1_9080: &str = "outbound|9080|v1|reviews.default.svc.cluster.local";
@@ -88,7 +95,13 @@ fn subsets_merge_policies_field_by_field() {
     let v1 = find(&clusters, V1_9080);
     assert_eq!(v1.lb_policy, LbPolicy::RingHash as i32);
     assert!(matches!(v1.lb_config, Some(LbConfig::RingHashLbConfig(_))));
-    assert_eq!(v1.connect_timeout, Some(PbDuration { seconds: 2, nanos: 0 }));
+    assert_eq!(
+        v1.connect_timeout,
+        Some(PbDuration {
+            seconds: 2,
+            nanos: 0
+        })
+    );
     let t = &v1.circuit_breakers.as_ref().unwrap().thresholds[0];
     assert_eq!(t.max_connections, Some(u32_value(7)));
     assert_eq!(t.max_retries, Some(u32_value(u32::MAX)));
@@ -96,7 +109,13 @@ fn subsets_merge_policies_field_by_field() {
     // The subset's connectionPool replaces the rule's whole: no 2s timeout, no 7 connections.
     let v2 = find(&clusters, V2_9080);
     assert_eq!(v2.lb_policy, LbPolicy::Random as i32);
-    assert_eq!(v2.connect_timeout, Some(PbDuration { seconds: 10, nanos: 0 }));
+    assert_eq!(
+        v2.connect_timeout,
+        Some(PbDuration {
+            seconds: 10,
+            nanos: 0
+        })
+    );
     let t = &v2.circuit_breakers.as_ref().unwrap().thresholds[0];
     assert_eq!(t.max_connections, Some(u32_value(u32::MAX)));
     assert_eq!(t.max_requests, Some(u32_value(3)));
@@ -106,8 +125,15 @@ fn subsets_merge_policies_field_by_field() {
     // Port-level settings of the rule win on their port; gRPC goes HTTP/2.
     let grpc = find(&clusters, ALL_9090);
     assert_eq!(grpc.lb_policy, LbPolicy::RoundRobin as i32);
-    assert!(grpc.typed_extension_protocol_options.contains_key(policy::HTTP_PROTOCOL_OPTIONS_KEY));
-    assert_eq!(grpc.transport_socket_matches.len(), 2, "auto-mTLS by default");
+    assert!(
+        grpc.typed_extension_protocol_options
+            .contains_key(policy::HTTP_PROTOCOL_OPTIONS_KEY)
+    );
+    assert_eq!(
+        grpc.transport_socket_matches.len(),
+        2,
+        "auto-mTLS by default"
+    );
 }
 
 #[test]
@@ -117,17 +143,29 @@ fn endpoints_follow_subsets_health_and_proxy_metadata() {
     let scope = ProxyScope::new(&snap, &proxy);
     let clusters = build_clusters(&scope);
     let endpoints = build_endpoints(&scope, &clusters);
-    let eds_clusters = clusters.iter().filter(|c| c.eds_cluster_config.is_some()).count();
+    let eds_clusters = clusters
+        .iter()
+        .filter(|c| c.eds_cluster_config.is_some())
+        .count();
     assert_eq!(endpoints.len(), eds_clusters);
 
-    let v1 = endpoints.iter().find(|e| e.cluster_name == V1_9080).unwrap();
+    let v1 = endpoints
+        .iter()
+        .find(|e| e.cluster_name == V1_9080)
+        .unwrap();
     let lb: Vec<_> = v1.endpoints.iter().flat_map(|l| &l.lb_endpoints).collect();
     assert_eq!(lb.len(), 1);
     assert_eq!(lb[0].health_status, HealthStatus::Healthy as i32);
     let md = lb[0].metadata.as_ref().unwrap();
-    assert!(md.filter_metadata.contains_key("envoy.transport_socket_match"));
+    assert!(
+        md.filter_metadata
+            .contains_key("envoy.transport_socket_match")
+    );
 
-    let v2 = endpoints.iter().find(|e| e.cluster_name == V2_9080).unwrap();
+    let v2 = endpoints
+        .iter()
+        .find(|e| e.cluster_name == V2_9080)
+        .unwrap();
     let lb: Vec<_> = v2.endpoints.iter().flat_map(|l| &l.lb_endpoints).collect();
     assert_eq!(lb.len(), 1);
     assert_eq!(lb[0].health_status, HealthStatus::Unhealthy as i32);
@@ -142,9 +180,17 @@ fn hash_policy_follows_the_merged_load_balancer() {
     let host = "reviews.default.svc.cluster.local";
     let hp = hash_policy_for(&scope, host, "v1", 9080);
     assert_eq!(hp.len(), 1);
-    let Some(hash_policy::PolicySpecifier::Cookie(c)) = &hp[0].policy_specifier else { panic!("{hp:?}") };
+    let Some(hash_policy::PolicySpecifier::Cookie(c)) = &hp[0].policy_specifier else {
+        panic!("{hp:?}")
+    };
     assert_eq!((c.name.as_str(), c.path.as_str()), ("user", "/"));
-    assert_eq!(c.ttl, Some(PbDuration { seconds: 10, nanos: 0 }));
+    assert_eq!(
+        c.ttl,
+        Some(PbDuration {
+            seconds: 10,
+            nanos: 0
+        })
+    );
     assert!(hash_policy_for(&scope, host, "", 9080).is_empty());
     assert!(hash_policy_for(&scope, host, "v2", 9080).is_empty());
     assert!(hash_policy_for(&scope, "unknown.example.com", "x", 1).is_empty());
@@ -156,7 +202,13 @@ fn sidecars_get_inbound_and_passthrough_clusters_gateways_do_not() {
     let sidecar = ProxyInfo::sidecar("reviews-v1", "default", ip("10.1.0.1"), &[]);
     let scope = ProxyScope::new(&snap, &sidecar);
     let clusters = build_clusters(&scope);
-    for name in ["inbound|9080||", "inbound|9090||", PASSTHROUGH_CLUSTER, INBOUND_PASSTHROUGH_CLUSTER, BLACKHOLE_CLUSTER] {
+    for name in [
+        "inbound|9080||",
+        "inbound|9090||",
+        PASSTHROUGH_CLUSTER,
+        INBOUND_PASSTHROUGH_CLUSTER,
+        BLACKHOLE_CLUSTER,
+    ] {
         find(&clusters, name);
     }
     let ports: Vec<u16> = inbound_ports(&scope).iter().map(|p| p.port).collect();
@@ -165,16 +217,34 @@ fn sidecars_get_inbound_and_passthrough_clusters_gateways_do_not() {
     let gateway = ProxyInfo::router("gw", "istio-system", ip("10.9.0.1"), &[]);
     let scope = ProxyScope::new(&snap, &gateway);
     let clusters = build_clusters(&scope);
-    assert!(clusters.iter().all(|c| c.name.starts_with("outbound|") || c.name == BLACKHOLE_CLUSTER));
+    assert!(
+        clusters
+            .iter()
+            .all(|c| c.name.starts_with("outbound|") || c.name == BLACKHOLE_CLUSTER)
+    );
 }
 
 #[test]
 fn istio_sni_matches_istio() {
     let snap = snapshot(CONFIG);
-    let service = snap.registry.service("reviews.default.svc.cluster.local").unwrap();
-    let target = |subset| tls::TlsTarget { service, port: 9080, subset, http2: false };
-    assert_eq!(tls::istio_sni(&target("")), "outbound_.9080_._.reviews.default.svc.cluster.local");
-    assert_eq!(tls::istio_sni(&target("v1")), "outbound_.9080_.v1_.reviews.default.svc.cluster.local");
+    let service = snap
+        .registry
+        .service("reviews.default.svc.cluster.local")
+        .unwrap();
+    let target = |subset| tls::TlsTarget {
+        service,
+        port: 9080,
+        subset,
+        http2: false,
+    };
+    assert_eq!(
+        tls::istio_sni(&target("")),
+        "outbound_.9080_._.reviews.default.svc.cluster.local"
+    );
+    assert_eq!(
+        tls::istio_sni(&target("v1")),
+        "outbound_.9080_.v1_.reviews.default.svc.cluster.local"
+    );
 }
 
 #[test]
@@ -206,9 +276,53 @@ spec:
     assert_eq!(first, crate::xds::generate(&snap, &proxy));
     // Two hosts cannot be LOGICAL_DNS: falls back to STRICT_DNS.
     let rr = find(&first.clusters, "outbound|80||rr.example.com");
-    assert_eq!(rr.cluster_discovery_type, Some(ClusterDiscoveryType::Type(DiscoveryType::StrictDns as i32)));
+    assert_eq!(
+        rr.cluster_discovery_type,
+        Some(ClusterDiscoveryType::Type(DiscoveryType::StrictDns as i32))
+    );
     let mut names: Vec<&str> = first.clusters.iter().map(|c| c.name.as_str()).collect();
     let sorted = names.clone();
     names.sort_unstable();
     assert_eq!(names, sorted);
+}
+
+#[test]
+fn mutual_tls_with_files_sets_certificates_and_ca() {
+    let yaml = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ext, namespace: default}
+spec:
+  hosts: [db.example.com]
+  ports: [{number: 5432, name: tcp, protocol: TCP}]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: ext, namespace: default}
+spec:
+  host: db.example.com
+  trafficPolicy:
+    tls: {mode: MUTUAL, clientCertificate: /c.pem, privateKey: /k.pem, caCertificates: /ca.pem, sni: db.example.com}
+"#;
+    use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext;
+    use prost::Message;
+    let snap = snapshot(yaml);
+    let proxy = ProxyInfo::sidecar("client", "default", ip("10.1.0.9"), &[]);
+    let scope = ProxyScope::new(&snap, &proxy);
+    let clusters = build_clusters(&scope);
+    let c = find(&clusters, "outbound|5432||db.example.com");
+    let Some(ConfigType::TypedConfig(any)) = c
+        .transport_socket
+        .as_ref()
+        .and_then(|t| t.config_type.clone())
+    else {
+        panic!("no transport socket")
+    };
+    let ctx = UpstreamTlsContext::decode(any.value.as_slice()).unwrap();
+    assert_eq!(ctx.sni, "db.example.com");
+    let common = ctx.common_tls_context.unwrap();
+    assert_eq!(common.tls_certificates.len(), 1);
+    assert!(common.validation_context_type.is_some());
 }

@@ -8,13 +8,13 @@ use std::net::IpAddr;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::TransportSocketMatch;
 use envoy_types::pb::envoy::config::core::v3::{
-    AggregatedConfigSource, ApiVersion, ConfigSource, DataSource, TransportSocket, config_source::ConfigSourceSpecifier,
-    data_source::Specifier, transport_socket::ConfigType,
+    AggregatedConfigSource, ApiVersion, ConfigSource, DataSource, TransportSocket,
+    config_source::ConfigSourceSpecifier, data_source::Specifier, transport_socket::ConfigType,
 };
 use envoy_types::pb::envoy::extensions::transport_sockets::raw_buffer::v3::RawBuffer;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-    CertificateValidationContext, CommonTlsContext, SdsSecretConfig, SubjectAltNameMatcher, TlsCertificate,
-    UpstreamTlsContext,
+    CertificateValidationContext, CommonTlsContext, SdsSecretConfig, SubjectAltNameMatcher,
+    TlsCertificate, UpstreamTlsContext,
     common_tls_context::{CombinedCertificateValidationContext, ValidationContextType},
     subject_alt_name_matcher::SanType,
 };
@@ -53,7 +53,12 @@ pub(crate) struct TlsTarget<'a> {
 }
 
 /// Applies the DestinationRule's `tls`, or auto-mTLS when it has none.
-pub(crate) fn apply_tls(cluster: &mut Cluster, scope: &ProxyScope<'_>, tls: Option<&ClientTlsSettings>, target: &TlsTarget<'_>) {
+pub(crate) fn apply_tls(
+    cluster: &mut Cluster,
+    scope: &ProxyScope<'_>,
+    tls: Option<&ClientTlsSettings>,
+    target: &TlsTarget<'_>,
+) {
     match tls {
         Some(tls) => match tls.mode.unwrap_or_default() {
             ClientTlsMode::Disable => {}
@@ -67,7 +72,8 @@ pub(crate) fn apply_tls(cluster: &mut Cluster, scope: &ProxyScope<'_>, tls: Opti
                 } else {
                     tls.subject_alt_names.clone()
                 };
-                cluster.transport_socket = Some(tls_socket(istio_mutual_context(sni, &sans, target.http2)));
+                cluster.transport_socket =
+                    Some(tls_socket(istio_mutual_context(sni, &sans, target.http2)));
             }
         },
         None if auto_mtls_applies(scope, target.service) => {
@@ -108,7 +114,9 @@ pub(crate) fn tls_mode_struct() -> Struct {
 /// PeerAuthentication DISABLE. Like Istio's best-effort inference, only
 /// namespace- and mesh-wide PeerAuthentications are considered.
 fn auto_mtls_applies(scope: &ProxyScope<'_>, service: &Service) -> bool {
-    if service.location == Location::MeshExternal || scope.snapshot.mesh.enable_auto_mtls == Some(false) {
+    if service.location == Location::MeshExternal
+        || scope.snapshot.mesh.enable_auto_mtls == Some(false)
+    {
         return false;
     }
     let mode_in = |ns: &str| {
@@ -117,8 +125,19 @@ fn auto_mtls_applies(scope: &ProxyScope<'_>, service: &Service) -> bool {
             .peer_authentications
             .iter()
             .filter(|pa| namespace_of(pa.as_ref()) == ns)
-            .filter(|pa| pa.spec.selector.as_ref().is_none_or(|s| s.match_labels.is_empty()))
-            .find_map(|pa| pa.spec.mtls.as_ref().map(|m| m.mode()).filter(|m| *m != MtlsMode::Unset))
+            .filter(|pa| {
+                pa.spec
+                    .selector
+                    .as_ref()
+                    .is_none_or(|s| s.match_labels.is_empty())
+            })
+            .find_map(|pa| {
+                pa.spec
+                    .mtls
+                    .as_ref()
+                    .map(|m| m.mode())
+                    .filter(|m| *m != MtlsMode::Unset)
+            })
     };
     let mode = mode_in(&service.namespace).or_else(|| mode_in(scope.snapshot.root_namespace()));
     mode != Some(MtlsMode::Disable)
@@ -128,7 +147,10 @@ fn auto_mtls_applies(scope: &ProxyScope<'_>, service: &Service) -> bool {
 /// no subset gives `outbound_.80_._.<host>`), the SNI Istio's inbound
 /// filter chains expect.
 pub(crate) fn istio_sni(target: &TlsTarget<'_>) -> String {
-    format!("outbound_.{}_.{}_.{}", target.port, target.subset, target.service.hostname)
+    format!(
+        "outbound_.{}_.{}_.{}",
+        target.port, target.subset, target.service.hostname
+    )
 }
 
 /// The SPIFFE ids of the service's workloads (their service accounts),
@@ -214,7 +236,10 @@ fn istio_mutual_context(sni: String, sans: &[String], http2: bool) -> UpstreamTl
             validation_context_type: Some(ValidationContextType::CombinedValidationContext(
                 CombinedCertificateValidationContext {
                     default_validation_context: Some(CertificateValidationContext {
-                        match_typed_subject_alt_names: sans.iter().map(|s| san_matcher(s)).collect(),
+                        match_typed_subject_alt_names: sans
+                            .iter()
+                            .map(|s| san_matcher(s))
+                            .collect(),
                         ..Default::default()
                     }),
                     validation_context_sds_secret_config: Some(sds(SDS_ROOTCA)),
@@ -234,32 +259,41 @@ fn istio_mutual_context(sni: String, sans: &[String], http2: bool) -> UpstreamTl
 fn user_tls_context(tls: &ClientTlsSettings, http2: bool) -> UpstreamTlsContext {
     let mutual = tls.mode == Some(ClientTlsMode::Mutual);
     let skip_verify = tls.insecure_skip_verify == Some(true);
-    let sans: Vec<SubjectAltNameMatcher> = tls.subject_alt_names.iter().map(|s| san_matcher(s)).collect();
+    let sans: Vec<SubjectAltNameMatcher> = tls
+        .subject_alt_names
+        .iter()
+        .map(|s| san_matcher(s))
+        .collect();
     let mut common = CommonTlsContext {
         alpn_protocols: alpn(false, http2),
         ..Default::default()
     };
     if let Some(name) = tls.credential_name.as_deref().filter(|n| !n.is_empty()) {
         if mutual {
-            common.tls_certificate_sds_secret_configs = vec![sds(&format!("{KUBERNETES_SECRET_PREFIX}{name}"))];
+            common.tls_certificate_sds_secret_configs =
+                vec![sds(&format!("{KUBERNETES_SECRET_PREFIX}{name}"))];
         }
         if !skip_verify {
-            common.validation_context_type = Some(ValidationContextType::CombinedValidationContext(
-                CombinedCertificateValidationContext {
-                    default_validation_context: Some(CertificateValidationContext {
-                        match_typed_subject_alt_names: sans,
+            common.validation_context_type =
+                Some(ValidationContextType::CombinedValidationContext(
+                    CombinedCertificateValidationContext {
+                        default_validation_context: Some(CertificateValidationContext {
+                            match_typed_subject_alt_names: sans,
+                            ..Default::default()
+                        }),
+                        validation_context_sds_secret_config: Some(sds(&format!(
+                            "{KUBERNETES_SECRET_PREFIX}{name}-cacert"
+                        ))),
                         ..Default::default()
-                    }),
-                    validation_context_sds_secret_config: Some(sds(&format!(
-                        "{KUBERNETES_SECRET_PREFIX}{name}-cacert"
-                    ))),
-                    ..Default::default()
-                },
-            ));
+                    },
+                ));
         }
     } else {
         if mutual
-            && let (Some(cert), Some(key)) = (tls.client_certificate.as_deref(), tls.private_key.as_deref())
+            && let (Some(cert), Some(key)) = (
+                tls.client_certificate.as_deref(),
+                tls.private_key.as_deref(),
+            )
         {
             common.tls_certificates = vec![TlsCertificate {
                 certificate_chain: Some(file(cert)),
@@ -268,12 +302,14 @@ fn user_tls_context(tls: &ClientTlsSettings, http2: bool) -> UpstreamTlsContext 
             }];
         }
         if !skip_verify && let Some(ca) = tls.ca_certificates.as_deref().filter(|c| !c.is_empty()) {
-            common.validation_context_type = Some(ValidationContextType::ValidationContext(CertificateValidationContext {
-                trusted_ca: Some(file(ca)),
-                crl: tls.ca_crl.as_deref().map(file),
-                match_typed_subject_alt_names: sans,
-                ..Default::default()
-            }));
+            common.validation_context_type = Some(ValidationContextType::ValidationContext(
+                CertificateValidationContext {
+                    trusted_ca: Some(file(ca)),
+                    crl: tls.ca_crl.as_deref().map(file),
+                    match_typed_subject_alt_names: sans,
+                    ..Default::default()
+                },
+            ));
         }
     }
     UpstreamTlsContext {
@@ -293,6 +329,8 @@ fn tls_socket(ctx: UpstreamTlsContext) -> TransportSocket {
 fn raw_buffer_socket() -> TransportSocket {
     TransportSocket {
         name: RAW_BUFFER_SOCKET.into(),
-        config_type: Some(ConfigType::TypedConfig(mesh_api::xds::pack_any(RawBuffer {}))),
+        config_type: Some(ConfigType::TypedConfig(mesh_api::xds::pack_any(
+            RawBuffer {},
+        ))),
     }
 }

@@ -8,7 +8,6 @@
 //! a later change.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 
 use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
 use envoy_types::pb::envoy::config::listener::v3::{FilterChain, FilterChainMatch, Listener};
@@ -28,34 +27,13 @@ use crate::xds::{
     INBOUND_PASSTHROUGH_CLUSTER, ProxyScope, VIRTUAL_INBOUND_LISTENER, inbound_cluster_name,
 };
 
-/// The workload ports this proxy serves (endpoint target ports of services
-/// whose endpoints carry one of its addresses), with their protocol. When
-/// two services disagree on a port's protocol, HTTP wins: it still carries
-/// opaque bytes it cannot parse as well as Istio's sniffing would.
+/// The workload ports this proxy serves, with their protocol: the same
+/// list the cluster builder uses, so every chain's cluster exists.
 pub(crate) fn inbound_ports(scope: &ProxyScope<'_>) -> BTreeMap<u16, Protocol> {
-    let registry = &scope.snapshot.registry;
-    let mut ports = BTreeMap::new();
-    for (host, endpoints) in &registry.endpoints {
-        let Some(svc) = registry.service(host) else {
-            continue;
-        };
-        for ep in endpoints {
-            let Ok(ip) = ep.address.parse::<IpAddr>() else {
-                continue;
-            };
-            if !scope.proxy.ip_addresses.contains(&ip) {
-                continue;
-            }
-            let Some(sp) = svc.port(ep.service_port) else {
-                continue;
-            };
-            let entry = ports.entry(ep.port).or_insert(sp.protocol);
-            if sp.protocol.is_http() && !entry.is_http() {
-                *entry = sp.protocol;
-            }
-        }
-    }
-    ports
+    crate::xds::cluster::inbound_ports(scope)
+        .into_iter()
+        .map(|p| (p.port, p.protocol))
+        .collect()
 }
 
 pub(super) fn virtual_inbound(scope: &ProxyScope<'_>) -> Listener {

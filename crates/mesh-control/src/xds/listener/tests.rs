@@ -80,7 +80,7 @@ fn router() -> ProxyInfo {
     )
 }
 
-fn listener<'a>(listeners: &'a [Listener], name: &str) -> Value {
+fn listener(listeners: &[Listener], name: &str) -> Value {
     to_json(
         listeners
             .iter()

@@ -538,17 +538,26 @@ fn mirrors(
     out
 }
 
-/// Consistent-hash keys of the destination's DestinationRule.
-// LEAD: call site for `crate::xds::cluster::hash_policy_for(scope, host,
-// subset, port)` once the cluster module provides it; until then routes
-// carry no hash policy and ring-hash/maglev clusters hash randomly.
+/// Consistent-hash keys of the destination's DestinationRule (header,
+/// cookie, source IP or query parameter), so ring-hash and Maglev clusters
+/// hash on what the user asked for.
 fn hash_policy(
     ctx: &RouteContext<'_, '_>,
     dest: &Destination,
     vs_ns: &str,
 ) -> Vec<route_action::HashPolicy> {
-    let _ = (ctx, dest, vs_ns);
-    Vec::new()
+    let host = ctx.scope.resolve(&dest.host, vs_ns);
+    let port = destination_port(
+        ctx.scope.service(&host).map(AsRef::as_ref),
+        dest.port.as_ref().map(|p| p.number),
+        ctx.port,
+    );
+    crate::xds::cluster::hash_policy_for(
+        ctx.scope,
+        &host,
+        dest.subset.as_deref().unwrap_or(""),
+        port,
+    )
 }
 
 fn redirect_action(
@@ -691,7 +700,6 @@ fn http_fault(f: &mesh_api::networking::virtual_service::HttpFaultInjection) -> 
                 (None, Some(p)) if p > 0 => fraction_int(p),
                 (p, _) => fraction(p),
             }),
-            ..Default::default()
         })
     });
     let abort = f.abort.as_ref().and_then(|a| {
@@ -721,8 +729,7 @@ fn cors_policy(c: &CorsPolicy) -> EnvoyCorsPolicy {
     origins.extend(
         c.allow_origin
             .iter()
-            .map(|o| string_matcher(&StringMatch::Exact(o.clone())))
-            .flatten(),
+            .filter_map(|o| string_matcher(&StringMatch::Exact(o.clone()))),
     );
     EnvoyCorsPolicy {
         allow_origin_string_match: origins,
