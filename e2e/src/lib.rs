@@ -1,5 +1,7 @@
 //! End-to-end support: the sample application `mesh-echo` (used by docs,
 //! demos, the control-plane tests against a stock Envoy and the scenario
-//! suite) and, as they land, the scenario harness and benchmarks.
+//! suite), the benchmarks behind `mesh-bench` and, as it lands, the
+//! scenario harness.
 
+pub mod bench;
 pub mod echo;

@@ -280,6 +280,40 @@ impl StringMatch {
     }
 }
 
+// === gRPC status ===
+
+/// gRPC status code names, indexed by their numeric code (`UNAVAILABLE` is 14).
+pub const GRPC_STATUS_NAMES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+/// The numeric gRPC code of a status written as a name (`UNAVAILABLE`,
+/// any case) or a number, as Istio accepts in `fault.abort.grpcStatus`.
+pub fn grpc_status_code(status: &str) -> Option<u32> {
+    status.parse().ok().filter(|c: &u32| *c < 17).or_else(|| {
+        GRPC_STATUS_NAMES
+            .iter()
+            .position(|c| c.eq_ignore_ascii_case(status))
+            .and_then(|i| u32::try_from(i).ok())
+    })
+}
+
 // === Percent ===
 
 /// Istio's `Percent`: a value in `[0.0, 100.0]`, written `{value: 12.5}`.

@@ -8,8 +8,6 @@
 //! for the fields the user wrote (Istio validates after merging defaults;
 //! unset fields here simply take Istio's defaults).
 
-use std::collections::BTreeMap;
-
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -17,6 +15,11 @@ use serde::{Deserialize, Serialize};
 use crate::common::Duration;
 use crate::networking::sidecar::{ConnectionPoolSettings, TcpKeepalive};
 use crate::validation::{Path, Report};
+
+// MeshConfig embeds the same messages DestinationRule uses; one type each.
+pub use crate::networking::destination_rule::{
+    ClientTlsSettings, LocalityDistribute, LocalityFailover, LocalityLoadBalancerSetting,
+};
 
 mod providers;
 mod proxy;
@@ -301,39 +304,6 @@ pub enum InboundMode {
     Localhost,
 }
 
-/// Client-side TLS settings (DestinationRule's `ClientTLSSettings`).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ClientTlsSettings {
-    /// DISABLE, SIMPLE, MUTUAL or ISTIO_MUTUAL.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mode: Option<String>,
-    /// Client certificate path.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_certificate: Option<String>,
-    /// Private key path.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub private_key: Option<String>,
-    /// CA bundle path.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ca_certificates: Option<String>,
-    /// CRL path.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ca_crl: Option<String>,
-    /// Secret holding the credentials.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub credential_name: Option<String>,
-    /// Accepted server SANs.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub subject_alt_names: Vec<String>,
-    /// SNI sent to the server.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sni: Option<String>,
-    /// Skip server certificate verification.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub insecure_skip_verify: Option<bool>,
-}
-
 /// An extra configuration source.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -500,48 +470,6 @@ pub struct DefaultTrafficPolicy {
     /// Outlier detection (DestinationRule's message).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<serde_json::Value>,
-}
-
-/// Locality-weighted load balancing (DestinationRule's message).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct LocalityLoadBalancerSetting {
-    /// Traffic split per source locality.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub distribute: Vec<LocalityDistribute>,
-    /// Region failover order.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub failover: Vec<LocalityFailover>,
-    /// Labels ordering failover priority.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub failover_priority: Vec<String>,
-    /// Whether locality load balancing is enabled.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub enabled: Option<bool>,
-}
-
-/// Traffic split for one source locality.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct LocalityDistribute {
-    /// Source locality, `region/zone/subzone`, `*` allowed at the end.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub from: Option<String>,
-    /// Destination locality to weight (sum 100).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub to: BTreeMap<String, u32>,
-}
-
-/// Failover from one region to another.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct LocalityFailover {
-    /// Source region.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub from: Option<String>,
-    /// Failover region.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub to: Option<String>,
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use crate::networking::destination_rule::{
     LoadBalancerSettings, OutlierDetection, Subset, TrafficPolicy,
 };
 
-mod load_balancer;
+pub(crate) mod load_balancer;
 
 impl Validate for DestinationRuleSpec {
     fn validate(&self, ctx: &Context<'_>, path: &Path, report: &mut Report) {

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use super::sidecar::{check_connection_pool, check_ms_duration};
 use super::{Path, Report, check_port, check_wildcard_host, is_dns1123_label};
-use crate::mesh_config::{ExtensionProvider, LocalityLoadBalancerSetting, MeshConfig, ProxyConfig};
+use crate::mesh_config::{ExtensionProvider, MeshConfig, ProxyConfig};
 
 /// Istio's bounds on `connectTimeout`.
 const CONNECT_TIMEOUT_MIN: std::time::Duration = std::time::Duration::from_millis(1);
@@ -68,7 +68,12 @@ impl MeshConfig {
             check_proxy_config(cfg, &root.field("defaultConfig"), report);
         }
         if let Some(lb) = &self.locality_lb_setting {
-            check_locality_lb(lb, &root.field("localityLbSetting"), report);
+            super::destination_rule::load_balancer::validate_locality_lb(
+                lb,
+                true,
+                &root.field("localityLbSetting"),
+                report,
+            );
         }
         for (i, s) in self.service_settings.iter().enumerate() {
             for (j, h) in s.hosts.iter().enumerate() {
@@ -279,50 +284,6 @@ fn check_proxy_address(addr: &str) -> Result<(), String> {
         return Err(format!("address {addr:?} has an invalid host {host:?}"));
     }
     Ok(())
-}
-
-fn check_locality_lb(lb: &LocalityLoadBalancerSetting, path: &Path, report: &mut Report) {
-    if !lb.distribute.is_empty() && !lb.failover.is_empty() {
-        report.error(
-            path,
-            "can not simultaneously specify 'distribute' and 'failover'",
-        );
-        return;
-    }
-    for (i, d) in lb.distribute.iter().enumerate() {
-        let p = path.field("distribute").index(i);
-        let total: u32 = d.to.values().sum();
-        if d.to.values().any(|w| *w == 0 || *w > 100) {
-            report.error(&p.field("to"), "locality weight must be in range [1, 100]");
-        } else if total != 100 {
-            report.error(
-                &p.field("to"),
-                format!("total locality weight {total} != 100"),
-            );
-        }
-    }
-    for (i, f) in lb.failover.iter().enumerate() {
-        let p = path.field("failover").index(i);
-        let (from, to) = (
-            f.from.as_deref().unwrap_or(""),
-            f.to.as_deref().unwrap_or(""),
-        );
-        if from == to {
-            report.error(
-                &p,
-                "locality lb failover settings must specify different regions",
-            );
-        }
-        if from.contains('/') || to.contains('/') {
-            report.error(&p, "locality lb failover only specify region");
-        }
-        if from.contains('*') || to.contains('*') {
-            report.error(
-                &p,
-                "locality lb failover region should not contain '*' wildcard",
-            );
-        }
-    }
 }
 
 /// Checks providers and returns the declared names.

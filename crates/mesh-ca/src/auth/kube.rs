@@ -290,7 +290,8 @@ mod tests {
 
     #[test]
     fn missing_status_is_not_authenticated() {
-        let err = identity_from_status(&TokenReviewStatus::default(), &TokenReviewConfig::default());
+        let err =
+            identity_from_status(&TokenReviewStatus::default(), &TokenReviewConfig::default());
         assert!(
             matches!(&err, Err(AuthError::Rejected { reason, .. }) if reason.contains("not authenticated")),
             "{err:?}"

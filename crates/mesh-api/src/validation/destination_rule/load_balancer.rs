@@ -157,7 +157,10 @@ fn is_prime(x: u64) -> bool {
     true
 }
 
-fn validate_locality_lb(
+/// Checks a locality setting. `has_outlier` says whether outlier detection
+/// is configured (failover needs it in a DestinationRule; MeshConfig passes
+/// `true` because the mesh default is checked where it applies).
+pub(crate) fn validate_locality_lb(
     l: &LocalityLoadBalancerSetting,
     has_outlier: bool,
     path: &Path,

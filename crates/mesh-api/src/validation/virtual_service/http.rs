@@ -42,25 +42,7 @@ const CORS_METHODS: &[&str] = &[
 ];
 
 /// gRPC status names accepted by `fault.abort.grpcStatus`.
-const GRPC_STATUSES: &[&str] = &[
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-];
+const GRPC_STATUSES: &[&str] = &crate::common::GRPC_STATUS_NAMES;
 
 /// Redirect codes Envoy can send; other 3xx codes are accepted by Istio but
 /// the redirect is then dropped at translation.

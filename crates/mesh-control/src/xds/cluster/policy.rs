@@ -93,37 +93,9 @@ impl<'a> Policy<'a> {
         let setting = self
             .load_balancer
             .and_then(|lb| lb.locality_lb_setting.clone())
-            .or_else(|| mesh.locality_lb_setting.as_ref().map(from_mesh))
+            .or_else(|| mesh.locality_lb_setting.clone())
             .unwrap_or_default();
         (setting.enabled != Some(false)).then_some(setting)
-    }
-}
-
-/// The mesh-wide setting in DestinationRule form (MeshConfig keeps its
-/// own copy of the message, with optional `from`/`to`).
-fn from_mesh(
-    m: &mesh_api::mesh_config::LocalityLoadBalancerSetting,
-) -> LocalityLoadBalancerSetting {
-    use mesh_api::networking::destination_rule::{LocalityDistribute, LocalityFailover};
-    LocalityLoadBalancerSetting {
-        distribute: m
-            .distribute
-            .iter()
-            .map(|d| LocalityDistribute {
-                from: d.from.clone().unwrap_or_default(),
-                to: d.to.clone(),
-            })
-            .collect(),
-        failover: m
-            .failover
-            .iter()
-            .map(|f| LocalityFailover {
-                from: f.from.clone().unwrap_or_default(),
-                to: f.to.clone().unwrap_or_default(),
-            })
-            .collect(),
-        failover_priority: m.failover_priority.clone(),
-        enabled: m.enabled,
     }
 }
 

@@ -659,31 +659,7 @@ fn header_ops(
 }
 
 fn grpc_code(status: &str) -> Option<u32> {
-    const CODES: [&str; 17] = [
-        "OK",
-        "CANCELLED",
-        "UNKNOWN",
-        "INVALID_ARGUMENT",
-        "DEADLINE_EXCEEDED",
-        "NOT_FOUND",
-        "ALREADY_EXISTS",
-        "PERMISSION_DENIED",
-        "RESOURCE_EXHAUSTED",
-        "FAILED_PRECONDITION",
-        "ABORTED",
-        "OUT_OF_RANGE",
-        "UNIMPLEMENTED",
-        "INTERNAL",
-        "UNAVAILABLE",
-        "DATA_LOSS",
-        "UNAUTHENTICATED",
-    ];
-    status.parse().ok().or_else(|| {
-        CODES
-            .iter()
-            .position(|c| c.eq_ignore_ascii_case(status))
-            .map(|i| i as u32)
-    })
+    mesh_api::common::grpc_status_code(status)
 }
 
 fn http_fault(f: &mesh_api::networking::virtual_service::HttpFaultInjection) -> Option<HttpFault> {
