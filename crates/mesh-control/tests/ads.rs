@@ -83,6 +83,7 @@ fn base() -> ProxyResources {
         endpoints: vec![cla("a", 0), cla("b", 0), cla("c", 0)],
         listeners: vec![listener("l1", "x")],
         routes: vec![route("r1", "v"), route("r2", "v")],
+        secrets: Vec::new(),
     }
 }
 

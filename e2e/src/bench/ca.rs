@@ -410,6 +410,7 @@ pub fn plot(report: &Report, path: &Path, labelled: bool) -> anyhow::Result<()> 
         mesh.x_desc("concurrent clients")
             .y_desc("latency (ms)")
             .x_label_formatter(&|x| format!("{x:.0}"))
+            .y_label_formatter(&|y| format!("{y:.0}"))
             .label_style(("sans-serif", 14));
     } else {
         mesh.x_labels(0).y_labels(0);

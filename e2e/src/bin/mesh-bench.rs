@@ -2,7 +2,7 @@
 //! its numbers and writes `docs/benchmarks/<area>.md` and `<area>.png`.
 //! Run in release: `cargo run --release -p e2e --bin mesh-bench -- ca`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -37,7 +37,8 @@ enum Area {
 
 /// `docs/benchmarks` of the workspace this binary was built from.
 fn default_out_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/benchmarks")
+    let e2e = Path::new(env!("CARGO_MANIFEST_DIR"));
+    e2e.parent().unwrap_or(e2e).join("docs").join("benchmarks")
 }
 
 fn main() -> anyhow::Result<()> {

@@ -11,27 +11,16 @@
 //! differs until a snapshot changes them.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Instant;
 
-use envoy_types::pb::envoy::config::core::v3::ControlPlane;
+use envoy_types::pb::envoy::config::core::v3::{ControlPlane, Node};
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
 };
 use mesh_api::xds::ResourceType;
-use tokio::sync::mpsc;
-use tonic::{Status, Streaming};
-use tracing::Instrument;
 
-use super::metrics::TypeLabels;
-use super::{Conn, Event, Shared, XdsProtocol, nack_message};
-use crate::proxy::ProxyInfo;
-
-/// The proxy went away; the task ends.
-struct Closed;
-
-type Tx = mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>;
+use super::stream::{Closed, StreamSession, Tx};
+use super::{Conn, XdsProtocol, nack_message};
 
 /// One type's subscription and delivery state on one stream.
 #[derive(Debug, Default)]
@@ -57,80 +46,42 @@ impl Watch {
     }
 }
 
-struct Session {
+/// One stream's state, run by [`drive`](super::stream::drive).
+pub(super) struct Session {
     conn: Conn,
-    tx: Tx,
+    tx: Tx<DeltaDiscoveryResponse>,
     watches: BTreeMap<ResourceType, Watch>,
-}
-
-/// Runs one stream until the proxy or the server ends it.
-pub(super) async fn run(
-    shared: Arc<Shared>,
-    mut inbound: Streaming<DeltaDiscoveryRequest>,
-    tx: Tx,
-    peer: Option<SocketAddr>,
-) {
-    let first = match inbound.message().await {
-        Ok(Some(req)) => req,
-        Ok(None) => return,
-        Err(status) => {
-            tracing::debug!(
-                ?peer,
-                "delta ADS stream failed before its first request: {status}"
-            );
-            return;
-        }
-    };
-    let proxy = match ProxyInfo::from_node(first.node.as_ref()) {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::warn!(?peer, "refusing delta ADS stream: {e}");
-            let _ = tx.send(Err(Status::invalid_argument(e.to_string()))).await;
-            return;
-        }
-    };
-    let conn = Conn::new(shared.clone(), proxy, XdsProtocol::Delta);
-    let span =
-        tracing::info_span!("ads", proxy = %conn.proxy.id, conn = conn.id, protocol = "delta");
-    let mut session = Session {
-        conn,
-        tx,
-        watches: BTreeMap::new(),
-    };
-    async move {
-        tracing::info!(?peer, "proxy connected");
-        let mut snapshots = Some(shared.snapshots.clone());
-        let mut closing = shared.closing.clone();
-        let mut next = Event::Request(first);
-        loop {
-            let step = match next {
-                Event::Request(req) => session.on_request(req).await,
-                Event::Snapshot => session.push_all().await,
-                Event::End => break,
-            };
-            if step.is_err() {
-                break;
-            }
-            next = session
-                .conn
-                .next_event(&mut inbound, &mut snapshots, &mut closing)
-                .await;
-        }
-        if *closing.borrow() {
-            let _ = session
-                .tx
-                .send(Err(Status::unavailable("control plane is shutting down")))
-                .await;
-        }
-        tracing::info!("proxy disconnected");
-    }
-    .instrument(span)
-    .await;
 }
 
 // === impl Session ===
 
-impl Session {
+impl StreamSession for Session {
+    type Request = DeltaDiscoveryRequest;
+    type Response = DeltaDiscoveryResponse;
+
+    const PROTOCOL: XdsProtocol = XdsProtocol::Delta;
+    const NAME: &'static str = "delta ADS";
+
+    fn node(req: &DeltaDiscoveryRequest) -> Option<&Node> {
+        req.node.as_ref()
+    }
+
+    fn new(conn: Conn, tx: Tx<DeltaDiscoveryResponse>) -> Self {
+        Self {
+            conn,
+            tx,
+            watches: BTreeMap::new(),
+        }
+    }
+
+    fn conn(&mut self) -> &mut Conn {
+        &mut self.conn
+    }
+
+    fn tx(&self) -> &Tx<DeltaDiscoveryResponse> {
+        &self.tx
+    }
+
     async fn on_request(&mut self, req: DeltaDiscoveryRequest) -> Result<(), Closed> {
         let Some(ty) = ResourceType::from_type_url(&req.type_url) else {
             tracing::warn!(type_url = %req.type_url, "delta request for a type the mesh does not serve; ignored");
@@ -177,28 +128,10 @@ impl Session {
                     "proxy rejected config: {message}"
                 );
                 w.pushed_at = None;
-                self.conn
-                    .shared
-                    .metrics
-                    .xds()
-                    .nacks
-                    .get_or_create(&TypeLabels {
-                        r#type: ty.short_name(),
-                    })
-                    .inc();
-                self.conn.sync.update(ty, |t| {
-                    t.last_nack = Some(message);
-                    t.last_nack_version = rejected;
-                    t.nacks += 1;
-                });
+                self.conn.record_nack(ty, message, rejected);
             } else {
                 if let Some(at) = w.pushed_at.take() {
-                    self.conn
-                        .shared
-                        .metrics
-                        .xds()
-                        .convergence
-                        .observe(at.elapsed().as_secs_f64());
+                    self.conn.observe_convergence(at);
                 }
                 let version = w.sent_version.clone();
                 self.conn.sync.update(ty, |t| {
@@ -228,7 +161,9 @@ impl Session {
         }
         Ok(())
     }
+}
 
+impl Session {
     /// Sends what the proxy lacks of `ty`, if anything (or if owed).
     async fn respond(&mut self, ty: ResourceType) -> Result<(), Closed> {
         let started = Instant::now();
@@ -314,13 +249,7 @@ impl Session {
             }),
             ..Default::default()
         };
-        let xds = self.conn.shared.metrics.xds();
-        xds.pushes
-            .get_or_create(&TypeLabels {
-                r#type: ty.short_name(),
-            })
-            .inc();
-        xds.push_duration.observe(started.elapsed().as_secs_f64());
+        self.conn.record_push(ty, started);
         self.tx.send(Ok(response)).await.map_err(|_| Closed)
     }
 }

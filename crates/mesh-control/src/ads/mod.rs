@@ -28,6 +28,7 @@ use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
+use mesh_api::xds::ResourceType;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_stream::Stream;
@@ -44,13 +45,16 @@ pub mod metrics;
 mod resources;
 mod sotw;
 pub mod state;
+mod stream;
 
 pub use metrics::{Metrics, XdsMetrics};
 pub use resources::TranslateError;
 pub use state::{ProxySync, SyncState, TypeSync, XdsProtocol};
 
+use metrics::TypeLabels;
 use resources::{ShapeCache, Translated};
 use state::SyncEntry;
+use stream::StreamSession;
 
 /// Translation used by the server: `crate::xds::generate` in production, a
 /// fake in tests.
@@ -212,30 +216,29 @@ impl AggregatedDiscoveryService for AdsServer {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        if *self.shared.closing.borrow() {
-            return Err(Status::unavailable("control plane is shutting down"));
-        }
-        let peer = request.remote_addr();
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        tokio::spawn(sotw::run(
-            self.shared.clone(),
-            request.into_inner(),
-            tx,
-            peer,
-        ));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        self.open::<sotw::Session>(request)
     }
 
     async fn delta_aggregated_resources(
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        self.open::<delta::Session>(request)
+    }
+}
+
+impl AdsServer {
+    /// Starts the task that serves one stream, unless the server is closing.
+    fn open<S: StreamSession>(
+        &self,
+        request: Request<Streaming<S::Request>>,
+    ) -> Result<Response<ResponseStream<S::Response>>, Status> {
         if *self.shared.closing.borrow() {
             return Err(Status::unavailable("control plane is shutting down"));
         }
         let peer = request.remote_addr();
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        tokio::spawn(delta::run(
+        tokio::spawn(stream::drive::<S>(
             self.shared.clone(),
             request.into_inner(),
             tx,
@@ -298,6 +301,44 @@ impl Conn {
     fn next_nonce(&mut self) -> String {
         self.nonces += 1;
         format!("{:x}-{}", self.id, self.nonces)
+    }
+
+    /// Counts a NACK of `rejected` and keeps its message for `/debug/syncz`.
+    fn record_nack(&self, ty: ResourceType, message: String, rejected: Option<String>) {
+        self.shared
+            .metrics
+            .xds()
+            .nacks
+            .get_or_create(&TypeLabels {
+                r#type: ty.short_name(),
+            })
+            .inc();
+        self.sync.update(ty, |t| {
+            t.last_nack = Some(message);
+            t.last_nack_version = rejected;
+            t.nacks += 1;
+        });
+    }
+
+    /// The proxy ACKed a push of a snapshot this connection first saw at
+    /// `seen_at`.
+    fn observe_convergence(&self, seen_at: Instant) {
+        self.shared
+            .metrics
+            .xds()
+            .convergence
+            .observe(seen_at.elapsed().as_secs_f64());
+    }
+
+    /// Counts a push of `ty` whose work began at `started`.
+    fn record_push(&self, ty: ResourceType, started: Instant) {
+        let xds = self.shared.metrics.xds();
+        xds.pushes
+            .get_or_create(&TypeLabels {
+                r#type: ty.short_name(),
+            })
+            .inc();
+        xds.push_duration.observe(started.elapsed().as_secs_f64());
     }
 
     /// The resources of the newest snapshot, translating if needed; `None`

@@ -148,7 +148,14 @@ impl Translated {
             ResourceType::Route,
             TypeResources::new(routes.map(|(n, a)| pack(n, a)).collect()),
         );
-        by_type.insert(ResourceType::Secret, TypeResources::new(Vec::new()));
+        let secrets = res
+            .secrets
+            .into_iter()
+            .map(|s| (s.name.clone(), pack_any(s)));
+        by_type.insert(
+            ResourceType::Secret,
+            TypeResources::new(secrets.map(|(n, a)| pack(n, a)).collect()),
+        );
         Self {
             snapshot_version,
             by_type,

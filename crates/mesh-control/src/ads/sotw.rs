@@ -17,25 +17,15 @@
 //! - On a new snapshot, types go out in the order CDS, EDS, LDS, RDS.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Instant;
 
-use envoy_types::pb::envoy::config::core::v3::ControlPlane;
+use envoy_types::pb::envoy::config::core::v3::{ControlPlane, Node};
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use mesh_api::xds::ResourceType;
-use tokio::sync::mpsc;
-use tonic::{Status, Streaming};
-use tracing::Instrument;
 
 use super::resources::{Item, encoded_len, version_of};
-use super::{Conn, Event, Shared, XdsProtocol, nack_message};
-use crate::proxy::ProxyInfo;
-
-/// The proxy went away; the task ends.
-struct Closed;
-
-type Tx = mpsc::Sender<Result<DiscoveryResponse, Status>>;
+use super::stream::{Closed, StreamSession, Tx};
+use super::{Conn, XdsProtocol, nack_message};
 
 /// One type's subscription and delivery state on one stream.
 #[derive(Debug, Default)]
@@ -55,80 +45,42 @@ struct Watch {
     pushed_at: Option<Instant>,
 }
 
-struct Session {
+/// One stream's state, run by [`drive`](super::stream::drive).
+pub(super) struct Session {
     conn: Conn,
-    tx: Tx,
+    tx: Tx<DiscoveryResponse>,
     watches: BTreeMap<ResourceType, Watch>,
-}
-
-/// Runs one stream until the proxy or the server ends it.
-pub(super) async fn run(
-    shared: Arc<Shared>,
-    mut inbound: Streaming<DiscoveryRequest>,
-    tx: Tx,
-    peer: Option<SocketAddr>,
-) {
-    let first = match inbound.message().await {
-        Ok(Some(req)) => req,
-        Ok(None) => return,
-        Err(status) => {
-            tracing::debug!(
-                ?peer,
-                "ADS stream failed before its first request: {status}"
-            );
-            return;
-        }
-    };
-    let proxy = match ProxyInfo::from_node(first.node.as_ref()) {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::warn!(?peer, "refusing ADS stream: {e}");
-            let _ = tx.send(Err(Status::invalid_argument(e.to_string()))).await;
-            return;
-        }
-    };
-    let conn = Conn::new(shared.clone(), proxy, XdsProtocol::Sotw);
-    let span =
-        tracing::info_span!("ads", proxy = %conn.proxy.id, conn = conn.id, protocol = "sotw");
-    let mut session = Session {
-        conn,
-        tx,
-        watches: BTreeMap::new(),
-    };
-    async move {
-        tracing::info!(?peer, "proxy connected");
-        let mut snapshots = Some(shared.snapshots.clone());
-        let mut closing = shared.closing.clone();
-        let mut next = Event::Request(first);
-        loop {
-            let step = match next {
-                Event::Request(req) => session.on_request(req).await,
-                Event::Snapshot => session.push_all().await,
-                Event::End => break,
-            };
-            if step.is_err() {
-                break;
-            }
-            next = session
-                .conn
-                .next_event(&mut inbound, &mut snapshots, &mut closing)
-                .await;
-        }
-        if *closing.borrow() {
-            let _ = session
-                .tx
-                .send(Err(Status::unavailable("control plane is shutting down")))
-                .await;
-        }
-        tracing::info!("proxy disconnected");
-    }
-    .instrument(span)
-    .await;
 }
 
 // === impl Session ===
 
-impl Session {
+impl StreamSession for Session {
+    type Request = DiscoveryRequest;
+    type Response = DiscoveryResponse;
+
+    const PROTOCOL: XdsProtocol = XdsProtocol::Sotw;
+    const NAME: &'static str = "ADS";
+
+    fn node(req: &DiscoveryRequest) -> Option<&Node> {
+        req.node.as_ref()
+    }
+
+    fn new(conn: Conn, tx: Tx<DiscoveryResponse>) -> Self {
+        Self {
+            conn,
+            tx,
+            watches: BTreeMap::new(),
+        }
+    }
+
+    fn conn(&mut self) -> &mut Conn {
+        &mut self.conn
+    }
+
+    fn tx(&self) -> &Tx<DiscoveryResponse> {
+        &self.tx
+    }
+
     async fn on_request(&mut self, req: DiscoveryRequest) -> Result<(), Closed> {
         let Some(ty) = ResourceType::from_type_url(&req.type_url) else {
             tracing::warn!(type_url = %req.type_url, "request for a type the mesh does not serve; ignored");
@@ -177,28 +129,10 @@ impl Session {
             );
             w.rejected_version = rejected.clone();
             w.pushed_at = None;
-            self.conn
-                .shared
-                .metrics
-                .xds()
-                .nacks
-                .get_or_create(&super::metrics::TypeLabels {
-                    r#type: ty.short_name(),
-                })
-                .inc();
-            self.conn.sync.update(ty, |t| {
-                t.last_nack = Some(message);
-                t.last_nack_version = rejected;
-                t.nacks += 1;
-            });
+            self.conn.record_nack(ty, message, rejected);
         } else if !nonce.is_empty() {
             if let Some(at) = w.pushed_at.take() {
-                self.conn
-                    .shared
-                    .metrics
-                    .xds()
-                    .convergence
-                    .observe(at.elapsed().as_secs_f64());
+                self.conn.observe_convergence(at);
             }
             let accepted_current = w.sent_version.as_deref() == Some(req.version_info.as_str());
             self.conn.sync.update(ty, |t| {
@@ -223,7 +157,9 @@ impl Session {
         }
         Ok(())
     }
+}
 
+impl Session {
     /// Sends `ty` if a response is owed or its version changed (and is not
     /// the one the proxy rejected).
     async fn respond(&mut self, ty: ResourceType) -> Result<(), Closed> {
@@ -277,13 +213,7 @@ impl Session {
             t.sent_nonce = Some(nonce);
             t.resources = count;
         });
-        let xds = self.conn.shared.metrics.xds();
-        xds.pushes
-            .get_or_create(&super::metrics::TypeLabels {
-                r#type: ty.short_name(),
-            })
-            .inc();
-        xds.push_duration.observe(started.elapsed().as_secs_f64());
+        self.conn.record_push(ty, started);
         self.tx.send(Ok(response)).await.map_err(|_| Closed)
     }
 }

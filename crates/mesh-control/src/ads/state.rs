@@ -22,6 +22,16 @@ pub enum XdsProtocol {
     Delta,
 }
 
+impl XdsProtocol {
+    /// The name shown in `/debug/syncz` and on log spans.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sotw => "sotw",
+            Self::Delta => "delta",
+        }
+    }
+}
+
 /// One resource type on one connection.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct TypeSync {

@@ -12,6 +12,7 @@ use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 
 use crate::proxy::ProxyInfo;
 use crate::snapshot::Snapshot;
@@ -21,6 +22,7 @@ pub mod endpoint;
 pub mod listener;
 pub mod route;
 pub mod scope;
+pub mod secret;
 
 pub use scope::ProxyScope;
 
@@ -56,6 +58,10 @@ pub struct ProxyResources {
     pub listeners: Vec<Listener>,
     /// RDS, named by the listeners that reference them.
     pub routes: Vec<RouteConfiguration>,
+    /// SDS: gateway certificates from Kubernetes Secrets
+    /// (`kubernetes://<credentialName>`). Workload certificates are never
+    /// here: the proxy's agent holds their private keys.
+    pub secrets: Vec<Secret>,
 }
 
 /// Translates a snapshot for one proxy. Pure and deterministic: the same
@@ -66,10 +72,12 @@ pub fn generate(snapshot: &Snapshot, proxy: &ProxyInfo) -> ProxyResources {
     let endpoints = endpoint::build_endpoints(&scope, &clusters);
     let listeners = listener::build_listeners(&scope);
     let routes = route::build_routes(&scope, &listeners, &clusters);
+    let secrets = secret::build_secrets(&scope);
     ProxyResources {
         clusters,
         endpoints,
         listeners,
         routes,
+        secrets,
     }
 }
