@@ -175,16 +175,36 @@ impl Harness {
     }
 }
 
-struct Sotw {
-    tx: mpsc::Sender<DiscoveryRequest>,
-    rx: Streaming<DiscoveryResponse>,
+/// One client stream: requests of type `Req` out, responses `Resp` in.
+struct Client<Req, Resp> {
+    tx: mpsc::Sender<Req>,
+    rx: Streaming<Resp>,
 }
 
-impl Sotw {
-    async fn send(&self, req: DiscoveryRequest) {
+type Sotw = Client<DiscoveryRequest, DiscoveryResponse>;
+type Delta = Client<DeltaDiscoveryRequest, DeltaDiscoveryResponse>;
+
+impl<Req, Resp: std::fmt::Debug> Client<Req, Resp> {
+    async fn send(&self, req: Req) {
         self.tx.send(req).await.unwrap();
     }
 
+    async fn recv(&mut self) -> Resp {
+        tokio::time::timeout(WAIT, self.rx.message())
+            .await
+            .expect("a response in time")
+            .unwrap()
+            .expect("stream open")
+    }
+
+    async fn quiet(&mut self) {
+        if let Ok(msg) = tokio::time::timeout(QUIET, self.rx.message()).await {
+            panic!("expected no response, got {msg:?}");
+        }
+    }
+}
+
+impl Sotw {
     async fn request(&self, ty: ResourceType, names: &[&str], node: Option<Node>) {
         self.send(DiscoveryRequest {
             node,
@@ -205,41 +225,17 @@ impl Sotw {
         })
         .await;
     }
-
-    async fn recv(&mut self) -> DiscoveryResponse {
-        tokio::time::timeout(WAIT, self.rx.message())
-            .await
-            .expect("a response in time")
-            .unwrap()
-            .expect("stream open")
-    }
-
-    async fn quiet(&mut self) {
-        if let Ok(msg) = tokio::time::timeout(QUIET, self.rx.message()).await {
-            panic!(
-                "expected no response, got {:?}",
-                msg.map(|m| m.map(|r| (r.type_url, r.version_info)))
-            );
-        }
-    }
-}
-
-struct Delta {
-    tx: mpsc::Sender<DeltaDiscoveryRequest>,
-    rx: Streaming<DeltaDiscoveryResponse>,
 }
 
 impl Delta {
-    async fn send(&self, req: DeltaDiscoveryRequest) {
-        self.tx.send(req).await.unwrap();
-    }
-
-    async fn recv(&mut self) -> DeltaDiscoveryResponse {
-        tokio::time::timeout(WAIT, self.rx.message())
-            .await
-            .expect("a response in time")
-            .unwrap()
-            .expect("stream open")
+    /// The first request of a stream: every resource of `ty`, for `node`.
+    async fn wildcard(&self, ty: ResourceType, node: Node) {
+        self.send(DeltaDiscoveryRequest {
+            node: Some(node),
+            type_url: ty.type_url(),
+            ..Default::default()
+        })
+        .await;
     }
 
     async fn ack(&self, r: &DeltaDiscoveryResponse) {
@@ -249,12 +245,6 @@ impl Delta {
             ..Default::default()
         })
         .await;
-    }
-
-    async fn quiet(&mut self) {
-        if let Ok(msg) = tokio::time::timeout(QUIET, self.rx.message()).await {
-            panic!("expected no response, got {msg:?}");
-        }
     }
 }
 
@@ -274,6 +264,11 @@ fn cla_names(r: &DiscoveryResponse) -> Vec<String> {
                 .cluster_name
         })
         .collect()
+}
+
+/// The names of the resources a delta response updates.
+fn delta_names(r: &DeltaDiscoveryResponse) -> Vec<&str> {
+    r.resources.iter().map(|r| r.name.as_str()).collect()
 }
 
 fn short(r: &DiscoveryResponse) -> &'static str {
@@ -568,15 +563,9 @@ async fn fifty_clients_converge() {
 async fn delta_subscribe_unsubscribe_and_removals() {
     let h = Harness::start(base()).await;
     let mut c = h.delta().await;
-    // Wildcard CDS.
-    c.send(DeltaDiscoveryRequest {
-        node: Some(node(1)),
-        type_url: ResourceType::Cluster.type_url(),
-        ..Default::default()
-    })
-    .await;
+    c.wildcard(ResourceType::Cluster, node(1)).await;
     let r = c.recv().await;
-    let mut names: Vec<_> = r.resources.iter().map(|r| r.name.clone()).collect();
+    let mut names = delta_names(&r);
     names.sort();
     assert_eq!(names, ["a", "b", "c"]);
     assert!(
@@ -595,13 +584,7 @@ async fn delta_subscribe_unsubscribe_and_removals() {
     })
     .await;
     let e = c.recv().await;
-    assert_eq!(
-        e.resources
-            .iter()
-            .map(|r| r.name.as_str())
-            .collect::<Vec<_>>(),
-        ["a"]
-    );
+    assert_eq!(delta_names(&e), ["a"]);
     assert_eq!(e.removed_resources, ["missing"]);
     c.ack(&e).await;
     c.quiet().await;
@@ -615,13 +598,7 @@ async fn delta_subscribe_unsubscribe_and_removals() {
     })
     .await;
     let e2 = c.recv().await;
-    assert_eq!(
-        e2.resources
-            .iter()
-            .map(|r| r.name.as_str())
-            .collect::<Vec<_>>(),
-        ["b"]
-    );
+    assert_eq!(delta_names(&e2), ["b"]);
     assert!(e2.removed_resources.is_empty());
     c.ack(&e2).await;
     c.quiet().await;
@@ -680,12 +657,7 @@ async fn delta_subscribe_unsubscribe_and_removals() {
 async fn delta_reconnect_with_initial_versions_sends_only_differences() {
     let h = Harness::start(base()).await;
     let mut c = h.delta().await;
-    c.send(DeltaDiscoveryRequest {
-        node: Some(node(1)),
-        type_url: ResourceType::Cluster.type_url(),
-        ..Default::default()
-    })
-    .await;
+    c.wildcard(ResourceType::Cluster, node(1)).await;
     let r = c.recv().await;
     let versions: std::collections::HashMap<String, String> = r
         .resources
@@ -708,13 +680,7 @@ async fn delta_reconnect_with_initial_versions_sends_only_differences() {
     })
     .await;
     let r = c.recv().await;
-    assert_eq!(
-        r.resources
-            .iter()
-            .map(|r| r.name.as_str())
-            .collect::<Vec<_>>(),
-        ["b"]
-    );
+    assert_eq!(delta_names(&r), ["b"]);
     assert_eq!(r.removed_resources, ["gone"]);
 }
 

@@ -57,13 +57,23 @@ fn proxy_info(p: &ProxySpec) -> ProxyInfo {
 }
 
 /// The expected-file form: every resource as JSON, grouped by type.
+/// `secrets` appears only when there are some, so cases without gateway
+/// credentials keep their files.
 pub fn render(resources: &ProxyResources) -> Value {
-    json!({
+    let mut out = json!({
         "clusters": resources.clusters.iter().map(|r| to_json(r).unwrap()).collect::<Vec<_>>(),
         "endpoints": resources.endpoints.iter().map(|r| to_json(r).unwrap()).collect::<Vec<_>>(),
         "listeners": resources.listeners.iter().map(|r| to_json(r).unwrap()).collect::<Vec<_>>(),
         "routes": resources.routes.iter().map(|r| to_json(r).unwrap()).collect::<Vec<_>>(),
-    })
+    });
+    if !resources.secrets.is_empty() {
+        out["secrets"] = resources
+            .secrets
+            .iter()
+            .map(|r| to_json(r).unwrap())
+            .collect();
+    }
+    out
 }
 
 fn load_case(dir: &Path) -> (Snapshot, Vec<ProxySpec>) {

@@ -142,7 +142,11 @@ fn gateway_secrets(scope: &ProxyScope<'_>, index: &SecretIndex<'_>, out: &mut Ou
             let by = Referrer::GatewayServer(ns, name_of(gw), &server.port.name);
             for cred in credential_names(tls) {
                 out.certificate(index, ns, cred, by);
-                match tls.ca_cert_credential_name.as_deref().filter(|n| !n.is_empty()) {
+                match tls
+                    .ca_cert_credential_name
+                    .as_deref()
+                    .filter(|n| !n.is_empty())
+                {
                     // A separate CA Secret is served under its own name.
                     Some(ca) if mutual => out.ca_only(index, ns, ca, by),
                     _ => out.ca_for(index, ns, cred, mutual, by),
@@ -178,11 +182,12 @@ fn destination_rule_secrets(scope: &ProxyScope<'_>, index: &SecretIndex<'_>, out
             continue;
         }
         let by = Referrer::DestinationRule(dr_ns, dr_name);
-        let policies = dr
-            .spec
-            .traffic_policy
-            .iter()
-            .chain(dr.spec.subsets.iter().filter_map(|s| s.traffic_policy.as_ref()));
+        let policies = dr.spec.traffic_policy.iter().chain(
+            dr.spec
+                .subsets
+                .iter()
+                .filter_map(|s| s.traffic_policy.as_ref()),
+        );
         for tls in policies.flat_map(policy_tls) {
             let Some(cred) = tls.credential_name.as_deref().filter(|n| !n.is_empty()) else {
                 continue;
@@ -388,7 +393,12 @@ fn value(s: &KubeSecret, key: &str) -> Option<Vec<u8>> {
         .as_ref()
         .and_then(|d| d.get(key))
         .map(|v| v.as_bytes().to_vec())
-        .or_else(|| s.data.as_ref().and_then(|d| d.get(key)).map(|b| b.0.clone()))
+        .or_else(|| {
+            s.data
+                .as_ref()
+                .and_then(|d| d.get(key))
+                .map(|b| b.0.clone())
+        })
         .filter(|v| !v.is_empty())
 }
 
@@ -417,4 +427,281 @@ fn inline(bytes: Vec<u8>) -> DataSource {
 }
 
 #[cfg(test)]
-mod tests;
+mod tests {
+    // Tests fail by panicking; unwrap is the assertion.
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::net::IpAddr;
+
+    use mesh_api::mesh_config::MeshConfig;
+
+    use super::*;
+    use crate::proxy::ProxyInfo;
+    use crate::snapshot::Snapshot;
+
+    const CERT: &str = "-----BEGIN CERTIFICATE-----\nY2VydA==\n-----END CERTIFICATE-----\n";
+    const KEY: &str = "-----BEGIN PRIVATE KEY-----\na2V5\n-----END PRIVATE KEY-----\n";
+    const CA: &str = "-----BEGIN CERTIFICATE-----\nY2E=\n-----END CERTIFICATE-----\n";
+
+    /// A gateway with every way of naming a credential, and Secrets in
+    /// every shape Istio accepts (`data` base64 as in real YAML, and
+    /// `stringData`).
+    const CONFIG: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 8443, name: https, protocol: HTTPS}
+    hosts: [a.example.com]
+    tls: {mode: SIMPLE, credentialName: tls-typed}
+  - port: {number: 8443, name: https-mtls, protocol: HTTPS}
+    hosts: [b.example.com]
+    tls: {mode: MUTUAL, credentialName: generic}
+  - port: {number: 8443, name: https-split-ca, protocol: HTTPS}
+    hosts: [c.example.com]
+    tls: {mode: MUTUAL, credentialName: split}
+  - port: {number: 8443, name: https-missing, protocol: HTTPS}
+    hosts: [d.example.com]
+    tls: {mode: SIMPLE, credentialName: absent}
+  - port: {number: 8443, name: https-der, protocol: HTTPS}
+    hosts: [e.example.com]
+    tls: {mode: SIMPLE, credentialName: not-pem}
+  - port: {number: 8443, name: https-ca-name, protocol: HTTPS}
+    hosts: [f.example.com]
+    tls: {mode: MUTUAL, credentialName: tls-typed, caCertCredentialName: client-ca}
+  - port: {number: 8443, name: https-mtls-no-ca, protocol: HTTPS}
+    hosts: [g.example.com]
+    tls: {mode: MUTUAL, credentialName: no-ca}
+  - port: {number: 8444, name: tls, protocol: TLS}
+    hosts: [h.example.com]
+    tls: {mode: PASSTHROUGH}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: tls-typed, namespace: istio-system}
+type: kubernetes.io/tls
+data:
+  tls.crt: LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tClkyVnlkQT09Ci0tLS0tRU5EIENFUlRJRklDQVRFLS0tLS0K
+  tls.key: LS0tLS1CRUdJTiBQUklWQVRFIEtFWS0tLS0tCmEyVjUKLS0tLS1FTkQgUFJJVkFURSBLRVktLS0tLQo=
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: generic, namespace: istio-system}
+stringData:
+  cert: "-----BEGIN CERTIFICATE-----\nY2VydA==\n-----END CERTIFICATE-----\n"
+  key: "-----BEGIN PRIVATE KEY-----\na2V5\n-----END PRIVATE KEY-----\n"
+  cacert: "-----BEGIN CERTIFICATE-----\nY2E=\n-----END CERTIFICATE-----\n"
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: split, namespace: istio-system}
+stringData:
+  tls.crt: "-----BEGIN CERTIFICATE-----\nY2VydA==\n-----END CERTIFICATE-----\n"
+  tls.key: "-----BEGIN PRIVATE KEY-----\na2V5\n-----END PRIVATE KEY-----\n"
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: split-cacert, namespace: istio-system}
+stringData:
+  ca.crt: "-----BEGIN CERTIFICATE-----\nY2E=\n-----END CERTIFICATE-----\n"
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: client-ca, namespace: istio-system}
+stringData:
+  ca.crt: "-----BEGIN CERTIFICATE-----\nY2E=\n-----END CERTIFICATE-----\n"
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: not-pem, namespace: istio-system}
+data:
+  tls.crt: MIIBAA==
+  tls.key: MIIBAA==
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: no-ca, namespace: istio-system}
+stringData:
+  tls.crt: "-----BEGIN CERTIFICATE-----\nY2VydA==\n-----END CERTIFICATE-----\n"
+  tls.key: "-----BEGIN PRIVATE KEY-----\na2V5\n-----END PRIVATE KEY-----\n"
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: absent, namespace: default}
+stringData:
+  tls.crt: "-----BEGIN CERTIFICATE-----\nY2VydA==\n-----END CERTIFICATE-----\n"
+  tls.key: "-----BEGIN PRIVATE KEY-----\na2V5\n-----END PRIVATE KEY-----\n"
+"#;
+
+    fn router() -> ProxyInfo {
+        ProxyInfo::router(
+            "ingress",
+            "istio-system",
+            "10.1.0.99".parse::<IpAddr>().unwrap(),
+            &[("istio", "ingressgateway")],
+        )
+    }
+
+    fn secrets_for(yaml: &str, proxy: &ProxyInfo) -> Vec<Secret> {
+        let loaded = mesh_api::load_str("t.yaml", yaml);
+        for l in &loaded {
+            assert!(!l.report.has_errors(), "{:?}", l.report.diagnostics);
+        }
+        let snapshot = Snapshot::build(1, &loaded, MeshConfig::default());
+        build_secrets(&ProxyScope::new(&snapshot, proxy))
+    }
+
+    fn bytes(ds: &Option<DataSource>) -> &str {
+        match ds.as_ref().and_then(|d| d.specifier.as_ref()) {
+            Some(data_source::Specifier::InlineBytes(b)) => std::str::from_utf8(b).unwrap(),
+            other => panic!("not inline bytes: {other:?}"),
+        }
+    }
+
+    fn find<'a>(secrets: &'a [Secret], name: &str) -> &'a secret::Type {
+        secrets
+            .iter()
+            .find(|s| s.name == name)
+            .and_then(|s| s.r#type.as_ref())
+            .unwrap_or_else(|| panic!("no secret {name}"))
+    }
+
+    fn assert_cert(secrets: &[Secret], name: &str) {
+        let secret::Type::TlsCertificate(c) = find(secrets, name) else {
+            panic!("{name} is not a certificate");
+        };
+        assert_eq!(bytes(&c.certificate_chain), CERT);
+        assert_eq!(bytes(&c.private_key), KEY);
+    }
+
+    fn assert_ca(secrets: &[Secret], name: &str) {
+        let secret::Type::ValidationContext(v) = find(secrets, name) else {
+            panic!("{name} is not a validation context");
+        };
+        assert_eq!(bytes(&v.trusted_ca), CA);
+    }
+
+    #[test]
+    fn gateway_credentials_become_sorted_inline_secrets() {
+        let secrets = secrets_for(CONFIG, &router());
+        let names: Vec<&str> = secrets.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "kubernetes://client-ca",
+                "kubernetes://generic",
+                "kubernetes://generic-cacert",
+                "kubernetes://no-ca",
+                "kubernetes://split",
+                "kubernetes://split-cacert",
+                "kubernetes://tls-typed",
+            ],
+            "missing (absent: wrong namespace), non-PEM and CA-less MUTUAL credentials are skipped"
+        );
+        // `data` (base64) and `stringData`, typed and generic keys.
+        assert_cert(&secrets, "kubernetes://tls-typed");
+        assert_cert(&secrets, "kubernetes://generic");
+        assert_cert(&secrets, "kubernetes://split");
+        // CA from the Secret itself, from `<name>-cacert`, from caCertCredentialName.
+        assert_ca(&secrets, "kubernetes://generic-cacert");
+        assert_ca(&secrets, "kubernetes://split-cacert");
+        assert_ca(&secrets, "kubernetes://client-ca");
+    }
+
+    #[test]
+    fn simple_server_serves_the_ca_only_when_the_secret_has_one() {
+        let yaml = CONFIG.replace(
+            "tls: {mode: MUTUAL, credentialName: generic}",
+            "tls: {mode: SIMPLE, credentialName: generic}",
+        );
+        let secrets = secrets_for(&yaml, &router());
+        assert_ca(&secrets, "kubernetes://generic-cacert");
+        assert!(
+            !secrets
+                .iter()
+                .any(|s| s.name == "kubernetes://tls-typed-cacert")
+        );
+    }
+
+    #[test]
+    fn sidecars_get_no_secrets() {
+        let sidecar = ProxyInfo::sidecar(
+            "ingress",
+            "istio-system",
+            "10.1.0.99".parse::<IpAddr>().unwrap(),
+            &[("istio", "ingressgateway")],
+        );
+        assert!(secrets_for(CONFIG, &sidecar).is_empty());
+    }
+
+    #[test]
+    fn destination_rule_credentials_come_from_the_proxy_namespace() {
+        let yaml = format!(
+            r#"{CONFIG}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: backend, namespace: default}}
+spec:
+  ports: [{{name: https, port: 443}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: backend, namespace: default}}
+spec:
+  host: backend
+  trafficPolicy:
+    portLevelSettings:
+    - port: {{number: 443}}
+      tls: {{mode: MUTUAL, credentialName: upstream}}
+  subsets:
+  - name: v1
+    labels: {{version: v1}}
+    trafficPolicy:
+      tls: {{mode: SIMPLE, credentialName: generic}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: upstream, namespace: istio-system}}
+stringData:
+  tls.crt: "{cert}"
+  tls.key: "{key}"
+  ca.crt: "{ca}"
+"#,
+            cert = CERT.replace('\n', "\\n"),
+            key = KEY.replace('\n', "\\n"),
+            ca = CA.replace('\n', "\\n"),
+        );
+        let secrets = secrets_for(&yaml, &router());
+        assert_cert(&secrets, "kubernetes://upstream");
+        assert_ca(&secrets, "kubernetes://upstream-cacert");
+        assert_ca(&secrets, "kubernetes://generic-cacert");
+    }
+
+    #[test]
+    fn pem_check_and_key_precedence() {
+        let mut s = KubeSecret::default();
+        s.metadata.name = Some("x".into());
+        s.string_data = Some([("ca.crt".to_string(), "  \n-----BEGIN X".to_string())].into());
+        s.data = Some(
+            [(
+                "ca.crt".to_string(),
+                k8s_openapi::ByteString(b"ignored".to_vec()),
+            )]
+            .into(),
+        );
+        assert!(validation_context(&s).unwrap().is_some(), "stringData wins");
+        s.string_data = None;
+        assert_eq!(
+            validation_context(&s),
+            Err(SecretError::NotPem {
+                namespace: "default".into(),
+                name: "x".into(),
+                key: "ca.crt"
+            })
+        );
+        assert_eq!(tls_certificate(&s), Err(no_certificate(&s)));
+    }
+}
