@@ -11,8 +11,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,96 +21,10 @@ use hyper_util::rt::TokioExecutor;
 use mesh_test_support::envoy::{Envoy, http_get};
 use mesh_test_support::{free_port, wait_for};
 
-/// The control plane process, killed by PID on drop.
-struct ControlPlane {
-    child: Child,
-    xds_port: u16,
-    monitoring_port: u16,
-}
+#[path = "support/control_plane.rs"]
+mod control_plane;
 
-impl ControlPlane {
-    fn start(dir: &Path) -> Self {
-        let xds_port = free_port();
-        let monitoring_port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_mesh-control"))
-            .arg("--config-dir")
-            .arg(dir)
-            .args(["--xds-address", &format!("127.0.0.1:{xds_port}")])
-            .args([
-                "--monitoring-address",
-                &format!("127.0.0.1:{monitoring_port}"),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let cp = Self {
-            child,
-            xds_port,
-            monitoring_port,
-        };
-        assert!(
-            wait_for(Duration::from_secs(10), || http_get(
-                cp.monitoring_port,
-                "/ready"
-            ))
-            .is_some(),
-            "mesh-control did not become ready"
-        );
-        cp
-    }
-
-    fn syncz(&self) -> serde_json::Value {
-        http_get(self.monitoring_port, "/debug/syncz")
-            .and_then(|b| serde_json::from_str(&b).ok())
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for ControlPlane {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn bootstrap(xds_port: u16) -> String {
-    format!(
-        r#"
-node:
-  id: router~127.0.0.1~ingressgateway-0.istio-system~istio-system.svc.cluster.local
-  cluster: istio-ingressgateway
-  metadata:
-    NAMESPACE: istio-system
-    LABELS: {{istio: ingressgateway}}
-admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {{admin_port}}}}}}
-dynamic_resources:
-  ads_config:
-    api_type: GRPC
-    transport_api_version: V3
-    set_node_on_first_message_only: true
-    grpc_services:
-    - envoy_grpc: {{cluster_name: xds-grpc}}
-  cds_config: {{ads: {{}}, resource_api_version: V3}}
-  lds_config: {{ads: {{}}, resource_api_version: V3}}
-static_resources:
-  clusters:
-  - name: xds-grpc
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{http2_protocol_options: {{}}}}
-    load_assignment:
-      cluster_name: xds-grpc
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {xds_port}}}}}}}
-"#
-    )
-}
+use control_plane::{ControlPlane, bootstrap};
 
 fn config(backend_port: u16, gateway_port: u16, weights: (u32, u32)) -> String {
     format!(

@@ -1,4 +1,4 @@
-//! Benchmarks behind `mesh-bench`: each area (`ca` now; `proxy`, `control`,
+//! Benchmarks behind `mesh-bench`: each area (`ca`, `control` now; `proxy`,
 //! `chaos` later) measures, then writes a markdown table and a PNG plot under
 //! `docs/benchmarks/`. Numbers are printed and written, never asserted: tests
 //! must not depend on wall-clock speed.
@@ -10,6 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 pub mod ca;
+pub mod control;
 
 /// The machine a run happened on, as the reports print it.
 #[derive(Debug, Clone)]

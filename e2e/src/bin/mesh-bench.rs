@@ -33,6 +33,47 @@ enum Area {
         #[arg(long, default_value_t = 2000)]
         calls: usize,
     },
+    /// Control plane: initial push, convergence after a change, memory.
+    Control {
+        /// Services in the generated mesh (M), comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+        services: Vec<usize>,
+        /// Simulated proxies (N), comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "100,1000,5000")]
+        clients: Vec<usize>,
+        /// Fast run: N = 100,1000 and M = 1000 (overrides both).
+        #[arg(long)]
+        quick: bool,
+        /// Namespaces services and proxies are spread over.
+        #[arg(long, default_value_t = 10)]
+        namespaces: usize,
+        /// ADS streams sharing one HTTP/2 connection.
+        #[arg(long, default_value_t = 100)]
+        per_connection: usize,
+        /// Skip a fleet predicted to need longer than this (seconds).
+        #[arg(long, default_value_t = 150.0)]
+        budget_secs: f64,
+        /// Longest wait for any one phase (seconds).
+        #[arg(long, default_value_t = 120.0)]
+        timeout_secs: f64,
+        /// Do not run the stock Envoy peer.
+        #[arg(long)]
+        no_envoy: bool,
+    },
+    /// Internal: the simulated proxies of `control`, run as its child.
+    #[command(hide = true)]
+    ControlClients {
+        #[arg(long)]
+        addr: std::net::SocketAddr,
+        #[arg(long)]
+        services: usize,
+        #[arg(long)]
+        namespaces: usize,
+        #[arg(long)]
+        clients: usize,
+        #[arg(long)]
+        per_connection: usize,
+    },
 }
 
 /// `docs/benchmarks` of the workspace this binary was built from.
@@ -43,6 +84,25 @@ fn default_out_dir() -> PathBuf {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Area::ControlClients {
+        addr,
+        services,
+        namespaces,
+        clients,
+        per_connection,
+    } = args.area
+    {
+        // Writes only to stdout, which the parent reads.
+        return bench::control::clients::run(bench::control::clients::ClientParams {
+            addr,
+            mesh: bench::control::mesh::MeshShape {
+                services,
+                namespaces,
+            },
+            clients,
+            per_connection,
+        });
+    }
     if cfg!(debug_assertions) {
         eprintln!("warning: debug build; numbers are not comparable (use --release)");
     }
@@ -76,6 +136,52 @@ fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("plotting {}", png.display()))?;
             println!("wrote {} and {}", md.display(), png.display());
         }
+        Area::Control {
+            services,
+            clients,
+            quick,
+            namespaces,
+            per_connection,
+            budget_secs,
+            timeout_secs,
+            no_envoy,
+        } => {
+            let (services, clients) = if quick {
+                (vec![1000], vec![100, 1000])
+            } else {
+                (services, clients)
+            };
+            let secs = |s: f64, flag: &str| {
+                Duration::try_from_secs_f64(s)
+                    .with_context(|| format!("{flag} must be a positive number of seconds"))
+            };
+            let e2e = Path::new(env!("CARGO_MANIFEST_DIR"));
+            let report = bench::control::run(bench::control::Params {
+                services,
+                clients,
+                namespaces: namespaces.max(1),
+                per_connection,
+                budget: secs(budget_secs, "--budget-secs")?,
+                timeout: secs(timeout_secs, "--timeout-secs")?,
+                settle: Duration::from_secs(1),
+                envoy: !no_envoy,
+                workspace: e2e.parent().unwrap_or(e2e).to_path_buf(),
+            })?;
+            let md = args.out_dir.join("control.md");
+            std::fs::write(&md, bench::control::markdown(&report))
+                .with_context(|| format!("writing {}", md.display()))?;
+            let png = args.out_dir.join("control.png");
+            let labelled = bench::register_plot_font();
+            if !labelled {
+                eprintln!(
+                    "warning: no TrueType font found (set MESH_BENCH_FONT); plot has no labels"
+                );
+            }
+            bench::control::plot(&report, &png, labelled)
+                .with_context(|| format!("plotting {}", png.display()))?;
+            println!("wrote {} and {}", md.display(), png.display());
+        }
+        Area::ControlClients { .. } => {}
     }
     Ok(())
 }

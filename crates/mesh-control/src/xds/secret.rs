@@ -20,11 +20,13 @@
 //!
 //! A missing, incomplete or non-PEM Secret emits nothing for that name and a
 //! warning naming the gateway (or DestinationRule), the server and the
-//! Secret. Envoy then keeps only the listener (or cluster) that needs it
-//! warming until the Secret appears — or, after its SDS initial fetch
-//! timeout, serves that filter chain without a certificate, failing its
-//! handshakes — instead of rejecting the whole update, so one bad Secret
-//! never blocks the rest of the push.
+//! Secret. Envoy does not reject anything: the listener (or cluster) that
+//! needs the name stays warming until the Secret appears, or until its SDS
+//! `initial_fetch_timeout` (15 s by default) passes, after which it serves
+//! with that filter chain failing every handshake. The rest of the push
+//! applies. One trap: while Envoy is *starting*, its init manager waits for
+//! every listener to warm, so a missing Secret then delays the whole
+//! gateway's first readiness by that timeout (tests/envoy_tls.rs shows it).
 //!
 //! Sidecars get nothing here: their workload certificates (`default`,
 //! `ROOTCA`) come from the agent that holds the private keys.

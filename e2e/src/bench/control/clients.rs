@@ -276,7 +276,12 @@ async fn proxy(
                 let names = eds_names(&resp, &cache)?;
                 if names != eds {
                     eds = names;
-                    then.push(request(ResourceType::Endpoint, &eds, &eds_version, &eds_nonce));
+                    then.push(request(
+                        ResourceType::Endpoint,
+                        &eds,
+                        &eds_version,
+                        &eds_nonce,
+                    ));
                 }
                 if !acked[0] {
                     then.push(request(ResourceType::Listener, &[], "", ""));

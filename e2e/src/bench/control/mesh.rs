@@ -181,10 +181,7 @@ fn pod_labels(s: usize, e: usize) -> BTreeMap<String, String> {
             "version".to_string(),
             if e < 3 { "v1" } else { "v2" }.to_string(),
         ),
-        (
-            "security.istio.io/tlsMode".to_string(),
-            "istio".to_string(),
-        ),
+        ("security.istio.io/tlsMode".to_string(), "istio".to_string()),
     ])
 }
 

@@ -220,26 +220,45 @@ pub fn run(params: Params) -> anyhow::Result<Report> {
             namespaces: params.namespaces,
         };
         let (mut result, snaps) = prepare(shape)?;
-        // Seconds of server work per proxy, learnt from the previous fleet.
-        let mut per_proxy: Option<f64> = None;
+        // Seconds of server wall time per proxy per push: before any fleet
+        // ran, one `xds::generate` (a lower bound: packing and hashing come
+        // on top); then what the previous fleet measured. Likewise peak
+        // memory per proxy.
+        let mut per_proxy = result.translate.as_secs_f64();
+        let mut mem_per_proxy_kb: Option<u64> = None;
+        let available_kb = mem_available_kb();
         for &n in &clients {
+            let predicted = per_proxy * n as f64 * 3.0;
+            let predicted_kb = mem_per_proxy_kb.map(|k| k * n as u64);
             let outcome = if n > shape.max_proxies() {
                 Outcome::Skipped(format!(
                     "only {} pods to be proxies of",
                     shape.max_proxies()
                 ))
-            } else if let Some(p) = per_proxy.filter(|p| p * n as f64 * 3.0 > params.budget.as_secs_f64()) {
+            } else if predicted > params.budget.as_secs_f64() {
                 Outcome::Skipped(format!(
-                    "predicted {:.0} s for initial push + 2 changes ({:.1} ms of server time per proxy per push, measured at the previous N) > budget {:.0} s",
-                    p * n as f64 * 3.0,
-                    p * 1000.0,
+                    "predicted {predicted:.0} s for the initial push + 2 changes \
+                     ({:.0} ms of server time per proxy per push) > budget {:.0} s",
+                    per_proxy * 1000.0,
                     params.budget.as_secs_f64()
+                ))
+            } else if let Some(kb) =
+                predicted_kb.filter(|kb| available_kb > 0 && *kb > available_kb * 8 / 10)
+            {
+                Outcome::Skipped(format!(
+                    "predicted peak RSS {:.1} GB > 80% of MemAvailable ({:.1} GB)",
+                    kb as f64 / 1048576.0,
+                    available_kb as f64 / 1048576.0
                 ))
             } else {
                 println!("M={m} N={n}: running");
-                let run = runtime.block_on(run_fleet(shape, n, &snaps, &params, envoy_bin.as_deref()))?;
+                let run =
+                    runtime.block_on(run_fleet(shape, n, &snaps, &params, envoy_bin.as_deref()))?;
                 if run.init_done > 0 {
-                    per_proxy = Some(run.init_wall.as_secs_f64() / run.init_done as f64);
+                    per_proxy = run.init_wall.as_secs_f64() / run.init_done as f64;
+                    mem_per_proxy_kb = Some(
+                        run.rss_peak_kb.saturating_sub(run.rss_base_kb) / run.init_done as u64,
+                    );
                 }
                 print_run(m, n, &run);
                 Outcome::Ran(Box::new(run))
@@ -365,6 +384,19 @@ fn rss_kb() -> (u64, u64) {
             .unwrap_or(0)
     };
     (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// `MemAvailable` of the machine, kB (0 when unknown).
+fn mem_available_kb() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemAvailable:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// Resets `VmHWM` to the current RSS (Linux `clear_refs` value 5).
@@ -495,7 +527,9 @@ async fn run_fleet(
         &publish,
         snaps.route_changed.clone(),
         "rds",
-        envoy.clone().map(|e| (e, r"\.rds\..*update_success$".to_string())),
+        envoy
+            .clone()
+            .map(|e| (e, r"\.rds\..*update_success$".to_string())),
         n - failed,
         &mut events,
         params,
@@ -511,7 +545,10 @@ async fn run_fleet(
                 shape.port(mesh::CHANGED_ENDPOINT_SERVICE),
                 shape.host(mesh::CHANGED_ENDPOINT_SERVICE)
             );
-            (e, format!("^cluster\\.{}\\.membership_total$", regex_escape(&cluster)))
+            (
+                e,
+                format!("^cluster\\.{}\\.membership_total$", regex_escape(&cluster)),
+            )
         }),
         n - failed,
         &mut events,
@@ -584,16 +621,19 @@ async fn change(
         })
     });
 
-    let mut seen = vec![false; expected.max(1) * 2];
+    let mut seen = std::collections::HashSet::with_capacity(expected);
     let mut latencies = Vec::with_capacity(expected);
     let mut pushed = BTreeMap::new();
     let deadline = tokio::time::Instant::now() + timeout;
     while latencies.len() < expected {
         match tokio::time::timeout_at(deadline, events.recv()).await {
-            Ok(Some(ClientEvent::Ack { client, ty: t, at_us })) => {
+            Ok(Some(ClientEvent::Ack {
+                client,
+                ty: t,
+                at_us,
+            })) => {
                 *pushed.entry(t.clone()).or_insert(0) += 1;
-                if t == ty && at_us >= t0_us && !seen.get(client).copied().unwrap_or(true) {
-                    seen[client] = true;
+                if t == ty && at_us >= t0_us && seen.insert(client) {
                     latencies.push(Duration::from_micros(at_us - t0_us));
                 }
             }
@@ -612,7 +652,6 @@ async fn change(
         Some(h) => h.await?.map_or(Peer::TimedOut, Peer::Took),
         None => Peer::NotRun,
     };
-    let _ = t0;
     Ok(Change {
         converged: latencies.len(),
         latency: Percentiles::of(&mut latencies),
