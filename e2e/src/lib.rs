@@ -5,3 +5,4 @@
 
 pub mod bench;
 pub mod echo;
+pub mod envoy;

@@ -66,41 +66,8 @@ impl Drop for ControlPlane {
     }
 }
 
-/// A router-role Envoy bootstrap pointed at the ADS server on `xds_port`.
+/// A router-role Envoy bootstrap (`istio: ingressgateway` in
+/// `istio-system`) pointed at the ADS server on `xds_port`.
 pub fn bootstrap(xds_port: u16) -> String {
-    format!(
-        r#"
-node:
-  id: router~127.0.0.1~ingressgateway-0.istio-system~istio-system.svc.cluster.local
-  cluster: istio-ingressgateway
-  metadata:
-    NAMESPACE: istio-system
-    LABELS: {{istio: ingressgateway}}
-admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {{admin_port}}}}}}
-dynamic_resources:
-  ads_config:
-    api_type: GRPC
-    transport_api_version: V3
-    set_node_on_first_message_only: true
-    grpc_services:
-    - envoy_grpc: {{cluster_name: xds-grpc}}
-  cds_config: {{ads: {{}}, resource_api_version: V3}}
-  lds_config: {{ads: {{}}, resource_api_version: V3}}
-static_resources:
-  clusters:
-  - name: xds-grpc
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{http2_protocol_options: {{}}}}
-    load_assignment:
-      cluster_name: xds-grpc
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {xds_port}}}}}}}
-"#
-    )
+    mesh_test_support::envoy::router_bootstrap("ingressgateway-0", "istio-system", xds_port)
 }
