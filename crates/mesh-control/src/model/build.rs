@@ -3,7 +3,7 @@
 //! picks, so a config directory can list Pods directly), ServiceEntries with
 //! inline endpoints or a workload selector, and WorkloadEntries.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -35,6 +35,50 @@ struct Inputs<'a> {
     pods: Vec<&'a Pod>,
     service_entries: Vec<(&'a str, &'a ServiceEntry)>,
     workload_entries: Vec<(&'a str, &'a WorkloadEntry)>,
+    /// Indexes built once, so each service looks up its pods and slices
+    /// instead of scanning every object (linear, not services × pods).
+    pods_by_name: HashMap<(&'a str, &'a str), &'a Pod>,
+    pods_by_label: HashMap<(&'a str, &'a str, &'a str), Vec<&'a Pod>>,
+    slices_by_service: HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>,
+}
+
+impl<'a> Inputs<'a> {
+    fn index(&mut self) {
+        for pod in &self.pods {
+            let ns = namespace_of(&pod.metadata);
+            if let Some(name) = pod.metadata.name.as_deref() {
+                self.pods_by_name.insert((ns, name), pod);
+            }
+            for (k, v) in pod.metadata.labels.iter().flatten() {
+                self.pods_by_label.entry((ns, k, v)).or_default().push(pod);
+            }
+        }
+        for slice in &self.slices {
+            let service = slice
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(LABEL_SERVICE_NAME));
+            if let Some(service) = service {
+                let key = (namespace_of(&slice.metadata), service.as_str());
+                self.slices_by_service.entry(key).or_default().push(slice);
+            }
+        }
+    }
+
+    /// Pods in `ns` carrying every label of a non-empty `selector`.
+    fn selected_pods(&self, ns: &str, selector: &BTreeMap<String, String>) -> Vec<&'a Pod> {
+        let Some((k, v)) = selector.iter().next() else {
+            return Vec::new();
+        };
+        self.pods_by_label
+            .get(&(ns, k.as_str(), v.as_str()))
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(|p| selects(selector, &pod_labels(p)))
+            .collect()
+    }
 }
 
 /// Builds the registry from every loaded object (other kinds are ignored).
@@ -52,6 +96,7 @@ pub fn build_registry<'a>(objects: impl IntoIterator<Item = &'a Loaded>, domain:
             _ => {}
         }
     }
+    inputs.index();
     let mut registry = Registry::default();
     for svc in &inputs.services {
         add_kubernetes_service(&mut registry, svc, &inputs, domain);
@@ -206,26 +251,11 @@ fn add_kubernetes_service(
         labels: svc.metadata.labels.clone().unwrap_or_default(),
     };
 
-    let pods_by_name: BTreeMap<&str, &Pod> = inputs
-        .pods
-        .iter()
-        .filter(|p| namespace_of(&p.metadata) == ns)
-        .filter_map(|p| Some((p.metadata.name.as_deref()?, *p)))
-        .collect();
-    let slices: Vec<&EndpointSlice> = inputs
-        .slices
-        .iter()
-        .copied()
-        .filter(|s| namespace_of(&s.metadata) == ns)
-        .filter(|s| {
-            s.metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(LABEL_SERVICE_NAME))
-                .map(String::as_str)
-                == Some(name)
-        })
-        .collect();
+    let slices = inputs
+        .slices_by_service
+        .get(&(ns, name))
+        .cloned()
+        .unwrap_or_default();
     let mut endpoints = Vec::new();
     if !slices.is_empty() {
         for slice in slices {
@@ -235,7 +265,7 @@ fn add_kubernetes_service(
                     .as_ref()
                     .filter(|r| r.kind.as_deref() == Some("Pod"))
                     .and_then(|r| r.name.as_deref())
-                    .and_then(|n| pods_by_name.get(n).copied());
+                    .and_then(|n| inputs.pods_by_name.get(&(ns, n)).copied());
                 let labels = pod.map(pod_labels).unwrap_or_default();
                 let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
                 for slice_port in slice.ports.iter().flatten() {
@@ -272,15 +302,8 @@ fn add_kubernetes_service(
     } else if let Some(selector) = spec.selector.as_ref() {
         // No EndpointSlices: derive endpoints from the selected Pods' IPs,
         // as the EndpointSlice controller would.
-        for pod in inputs
-            .pods
-            .iter()
-            .filter(|p| namespace_of(&p.metadata) == ns)
-        {
+        for pod in inputs.selected_pods(ns, selector) {
             let labels = pod_labels(pod);
-            if !selects(selector, &labels) {
-                continue;
-            }
             let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.clone()) else {
                 continue;
             };
