@@ -1,1 +1,16 @@
-//! Data plane proxy. Built under issue 5.
+//! The mesh's data plane: the proxy every pod (sidecar) and every gateway
+//! runs.
+//!
+//! Data flows one way. xDS responses (or a static bootstrap file) fill
+//! [`resources::Resources`], the last accepted version of every resource.
+//! Each accepted change is compiled by [`runtime::compile`] into an
+//! immutable [`runtime::Runtime`] (route tables, compiled regexes,
+//! normalised weights, load-balancer state) which is published on a
+//! `tokio::sync::watch` channel. Listeners read the current runtime when a
+//! connection or request starts, so the request path never parses protobuf
+//! and never takes a global lock, and in-flight requests finish on the
+//! config they started with.
+
+pub mod drain;
+pub mod resources;
+pub mod runtime;
