@@ -15,12 +15,13 @@ use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use mesh_api::xds::ResourceType;
 
-/// One resource, decoded from its `Any`.
+/// One resource, decoded from its `Any`. The two large messages are boxed
+/// so the enum stays small when moved around in batches.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Resource {
-    Cluster(Cluster),
+    Cluster(Box<Cluster>),
     Endpoint(ClusterLoadAssignment),
-    Listener(Listener),
+    Listener(Box<Listener>),
     Route(RouteConfiguration),
     Secret(Secret),
 }
