@@ -92,7 +92,7 @@ impl Resources {
                 self.clusters.insert(
                     name,
                     Entry {
-                        resource: r,
+                        resource: *r,
                         origin,
                     },
                 );
@@ -110,7 +110,7 @@ impl Resources {
                 self.listeners.insert(
                     name,
                     Entry {
-                        resource: r,
+                        resource: *r,
                         origin,
                     },
                 );
