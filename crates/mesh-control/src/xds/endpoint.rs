@@ -132,7 +132,7 @@ pub(crate) fn load_assignment(
     }
     let mesh = scope.snapshot.mesh.as_ref();
     let setting = policy.locality_setting(mesh);
-    let proxy_locality = proxy_locality(scope);
+    let proxy_locality = scope.locality_with(|| proxy_locality(scope)).clone();
     if let Some(setting) = &setting
         && setting.distribute.is_empty()
         && policy.outlier_detection.is_some()

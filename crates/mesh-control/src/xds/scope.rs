@@ -4,7 +4,8 @@
 //! namespace, then the service's, then the root namespace), and the
 //! VirtualServices bound to the mesh or to a gateway.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
 
 use mesh_api::networking::{DestinationRule, Gateway, Sidecar, VirtualService};
 
@@ -21,6 +22,32 @@ pub struct ProxyScope<'a> {
     /// The Sidecar resource that applies, if any.
     pub sidecar: Option<&'a Sidecar>,
     services: Vec<&'a Arc<Service>>,
+    /// Position in `services` by host name.
+    service_index: HashMap<&'a str, usize>,
+    /// DestinationRules that may apply to this proxy, by namespace, hosts
+    /// resolved (built once: lookups happen per cluster and per route).
+    destination_rules: HashMap<&'a str, NamespaceRules<'a>>,
+    /// The proxy's locality, computed on first use (it scans endpoints).
+    locality: OnceLock<crate::model::Locality>,
+    /// Mesh-bound VirtualServices by resolved host, built on first use.
+    mesh_vs_index: OnceLock<HostIndex<'a>>,
+}
+
+/// VirtualServices by the hosts they cover, resolved, in snapshot order.
+#[derive(Default)]
+struct HostIndex<'a> {
+    exact: HashMap<String, Vec<&'a VirtualService>>,
+    /// `(pattern, vs)` for wildcard hosts.
+    wildcard: Vec<(String, &'a VirtualService)>,
+}
+
+/// The DestinationRules of one namespace that this proxy may use.
+#[derive(Default)]
+struct NamespaceRules<'a> {
+    /// By resolved exact host; the first (oldest) wins, as in Istio.
+    exact: HashMap<String, &'a DestinationRule>,
+    /// Wildcard hosts (`*.example.com`, `*`) with their resolved pattern.
+    wildcard: Vec<(String, &'a DestinationRule)>,
 }
 
 /// Resolves a host as written in namespace `ns` to a fully qualified name:
@@ -60,13 +87,30 @@ impl<'a> ProxyScope<'a> {
             .filter(|s| {
                 sidecar.is_none_or(|sc| sidecar_allows(sc, namespace_of(sc), s, &proxy.namespace))
             })
+            .collect::<Vec<&Arc<Service>>>();
+        let service_index = services
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.hostname.as_str(), i))
             .collect();
         Self {
+            destination_rules: index_destination_rules(snapshot, proxy),
             snapshot,
             proxy,
             sidecar,
             services,
+            service_index,
+            locality: OnceLock::new(),
+            mesh_vs_index: OnceLock::new(),
         }
+    }
+
+    /// The proxy's locality, computed once with `compute`.
+    pub(crate) fn locality_with(
+        &self,
+        compute: impl FnOnce() -> crate::model::Locality,
+    ) -> &crate::model::Locality {
+        self.locality.get_or_init(compute)
     }
 
     /// Services this proxy may reach, sorted by host name.
@@ -76,10 +120,10 @@ impl<'a> ProxyScope<'a> {
 
     /// A visible service by host name.
     pub fn service(&self, hostname: &str) -> Option<&'a Arc<Service>> {
-        self.services
-            .iter()
+        self.service_index
+            .get(hostname)
+            .and_then(|&i| self.services.get(i))
             .copied()
-            .find(|s| s.hostname == hostname)
     }
 
     /// Resolves a host written in namespace `ns`.
@@ -93,43 +137,27 @@ impl<'a> ProxyScope<'a> {
     pub fn destination_rule(&self, hostname: &str) -> Option<&'a DestinationRule> {
         let service_ns = self.service(hostname).map(|s| s.namespace.as_str());
         let root = self.snapshot.root_namespace();
-        let candidates = |ns: &str| -> Vec<&'a DestinationRule> {
-            self.snapshot
-                .destination_rules
-                .iter()
-                .map(Arc::as_ref)
-                .filter(|dr| {
-                    let dr_ns = namespace_of(*dr);
-                    dr_ns == ns
-                        && (dr_ns == self.proxy.namespace
-                            || ExportTo::parse(&dr.spec.export_to, dr_ns)
-                                .visible_to(&self.proxy.namespace))
-                        && dr.spec.workload_selector.as_ref().is_none_or(|ws| {
-                            dr_ns == self.proxy.namespace
-                                && selector_matches(&ws.match_labels, self.proxy)
-                        })
-                })
-                .collect()
-        };
         for ns in [Some(self.proxy.namespace.as_str()), service_ns, Some(root)]
             .into_iter()
             .flatten()
         {
-            let mut exact = None;
+            let Some(rules) = self.destination_rules.get(ns) else {
+                continue;
+            };
+            if let Some(dr) = rules.exact.get(hostname) {
+                return Some(dr);
+            }
+            // The most specific (longest) wildcard wins; the first of equals.
             let mut wildcard: Option<&DestinationRule> = None;
-            for dr in candidates(ns) {
-                let host = self.resolve(&dr.spec.host, ns);
-                if host == hostname {
-                    exact = exact.or(Some(dr));
-                } else if host_matches(&host, hostname) {
-                    // The most specific (longest) wildcard wins.
-                    if wildcard.is_none_or(|w| w.spec.host.len() < dr.spec.host.len()) {
-                        wildcard = Some(dr);
-                    }
+            for (host, dr) in &rules.wildcard {
+                if host_matches(host, hostname)
+                    && wildcard.is_none_or(|w| w.spec.host.len() < dr.spec.host.len())
+                {
+                    wildcard = Some(dr);
                 }
             }
-            if let Some(dr) = exact.or(wildcard) {
-                return Some(dr);
+            if wildcard.is_some() {
+                return wildcard;
             }
         }
         None
@@ -152,6 +180,35 @@ impl<'a> ProxyScope<'a> {
                     || ExportTo::parse(&vs.spec.export_to, ns).visible_to(&self.proxy.namespace)
             })
             .collect()
+    }
+
+    /// The mesh-bound VirtualServices whose hosts cover `hostname`, in
+    /// snapshot order, exact hosts first, then wildcards.
+    pub fn mesh_virtual_services_for(&self, hostname: &str) -> Vec<&'a VirtualService> {
+        let index = self.mesh_vs_index.get_or_init(|| {
+            let mut index = HostIndex::default();
+            for vs in self.mesh_virtual_services() {
+                let ns = namespace_of(vs);
+                let hosts: std::collections::BTreeSet<String> =
+                    vs.spec.hosts.iter().map(|h| self.resolve(h, ns)).collect();
+                for host in hosts {
+                    if host.starts_with('*') {
+                        index.wildcard.push((host, vs));
+                    } else {
+                        index.exact.entry(host).or_default().push(vs);
+                    }
+                }
+            }
+            index
+        });
+        let mut out: Vec<&'a VirtualService> =
+            index.exact.get(hostname).cloned().unwrap_or_default();
+        for (pattern, vs) in &index.wildcard {
+            if host_matches(pattern, hostname) && !out.iter().any(|o| std::ptr::eq(*o, *vs)) {
+                out.push(vs);
+            }
+        }
+        out
     }
 
     /// Gateways whose selector picks this proxy (gateway role only).
@@ -188,6 +245,35 @@ impl<'a> ProxyScope<'a> {
             })
             .collect()
     }
+}
+
+/// The DestinationRules `proxy` may use (exportTo, workloadSelector), by
+/// namespace, in snapshot order.
+fn index_destination_rules<'a>(
+    snapshot: &'a Snapshot,
+    proxy: &ProxyInfo,
+) -> HashMap<&'a str, NamespaceRules<'a>> {
+    let mut out: HashMap<&'a str, NamespaceRules<'a>> = HashMap::new();
+    for dr in snapshot.destination_rules.iter().map(Arc::as_ref) {
+        let ns = namespace_of(dr);
+        let visible = ns == proxy.namespace
+            || ExportTo::parse(&dr.spec.export_to, ns).visible_to(&proxy.namespace);
+        let selects =
+            dr.spec.workload_selector.as_ref().is_none_or(|ws| {
+                ns == proxy.namespace && selector_matches(&ws.match_labels, proxy)
+            });
+        if !visible || !selects {
+            continue;
+        }
+        let host = resolve_host(&dr.spec.host, ns, &snapshot.domain);
+        let rules = out.entry(ns).or_default();
+        if host.starts_with('*') {
+            rules.wildcard.push((host, dr));
+        } else {
+            rules.exact.entry(host).or_insert(dr);
+        }
+    }
+    out
 }
 
 fn find_sidecar<'a>(snapshot: &'a Snapshot, proxy: &ProxyInfo) -> Option<&'a Sidecar> {

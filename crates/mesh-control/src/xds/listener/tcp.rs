@@ -11,7 +11,6 @@ use mesh_api::networking::virtual_service::VirtualService;
 
 use super::{l4_destinations, tcp_proxy_filter};
 use crate::model::{Protocol, Service};
-use crate::snapshot::namespace_of;
 use crate::xds::route::source_matches;
 use crate::xds::{ProxyScope, outbound_cluster_name};
 
@@ -21,28 +20,7 @@ pub(crate) fn virtual_services_for<'a>(
     scope: &ProxyScope<'a>,
     hostname: &str,
 ) -> Vec<&'a VirtualService> {
-    let all = scope.mesh_virtual_services();
-    let resolved = |vs: &VirtualService| -> Vec<String> {
-        vs.spec
-            .hosts
-            .iter()
-            .map(|h| scope.resolve(h, namespace_of(vs)))
-            .collect()
-    };
-    let mut exact: Vec<&VirtualService> = all
-        .iter()
-        .copied()
-        .filter(|vs| resolved(vs).iter().any(|h| h == hostname))
-        .collect();
-    let wildcard = all.iter().copied().filter(|vs| {
-        let hosts = resolved(vs);
-        !hosts.iter().any(|h| h == hostname)
-            && hosts
-                .iter()
-                .any(|h| crate::xds::scope::host_matches(h, hostname))
-    });
-    exact.extend(wildcard);
-    exact
+    scope.mesh_virtual_services_for(hostname)
 }
 
 pub(super) fn outbound_tcp_filter_chains(
