@@ -4,7 +4,9 @@
 //! any input builds a new snapshot; translation and the ADS server only ever
 //! read snapshots, through `Arc`.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, OnceLock};
 
 use k8s_openapi::api::core::v1::Secret;
 use mesh_api::MeshObject;
@@ -15,7 +17,7 @@ use mesh_api::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthent
 use mesh_api::telemetry::Telemetry;
 use mesh_api::wellknown::DEFAULT_DOMAIN_SUFFIX;
 
-use crate::model::{Registry, build_registry};
+use crate::model::{Endpoint, Registry, build_registry};
 
 /// Everything translation reads.
 #[derive(Clone, Debug, Default)]
@@ -46,7 +48,14 @@ pub struct Snapshot {
     pub telemetries: Vec<Arc<Telemetry>>,
     /// Secrets (gateway `credentialName` certificates).
     pub secrets: Vec<Arc<Secret>>,
+    /// Registry endpoints by address, built on first use: every proxy's
+    /// inbound ports and locality are looked up by its IPs.
+    pub by_ip: IpIndex,
 }
+
+/// Endpoints by IP: `(service host, index in registry.endpoints[host])`.
+#[derive(Clone, Debug, Default)]
+pub struct IpIndex(OnceLock<HashMap<IpAddr, Vec<(String, usize)>>>);
 
 /// The namespace of any Kubernetes-style object; snapshots always set it.
 pub fn namespace_of<K: kube::Resource>(obj: &K) -> &str {
@@ -113,6 +122,25 @@ impl Snapshot {
         sort(&mut snap.telemetries);
         sort(&mut snap.secrets);
         snap
+    }
+
+    /// Every registry endpoint at `ip`, with its service's host name.
+    pub fn endpoints_at(&self, ip: &IpAddr) -> impl Iterator<Item = (&str, &Endpoint)> {
+        let index = self.by_ip.0.get_or_init(|| {
+            let mut index: HashMap<IpAddr, Vec<(String, usize)>> = HashMap::new();
+            for (host, endpoints) in &self.registry.endpoints {
+                for (i, ep) in endpoints.iter().enumerate() {
+                    if let Ok(addr) = ep.address.parse() {
+                        index.entry(addr).or_default().push((host.clone(), i));
+                    }
+                }
+            }
+            index
+        });
+        index.get(ip).into_iter().flatten().filter_map(|(host, i)| {
+            let ep = self.registry.endpoints.get(host)?.get(*i)?;
+            Some((host.as_str(), ep))
+        })
     }
 
     /// The mesh root namespace.

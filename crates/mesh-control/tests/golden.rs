@@ -16,7 +16,7 @@ use mesh_api::mesh_config::MeshConfig;
 use mesh_api::xds::json::to_json;
 use mesh_control::proxy::ProxyInfo;
 use mesh_control::snapshot::Snapshot;
-use mesh_control::xds::{ProxyResources, generate};
+use mesh_control::xds::{Part, ProxyResources, generate, generate_part};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -149,6 +149,64 @@ fn translation_is_deterministic() {
             );
         }
     }
+}
+
+/// The server shares a sidecar's outbound and inbound parts between
+/// proxies: together they must be exactly the whole translation.
+#[test]
+fn outbound_and_inbound_parts_make_up_the_whole_translation() {
+    let mut checked = 0;
+    for case in cases() {
+        let (snapshot, proxies) = load_case(&case);
+        for p in &proxies {
+            let info = proxy_info(p);
+            if info.role != mesh_control::proxy::ProxyRole::Sidecar {
+                continue;
+            }
+            let whole = generate(&snapshot, &info);
+            let mut parts = generate_part(&snapshot, &info, Part::Outbound);
+            let inbound = generate_part(&snapshot, &info, Part::Inbound);
+            assert!(
+                !inbound.listeners.is_empty(),
+                "{}: no virtualInbound",
+                case.display()
+            );
+            parts.clusters.extend(inbound.clusters);
+            parts.endpoints.extend(inbound.endpoints);
+            parts.listeners.extend(inbound.listeners);
+            parts.routes.extend(inbound.routes);
+            parts.secrets.extend(inbound.secrets);
+            parts.clusters.sort_by(|a, b| a.name.cmp(&b.name));
+            parts.listeners.sort_by(|a, b| a.name.cmp(&b.name));
+            let mut whole_endpoints = whole.endpoints.clone();
+            whole_endpoints.sort_by(|a, b| a.cluster_name.cmp(&b.cluster_name));
+            parts
+                .endpoints
+                .sort_by(|a, b| a.cluster_name.cmp(&b.cluster_name));
+            assert_eq!(
+                parts.clusters,
+                whole.clusters,
+                "{}: clusters",
+                case.display()
+            );
+            assert_eq!(
+                parts.endpoints,
+                whole_endpoints,
+                "{}: endpoints",
+                case.display()
+            );
+            assert_eq!(
+                parts.listeners,
+                whole.listeners,
+                "{}: listeners",
+                case.display()
+            );
+            assert_eq!(parts.routes, whole.routes, "{}: routes", case.display());
+            assert_eq!(parts.secrets, whole.secrets, "{}: secrets", case.display());
+            checked += 1;
+        }
+    }
+    assert!(checked >= 5, "only {checked} sidecars in the golden cases");
 }
 
 #[test]

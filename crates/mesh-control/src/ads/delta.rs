@@ -173,15 +173,14 @@ impl Session {
         let Some(w) = self.watches.get_mut(&ty) else {
             return Ok(());
         };
-        let set = resources.get(ty);
+        let set_version = resources.version(ty);
         // Resources the proxy no longer wants are forgotten without a word.
         let wanted: Vec<String> = w.known.keys().filter(|n| !w.wants(n)).cloned().collect();
         for name in wanted {
             w.known.remove(&name);
         }
-        let updates: Vec<Resource> = set
-            .items
-            .iter()
+        let updates: Vec<Resource> = resources
+            .items(ty)
             .filter(|i| w.wants(&i.name) && w.known.get(&i.name) != Some(&i.version))
             .map(|i| Resource {
                 name: i.name.clone(),
@@ -193,14 +192,16 @@ impl Session {
         let mut removed: Vec<String> = w
             .known
             .keys()
-            .filter(|n| set.get(n).is_none())
+            .filter(|n| resources.get(ty, n).is_none())
             .cloned()
             .collect();
         let absent: Vec<String> = w
             .names
             .iter()
             .filter(|n| {
-                set.get(n).is_none() && !w.known.contains_key(*n) && !w.reported_absent.contains(*n)
+                resources.get(ty, n).is_none()
+                    && !w.known.contains_key(*n)
+                    && !w.reported_absent.contains(*n)
             })
             .cloned()
             .collect();
@@ -221,7 +222,7 @@ impl Session {
         let nonce = self.conn.next_nonce();
         tracing::debug!(
             r#type = ty.short_name(),
-            version = %set.version,
+            version = %set_version,
             nonce = %nonce,
             updated = updates.len(),
             removed = removed.len(),
@@ -230,16 +231,16 @@ impl Session {
         );
         w.owed = false;
         w.sent_nonce = Some(nonce.clone());
-        w.sent_version = Some(set.version.clone());
+        w.sent_version = Some(set_version.clone());
         w.pushed_at = Some(self.conn.seen_at);
-        let (version, known) = (set.version.clone(), w.known.len());
+        let (version, known) = (set_version.clone(), w.known.len());
         self.conn.sync.update(ty, |t| {
             t.sent_version = Some(version);
             t.sent_nonce = Some(nonce.clone());
             t.resources = known;
         });
         let response = DeltaDiscoveryResponse {
-            system_version_info: set.version.clone(),
+            system_version_info: set_version.clone(),
             resources: updates,
             type_url: ty.type_url(),
             removed_resources: removed,

@@ -52,7 +52,7 @@ pub use resources::TranslateError;
 pub use state::{ProxySync, SyncState, TypeSync, XdsProtocol};
 
 use metrics::TypeLabels;
-use resources::{ShapeCache, Translated};
+use resources::{ShapeCache, Translation, View};
 use state::SyncEntry;
 use stream::StreamSession;
 
@@ -86,7 +86,7 @@ pub enum ServeError {
 /// State shared by every stream.
 struct Shared {
     snapshots: watch::Receiver<Arc<Snapshot>>,
-    generator: Generator,
+    translation: Translation,
     permits: Semaphore,
     cache: ShapeCache,
     sync: SyncState,
@@ -105,27 +105,40 @@ pub struct AdsServer {
 // === impl AdsServer ===
 
 impl AdsServer {
-    /// A server that translates with `generator` (`Arc::new(crate::xds::generate)`
-    /// in production) every snapshot published on `snapshots`.
+    /// A server that translates every snapshot published on `snapshots`
+    /// with `generator`, once per proxy identity (tests use fakes).
     pub fn new(snapshots: watch::Receiver<Arc<Snapshot>>, generator: Generator) -> Self {
-        Self::with_options(
+        Self::build(
             snapshots,
-            generator,
+            Translation::Custom(generator),
             Arc::new(Metrics::new()),
             DEFAULT_PUSH_CONCURRENCY,
         )
     }
 
-    /// A server using the standard translation.
+    /// A server using the standard translation, shared between proxies of
+    /// the same shape (see [`crate::xds::shape`]).
     pub fn with_default_generator(snapshots: watch::Receiver<Arc<Snapshot>>) -> Self {
-        Self::new(snapshots, Arc::new(crate::xds::generate))
+        Self::with_options(
+            snapshots,
+            Arc::new(Metrics::new()),
+            DEFAULT_PUSH_CONCURRENCY,
+        )
     }
 
-    /// A server reporting into `metrics`, with at most `push_concurrency`
-    /// translations at once.
+    /// The standard translation, reporting into `metrics`, with at most
+    /// `push_concurrency` translations at once.
     pub fn with_options(
         snapshots: watch::Receiver<Arc<Snapshot>>,
-        generator: Generator,
+        metrics: Arc<Metrics>,
+        push_concurrency: usize,
+    ) -> Self {
+        Self::build(snapshots, Translation::Split, metrics, push_concurrency)
+    }
+
+    fn build(
+        snapshots: watch::Receiver<Arc<Snapshot>>,
+        translation: Translation,
         metrics: Arc<Metrics>,
         push_concurrency: usize,
     ) -> Self {
@@ -133,7 +146,7 @@ impl AdsServer {
         Self {
             shared: Arc::new(Shared {
                 snapshots,
-                generator,
+                translation,
                 permits: Semaphore::new(push_concurrency.max(1)),
                 cache: ShapeCache::default(),
                 sync: SyncState::default(),
@@ -256,7 +269,7 @@ struct Conn {
     proxy: ProxyInfo,
     id: u64,
     /// Resources of the snapshot being served, once translated.
-    current: Option<Arc<Translated>>,
+    current: Option<View>,
     /// When this connection first saw the snapshot it serves: the start of
     /// the convergence measurement.
     seen_at: Instant,
@@ -344,7 +357,7 @@ impl Conn {
     /// The resources of the newest snapshot, translating if needed; `None`
     /// before the first real snapshot or when translation failed (the proxy
     /// then keeps what it has).
-    async fn refresh(&mut self) -> Option<Arc<Translated>> {
+    async fn refresh(&mut self) -> Option<View> {
         let snapshot = self.shared.snapshots.borrow().clone();
         if snapshot.version == 0 {
             return None;
@@ -358,7 +371,7 @@ impl Conn {
         match self
             .shared
             .cache
-            .get(&snapshot, &self.proxy, &self.shared.generator)
+            .get(&snapshot, &self.proxy, &self.shared.translation)
             .await
         {
             Ok(t) => {

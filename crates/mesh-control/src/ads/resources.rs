@@ -11,7 +11,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::Hasher;
-use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use envoy_types::pb::google::protobuf::Any;
@@ -23,7 +22,8 @@ use tokio::sync::OnceCell;
 use super::Generator;
 use crate::proxy::{ProxyInfo, ProxyRole};
 use crate::snapshot::Snapshot;
-use crate::xds::ProxyResources;
+use crate::xds::shape::ShapeKey;
+use crate::xds::{Part, ProxyResources};
 
 /// Why a proxy's resources could not be produced.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -96,15 +96,13 @@ pub(crate) fn version_of<'a>(items: impl Iterator<Item = &'a Item>) -> String {
 /// One proxy's resources for one snapshot.
 #[derive(Debug, Default)]
 pub(crate) struct Translated {
-    /// Snapshot the resources come from.
-    pub snapshot_version: u64,
     by_type: BTreeMap<ResourceType, TypeResources>,
     empty: TypeResources,
 }
 
 impl Translated {
     /// Packs and hashes generated resources.
-    pub fn new(snapshot_version: u64, res: ProxyResources) -> Self {
+    pub fn new(res: ProxyResources) -> Self {
         let pool = mesh_api::xds::json::pool().ok();
         let pack = |name: String, any: Any| {
             let hash = canonical_hash(pool, &any);
@@ -157,7 +155,6 @@ impl Translated {
             TypeResources::new(secrets.map(|(n, a)| pack(n, a)).collect()),
         );
         Self {
-            snapshot_version,
             by_type,
             empty: TypeResources::new(Vec::new()),
         }
@@ -274,36 +271,55 @@ fn hash_value(h: &mut Fnv, pool: Option<&DescriptorPool>, value: &Value) {
     }
 }
 
-// === shape cache ===
+// === per-proxy view ===
 
-/// What translation output depends on, besides the snapshot. Proxies with
-/// the same key get the same `Arc<Translated>`. Addresses are part of it
-/// because inbound listeners bind them.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct ShapeKey {
-    role: ProxyRole,
-    namespace: String,
-    labels: BTreeMap<String, String>,
-    ips: Vec<IpAddr>,
+/// What one proxy is served at one snapshot: one translation, or the
+/// outbound and inbound parts it shares with other proxies.
+#[derive(Debug, Clone)]
+pub(crate) struct View {
+    /// Snapshot the resources come from.
+    pub snapshot_version: u64,
+    parts: Vec<Arc<Translated>>,
 }
 
-impl ShapeKey {
-    fn of(proxy: &ProxyInfo) -> Self {
-        let mut ips = proxy.ip_addresses.clone();
-        ips.sort();
-        Self {
-            role: proxy.role,
-            namespace: proxy.namespace.clone(),
-            labels: proxy.labels.clone(),
-            ips,
+impl View {
+    /// Every resource of `ty`, part by part.
+    pub fn items(&self, ty: ResourceType) -> impl Iterator<Item = &Item> {
+        self.parts.iter().flat_map(move |p| p.get(ty).items.iter())
+    }
+
+    /// The resource of `ty` named `name`.
+    pub fn get(&self, ty: ResourceType, name: &str) -> Option<&Item> {
+        self.parts.iter().find_map(|p| p.get(ty).get(name))
+    }
+
+    /// Content hash of every resource of `ty`.
+    pub fn version(&self, ty: ResourceType) -> String {
+        match self.parts.as_slice() {
+            [only] => only.get(ty).version.clone(),
+            _ => version_of(self.items(ty)),
         }
     }
 }
 
+// === shape cache ===
+
+/// How the server translates.
+#[derive(Clone)]
+pub(crate) enum Translation {
+    /// `crate::xds::generate_part`, outbound and inbound parts shared by
+    /// proxies of the same shape.
+    Split,
+    /// A caller-supplied generator (tests), one translation per proxy
+    /// identity.
+    Custom(Generator),
+}
+
 type Slot = Arc<OnceCell<Arc<Translated>>>;
 
-/// Translations of the newest snapshot seen, by proxy shape. Older entries
-/// are dropped as soon as a newer snapshot is asked for.
+/// Translations of the newest snapshot seen, by shape (see
+/// [`crate::xds::shape`]). Older entries are dropped as soon as a newer
+/// snapshot is asked for.
 #[derive(Default)]
 pub(crate) struct ShapeCache {
     // Held only to find or insert a slot, never across translation.
@@ -311,29 +327,58 @@ pub(crate) struct ShapeCache {
 }
 
 impl ShapeCache {
-    /// The resources for `proxy` at `snapshot`, translating at most once per
-    /// shape; concurrent callers of the same shape wait for one translation.
+    /// The resources for `proxy` at `snapshot`, translating each part at
+    /// most once per shape; concurrent callers of the same shape wait for
+    /// one translation.
     pub async fn get(
         &self,
         snapshot: &Arc<Snapshot>,
         proxy: &ProxyInfo,
-        generator: &Generator,
+        translation: &Translation,
+    ) -> Result<View, TranslateError> {
+        let parts: &[Part] = match translation {
+            Translation::Split if proxy.role == ProxyRole::Sidecar => {
+                &[Part::Outbound, Part::Inbound]
+            }
+            _ => &[Part::All],
+        };
+        let mut out = Vec::with_capacity(parts.len());
+        for &part in parts {
+            out.push(self.part(snapshot, proxy, translation, part).await?);
+        }
+        Ok(View {
+            snapshot_version: snapshot.version,
+            parts: out,
+        })
+    }
+
+    async fn part(
+        &self,
+        snapshot: &Arc<Snapshot>,
+        proxy: &ProxyInfo,
+        translation: &Translation,
+        part: Part,
     ) -> Result<Arc<Translated>, TranslateError> {
+        let key = ShapeKey::of(snapshot, proxy, part);
         let slot = {
             let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
             if snapshot.version > inner.0 {
                 *inner = (snapshot.version, HashMap::new());
             }
             if snapshot.version == inner.0 {
-                Some(inner.1.entry(ShapeKey::of(proxy)).or_default().clone())
+                Some(inner.1.entry(key).or_default().clone())
             } else {
                 None
             }
         };
         let translate = || async {
-            let (snap, p, g) = (snapshot.clone(), proxy.clone(), generator.clone());
+            let (snap, p, t) = (snapshot.clone(), proxy.clone(), translation.clone());
             tokio::task::spawn_blocking(move || {
-                Arc::new(Translated::new(snap.version, g(&snap, &p)))
+                let resources = match &t {
+                    Translation::Split => crate::xds::generate_part(&snap, &p, part),
+                    Translation::Custom(g) => g(&snap, &p),
+                };
+                Arc::new(Translated::new(resources))
             })
             .await
             .map_err(|e| TranslateError::Failed {
@@ -389,31 +434,22 @@ mod tests {
         let keys: Vec<String> = (0..32).map(|i| format!("k{i}")).collect();
         let fwd: Vec<&str> = keys.iter().map(String::as_str).collect();
         let rev: Vec<&str> = fwd.iter().rev().copied().collect();
-        let a = Translated::new(
-            1,
-            ProxyResources {
-                clusters: vec![cluster_with_metadata(&fwd)],
-                ..Default::default()
-            },
-        );
-        let b = Translated::new(
-            2,
-            ProxyResources {
-                clusters: vec![cluster_with_metadata(&rev)],
-                ..Default::default()
-            },
-        );
+        let a = Translated::new(ProxyResources {
+            clusters: vec![cluster_with_metadata(&fwd)],
+            ..Default::default()
+        });
+        let b = Translated::new(ProxyResources {
+            clusters: vec![cluster_with_metadata(&rev)],
+            ..Default::default()
+        });
         assert_eq!(
             a.get(ResourceType::Cluster).version,
             b.get(ResourceType::Cluster).version
         );
-        let c = Translated::new(
-            3,
-            ProxyResources {
-                clusters: vec![cluster_with_metadata(&fwd[1..])],
-                ..Default::default()
-            },
-        );
+        let c = Translated::new(ProxyResources {
+            clusters: vec![cluster_with_metadata(&fwd[1..])],
+            ..Default::default()
+        });
         assert_ne!(
             a.get(ResourceType::Cluster).version,
             c.get(ResourceType::Cluster).version

@@ -171,11 +171,13 @@ impl Session {
         let Some(w) = self.watches.get_mut(&ty) else {
             return Ok(());
         };
-        let set = resources.get(ty);
         let items: Vec<&Item> = if w.wildcard {
-            set.items.iter().collect()
+            resources.items(ty).collect()
         } else {
-            w.names.iter().filter_map(|n| set.get(n)).collect()
+            w.names
+                .iter()
+                .filter_map(|n| resources.get(ty, n))
+                .collect()
         };
         let version = version_of(items.iter().copied());
         let changed = w.sent_version.as_deref() != Some(version.as_str());

@@ -32,6 +32,7 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions
 use envoy_types::pb::google::protobuf::{Duration as PbDuration, UInt32Value};
 use mesh_api::networking::destination_rule::Subset;
 
+use super::Part;
 use super::endpoint::{self, EndpointFilter};
 use super::{
     BLACKHOLE_CLUSTER, INBOUND_PASSTHROUGH_CLUSTER, PASSTHROUGH_CLUSTER, ProxyScope,
@@ -60,26 +61,36 @@ const INBOUND_PASSTHROUGH_BIND_ADDRESS: &str = "127.0.0.6";
 /// service port and subset; for sidecars also the inbound clusters and the
 /// passthrough clusters; `BlackHoleCluster` for every proxy. Sorted by name.
 pub fn build_clusters(scope: &ProxyScope<'_>) -> Vec<Cluster> {
+    build_clusters_part(scope, Part::All)
+}
+
+/// The clusters of one part of the proxy's configuration, sorted by name.
+pub fn build_clusters_part(scope: &ProxyScope<'_>, part: Part) -> Vec<Cluster> {
+    let sidecar = scope.proxy.role == ProxyRole::Sidecar;
     let mut clusters = Vec::new();
-    for service in scope.services() {
-        for port in service.ports.iter().filter(|p| p.protocol != Protocol::Udp) {
-            clusters.extend(outbound_clusters(scope, service, port));
+    if part.outbound() {
+        for service in scope.services() {
+            for port in service.ports.iter().filter(|p| p.protocol != Protocol::Udp) {
+                clusters.extend(outbound_clusters(scope, service, port));
+            }
         }
+        if sidecar {
+            clusters.push(passthrough_cluster(scope, PASSTHROUGH_CLUSTER, false));
+        }
+        clusters.push(blackhole_cluster(scope));
     }
-    if scope.proxy.role == ProxyRole::Sidecar {
+    if part.inbound() && sidecar {
         clusters.extend(
             inbound_ports(scope)
                 .into_iter()
                 .map(|p| inbound_cluster(scope, p)),
         );
-        clusters.push(passthrough_cluster(scope, PASSTHROUGH_CLUSTER, false));
         clusters.push(passthrough_cluster(
             scope,
             INBOUND_PASSTHROUGH_CLUSTER,
             true,
         ));
     }
-    clusters.push(blackhole_cluster(scope));
     clusters.sort_by(|a, b| a.name.cmp(&b.name));
     clusters.dedup_by(|a, b| a.name == b.name);
     clusters
@@ -205,7 +216,7 @@ fn outbound_cluster(
 
 /// One port the sidecar's workload serves: the target (container) port and
 /// its protocol.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct InboundPort {
     /// The port the application listens on (the endpoint's target port).
     pub port: u16,
@@ -219,18 +230,14 @@ pub struct InboundPort {
 /// carries opaque bytes it cannot parse. Listeners and clusters share this
 /// list so `inbound|<port>||` always exists for every inbound filter chain.
 pub fn inbound_ports(scope: &ProxyScope<'_>) -> Vec<InboundPort> {
-    let ips = &scope.proxy.ip_addresses;
     let registry = &scope.snapshot.registry;
     let mut ports: std::collections::BTreeMap<u16, Protocol> = std::collections::BTreeMap::new();
-    for (host, endpoints) in &registry.endpoints {
-        let Some(service) = registry.service(host) else {
-            continue;
-        };
-        for ep in endpoints {
-            let Ok(addr) = ep.address.parse() else {
+    for ip in &scope.proxy.ip_addresses {
+        for (host, ep) in scope.snapshot.endpoints_at(ip) {
+            let Some(service) = registry.service(host) else {
                 continue;
             };
-            if ep.port == 0 || !ips.contains(&addr) {
+            if ep.port == 0 {
                 continue;
             }
             let Some(sp) = service.port(ep.service_port) else {

@@ -212,7 +212,7 @@ fn lb_endpoint(ep: &Endpoint) -> LbEndpoint {
 
 /// The proxy's locality: its `istio-locality` or topology labels, else
 /// the locality of the registry endpoint at its address.
-fn proxy_locality(scope: &ProxyScope<'_>) -> Locality {
+pub(crate) fn proxy_locality(scope: &ProxyScope<'_>) -> Locality {
     let labels = &scope.proxy.labels;
     if let Some(l) = labels.get(LABEL_ISTIO_LOCALITY) {
         let mut parts = l.splitn(3, '.');
@@ -232,15 +232,12 @@ fn proxy_locality(scope: &ProxyScope<'_>) -> Locality {
                 .unwrap_or_default(),
         };
     }
-    let ips = &scope.proxy.ip_addresses;
     scope
-        .snapshot
-        .registry
-        .endpoints
-        .values()
-        .flatten()
-        .find(|e| e.address.parse::<IpAddr>().is_ok_and(|a| ips.contains(&a)))
-        .map(|e| e.locality.clone())
+        .proxy
+        .ip_addresses
+        .iter()
+        .find_map(|ip| scope.snapshot.endpoints_at(ip).next())
+        .map(|(_, e)| e.locality.clone())
         .unwrap_or_default()
 }
 

@@ -36,6 +36,7 @@ use mesh_api::networking::virtual_service::{RouteDestination, VirtualService};
 use mesh_api::xds::pack_any;
 use prost::Message;
 
+use super::Part;
 use super::{BLACKHOLE_CLUSTER, PASSTHROUGH_CLUSTER, ProxyScope, VIRTUAL_OUTBOUND_LISTENER};
 use crate::model::{Protocol, Service};
 use crate::proxy::ProxyRole;
@@ -63,15 +64,25 @@ const ROUTER_FILTER: &str = "envoy.filters.http.router";
 
 /// Every listener the proxy needs, sorted by name.
 pub fn build_listeners(scope: &ProxyScope<'_>) -> Vec<Listener> {
-    let mut listeners = match scope.proxy.role {
+    build_listeners_part(scope, Part::All)
+}
+
+/// The listeners of one part of the proxy's configuration, sorted by name.
+pub fn build_listeners_part(scope: &ProxyScope<'_>, part: Part) -> Vec<Listener> {
+    let mut listeners = Vec::new();
+    match scope.proxy.role {
         ProxyRole::Sidecar => {
-            let mut l = vec![virtual_outbound(scope)];
-            l.extend(outbound_port_listeners(scope));
-            l.push(inbound::virtual_inbound(scope));
-            l
+            if part.outbound() {
+                listeners.push(virtual_outbound(scope));
+                listeners.extend(outbound_port_listeners(scope));
+            }
+            if part.inbound() {
+                listeners.push(inbound::virtual_inbound(scope));
+            }
         }
-        ProxyRole::Router => gateway::gateway_listeners(scope),
-    };
+        ProxyRole::Router if part.outbound() => listeners = gateway::gateway_listeners(scope),
+        ProxyRole::Router => {}
+    }
     listeners.sort_by(|a, b| a.name.cmp(&b.name));
     listeners
 }

@@ -23,6 +23,7 @@ pub mod listener;
 pub mod route;
 pub mod scope;
 pub mod secret;
+pub mod shape;
 
 pub use scope::ProxyScope;
 
@@ -64,15 +65,52 @@ pub struct ProxyResources {
     pub secrets: Vec<Secret>,
 }
 
+/// A sidecar's configuration falls in two parts that depend on different
+/// things, so proxies can share each part with different proxies:
+/// outbound (what the workload may call: the same for every proxy of a
+/// namespace unless a Sidecar, `sourceLabels` or locality sets them apart,
+/// see [`shape`]) and inbound (what it serves: depends only on its ports).
+/// A gateway's configuration is all outbound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Part {
+    /// Everything.
+    All,
+    /// Clusters, endpoints, listeners and routes for outbound traffic, and
+    /// everything of a gateway.
+    Outbound,
+    /// `virtualInbound`, `inbound|<port>||` and `InboundPassthroughCluster`.
+    Inbound,
+}
+
+impl Part {
+    fn outbound(self) -> bool {
+        matches!(self, Self::All | Self::Outbound)
+    }
+
+    fn inbound(self) -> bool {
+        matches!(self, Self::All | Self::Inbound)
+    }
+}
+
 /// Translates a snapshot for one proxy. Pure and deterministic: the same
 /// inputs give byte-identical resources (so versions can be content hashes).
 pub fn generate(snapshot: &Snapshot, proxy: &ProxyInfo) -> ProxyResources {
+    generate_part(snapshot, proxy, Part::All)
+}
+
+/// Translates one part of a proxy's configuration; `All` is the union of
+/// `Outbound` and `Inbound`.
+pub fn generate_part(snapshot: &Snapshot, proxy: &ProxyInfo, part: Part) -> ProxyResources {
     let scope = ProxyScope::new(snapshot, proxy);
-    let clusters = cluster::build_clusters(&scope);
+    let clusters = cluster::build_clusters_part(&scope, part);
     let endpoints = endpoint::build_endpoints(&scope, &clusters);
-    let listeners = listener::build_listeners(&scope);
+    let listeners = listener::build_listeners_part(&scope, part);
     let routes = route::build_routes(&scope, &listeners, &clusters);
-    let secrets = secret::build_secrets(&scope);
+    let secrets = if part.outbound() {
+        secret::build_secrets(&scope)
+    } else {
+        Vec::new()
+    };
     ProxyResources {
         clusters,
         endpoints,

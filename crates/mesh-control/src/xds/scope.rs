@@ -21,12 +21,12 @@ pub struct ProxyScope<'a> {
     pub proxy: &'a ProxyInfo,
     /// The Sidecar resource that applies, if any.
     pub sidecar: Option<&'a Sidecar>,
-    services: Vec<&'a Arc<Service>>,
-    /// Position in `services` by host name.
-    service_index: HashMap<&'a str, usize>,
+    /// Visible services and their index, built on first use (inbound-only
+    /// translation never needs them).
+    services: OnceLock<VisibleServices<'a>>,
     /// DestinationRules that may apply to this proxy, by namespace, hosts
     /// resolved (built once: lookups happen per cluster and per route).
-    destination_rules: HashMap<&'a str, NamespaceRules<'a>>,
+    destination_rules: OnceLock<HashMap<&'a str, NamespaceRules<'a>>>,
     /// The proxy's locality, computed on first use (it scans endpoints).
     locality: OnceLock<crate::model::Locality>,
     /// Mesh-bound VirtualServices by resolved host, built on first use.
@@ -39,6 +39,13 @@ struct HostIndex<'a> {
     exact: HashMap<String, Vec<&'a VirtualService>>,
     /// `(pattern, vs)` for wildcard hosts.
     wildcard: Vec<(String, &'a VirtualService)>,
+}
+
+/// The services a proxy may reach, sorted by host name, and their position
+/// by host name.
+struct VisibleServices<'a> {
+    list: Vec<&'a Arc<Service>>,
+    index: HashMap<&'a str, usize>,
 }
 
 /// The DestinationRules of one namespace that this proxy may use.
@@ -76,33 +83,42 @@ fn selector_matches(
 }
 
 impl<'a> ProxyScope<'a> {
-    /// Computes the view.
+    /// Computes the view. Cheap: what needs a scan of the snapshot is built
+    /// on first use.
     pub fn new(snapshot: &'a Snapshot, proxy: &'a ProxyInfo) -> Self {
-        let sidecar = find_sidecar(snapshot, proxy);
-        let services = snapshot
-            .registry
-            .services
-            .values()
-            .filter(|s| s.export_to.visible_to(&proxy.namespace) || s.namespace == proxy.namespace)
-            .filter(|s| {
-                sidecar.is_none_or(|sc| sidecar_allows(sc, namespace_of(sc), s, &proxy.namespace))
-            })
-            .collect::<Vec<&Arc<Service>>>();
-        let service_index = services
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.hostname.as_str(), i))
-            .collect();
         Self {
-            destination_rules: index_destination_rules(snapshot, proxy),
+            sidecar: find_sidecar(snapshot, proxy),
             snapshot,
             proxy,
-            sidecar,
-            services,
-            service_index,
+            services: OnceLock::new(),
+            destination_rules: OnceLock::new(),
             locality: OnceLock::new(),
             mesh_vs_index: OnceLock::new(),
         }
+    }
+
+    fn visible(&self) -> &VisibleServices<'a> {
+        self.services.get_or_init(|| {
+            let (snapshot, proxy, sidecar) = (self.snapshot, self.proxy, self.sidecar);
+            let list = snapshot
+                .registry
+                .services
+                .values()
+                .filter(|s| {
+                    s.export_to.visible_to(&proxy.namespace) || s.namespace == proxy.namespace
+                })
+                .filter(|s| {
+                    sidecar
+                        .is_none_or(|sc| sidecar_allows(sc, namespace_of(sc), s, &proxy.namespace))
+                })
+                .collect::<Vec<&Arc<Service>>>();
+            let index = list
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (s.hostname.as_str(), i))
+                .collect();
+            VisibleServices { list, index }
+        })
     }
 
     /// The proxy's locality, computed once with `compute`.
@@ -115,14 +131,16 @@ impl<'a> ProxyScope<'a> {
 
     /// Services this proxy may reach, sorted by host name.
     pub fn services(&self) -> &[&'a Arc<Service>] {
-        &self.services
+        &self.visible().list
     }
 
     /// A visible service by host name.
     pub fn service(&self, hostname: &str) -> Option<&'a Arc<Service>> {
-        self.service_index
+        let visible = self.visible();
+        visible
+            .index
             .get(hostname)
-            .and_then(|&i| self.services.get(i))
+            .and_then(|&i| visible.list.get(i))
             .copied()
     }
 
@@ -141,7 +159,10 @@ impl<'a> ProxyScope<'a> {
             .into_iter()
             .flatten()
         {
-            let Some(rules) = self.destination_rules.get(ns) else {
+            let rules = self
+                .destination_rules
+                .get_or_init(|| index_destination_rules(self.snapshot, self.proxy));
+            let Some(rules) = rules.get(ns) else {
                 continue;
             };
             if let Some(dr) = rules.exact.get(hostname) {
