@@ -451,6 +451,50 @@ async fn eds_answers_only_requested_names_and_follows_changes() {
     c.quiet().await;
 }
 
+/// SotW lets a server leave out EDS/RDS resources that did not change
+/// (Envoy keeps them); with thousands of clusters per proxy a one-endpoint
+/// change must not resend every assignment to every proxy.
+#[tokio::test]
+async fn a_push_carries_only_the_eds_and_rds_resources_that_changed() {
+    let h = Harness::start(base()).await;
+    let mut c = h.sotw().await;
+    c.request(ResourceType::Endpoint, &["a", "b", "c"], Some(node(1)))
+        .await;
+    let r = c.recv().await;
+    assert_eq!(cla_names(&r), ["a", "b", "c"]);
+    c.ack(&r, &["a", "b", "c"]).await;
+    c.request(ResourceType::Route, &["r1", "r2"], None).await;
+    let routes = c.recv().await;
+    assert_eq!(routes.resources.len(), 2);
+    c.ack(&routes, &["r1", "r2"]).await;
+    c.quiet().await;
+
+    let mut next = base();
+    next.endpoints[1] = cla("b", 1);
+    next.routes[1] = route("r2", "changed");
+    h.publish(next);
+    let eds = c.recv().await;
+    assert_eq!(short(&eds), "EDS");
+    assert_eq!(cla_names(&eds), ["b"], "only the changed assignment");
+    assert_ne!(eds.version_info, r.version_info);
+    c.ack(&eds, &["a", "b", "c"]).await;
+    let rds = c.recv().await;
+    assert_eq!(short(&rds), "RDS");
+    let names: Vec<String> = rds
+        .resources
+        .iter()
+        .map(|a| RouteConfiguration::decode(a.value.as_slice()).unwrap().name)
+        .collect();
+    assert_eq!(names, ["r2"], "only the changed route configuration");
+    c.ack(&rds, &["r1", "r2"]).await;
+    c.quiet().await;
+
+    // A new subscription is answered with everything it names.
+    c.ack(&rds, &["r1"]).await;
+    let all = c.recv().await;
+    assert_eq!(all.resources.len(), 1);
+}
+
 #[tokio::test]
 async fn missing_node_is_an_invalid_argument() {
     let h = Harness::start(base()).await;

@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::Hasher;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use envoy_types::pb::google::protobuf::Any;
 use mesh_api::xds::{ResourceType, pack_any};
@@ -93,11 +93,15 @@ pub(crate) fn version_of<'a>(items: impl Iterator<Item = &'a Item>) -> String {
     format!("{:016x}", h.finish())
 }
 
-/// One proxy's resources for one snapshot.
+/// One shape's resources for one snapshot.
 #[derive(Debug, Default)]
 pub(crate) struct Translated {
     by_type: BTreeMap<ResourceType, TypeResources>,
     empty: TypeResources,
+    /// Positions of the items that differ from an older translation, per
+    /// type, remembered because every proxy of the shape asks the same.
+    /// The `Weak` keeps the older allocation's address from being reused.
+    diffs: Mutex<Vec<(Weak<Translated>, ResourceType, Arc<[usize]>)>>,
 }
 
 impl Translated {
@@ -157,7 +161,34 @@ impl Translated {
         Self {
             by_type,
             empty: TypeResources::new(Vec::new()),
+            diffs: Mutex::default(),
         }
+    }
+
+    /// Positions of the `ty` items that are new or differ from `old`'s.
+    fn changed_since(self: &Arc<Self>, old: &Arc<Translated>, ty: ResourceType) -> Arc<[usize]> {
+        let mut diffs = self.diffs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, _, d)) = diffs
+            .iter()
+            .find(|(w, t, _)| *t == ty && std::ptr::eq(w.as_ptr(), Arc::as_ptr(old)))
+        {
+            return d.clone();
+        }
+        let (new_set, old_set) = (self.get(ty), old.get(ty));
+        let changed: Arc<[usize]> = new_set
+            .items
+            .iter()
+            .enumerate()
+            .filter(|(_, it)| old_set.get(&it.name).is_none_or(|o| o.hash != it.hash))
+            .map(|(i, _)| i)
+            .collect();
+        // Proxies move from the previous translation or two; a handful of
+        // entries covers them.
+        if diffs.len() >= 8 {
+            diffs.remove(0);
+        }
+        diffs.push((Arc::downgrade(old), ty, changed.clone()));
+        changed
     }
 
     /// The resources of one type.
@@ -291,6 +322,27 @@ impl View {
     /// The resource of `ty` named `name`.
     pub fn get(&self, ty: ResourceType, name: &str) -> Option<&Item> {
         self.parts.iter().find_map(|p| p.get(ty).get(name))
+    }
+
+    /// The `ty` items that are new or differ from `old`'s, or `None` when
+    /// the two views are not made of the same parts.
+    pub fn changed_since(&self, old: &View, ty: ResourceType) -> Option<Vec<&Item>> {
+        if old.parts.len() != self.parts.len() {
+            return None;
+        }
+        let mut out = Vec::new();
+        for (new, old) in self.parts.iter().zip(&old.parts) {
+            if Arc::ptr_eq(new, old) {
+                continue;
+            }
+            let items = &new.get(ty).items;
+            out.extend(
+                new.changed_since(old, ty)
+                    .iter()
+                    .filter_map(|&i| items.get(i)),
+            );
+        }
+        Some(out)
     }
 
     /// Content hash of every resource of `ty`.

@@ -23,7 +23,7 @@ use envoy_types::pb::envoy::config::core::v3::{ControlPlane, Node};
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use mesh_api::xds::ResourceType;
 
-use super::resources::{Item, encoded_len, version_of};
+use super::resources::{Item, View, encoded_len, version_of};
 use super::stream::{Closed, StreamSession, Tx};
 use super::{Conn, XdsProtocol, nack_message};
 
@@ -40,6 +40,10 @@ struct Watch {
     sent_nonce: Option<String>,
     /// Last version the proxy rejected; not sent again on this stream.
     rejected_version: Option<String>,
+    /// What the last response was computed from: for EDS and RDS a push
+    /// then carries only the resources that changed since (the protocol
+    /// allows it for types that are not full sets; Envoy keeps the rest).
+    sent_view: Option<View>,
     /// When the connection saw the snapshot behind the unacknowledged
     /// response, for the convergence histogram.
     pushed_at: Option<Instant>,
@@ -171,7 +175,7 @@ impl Session {
         let Some(w) = self.watches.get_mut(&ty) else {
             return Ok(());
         };
-        let items: Vec<&Item> = if w.wildcard {
+        let subscribed: Vec<&Item> = if w.wildcard {
             resources.items(ty).collect()
         } else {
             w.names
@@ -179,12 +183,28 @@ impl Session {
                 .filter_map(|n| resources.get(ty, n))
                 .collect()
         };
-        let version = version_of(items.iter().copied());
+        let version = version_of(subscribed.iter().copied());
         let changed = w.sent_version.as_deref() != Some(version.as_str());
         let rejected = w.rejected_version.as_deref() == Some(version.as_str());
         if !w.owed && (!changed || rejected) {
             return Ok(());
         }
+        let partial = match (&w.sent_view, ty.is_full_set() || w.owed) {
+            (Some(old), false) => resources.changed_since(old, ty).map(|items| {
+                items
+                    .into_iter()
+                    .filter(|i| w.wildcard || w.names.contains(&i.name))
+                    .collect::<Vec<&Item>>()
+            }),
+            _ => None,
+        };
+        let items = match partial {
+            // Only removals: Envoy drops those with the clusters or
+            // listeners that referenced them.
+            Some(items) if items.is_empty() => return Ok(()),
+            Some(items) => items,
+            None => subscribed,
+        };
         let nonce = self.conn.next_nonce();
         let response = DiscoveryResponse {
             version_info: version.clone(),
@@ -206,6 +226,7 @@ impl Session {
             "push"
         );
         w.owed = false;
+        w.sent_view = Some(resources.clone());
         w.sent_version = Some(version.clone());
         w.sent_nonce = Some(nonce.clone());
         w.pushed_at = Some(self.conn.seen_at);
