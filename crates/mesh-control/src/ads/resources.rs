@@ -101,8 +101,11 @@ pub(crate) struct Translated {
     /// Positions of the items that differ from an older translation, per
     /// type, remembered because every proxy of the shape asks the same.
     /// The `Weak` keeps the older allocation's address from being reused.
-    diffs: Mutex<Vec<(Weak<Translated>, ResourceType, Arc<[usize]>)>>,
+    diffs: Mutex<Vec<Diff>>,
 }
+
+/// Changed item positions of one type relative to an older translation.
+type Diff = (Weak<Translated>, ResourceType, Arc<[usize]>);
 
 impl Translated {
     /// Packs and hashes generated resources.
