@@ -57,6 +57,20 @@ pub struct Snapshot {
 #[derive(Clone, Debug, Default)]
 pub struct IpIndex(OnceLock<HashMap<IpAddr, Vec<(String, usize)>>>);
 
+/// How a snapshot differs from the one before it, as far as translation
+/// cares: the ADS server rebuilds only the resource types a change can
+/// affect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// Only endpoints of EDS services changed: only EDS (and proxies'
+    /// inbound ports, which are part of their shape) can differ.
+    Endpoints,
+    /// Only VirtualServices changed: only listeners and routes can differ.
+    Routing,
+    /// Anything else: translate everything again.
+    Full,
+}
+
 /// The namespace of any Kubernetes-style object; snapshots always set it.
 pub fn namespace_of<K: kube::Resource>(obj: &K) -> &str {
     obj.meta().namespace.as_deref().unwrap_or("default")
@@ -124,6 +138,57 @@ impl Snapshot {
         snap
     }
 
+    /// What changed from `older` to this snapshot.
+    pub fn change_since(&self, older: &Snapshot) -> Change {
+        let same_policy = self.mesh == older.mesh
+            && self.domain == older.domain
+            && self.destination_rules == older.destination_rules
+            && self.gateways == older.gateways
+            && self.sidecars == older.sidecars
+            && self.peer_authentications == older.peer_authentications
+            && self.request_authentications == older.request_authentications
+            && self.authorization_policies == older.authorization_policies
+            && self.telemetries == older.telemetries
+            && self.secrets == older.secrets
+            && self.registry.services == older.registry.services;
+        if !same_policy {
+            return Change::Full;
+        }
+        let same_endpoints = self.registry.endpoints == older.registry.endpoints;
+        if self.virtual_services != older.virtual_services {
+            return if same_endpoints {
+                Change::Routing
+            } else {
+                Change::Full
+            };
+        }
+        // Endpoints of DNS and passthrough services are inlined in their
+        // clusters: a change there changes CDS.
+        let eds_only = self
+            .registry
+            .endpoints
+            .iter()
+            .filter(|(host, eps)| older.registry.endpoints.get(*host) != Some(*eps))
+            .map(|(host, _)| host)
+            .chain(
+                older
+                    .registry
+                    .endpoints
+                    .keys()
+                    .filter(|h| !self.registry.endpoints.contains_key(*h)),
+            )
+            .all(|host| {
+                self.registry
+                    .service(host)
+                    .is_none_or(|s| s.resolution == crate::model::Resolution::ClientSideLb)
+            });
+        if eds_only {
+            Change::Endpoints
+        } else {
+            Change::Full
+        }
+    }
+
     /// Every registry endpoint at `ip`, with its service's host name.
     pub fn endpoints_at(&self, ip: &IpAddr) -> impl Iterator<Item = (&str, &Endpoint)> {
         let index = self.by_ip.0.get_or_init(|| {
@@ -146,5 +211,60 @@ impl Snapshot {
     /// The mesh root namespace.
     pub fn root_namespace(&self) -> &str {
         self.mesh.root_namespace()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: default}
+spec:
+  ports: [{name: http, port: 9080}]
+  selector: {app: reviews}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: reviews-1, namespace: default, labels: {app: reviews}}
+status: {podIP: 10.0.0.1}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ext, namespace: default}
+spec:
+  hosts: [api.example.com]
+  ports: [{number: 443, name: tls, protocol: TLS}]
+  resolution: DNS
+  endpoints: [{address: a.example.com}]
+";
+
+    fn snapshot(yaml: &str) -> Snapshot {
+        let loaded = mesh_api::load_str("test.yaml", yaml);
+        Snapshot::build(1, &loaded, MeshConfig::default())
+    }
+
+    #[test]
+    fn change_since_names_the_narrowest_rebuild() {
+        let base = snapshot(BASE);
+        assert_eq!(snapshot(BASE).change_since(&base), Change::Endpoints);
+        let pod = format!(
+            "{BASE}---\napiVersion: v1\nkind: Pod\nmetadata: {{name: reviews-2, namespace: default, labels: {{app: reviews}}}}\nstatus: {{podIP: 10.0.0.2}}\n"
+        );
+        assert_eq!(snapshot(&pod).change_since(&base), Change::Endpoints);
+        let vs = format!(
+            "{BASE}---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: r, namespace: default}}\nspec: {{hosts: [reviews], http: [{{route: [{{destination: {{host: reviews}}}}]}}]}}\n"
+        );
+        assert_eq!(snapshot(&vs).change_since(&base), Change::Routing);
+        assert_eq!(snapshot(&vs).change_since(&snapshot(&pod)), Change::Full);
+        let dr = format!(
+            "{BASE}---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: r, namespace: default}}\nspec: {{host: reviews}}\n"
+        );
+        assert_eq!(snapshot(&dr).change_since(&base), Change::Full);
+        // DNS endpoints are inlined in the cluster: CDS changes too.
+        let dns = BASE.replace("a.example.com", "b.example.com");
+        assert_eq!(snapshot(&dns).change_since(&base), Change::Full);
     }
 }

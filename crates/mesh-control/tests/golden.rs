@@ -16,7 +16,7 @@ use mesh_api::mesh_config::MeshConfig;
 use mesh_api::xds::json::to_json;
 use mesh_control::proxy::ProxyInfo;
 use mesh_control::snapshot::Snapshot;
-use mesh_control::xds::{Part, ProxyResources, generate, generate_part};
+use mesh_control::xds::{Part, ProxyResources, Rebuild, generate, generate_part, regenerate};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -207,6 +207,57 @@ fn outbound_and_inbound_parts_make_up_the_whole_translation() {
         }
     }
     assert!(checked >= 5, "only {checked} sidecars in the golden cases");
+}
+
+/// After an endpoint-only or VirtualService-only change the server rebuilds
+/// just EDS, or listeners and routes; what it rebuilds must equal a full
+/// translation of those types.
+#[test]
+fn partial_rebuilds_equal_the_full_translation() {
+    for case in cases() {
+        let (snapshot, proxies) = load_case(&case);
+        for p in &proxies {
+            let info = proxy_info(p);
+            let parts: &[Part] = if info.role == mesh_control::proxy::ProxyRole::Sidecar {
+                &[Part::Outbound]
+            } else {
+                &[Part::All]
+            };
+            for &part in parts {
+                let full = generate_part(&snapshot, &info, part);
+                let eds: Vec<String> = full
+                    .endpoints
+                    .iter()
+                    .map(|c| c.cluster_name.clone())
+                    .collect();
+                let clusters = full.clusters.iter().map(|c| c.name.clone()).collect();
+                let endpoints = regenerate(
+                    &snapshot,
+                    &info,
+                    part,
+                    Rebuild::Endpoints { clusters: &eds },
+                );
+                assert_eq!(
+                    endpoints.endpoints,
+                    full.endpoints,
+                    "{}: EDS",
+                    case.display()
+                );
+                assert!(endpoints.clusters.is_empty() && endpoints.listeners.is_empty());
+                let routing = regenerate(
+                    &snapshot,
+                    &info,
+                    part,
+                    Rebuild::Routing {
+                        clusters: &clusters,
+                    },
+                );
+                assert_eq!(routing.listeners, full.listeners, "{}: LDS", case.display());
+                assert_eq!(routing.routes, full.routes, "{}: RDS", case.display());
+                assert!(routing.clusters.is_empty() && routing.endpoints.is_empty());
+            }
+        }
+    }
 }
 
 #[test]

@@ -9,7 +9,7 @@
 //! entries sorted, `Any` payloads decoded and walked too) using the Envoy
 //! descriptor set that `mesh-api` embeds.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::Hasher;
 use std::sync::{Arc, Mutex, Weak};
 
@@ -21,9 +21,9 @@ use tokio::sync::OnceCell;
 
 use super::Generator;
 use crate::proxy::{ProxyInfo, ProxyRole};
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Change, Snapshot};
 use crate::xds::shape::ShapeKey;
-use crate::xds::{Part, ProxyResources};
+use crate::xds::{Part, ProxyResources, Rebuild, regenerate};
 
 /// Why a proxy's resources could not be produced.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -96,7 +96,7 @@ pub(crate) fn version_of<'a>(items: impl Iterator<Item = &'a Item>) -> String {
 /// One shape's resources for one snapshot.
 #[derive(Debug, Default)]
 pub(crate) struct Translated {
-    by_type: BTreeMap<ResourceType, TypeResources>,
+    by_type: BTreeMap<ResourceType, Arc<TypeResources>>,
     empty: TypeResources,
     /// Positions of the items that differ from an older translation, per
     /// type, remembered because every proxy of the shape asks the same.
@@ -110,6 +110,20 @@ type Diff = (Weak<Translated>, ResourceType, Arc<[usize]>);
 impl Translated {
     /// Packs and hashes generated resources.
     pub fn new(res: ProxyResources) -> Self {
+        Self::with_types(BTreeMap::new(), res, &ResourceType::ALL)
+    }
+
+    /// `prev` with the `types` replaced by those in `res` (the other types
+    /// are shared with `prev`, not copied).
+    pub fn rebuilt(prev: &Translated, res: ProxyResources, types: &[ResourceType]) -> Self {
+        Self::with_types(prev.by_type.clone(), res, types)
+    }
+
+    fn with_types(
+        mut by_type: BTreeMap<ResourceType, Arc<TypeResources>>,
+        res: ProxyResources,
+        types: &[ResourceType],
+    ) -> Self {
         let pool = mesh_api::xds::json::pool().ok();
         let pack = |name: String, any: Any| {
             let hash = canonical_hash(pool, &any);
@@ -120,52 +134,48 @@ impl Translated {
                 any,
             }
         };
-        let mut by_type = BTreeMap::new();
-        let clusters = res
-            .clusters
-            .into_iter()
-            .map(|c| (c.name.clone(), pack_any(c)));
-        by_type.insert(
-            ResourceType::Cluster,
-            TypeResources::new(clusters.map(|(n, a)| pack(n, a)).collect()),
-        );
-        let endpoints = res
-            .endpoints
-            .into_iter()
-            .map(|c| (c.cluster_name.clone(), pack_any(c)));
-        by_type.insert(
-            ResourceType::Endpoint,
-            TypeResources::new(endpoints.map(|(n, a)| pack(n, a)).collect()),
-        );
-        let listeners = res
-            .listeners
-            .into_iter()
-            .map(|l| (l.name.clone(), pack_any(l)));
-        by_type.insert(
-            ResourceType::Listener,
-            TypeResources::new(listeners.map(|(n, a)| pack(n, a)).collect()),
-        );
-        let routes = res
-            .routes
-            .into_iter()
-            .map(|r| (r.name.clone(), pack_any(r)));
-        by_type.insert(
-            ResourceType::Route,
-            TypeResources::new(routes.map(|(n, a)| pack(n, a)).collect()),
-        );
-        let secrets = res
-            .secrets
-            .into_iter()
-            .map(|s| (s.name.clone(), pack_any(s)));
-        by_type.insert(
-            ResourceType::Secret,
-            TypeResources::new(secrets.map(|(n, a)| pack(n, a)).collect()),
-        );
+        let ProxyResources {
+            mut clusters,
+            mut endpoints,
+            mut listeners,
+            mut routes,
+            mut secrets,
+        } = res;
+        for &ty in types {
+            let items: Vec<Item> = match ty {
+                ResourceType::Cluster => std::mem::take(&mut clusters)
+                    .into_iter()
+                    .map(|c| pack(c.name.clone(), pack_any(c)))
+                    .collect(),
+                ResourceType::Endpoint => std::mem::take(&mut endpoints)
+                    .into_iter()
+                    .map(|c| pack(c.cluster_name.clone(), pack_any(c)))
+                    .collect(),
+                ResourceType::Listener => std::mem::take(&mut listeners)
+                    .into_iter()
+                    .map(|l| pack(l.name.clone(), pack_any(l)))
+                    .collect(),
+                ResourceType::Route => std::mem::take(&mut routes)
+                    .into_iter()
+                    .map(|r| pack(r.name.clone(), pack_any(r)))
+                    .collect(),
+                ResourceType::Secret => std::mem::take(&mut secrets)
+                    .into_iter()
+                    .map(|s| pack(s.name.clone(), pack_any(s)))
+                    .collect(),
+            };
+            by_type.insert(ty, Arc::new(TypeResources::new(items)));
+        }
         Self {
             by_type,
             empty: TypeResources::new(Vec::new()),
             diffs: Mutex::default(),
         }
+    }
+
+    /// Names of the `ty` resources, in order.
+    pub fn names(&self, ty: ResourceType) -> impl Iterator<Item = &str> {
+        self.get(ty).items.iter().map(|i| i.name.as_str())
     }
 
     /// Positions of the `ty` items that are new or differ from `old`'s.
@@ -196,7 +206,7 @@ impl Translated {
 
     /// The resources of one type.
     pub fn get(&self, ty: ResourceType) -> &TypeResources {
-        self.by_type.get(&ty).unwrap_or(&self.empty)
+        self.by_type.get(&ty).map_or(&self.empty, AsRef::as_ref)
     }
 }
 
@@ -373,12 +383,29 @@ pub(crate) enum Translation {
 type Slot = Arc<OnceCell<Arc<Translated>>>;
 
 /// Translations of the newest snapshot seen, by shape (see
-/// [`crate::xds::shape`]). Older entries are dropped as soon as a newer
-/// snapshot is asked for.
+/// [`crate::xds::shape`]), and those of the snapshot before it: when the
+/// newer one changes only endpoints or only VirtualServices, a shape's new
+/// translation rebuilds just the affected types and shares the rest.
 #[derive(Default)]
 pub(crate) struct ShapeCache {
     // Held only to find or insert a slot, never across translation.
-    inner: Mutex<(u64, HashMap<ShapeKey, Slot>)>,
+    inner: Mutex<CacheState>,
+}
+
+#[derive(Default)]
+struct CacheState {
+    version: u64,
+    snapshot: Option<Arc<Snapshot>>,
+    slots: HashMap<ShapeKey, Slot>,
+    /// What changed since `previous` was translated.
+    change: Option<Change>,
+    previous: HashMap<ShapeKey, Arc<Translated>>,
+}
+
+/// Where a part's translation comes from.
+struct Plan {
+    slot: Option<Slot>,
+    previous: Option<(Arc<Translated>, Change)>,
 }
 
 impl ShapeCache {
@@ -407,6 +434,45 @@ impl ShapeCache {
         })
     }
 
+    fn plan(&self, snapshot: &Arc<Snapshot>, key: &ShapeKey) -> Plan {
+        let mut state = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if snapshot.version > state.version {
+            let previous: HashMap<ShapeKey, Arc<Translated>> = state
+                .slots
+                .drain()
+                .filter_map(|(k, slot)| slot.get().cloned().map(|t| (k, t)))
+                .collect();
+            let change = state
+                .snapshot
+                .as_ref()
+                .map(|old| snapshot.change_since(old));
+            *state = CacheState {
+                version: snapshot.version,
+                snapshot: Some(snapshot.clone()),
+                slots: HashMap::new(),
+                change,
+                previous,
+            };
+        }
+        if snapshot.version != state.version {
+            // A connection still working on an older snapshot: don't cache.
+            return Plan {
+                slot: None,
+                previous: None,
+            };
+        }
+        let previous = match state.change {
+            Some(change) if change != Change::Full => {
+                state.previous.get(key).map(|t| (t.clone(), change))
+            }
+            _ => None,
+        };
+        Plan {
+            slot: Some(state.slots.entry(key.clone()).or_default().clone()),
+            previous,
+        }
+    }
+
     async fn part(
         &self,
         snapshot: &Arc<Snapshot>,
@@ -415,25 +481,18 @@ impl ShapeCache {
         part: Part,
     ) -> Result<Arc<Translated>, TranslateError> {
         let key = ShapeKey::of(snapshot, proxy, part);
-        let slot = {
-            let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-            if snapshot.version > inner.0 {
-                *inner = (snapshot.version, HashMap::new());
-            }
-            if snapshot.version == inner.0 {
-                Some(inner.1.entry(key).or_default().clone())
-            } else {
-                None
-            }
-        };
+        let plan = self.plan(snapshot, &key);
         let translate = || async {
             let (snap, p, t) = (snapshot.clone(), proxy.clone(), translation.clone());
-            tokio::task::spawn_blocking(move || {
-                let resources = match &t {
-                    Translation::Split => crate::xds::generate_part(&snap, &p, part),
-                    Translation::Custom(g) => g(&snap, &p),
-                };
-                Arc::new(Translated::new(resources))
+            let previous = plan.previous.clone();
+            tokio::task::spawn_blocking(move || match (&t, previous) {
+                (Translation::Split, Some((prev, change))) => {
+                    rebuild(&snap, &p, part, &prev, change)
+                }
+                (Translation::Split, None) => {
+                    Arc::new(Translated::new(crate::xds::generate_part(&snap, &p, part)))
+                }
+                (Translation::Custom(g), _) => Arc::new(Translated::new(g(&snap, &p))),
             })
             .await
             .map_err(|e| TranslateError::Failed {
@@ -442,12 +501,50 @@ impl ShapeCache {
                 reason: e.to_string(),
             })
         };
-        match slot {
+        match &plan.slot {
             Some(slot) => slot.get_or_try_init(translate).await.cloned(),
-            // A connection still working on an older snapshot: don't cache.
             None => translate().await,
         }
     }
+}
+
+/// A shape's translation of a snapshot that differs from `prev`'s only by
+/// `change`: inbound parts depend on nothing such a change touches; an
+/// outbound part or a gateway rebuilds EDS, or listeners and routes.
+fn rebuild(
+    snapshot: &Snapshot,
+    proxy: &ProxyInfo,
+    part: Part,
+    prev: &Arc<Translated>,
+    change: Change,
+) -> Arc<Translated> {
+    if part == Part::Inbound {
+        return prev.clone();
+    }
+    Arc::new(match change {
+        Change::Endpoints => {
+            let names: Vec<String> = prev
+                .names(ResourceType::Endpoint)
+                .map(str::to_string)
+                .collect();
+            let res = regenerate(
+                snapshot,
+                proxy,
+                part,
+                Rebuild::Endpoints { clusters: &names },
+            );
+            Translated::rebuilt(prev, res, &[ResourceType::Endpoint])
+        }
+        Change::Routing => {
+            let names: BTreeSet<String> = prev
+                .names(ResourceType::Cluster)
+                .map(str::to_string)
+                .collect();
+            let res = regenerate(snapshot, proxy, part, Rebuild::Routing { clusters: &names });
+            Translated::rebuilt(prev, res, &[ResourceType::Listener, ResourceType::Route])
+        }
+        Change::Full => Translated::new(crate::xds::generate_part(snapshot, proxy, part)),
+    })
 }
 
 /// Bytes a response would take, for logs.

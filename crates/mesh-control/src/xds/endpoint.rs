@@ -68,6 +68,17 @@ pub fn build_endpoints(scope: &ProxyScope<'_>, clusters: &[Cluster]) -> Vec<Clus
         .collect()
 }
 
+/// The assignments of the named EDS clusters, in the given order.
+pub fn build_endpoints_named<'n>(
+    scope: &ProxyScope<'_>,
+    names: impl IntoIterator<Item = &'n str>,
+) -> Vec<ClusterLoadAssignment> {
+    names
+        .into_iter()
+        .map(|n| cluster_load_assignment(scope, n))
+        .collect()
+}
+
 /// The assignment for `outbound|<port>|<subset>|<host>`.
 fn cluster_load_assignment(scope: &ProxyScope<'_>, name: &str) -> ClusterLoadAssignment {
     let empty = || ClusterLoadAssignment {

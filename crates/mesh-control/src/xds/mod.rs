@@ -98,6 +98,48 @@ pub fn generate(snapshot: &Snapshot, proxy: &ProxyInfo) -> ProxyResources {
     generate_part(snapshot, proxy, Part::All)
 }
 
+/// The types to rebuild when a snapshot differs from the previous one only
+/// in some inputs (see [`crate::snapshot::Change`]); the others are reused.
+#[derive(Clone, Copy, Debug)]
+pub enum Rebuild<'a> {
+    /// Endpoints changed: the assignments of these EDS clusters.
+    Endpoints {
+        /// The EDS cluster names of the existing translation.
+        clusters: &'a [String],
+    },
+    /// VirtualServices changed: listeners and routes.
+    Routing {
+        /// The cluster names of the existing translation.
+        clusters: &'a std::collections::BTreeSet<String>,
+    },
+}
+
+/// Rebuilds only the types `rebuild` names (the rest of the result is
+/// empty). The same output as [`generate_part`] for those types.
+pub fn regenerate(
+    snapshot: &Snapshot,
+    proxy: &ProxyInfo,
+    part: Part,
+    rebuild: Rebuild<'_>,
+) -> ProxyResources {
+    let scope = ProxyScope::new(snapshot, proxy);
+    match rebuild {
+        Rebuild::Endpoints { clusters } => ProxyResources {
+            endpoints: endpoint::build_endpoints_named(&scope, clusters.iter().map(String::as_str)),
+            ..Default::default()
+        },
+        Rebuild::Routing { clusters } => {
+            let listeners = listener::build_listeners_part(&scope, part);
+            let routes = route::build_routes_known(&scope, &listeners, clusters);
+            ProxyResources {
+                listeners,
+                routes,
+                ..Default::default()
+            }
+        }
+    }
+}
+
 /// Translates one part of a proxy's configuration; `All` is the union of
 /// `Outbound` and `Inbound`.
 pub fn generate_part(snapshot: &Snapshot, proxy: &ProxyInfo, part: Part) -> ProxyResources {

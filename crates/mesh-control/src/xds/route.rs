@@ -43,14 +43,24 @@ pub fn build_routes(
     clusters: &[Cluster],
 ) -> Vec<RouteConfiguration> {
     let known: BTreeSet<String> = clusters.iter().map(|c| c.name.clone()).collect();
+    build_routes_known(scope, listeners, &known)
+}
+
+/// [`build_routes`] given the names of the proxy's clusters (routes never
+/// point at a cluster the proxy lacks).
+pub fn build_routes_known(
+    scope: &ProxyScope<'_>,
+    listeners: &[Listener],
+    known: &BTreeSet<String>,
+) -> Vec<RouteConfiguration> {
     rds_route_names(listeners)
         .into_iter()
         .filter_map(|name| match scope.proxy.role {
             ProxyRole::Sidecar => name
                 .parse::<u16>()
                 .ok()
-                .map(|port| sidecar_route_config(scope, &name, port, &known)),
-            ProxyRole::Router => Some(gateway::gateway_route_config(scope, &name, &known)),
+                .map(|port| sidecar_route_config(scope, &name, port, known)),
+            ProxyRole::Router => Some(gateway::gateway_route_config(scope, &name, known)),
         })
         .collect()
 }
