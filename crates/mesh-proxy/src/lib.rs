@@ -11,6 +11,13 @@
 //! and never takes a global lock, and in-flight requests finish on the
 //! config they started with.
 
+pub mod admin;
+pub mod bootstrap;
+pub mod cli;
 pub mod drain;
+pub mod iptables;
+pub mod proxy;
 pub mod resources;
 pub mod runtime;
+pub mod socket;
+pub mod xds;

@@ -8,6 +8,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 pub mod envoy;
+pub mod netns;
 
 use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};

@@ -221,10 +221,12 @@ pub fn run(params: Params) -> anyhow::Result<Report> {
         };
         let (mut result, snaps) = prepare(shape)?;
         // Seconds of server wall time per proxy per push: before any fleet
-        // ran, one `xds::generate` (a lower bound: packing and hashing come
-        // on top); then what the previous fleet measured. Likewise peak
-        // memory per proxy.
-        let mut per_proxy = result.translate.as_secs_f64();
+        // ran, one `xds::generate` per namespace (proxies of a namespace
+        // share their outbound translation) spread over the fleet; then what
+        // the previous fleet measured. Likewise peak memory per proxy.
+        let first = clients.first().copied().unwrap_or(1).max(1);
+        let mut per_proxy =
+            result.translate.as_secs_f64() * shape.namespaces.max(1) as f64 / first as f64;
         let mut mem_per_proxy_kb: Option<u64> = None;
         let available_kb = mem_available_kb();
         for &n in &clients {

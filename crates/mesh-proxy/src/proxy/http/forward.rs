@@ -1,0 +1,668 @@
+//! Forwarding a request upstream: cluster choice, header changes and
+//! rewrites, consistent-hash input, circuit breaking, mirrors (spawned
+//! and forgotten), then attempts with retries, per-try and route
+//! timeouts, and WebSocket upgrades spliced once the upstream agrees.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::request::Parts;
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::Body;
+use hyper_util::rt::TokioIo;
+
+use super::body::{ProxyBody, ReplayBody, boxed, empty, full};
+use super::{HttpCtx, Matched, Outcome, is_upgrade, local, request_headers};
+use crate::proxy::pool::{UpstreamError, Wire};
+use crate::proxy::record::{RequestRecord, ResponseFlags};
+use crate::proxy::{ConnInfo, Generation, pick_endpoint};
+use crate::runtime::Cluster;
+use crate::runtime::action::{Forward, HostRewrite, RetryOn, RetryPolicy, Target, WeightedTarget};
+use crate::runtime::cluster::UpstreamProtocol;
+use crate::runtime::convert::HostAddress;
+use crate::runtime::lb::hash::{self, HashContext};
+use crate::runtime::matcher::RequestView;
+
+/// How an attempt failed.
+enum Failure {
+    Upstream(UpstreamError),
+    PerTryTimeout,
+    GlobalTimeout,
+}
+
+/// Forwards `req` by `f`; returns the response and the weighted cluster
+/// chosen (whose response header changes apply).
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn forward<'a>(
+    req: Request<ProxyBody>,
+    f: &'a Forward,
+    m: &Matched<'a>,
+    ctx: &HttpCtx,
+    generation: &Generation,
+    rec: &mut RequestRecord,
+    out: &mut Outcome,
+    started: Instant,
+) -> (Response<ProxyBody>, Option<&'a WeightedTarget>) {
+    let (cluster_name, weighted) = match &f.target {
+        Target::Cluster(c) => (c.clone(), None),
+        Target::Header(h) => match req.headers().get(h).and_then(|v| v.to_str().ok()) {
+            Some(c) => (c.to_string(), None),
+            None => {
+                return (
+                    local::error(
+                        rec,
+                        f.cluster_not_found,
+                        ResponseFlags::NO_CLUSTER_FOUND,
+                        "cluster_not_found",
+                        "",
+                    ),
+                    None,
+                );
+            }
+        },
+        Target::Weighted(w) => match w.pick() {
+            Some(t) => (t.name.clone(), Some(t)),
+            None => {
+                return (
+                    local::error(
+                        rec,
+                        f.cluster_not_found,
+                        ResponseFlags::NO_CLUSTER_FOUND,
+                        "cluster_not_found",
+                        "",
+                    ),
+                    None,
+                );
+            }
+        },
+    };
+    rec.cluster = Some(cluster_name.clone());
+    let (Some(cluster), Some(pool)) = (
+        generation.runtime.cluster(&cluster_name),
+        generation.upstreams.get(&cluster_name),
+    ) else {
+        return (
+            local::error(
+                rec,
+                f.cluster_not_found,
+                ResponseFlags::NO_CLUSTER_FOUND,
+                "cluster_not_found",
+                "",
+            ),
+            weighted,
+        );
+    };
+
+    let (mut parts, body) = req.into_parts();
+    let upgrade = is_upgrade(&parts);
+    if upgrade && !f.websocket.unwrap_or(ctx.hcm.websocket) {
+        return (
+            local::error(
+                rec,
+                StatusCode::FORBIDDEN,
+                ResponseFlags::default(),
+                "upgrade_failed",
+                "",
+            ),
+            weighted,
+        );
+    }
+    request_headers(&mut parts.headers, weighted, m);
+    rewrite_path(&mut parts, f, m);
+    let mut authority = m.authority.to_string();
+    let literal = weighted.and_then(|w| w.host_rewrite.clone());
+    match (&literal, &f.host_rewrite) {
+        (Some(v), _) | (None, HostRewrite::Literal(v)) => {
+            authority = v.to_str().unwrap_or(m.authority).to_string()
+        }
+        (None, HostRewrite::Header(h)) => {
+            if let Some(v) = parts.headers.get(h).and_then(|v| v.to_str().ok()) {
+                authority = v.to_string();
+            }
+        }
+        (None, HostRewrite::Auto | HostRewrite::Keep) => {}
+    }
+    let auto_host = literal.is_none() && matches!(f.host_rewrite, HostRewrite::Auto);
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    let hashed = hash::evaluate(
+        &f.hash_policies,
+        &RequestView {
+            method: &parts.method,
+            scheme: "http",
+            authority: &authority,
+            path: &path,
+            headers: &parts.headers,
+        },
+        &HashContext {
+            source: ctx.conn.peer,
+            destination: ctx.conn.destination,
+        },
+    );
+    strip_hop_by_hop(&mut parts.headers, upgrade);
+    let downstream_version = parts.version;
+    let wire = wire_for(cluster, downstream_version, upgrade);
+
+    let Some(slot) = pool.request_slot() else {
+        return (
+            local::error(
+                rec,
+                StatusCode::SERVICE_UNAVAILABLE,
+                ResponseFlags::UPSTREAM_OVERFLOW,
+                "upstream_overflow",
+                "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+            ),
+            weighted,
+        );
+    };
+    out.guards.push(Box::new(slot));
+    let timeout = grpc_timeout(&parts.headers, f).or(f.timeout);
+    let deadline = timeout.map(|t| started + t);
+    let replay = (!body.is_end_stream()).then(|| ReplayBody::new(body));
+
+    for mirror in &f.mirrors {
+        if mirror.fraction.sample() {
+            spawn_mirror(
+                &parts,
+                &authority,
+                mirror.shadow_suffix,
+                &mirror.cluster,
+                replay.as_ref(),
+                generation,
+                &ctx.conn,
+                timeout,
+            );
+        }
+    }
+    let downstream_upgrade = if upgrade {
+        parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
+    } else {
+        None
+    };
+
+    let policy = f.retry.as_ref();
+    let retries = policy.map_or(0, |p| p.num_retries);
+    let mut tried: Vec<HostAddress> = Vec::new();
+    let mut attempt = 0u32;
+    let upstream_start = Instant::now();
+    loop {
+        let avoid = policy.is_some_and(|p| p.avoid_previous_hosts);
+        let attempts = policy.map_or(1, |p| p.host_selection_attempts);
+        let Some((address, endpoint)) = pick_endpoint(
+            cluster,
+            &ctx.conn,
+            hashed.hash,
+            Some(&parts.headers),
+            &tried,
+            avoid,
+            attempts,
+        ) else {
+            return (
+                local::error(
+                    rec,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ResponseFlags::NO_HEALTHY_UPSTREAM,
+                    "no_healthy_upstream",
+                    "no healthy upstream",
+                ),
+                weighted,
+            );
+        };
+        rec.upstream_host = Some(address.to_string());
+        rec.attempts = attempt + 1;
+        tried.push(address.clone());
+        let active = endpoint.as_ref().map(|e| e.track());
+        let body = match &replay {
+            None => empty(),
+            Some(r) => match r.replay() {
+                Some(b) => boxed(b),
+                None => empty(),
+            },
+        };
+        let host = if auto_host {
+            address.to_string()
+        } else {
+            authority.clone()
+        };
+        let upstream_req = upstream_request(&parts, body, wire, &host);
+        let per_try = policy
+            .and_then(|p| p.per_try_timeout)
+            .map(|t| Instant::now() + t);
+        let limit = match (deadline, per_try) {
+            (Some(d), Some(p)) => Some(d.min(p)),
+            (d, p) => d.or(p),
+        };
+        let send = pool.send(&address, wire, upstream_req);
+        let result = match limit {
+            None => send.await.map_err(Failure::Upstream),
+            Some(limit) => match tokio::time::timeout_at(limit.into(), send).await {
+                Ok(r) => r.map_err(Failure::Upstream),
+                Err(_) if deadline.is_some_and(|d| d <= limit) => Err(Failure::GlobalTimeout),
+                Err(_) => Err(Failure::PerTryTimeout),
+            },
+        };
+        let retriable = match (&result, policy) {
+            (_, None) => false,
+            (Ok(resp), Some(p)) => retriable_response(p, resp),
+            (Err(failure), Some(p)) => retriable_failure(p, failure),
+        };
+        if retriable && attempt < retries {
+            let replayable = replay.as_ref().is_none_or(|r| r.is_replayable());
+            let backoff = policy.map_or(Duration::ZERO, |p| backoff(p, attempt));
+            let in_time = deadline.is_none_or(|d| Instant::now() + backoff < d);
+            if replayable
+                && in_time
+                && let Some(retry_slot) = pool.retry_slot()
+            {
+                drop(result);
+                drop(active);
+                tokio::time::sleep(backoff).await;
+                drop(retry_slot);
+                attempt += 1;
+                continue;
+            }
+        }
+        if retriable && attempt > 0 {
+            rec.flags
+                .insert(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED);
+        }
+        return match result {
+            Ok(mut resp) => {
+                // What is left of the route timeout bounds the body too.
+                out.deadline = deadline;
+                let elapsed = upstream_start.elapsed();
+                rec.upstream_service_time = Some(elapsed);
+                if let Some(a) = active {
+                    out.guards.push(Box::new(a));
+                }
+                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    splice(&mut resp, downstream_upgrade);
+                } else {
+                    strip_hop_by_hop(resp.headers_mut(), false);
+                }
+                if let Ok(v) = HeaderValue::from_str(&elapsed.as_millis().to_string()) {
+                    resp.headers_mut()
+                        .insert("x-envoy-upstream-service-time", v);
+                }
+                if let Some(cookie) = &hashed.set_cookie
+                    && let Ok(v) = HeaderValue::from_str(cookie)
+                {
+                    resp.headers_mut().append(header::SET_COOKIE, v);
+                }
+                (resp, weighted)
+            }
+            Err(failure) => (failure_reply(rec, failure), weighted),
+        };
+    }
+}
+
+fn failure_reply(rec: &mut RequestRecord, failure: Failure) -> Response<ProxyBody> {
+    const PREFIX: &str =
+        "upstream connect error or disconnect/reset before headers. reset reason: ";
+    let (status, flags, details, reason) = match failure {
+        Failure::GlobalTimeout | Failure::PerTryTimeout => {
+            return local::error(
+                rec,
+                StatusCode::GATEWAY_TIMEOUT,
+                ResponseFlags::UPSTREAM_REQUEST_TIMEOUT,
+                "upstream_response_timeout",
+                "upstream request timeout",
+            );
+        }
+        Failure::Upstream(
+            UpstreamError::Connect(_) | UpstreamError::ConnectTimeout | UpstreamError::Handshake(_),
+        ) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
+            "upstream_reset_before_response_started{connection_failure}",
+            "connection failure",
+        ),
+        Failure::Upstream(UpstreamError::Closed(_)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
+            "upstream_reset_before_response_started{connection_termination}",
+            "connection termination",
+        ),
+        Failure::Upstream(UpstreamError::Reset(_)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            ResponseFlags::UPSTREAM_REMOTE_RESET,
+            "upstream_reset_before_response_started{remote_reset}",
+            "remote reset",
+        ),
+        Failure::Upstream(UpstreamError::Protocol(_)) => (
+            StatusCode::BAD_GATEWAY,
+            ResponseFlags::UPSTREAM_PROTOCOL_ERROR,
+            "upstream_reset_before_response_started{protocol_error}",
+            "protocol error",
+        ),
+    };
+    local::error(rec, status, flags, details, &format!("{PREFIX}{reason}"))
+}
+
+fn retriable_response(p: &RetryPolicy, resp: &Response<ProxyBody>) -> bool {
+    let status = resp.status().as_u16();
+    if (p.on.intersects(RetryOn::FIVE_XX) && status >= 500)
+        || (p.on.intersects(RetryOn::GATEWAY_ERROR) && matches!(status, 502..=504))
+        || (p.on.intersects(RetryOn::RETRIABLE_4XX) && status == 409)
+        || (p.on.intersects(RetryOn::RETRIABLE_STATUS_CODES)
+            && p.retriable_status_codes.contains(&status))
+        || (p.on.intersects(RetryOn::ENVOY_RATELIMITED)
+            && resp.headers().contains_key("x-envoy-ratelimited"))
+    {
+        return true;
+    }
+    // A trailers-only gRPC error carries its status in the headers.
+    let grpc = resp
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u32>().ok());
+    match grpc {
+        Some(1) => p.on.intersects(RetryOn::GRPC_CANCELLED),
+        Some(4) => p.on.intersects(RetryOn::GRPC_DEADLINE_EXCEEDED),
+        Some(8) => p.on.intersects(RetryOn::GRPC_RESOURCE_EXHAUSTED),
+        Some(13) => p.on.intersects(RetryOn::GRPC_INTERNAL),
+        Some(14) => p.on.intersects(RetryOn::GRPC_UNAVAILABLE),
+        _ => false,
+    }
+}
+
+fn retriable_failure(p: &RetryPolicy, failure: &Failure) -> bool {
+    let any_5xx = RetryOn::FIVE_XX | RetryOn::GATEWAY_ERROR;
+    match failure {
+        Failure::GlobalTimeout => false,
+        Failure::PerTryTimeout => p.on.intersects(any_5xx),
+        Failure::Upstream(
+            UpstreamError::Connect(_) | UpstreamError::ConnectTimeout | UpstreamError::Handshake(_),
+        ) => p.on.intersects(any_5xx | RetryOn::CONNECT_FAILURE),
+        Failure::Upstream(UpstreamError::Reset(e))
+            if format!("{e:?}").contains("REFUSED_STREAM") =>
+        {
+            p.on.intersects(any_5xx | RetryOn::RESET | RetryOn::REFUSED_STREAM)
+        }
+        Failure::Upstream(_) => {
+            p.on.intersects(any_5xx | RetryOn::RESET | RetryOn::RESET_BEFORE_REQUEST)
+        }
+    }
+}
+
+/// Fully jittered exponential back-off.
+fn backoff(p: &RetryPolicy, attempt: u32) -> Duration {
+    let cap = p
+        .base_interval
+        .saturating_mul(1u32 << attempt.min(16))
+        .min(p.max_interval);
+    let millis = u64::try_from(cap.as_millis()).unwrap_or(u64::MAX).max(1);
+    Duration::from_millis(fastrand::u64(0..millis))
+}
+
+/// The request timeout from a gRPC `grpc-timeout` header, when the route
+/// says to honour it.
+fn grpc_timeout(headers: &HeaderMap, f: &Forward) -> Option<Duration> {
+    let max = f.grpc_timeout_max?;
+    let v = headers.get("grpc-timeout")?.to_str().ok()?;
+    let (n, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = n.parse().ok()?;
+    let d = match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    };
+    Some(if max.is_zero() { d } else { d.min(max) })
+}
+
+fn wire_for(cluster: &Cluster, downstream: Version, upgrade: bool) -> Wire {
+    if upgrade {
+        return Wire::Http1;
+    }
+    match cluster.config.protocol {
+        UpstreamProtocol::Http1 => Wire::Http1,
+        UpstreamProtocol::Http2 => Wire::Http2,
+        UpstreamProtocol::UseDownstream if downstream == Version::HTTP_2 => Wire::Http2,
+        UpstreamProtocol::UseDownstream => Wire::Http1,
+    }
+}
+
+fn rewrite_path(parts: &mut Parts, f: &Forward, m: &Matched<'_>) {
+    let original = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    let (path, query) = match original.split_once('?') {
+        Some((p, q)) => (p.to_string(), Some(q.to_string())),
+        None => (original.clone(), None),
+    };
+    let new_path = if let Some(prefix) = &f.prefix_rewrite {
+        let cut = m.route.rewritable_prefix_len(&path);
+        let mut p = format!("{prefix}{}", &path[cut..]);
+        if p.is_empty() {
+            p.push('/');
+        }
+        p
+    } else if let Some(r) = &f.regex_rewrite {
+        r.apply(&path)
+    } else {
+        return;
+    };
+    let full = match query {
+        Some(q) => format!("{new_path}?{q}"),
+        None => new_path,
+    };
+    if let Ok(uri) = full.parse::<Uri>() {
+        if let Ok(v) = HeaderValue::from_str(&original) {
+            parts.headers.insert("x-envoy-original-path", v);
+        }
+        parts.uri = uri;
+    }
+}
+
+/// Removes hop-by-hop headers (keeping `te: trailers`, which gRPC needs,
+/// and the upgrade headers of an upgrade).
+fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().to_ascii_lowercase().as_bytes()).ok())
+        .filter(|n| !(upgrade && n == header::UPGRADE))
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    for n in ["keep-alive", "proxy-connection", "transfer-encoding"] {
+        headers.remove(n);
+    }
+    if !upgrade {
+        headers.remove(header::CONNECTION);
+        headers.remove(header::UPGRADE);
+    }
+    let te_trailers = headers
+        .get(header::TE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == "trailers"));
+    headers.remove(header::TE);
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// The request as sent upstream: origin-form with `Host` on HTTP/1.1,
+/// absolute-form (`:authority`) on HTTP/2.
+fn upstream_request(
+    parts: &Parts,
+    body: ProxyBody,
+    wire: Wire,
+    authority: &str,
+) -> Request<ProxyBody> {
+    let mut req = Request::new(body);
+    *req.method_mut() = parts.method.clone();
+    *req.headers_mut() = parts.headers.clone();
+    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    match wire {
+        Wire::Http1 => {
+            *req.version_mut() = Version::HTTP_11;
+            if let Ok(uri) = pq.parse() {
+                *req.uri_mut() = uri;
+            }
+            if let Ok(v) = HeaderValue::from_str(authority) {
+                req.headers_mut().insert(header::HOST, v);
+            }
+        }
+        Wire::Http2 => {
+            *req.version_mut() = Version::HTTP_2;
+            if let Ok(uri) = format!("http://{authority}{pq}").parse() {
+                *req.uri_mut() = uri;
+            }
+            req.headers_mut().remove(header::HOST);
+        }
+    }
+    req
+}
+
+/// Joins the two sides of an accepted upgrade (WebSocket).
+fn splice(resp: &mut Response<ProxyBody>, downstream: Option<hyper::upgrade::OnUpgrade>) {
+    let Some(downstream) = downstream else {
+        return;
+    };
+    let upstream = hyper::upgrade::on(resp);
+    tokio::spawn(async move {
+        match tokio::try_join!(downstream, upstream) {
+            Ok((d, u)) => {
+                let (mut d, mut u) = (TokioIo::new(d), TokioIo::new(u));
+                if let Err(e) = tokio::io::copy_bidirectional(&mut d, &mut u).await {
+                    tracing::debug!(error = %e, "upgraded connection ended");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+        }
+    });
+}
+
+/// Sends a shadow copy of the request; its response and failures are
+/// dropped, and the client's request never waits for it.
+#[allow(clippy::too_many_arguments)]
+fn spawn_mirror(
+    parts: &Parts,
+    authority: &str,
+    shadow_suffix: bool,
+    cluster_name: &str,
+    body: Option<&ReplayBody>,
+    generation: &Generation,
+    conn: &Arc<ConnInfo>,
+    timeout: Option<Duration>,
+) {
+    let (Some(cluster), Some(pool)) = (
+        generation.runtime.cluster(cluster_name).cloned(),
+        generation.upstreams.get(cluster_name).cloned(),
+    ) else {
+        tracing::debug!(cluster = cluster_name, "mirror cluster not found");
+        return;
+    };
+    let host = if shadow_suffix {
+        shadow_host(authority)
+    } else {
+        authority.to_string()
+    };
+    let mut head = Request::new(());
+    *head.method_mut() = parts.method.clone();
+    *head.uri_mut() = parts.uri.clone();
+    *head.version_mut() = parts.version;
+    *head.headers_mut() = parts.headers.clone();
+    let (head, ()) = head.into_parts();
+    let whole = body.map(ReplayBody::share);
+    let conn = conn.clone();
+    tokio::spawn(async move {
+        let limit = timeout.unwrap_or(Duration::from_secs(15));
+        let send = async {
+            let body = match whole {
+                None => empty(),
+                Some(b) => match b.whole().await {
+                    Some((chunks, _)) => full(chunks.concat()),
+                    None => return,
+                },
+            };
+            let Some((address, _)) =
+                pick_endpoint(&cluster, &conn, None, Some(&head.headers), &[], false, 1)
+            else {
+                return;
+            };
+            let wire = wire_for(&cluster, head.version, false);
+            let req = upstream_request(&head, body, wire, &host);
+            if let Ok(resp) = pool.send(&address, wire, req).await {
+                // Read to the end so the connection goes back to the pool.
+                let _ = resp.into_body().collect().await;
+            }
+        };
+        let _ = tokio::time::timeout(limit, send).await;
+    });
+}
+
+/// `host-shadow`, keeping a port: `reviews:9080` -> `reviews-shadow:9080`.
+fn shadow_host(authority: &str) -> String {
+    let host = crate::runtime::route::strip_port(authority);
+    format!("{host}-shadow{}", &authority[host.len()..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use test_case::test_case;
+
+    #[test_case("reviews", "reviews-shadow"; "no port")]
+    #[test_case("reviews:9080", "reviews-shadow:9080"; "port")]
+    #[test_case("10.0.0.1:80", "10.0.0.1-shadow:80"; "ip")]
+    fn shadow_hosts(host: &str, expected: &str) {
+        assert_eq!(shadow_host(host), expected);
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("te", HeaderValue::from_static("trailers, deflate"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        let mut names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, vec!["te", "x-keep"]);
+        assert_eq!(h["te"], "trailers");
+    }
+
+    #[test_case("100m", Some(Duration::from_millis(100)); "millis")]
+    #[test_case("2S", Some(Duration::from_secs(2)); "seconds")]
+    #[test_case("bad", None; "invalid")]
+    fn grpc_timeouts(value: &str, expected: Option<Duration>) {
+        let f = Forward {
+            target: Target::Cluster("c".into()),
+            prefix_rewrite: None,
+            regex_rewrite: None,
+            host_rewrite: HostRewrite::Keep,
+            timeout: None,
+            grpc_timeout_max: Some(Duration::ZERO),
+            retry: None,
+            mirrors: vec![],
+            hash_policies: vec![],
+            cluster_not_found: StatusCode::SERVICE_UNAVAILABLE,
+            websocket: None,
+        };
+        let mut h = HeaderMap::new();
+        h.insert("grpc-timeout", HeaderValue::from_str(value).unwrap());
+        assert_eq!(grpc_timeout(&h, &f), expected);
+    }
+}

@@ -1,0 +1,274 @@
+//! The data path: binds the runtime's listeners and serves their
+//! connections, following runtime updates and drains.
+//!
+//! [`run`] keeps one accept loop per bound listener (by name and
+//! address). When a new runtime arrives, listeners that kept their name
+//! and address keep their socket, new ones are bound, removed ones are
+//! closed; connections already open keep going. Every new connection and
+//! every new request reads the newest runtime, and a request finishes on
+//! the runtime it started with. On drain the accept loops stop, open
+//! connections are asked to finish (HTTP/1 closes after the current
+//! response, HTTP/2 sends GOAWAY), and `run` returns once they have.
+//!
+//! Per connection ([`accept`]): the original destination is read when the
+//! listener captures traffic, a `use_original_dst` listener hands the
+//! connection to the listener of that destination, the ClientHello (or
+//! HTTP preface) is peeked only when the filter chain choice depends on
+//! it, then the chosen chain's HTTP connection manager ([`http`]) or TCP
+//! proxy ([`tcp`]) serves it.
+
+mod accept;
+pub mod http;
+mod inspect;
+pub mod pool;
+pub mod record;
+mod tcp;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::drain;
+use crate::runtime::cluster::Discovery;
+use crate::runtime::convert::HostAddress;
+use crate::runtime::lb::Endpoint;
+use crate::runtime::listener::Listener;
+use crate::runtime::{Cluster, Runtime};
+use pool::Upstreams;
+pub use record::{NoObserver, Observer, RequestRecord, ResponseFlags, TcpRecord};
+
+/// Why the data path stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The runtime channel closed before any runtime was published.
+    #[error("the runtime channel closed before the first runtime")]
+    NoRuntime,
+}
+
+/// Options of [`run_with`].
+#[derive(Clone)]
+pub struct Options {
+    /// Receives a record of every request and TCP connection.
+    pub observer: Arc<dyn Observer>,
+}
+
+/// A runtime with the connection pools that go with it.
+#[derive(Debug)]
+pub struct Generation {
+    /// The compiled config.
+    pub runtime: Arc<Runtime>,
+    /// Upstream connection pools by cluster.
+    pub upstreams: Arc<Upstreams>,
+}
+
+/// What every connection shares.
+pub(crate) struct Shared {
+    generation: watch::Receiver<Arc<Generation>>,
+    pub observer: Arc<dyn Observer>,
+}
+
+/// What is known about a downstream connection once its listener and
+/// filter chain are chosen.
+#[derive(Debug)]
+pub(crate) struct ConnInfo {
+    /// The listener serving it (after any hand-off).
+    pub listener: Arc<Listener>,
+    /// The chosen filter chain's name.
+    pub chain: String,
+    /// The client.
+    pub peer: SocketAddr,
+    /// The original destination (the local address if not redirected).
+    pub destination: SocketAddr,
+    /// SNI, if inspected.
+    pub server_name: Option<String>,
+    /// Whether the connection is TLS terminated here (never, yet).
+    pub tls: bool,
+}
+
+struct Bound {
+    task: JoinHandle<()>,
+}
+
+// === impl Options ===
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            observer: Arc::new(NoObserver),
+        }
+    }
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options").finish_non_exhaustive()
+    }
+}
+
+// === impl Shared ===
+
+impl Shared {
+    /// The newest generation.
+    pub(crate) fn current(&self) -> Arc<Generation> {
+        self.generation.borrow().clone()
+    }
+}
+
+/// Serves the runtime's listeners until `drain` signals; see the module
+/// docs.
+pub async fn run(
+    runtime: watch::Receiver<Arc<Runtime>>,
+    drain: drain::Watch,
+) -> Result<(), ProxyError> {
+    run_with(runtime, drain, Options::default()).await
+}
+
+/// [`run`], with an observer for request and connection records.
+pub async fn run_with(
+    mut runtime: watch::Receiver<Arc<Runtime>>,
+    mut drain: drain::Watch,
+    options: Options,
+) -> Result<(), ProxyError> {
+    let first = runtime.borrow_and_update().clone();
+    let upstreams = Arc::new(Upstreams::build(&first, None));
+    let (generation_tx, generation_rx) = watch::channel(Arc::new(Generation {
+        runtime: first,
+        upstreams,
+    }));
+    let shared = Arc::new(Shared {
+        generation: generation_rx,
+        observer: options.observer,
+    });
+    // Every connection task holds a sender; when all are gone, so are the
+    // connections.
+    let (tracker, mut connections_done) = mpsc::channel::<()>(1);
+    let mut bound: HashMap<(String, SocketAddr), Bound> = HashMap::new();
+    let initial = generation_tx.borrow().runtime.clone();
+    apply_listeners(&initial, &mut bound, &shared, &drain, &tracker).await;
+
+    let mut runtime_open = true;
+    loop {
+        tokio::select! {
+            () = drain.signaled() => break,
+            changed = runtime.changed(), if runtime_open => {
+                if changed.is_err() {
+                    // The xDS side is gone: keep serving the last runtime.
+                    runtime_open = false;
+                    continue;
+                }
+                let next = runtime.borrow_and_update().clone();
+                let previous = generation_tx.borrow().upstreams.clone();
+                let upstreams = Arc::new(Upstreams::build(&next, Some(&previous)));
+                generation_tx.send_replace(Arc::new(Generation { runtime: next.clone(), upstreams }));
+                apply_listeners(&next, &mut bound, &shared, &drain, &tracker).await;
+            }
+        }
+    }
+
+    tracing::info!(
+        listeners = bound.len(),
+        "draining: no longer accepting connections"
+    );
+    for (_, b) in bound.drain() {
+        b.task.abort();
+        let _ = b.task.await;
+    }
+    drop(tracker);
+    // Returns None once every connection task has finished.
+    let _ = connections_done.recv().await;
+    tracing::info!("drained");
+    Ok(())
+}
+
+/// Binds new listeners and closes removed ones.
+async fn apply_listeners(
+    runtime: &Runtime,
+    bound: &mut HashMap<(String, SocketAddr), Bound>,
+    shared: &Arc<Shared>,
+    drain: &drain::Watch,
+    tracker: &mpsc::Sender<()>,
+) {
+    let wanted: Vec<(String, SocketAddr)> = runtime
+        .listeners
+        .values()
+        .filter(|l| l.bind_to_port)
+        .map(|l| (l.name.clone(), l.address))
+        .collect();
+    let stale: Vec<_> = bound
+        .keys()
+        .filter(|k| !wanted.contains(k))
+        .cloned()
+        .collect();
+    for key in stale {
+        if let Some(b) = bound.remove(&key) {
+            tracing::info!(listener = %key.0, address = %key.1, "listener removed");
+            b.task.abort();
+            // Wait for the socket to close so a new listener can take the address.
+            let _ = b.task.await;
+        }
+    }
+    for key in wanted {
+        if bound.contains_key(&key) {
+            continue;
+        }
+        match TcpListener::bind(key.1).await {
+            Ok(socket) => {
+                tracing::info!(listener = %key.0, address = %key.1, "listening");
+                let task = tokio::spawn(accept::accept_loop(
+                    socket,
+                    key.0.clone(),
+                    shared.clone(),
+                    drain.clone(),
+                    tracker.clone(),
+                ));
+                bound.insert(key, Bound { task });
+            }
+            Err(e) => {
+                tracing::warn!(listener = %key.0, address = %key.1, error = %e, "cannot bind listener; skipped");
+            }
+        }
+    }
+}
+
+/// The upstream address for a request or connection to `cluster`: the
+/// original destination for ORIGINAL_DST clusters (or the host in the
+/// configured header), else the load balancer's pick, avoiding `tried`
+/// when asked.
+pub(crate) fn pick_endpoint(
+    cluster: &Cluster,
+    conn: &ConnInfo,
+    hash: Option<u64>,
+    headers: Option<&::http::HeaderMap>,
+    tried: &[HostAddress],
+    avoid_tried: bool,
+    attempts: u32,
+) -> Option<(HostAddress, Option<Arc<Endpoint>>)> {
+    if let Discovery::OriginalDst {
+        header,
+        port_override,
+    } = &cluster.config.discovery
+    {
+        let from_header = header
+            .as_ref()
+            .and_then(|h| headers?.get(h.as_str()))
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<SocketAddr>().ok());
+        let mut address = from_header.unwrap_or(conn.destination);
+        if let Some(p) = port_override {
+            address.set_port(*p);
+        }
+        return Some((HostAddress::Ip(address), None));
+    }
+    cluster
+        .balancer
+        .pick_avoiding(
+            hash,
+            |e| avoid_tried && tried.contains(&e.address),
+            attempts,
+        )
+        .map(|e| (e.address.clone(), Some(e.clone())))
+}

@@ -1,0 +1,439 @@
+//! Upstream connection pools, one per cluster and endpoint: HTTP/1.1
+//! connections kept alive and reused one request at a time, one HTTP/2
+//! connection multiplexing every request, idle connections closed after
+//! the cluster's idle timeout.
+//!
+//! Pools outlive runtimes: when a new runtime arrives, a cluster whose
+//! connection settings did not change keeps its pool (and its warm
+//! connections); per-cluster counters for the circuit breakers live here
+//! too, for the same reason.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use http::{Request, Response};
+use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+use crate::proxy::http::body::{ProxyBody, boxed};
+use crate::runtime::Runtime;
+use crate::runtime::cluster::{ClusterConfig, Thresholds};
+use crate::runtime::convert::HostAddress;
+
+/// Every cluster's pool, for one runtime.
+#[derive(Debug, Default)]
+pub struct Upstreams {
+    clusters: HashMap<String, Arc<ClusterPool>>,
+}
+
+/// One cluster's connections and counters.
+#[derive(Debug)]
+pub struct ClusterPool {
+    settings: Settings,
+    endpoints: RwLock<HashMap<HostAddress, Arc<EndpointPool>>>,
+    /// Requests in flight (circuit breaker `max_requests`).
+    pub active_requests: AtomicU64,
+    /// Retries in flight (circuit breaker `max_retries`).
+    pub active_retries: AtomicU64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+struct Settings {
+    connect_timeout: Duration,
+    idle_timeout: Option<Duration>,
+    max_requests_per_connection: Option<u32>,
+    thresholds: Thresholds,
+}
+
+#[derive(Debug)]
+struct EndpointPool {
+    address: HostAddress,
+    idle: Mutex<Vec<Idle>>,
+    h2: tokio::sync::Mutex<Option<http2::SendRequest<ProxyBody>>>,
+}
+
+#[derive(Debug)]
+struct Idle {
+    sender: http1::SendRequest<ProxyBody>,
+    since: Instant,
+    uses: u32,
+}
+
+/// The HTTP version of an upstream request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wire {
+    /// HTTP/1.1.
+    Http1,
+    /// HTTP/2 (prior knowledge).
+    Http2,
+}
+
+/// Why an upstream request got no response.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// The TCP connection could not be made.
+    #[error("connection failure: {0}")]
+    Connect(#[source] std::io::Error),
+    /// Connecting took longer than the cluster's connect timeout.
+    #[error("connection timeout")]
+    ConnectTimeout,
+    /// The HTTP handshake failed.
+    #[error("handshake failed: {0}")]
+    Handshake(#[source] hyper::Error),
+    /// The connection closed before a response.
+    #[error("connection termination: {0}")]
+    Closed(#[source] hyper::Error),
+    /// The stream was reset (or refused) before a response.
+    #[error("remote reset: {0}")]
+    Reset(#[source] hyper::Error),
+    /// The response was not valid HTTP.
+    #[error("protocol error: {0}")]
+    Protocol(#[source] hyper::Error),
+}
+
+// === impl Upstreams ===
+
+impl Upstreams {
+    /// Pools for `runtime`'s clusters, keeping `previous` ones whose
+    /// settings did not change.
+    pub fn build(runtime: &Runtime, previous: Option<&Upstreams>) -> Self {
+        let clusters = runtime
+            .clusters
+            .iter()
+            .map(|(name, c)| {
+                let settings = Settings::from(&c.config);
+                let pool = previous
+                    .and_then(|p| p.clusters.get(name))
+                    .filter(|p| p.settings == settings)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(ClusterPool::new(settings)));
+                (name.clone(), pool)
+            })
+            .collect();
+        Self { clusters }
+    }
+
+    /// The pool of cluster `name`.
+    pub fn get(&self, name: &str) -> Option<&Arc<ClusterPool>> {
+        self.clusters.get(name)
+    }
+}
+
+impl From<&ClusterConfig> for Settings {
+    fn from(c: &ClusterConfig) -> Self {
+        Self {
+            connect_timeout: c.connect_timeout,
+            idle_timeout: c.idle_timeout,
+            max_requests_per_connection: c.max_requests_per_connection,
+            thresholds: c.thresholds,
+        }
+    }
+}
+
+// === impl ClusterPool ===
+
+/// Counts one unit of a circuit-breaker resource until dropped.
+#[derive(Debug)]
+pub struct Slot(Arc<ClusterPool>, fn(&ClusterPool) -> &AtomicU64);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        (self.1)(&self.0).fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl ClusterPool {
+    fn new(settings: Settings) -> Self {
+        Self {
+            settings,
+            endpoints: RwLock::new(HashMap::new()),
+            active_requests: AtomicU64::new(0),
+            active_retries: AtomicU64::new(0),
+        }
+    }
+
+    /// Takes a request slot, unless `max_requests` are in flight.
+    pub fn request_slot(self: &Arc<Self>) -> Option<Slot> {
+        take(self, self.settings.thresholds.max_requests, |p| {
+            &p.active_requests
+        })
+    }
+
+    /// Takes a retry slot, unless `max_retries` are in flight.
+    pub fn retry_slot(self: &Arc<Self>) -> Option<Slot> {
+        take(self, self.settings.thresholds.max_retries, |p| {
+            &p.active_retries
+        })
+    }
+
+    /// Connects to `address` (TCP proxy) within the connect timeout.
+    pub async fn connect_tcp(&self, address: &HostAddress) -> Result<TcpStream, UpstreamError> {
+        connect(address, self.settings.connect_timeout).await
+    }
+
+    fn endpoint(&self, address: &HostAddress) -> Arc<EndpointPool> {
+        if let Ok(map) = self.endpoints.read()
+            && let Some(e) = map.get(address)
+        {
+            return e.clone();
+        }
+        let Ok(mut map) = self.endpoints.write() else {
+            return Arc::new(EndpointPool::new(address.clone()));
+        };
+        map.entry(address.clone())
+            .or_insert_with(|| Arc::new(EndpointPool::new(address.clone())))
+            .clone()
+    }
+
+    /// Sends `req` to `address`, reusing a pooled connection when there is
+    /// one. The request must already be in the form `wire` needs.
+    pub async fn send(
+        &self,
+        address: &HostAddress,
+        wire: Wire,
+        req: Request<ProxyBody>,
+    ) -> Result<Response<ProxyBody>, UpstreamError> {
+        let endpoint = self.endpoint(address);
+        match wire {
+            Wire::Http1 => endpoint.send_http1(&self.settings, req).await,
+            Wire::Http2 => endpoint.send_http2(&self.settings, req).await,
+        }
+    }
+}
+
+fn take(
+    pool: &Arc<ClusterPool>,
+    max: u32,
+    counter: fn(&ClusterPool) -> &AtomicU64,
+) -> Option<Slot> {
+    let c = counter(pool);
+    let before = c.fetch_add(1, Ordering::Relaxed);
+    let slot = Slot(pool.clone(), counter);
+    (before < u64::from(max)).then_some(slot)
+}
+
+async fn connect(address: &HostAddress, timeout: Duration) -> Result<TcpStream, UpstreamError> {
+    let attempt = async {
+        match address {
+            HostAddress::Ip(a) => TcpStream::connect(a).await,
+            HostAddress::Dns { host, port } => TcpStream::connect((host.as_str(), *port)).await,
+        }
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Err(_) => Err(UpstreamError::ConnectTimeout),
+        Ok(Err(e)) => Err(UpstreamError::Connect(e)),
+        Ok(Ok(s)) => {
+            let _ = s.set_nodelay(true);
+            Ok(s)
+        }
+    }
+}
+
+fn classify(e: hyper::Error) -> UpstreamError {
+    let text = format!("{e:?}");
+    if e.is_parse() || e.is_parse_status() || e.is_parse_too_large() {
+        UpstreamError::Protocol(e)
+    } else if text.contains("REFUSED_STREAM") || text.contains("Reset") {
+        UpstreamError::Reset(e)
+    } else {
+        UpstreamError::Closed(e)
+    }
+}
+
+// === impl EndpointPool ===
+
+impl EndpointPool {
+    fn new(address: HostAddress) -> Self {
+        Self {
+            address,
+            idle: Mutex::new(Vec::new()),
+            h2: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    fn checkout(&self, settings: &Settings) -> Option<Idle> {
+        let mut idle = self.idle.lock().ok()?;
+        while let Some(i) = idle.pop() {
+            let expired = settings
+                .idle_timeout
+                .is_some_and(|t| i.since.elapsed() >= t);
+            if !expired && !i.sender.is_closed() && i.sender.is_ready() {
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    async fn send_http1(
+        self: Arc<Self>,
+        settings: &Settings,
+        mut req: Request<ProxyBody>,
+    ) -> Result<Response<ProxyBody>, UpstreamError> {
+        // A pooled connection the server closed meanwhile fails without
+        // sending; the request then goes on a new connection.
+        while let Some(mut idle) = self.checkout(settings) {
+            match idle.sender.try_send_request(req).await {
+                Ok(resp) => return Ok(self.returning(resp, idle.sender, idle.uses + 1, settings)),
+                Err(mut e) => match e.take_message() {
+                    Some(r) => req = r,
+                    None => return Err(classify(e.into_error())),
+                },
+            }
+        }
+        let stream = connect(&self.address, settings.connect_timeout).await?;
+        let (mut sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(UpstreamError::Handshake)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream HTTP/1 connection ended");
+            }
+        });
+        match sender.send_request(req).await {
+            Ok(resp) => Ok(self.returning(resp, sender, 1, settings)),
+            Err(e) => Err(classify(e)),
+        }
+    }
+
+    /// The response, with a body that puts the connection back in the pool
+    /// once it has been read to the end.
+    fn returning(
+        self: &Arc<Self>,
+        resp: Response<Incoming>,
+        sender: http1::SendRequest<ProxyBody>,
+        uses: u32,
+        settings: &Settings,
+    ) -> Response<ProxyBody> {
+        let reusable = resp.status() != http::StatusCode::SWITCHING_PROTOCOLS
+            && settings
+                .max_requests_per_connection
+                .is_none_or(|max| uses < max);
+        resp.map(|body| {
+            if reusable {
+                boxed(ReturnOnEnd {
+                    inner: body,
+                    slot: Some((sender, Arc::downgrade(self), uses)),
+                })
+            } else {
+                boxed(body)
+            }
+        })
+    }
+
+    fn put_back(&self, sender: http1::SendRequest<ProxyBody>, uses: u32) {
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.push(Idle {
+                sender,
+                since: Instant::now(),
+                uses,
+            });
+        }
+    }
+
+    async fn send_http2(
+        self: Arc<Self>,
+        settings: &Settings,
+        req: Request<ProxyBody>,
+    ) -> Result<Response<ProxyBody>, UpstreamError> {
+        let mut sender = {
+            let mut slot = self.h2.lock().await;
+            match slot.as_ref() {
+                Some(s) if !s.is_closed() => s.clone(),
+                _ => {
+                    let stream = connect(&self.address, settings.connect_timeout).await?;
+                    let mut builder = http2::Builder::new(TokioExecutor::new());
+                    builder.timer(TokioTimer::new());
+                    if let Some(idle) = settings.idle_timeout {
+                        builder
+                            .keep_alive_interval(idle.min(Duration::from_secs(300)))
+                            .keep_alive_timeout(Duration::from_secs(20));
+                    }
+                    let (sender, conn) = builder
+                        .handshake(TokioIo::new(stream))
+                        .await
+                        .map_err(UpstreamError::Handshake)?;
+                    tokio::spawn(async move {
+                        if let Err(e) = conn.await {
+                            tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+                        }
+                    });
+                    *slot = Some(sender.clone());
+                    sender
+                }
+            }
+        };
+        sender.ready().await.map_err(classify)?;
+        match sender.send_request(req).await {
+            Ok(resp) => Ok(resp.map(boxed)),
+            Err(e) => Err(classify(e)),
+        }
+    }
+}
+
+// === ReturnOnEnd ===
+
+/// An HTTP/1 response body that returns its connection to the pool when
+/// read to the end (a body dropped early takes the connection with it).
+struct ReturnOnEnd {
+    inner: Incoming,
+    slot: Option<(http1::SendRequest<ProxyBody>, Weak<EndpointPool>, u32)>,
+}
+
+impl ReturnOnEnd {
+    fn give_back(&mut self) {
+        let Some((mut sender, pool, uses)) = self.slot.take() else {
+            return;
+        };
+        let Some(pool) = pool.upgrade() else {
+            return;
+        };
+        if sender.is_ready() {
+            pool.put_back(sender, uses);
+        } else {
+            // The connection becomes ready once hyper has seen the end of
+            // both messages; wait for that off the request path.
+            tokio::spawn(async move {
+                if tokio::time::timeout(Duration::from_secs(5), sender.ready())
+                    .await
+                    .is_ok_and(|r| r.is_ok())
+                {
+                    pool.put_back(sender, uses);
+                }
+            });
+        }
+    }
+}
+
+impl Body for ReturnOnEnd {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let poll = Pin::new(&mut self.inner).poll_frame(cx);
+        match &poll {
+            Poll::Ready(None) => self.give_back(),
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.give_back(),
+            Poll::Ready(Some(Err(_))) => self.slot = None,
+            _ => {}
+        }
+        poll
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

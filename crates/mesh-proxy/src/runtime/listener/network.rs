@@ -1,0 +1,307 @@
+//! The two terminal network filters a filter chain may end with: the HTTP
+//! connection manager (codec, where its routes come from, the HTTP filters
+//! it runs and the request-id / forwarded-header policy) and the TCP proxy.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::{
+    CodecType, RouteSpecifier, StripPortMode,
+};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy as PbTcpProxy;
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::ClusterSpecifier;
+use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
+use envoy_types::pb::google::protobuf::Any;
+use prost::Name;
+
+use super::super::action::{self, CORS_FILTER, FAULT_FILTER, Fault};
+use super::super::convert::{decode_any, opt_duration};
+use super::super::route::{self, RouteTable};
+use super::super::{FieldError, FieldResult, invalid, join};
+use super::NetworkFilter;
+
+/// A compiled `HttpConnectionManager`.
+#[derive(Debug)]
+pub struct HttpManager {
+    /// Stats prefix.
+    pub stat_prefix: String,
+    /// Which HTTP versions the connection speaks.
+    pub codec: Codec,
+    /// Where the routes come from.
+    pub routes: RouteSource,
+    /// Whether the peer address is the client address (edge proxies):
+    /// appended to `x-forwarded-for`, and `x-forwarded-proto` overwritten.
+    pub use_remote_address: bool,
+    /// Whether `x-forwarded-for` is left alone.
+    pub skip_xff_append: bool,
+    /// Whether `x-request-id` is generated when absent.
+    pub generate_request_id: bool,
+    /// Whether an edge proxy keeps a client's `x-request-id`.
+    pub preserve_external_request_id: bool,
+    /// Whether `x-request-id` is copied to the response.
+    pub always_set_request_id_in_response: bool,
+    /// The fault filter runs (with this default config, possibly empty).
+    pub fault: Option<Arc<Fault>>,
+    /// The CORS filter runs.
+    pub cors: bool,
+    /// WebSocket upgrades are allowed.
+    pub websocket: bool,
+    /// Strip the `Host` port when it is the listener's port.
+    pub strip_matching_host_port: bool,
+    /// Strip any `Host` port.
+    pub strip_any_host_port: bool,
+    /// Limit on the size of request headers.
+    pub max_request_headers_kb: Option<u32>,
+    /// Time allowed for the request headers to arrive.
+    pub request_headers_timeout: Option<Duration>,
+}
+
+/// The codec of an HTTP connection manager.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Codec {
+    /// HTTP/1.1 and HTTP/2 (prior knowledge), detected per connection.
+    Auto,
+    /// HTTP/1.1 only.
+    Http1,
+    /// HTTP/2 only.
+    Http2,
+}
+
+/// Where an HTTP connection manager's routes come from.
+#[derive(Debug)]
+pub enum RouteSource {
+    /// RDS, by route configuration name (looked up per request, so a new
+    /// route configuration applies to open connections).
+    Rds(String),
+    /// Inline.
+    Inline(Arc<RouteTable>),
+}
+
+/// A compiled `TcpProxy`.
+#[derive(Debug)]
+pub struct TcpProxy {
+    /// Stats prefix.
+    pub stat_prefix: String,
+    /// Where connections go.
+    pub target: TcpTarget,
+    /// Closes a connection idle for this long (Envoy's default: 1 hour).
+    pub idle_timeout: Option<Duration>,
+    /// Connect attempts before giving up.
+    pub max_connect_attempts: u32,
+}
+
+/// The cluster (or clusters) of a TCP proxy.
+#[derive(Debug)]
+pub enum TcpTarget {
+    /// One cluster.
+    Cluster(String),
+    /// A weighted choice: `(cluster, weight)`, weights > 0.
+    Weighted(Vec<(String, u32)>),
+}
+
+/// Compiles the terminal filter `name` configured by `any`, at `at`.
+pub(super) fn terminal(name: &str, any: &Any, at: &str) -> FieldResult<NetworkFilter> {
+    if any.type_url == HttpConnectionManager::type_url() {
+        let hcm: HttpConnectionManager = decode_any(any, at)?;
+        return Ok(NetworkFilter::Http(Arc::new(http_manager(&hcm, at)?)));
+    }
+    if any.type_url == PbTcpProxy::type_url() {
+        let tcp: PbTcpProxy = decode_any(any, at)?;
+        return Ok(NetworkFilter::Tcp(tcp_proxy(&tcp, at)?));
+    }
+    invalid(
+        join(at, "type_url"),
+        format!(
+            "network filter {name:?} ({}) is not supported; a chain must end with http_connection_manager or tcp_proxy",
+            any.type_url
+        ),
+    )
+}
+
+fn http_manager(h: &HttpConnectionManager, at: &str) -> FieldResult<HttpManager> {
+    let codec = match CodecType::try_from(h.codec_type) {
+        Ok(CodecType::Auto) => Codec::Auto,
+        Ok(CodecType::Http1) => Codec::Http1,
+        Ok(CodecType::Http2) => Codec::Http2,
+        _ => {
+            return invalid(
+                join(at, "codec_type"),
+                "only AUTO, HTTP1 and HTTP2 are supported",
+            );
+        }
+    };
+    let routes = match &h.route_specifier {
+        Some(RouteSpecifier::Rds(rds)) if !rds.route_config_name.is_empty() => {
+            RouteSource::Rds(rds.route_config_name.clone())
+        }
+        Some(RouteSpecifier::Rds(_)) => {
+            return invalid(join(at, "rds.route_config_name"), "is required");
+        }
+        Some(RouteSpecifier::RouteConfig(rc)) => {
+            let prefix = join(at, "route_config");
+            let table = route::compile(rc).map_err(|e| FieldError {
+                field: join(&prefix, &e.field),
+                reason: e.reason,
+            })?;
+            RouteSource::Inline(Arc::new(table))
+        }
+        Some(RouteSpecifier::ScopedRoutes(_)) => {
+            return invalid(
+                join(at, "scoped_routes"),
+                "is not supported; use rds or route_config",
+            );
+        }
+        None => return invalid(at, "rds or route_config is required"),
+    };
+    let mut fault = None;
+    let mut cors = false;
+    let mut router = false;
+    for (i, f) in h.http_filters.iter().enumerate() {
+        let field = join(at, &format!("http_filters[{i}]"));
+        if router {
+            return invalid(field, "no HTTP filter may follow the router");
+        }
+        let typed = match &f.config_type {
+            Some(ConfigType::TypedConfig(any)) => Some(any),
+            _ => None,
+        };
+        match f.name.as_str() {
+            "envoy.filters.http.router" => router = true,
+            FAULT_FILTER => {
+                fault = Some(Arc::new(match typed {
+                    Some(any) if !any.value.is_empty() => {
+                        let pb: HttpFault = decode_any(any, &join(&field, "typed_config"))?;
+                        action::fault(&pb, &join(&field, "typed_config"))?
+                    }
+                    _ => Fault::default(),
+                }));
+            }
+            CORS_FILTER => cors = true,
+            // Istio's telemetry and ALPN filters change nothing on this path.
+            "istio.alpn"
+            | "istio.metadata_exchange"
+            | "istio.stats"
+            | "envoy.filters.http.grpc_stats" => {}
+            _ if f.is_optional => {}
+            other => {
+                return invalid(
+                    join(&field, "name"),
+                    format!(
+                        "HTTP filter {other:?} is not supported (supported: router, fault, cors)"
+                    ),
+                );
+            }
+        }
+    }
+    if !router {
+        return invalid(
+            join(at, "http_filters"),
+            "the last HTTP filter must be envoy.filters.http.router",
+        );
+    }
+    let websocket = h.upgrade_configs.iter().any(|u| {
+        u.upgrade_type.eq_ignore_ascii_case("websocket")
+            && u.enabled.as_ref().is_none_or(|b| b.value)
+    });
+    Ok(HttpManager {
+        stat_prefix: h.stat_prefix.clone(),
+        codec,
+        routes,
+        use_remote_address: h.use_remote_address.as_ref().is_some_and(|b| b.value),
+        skip_xff_append: h.skip_xff_append,
+        generate_request_id: h.generate_request_id.as_ref().is_none_or(|b| b.value),
+        preserve_external_request_id: h.preserve_external_request_id,
+        always_set_request_id_in_response: h.always_set_request_id_in_response,
+        fault,
+        cors,
+        websocket,
+        strip_matching_host_port: h.strip_matching_host_port,
+        strip_any_host_port: matches!(
+            h.strip_port_mode,
+            Some(StripPortMode::StripAnyHostPort(true))
+        ),
+        max_request_headers_kb: h.max_request_headers_kb.as_ref().map(|v| v.value),
+        request_headers_timeout: opt_duration(
+            h.request_headers_timeout.as_ref(),
+            &join(at, "request_headers_timeout"),
+        )?
+        .filter(|d| !d.is_zero()),
+    })
+}
+
+fn tcp_proxy(t: &PbTcpProxy, at: &str) -> FieldResult<TcpProxy> {
+    if t.tunneling_config.is_some() {
+        return invalid(join(at, "tunneling_config"), "is not supported");
+    }
+    if t.on_demand.is_some() {
+        return invalid(join(at, "on_demand"), "is not supported");
+    }
+    let target = match &t.cluster_specifier {
+        Some(ClusterSpecifier::Cluster(c)) if !c.is_empty() => TcpTarget::Cluster(c.clone()),
+        Some(ClusterSpecifier::WeightedClusters(w)) => {
+            let mut clusters = Vec::new();
+            for (i, c) in w.clusters.iter().enumerate() {
+                if c.name.is_empty() {
+                    return invalid(
+                        join(at, &format!("weighted_clusters.clusters[{i}].name")),
+                        "is required",
+                    );
+                }
+                if c.weight > 0 {
+                    clusters.push((c.name.clone(), c.weight));
+                }
+            }
+            if clusters.is_empty() {
+                return invalid(
+                    join(at, "weighted_clusters.clusters"),
+                    "the weights add up to 0; at least one must be positive",
+                );
+            }
+            TcpTarget::Weighted(clusters)
+        }
+        _ => {
+            return invalid(
+                join(at, "cluster_specifier"),
+                "cluster or weighted_clusters is required",
+            );
+        }
+    };
+    let idle_timeout = match opt_duration(t.idle_timeout.as_ref(), &join(at, "idle_timeout"))? {
+        None => Some(Duration::from_secs(3600)),
+        Some(d) if d.is_zero() => None,
+        Some(d) => Some(d),
+    };
+    Ok(TcpProxy {
+        stat_prefix: t.stat_prefix.clone(),
+        target,
+        idle_timeout,
+        max_connect_attempts: t
+            .max_connect_attempts
+            .as_ref()
+            .map_or(1, |v| v.value.max(1)),
+    })
+}
+
+// === impl TcpTarget ===
+
+impl TcpTarget {
+    /// The cluster for a new connection.
+    pub fn pick(&self) -> &str {
+        match self {
+            Self::Cluster(c) => c,
+            Self::Weighted(clusters) => {
+                let total: u64 = clusters.iter().map(|(_, w)| u64::from(*w)).sum();
+                let mut draw = fastrand::u64(0..total.max(1));
+                for (name, w) in clusters {
+                    if draw < u64::from(*w) {
+                        return name;
+                    }
+                    draw -= u64::from(*w);
+                }
+                clusters.last().map_or("", |(n, _)| n.as_str())
+            }
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! The TCP data path on loopback: plain TCP proxying, TLS passthrough
+//! chosen by SNI, and a server-first protocol that must not wait for the
+//! client.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::net::SocketAddr;
+
+use serde_json::json;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A TCP backend: greets with `greeting` (if any), then answers every
+/// read with `name:` followed by what it read.
+async fn backend(name: &'static str, greeting: Option<&'static str>) -> SocketAddr {
+    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = socket.accept().await {
+            tokio::spawn(async move {
+                if let Some(g) = greeting {
+                    let _ = s.write_all(g.as_bytes()).await;
+                }
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            let mut out = format!("{name}:").into_bytes();
+                            out.extend_from_slice(&buf[..n]);
+                            if s.write_all(&out).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn address(addr: SocketAddr) -> serde_json::Value {
+    json!({"socketAddress": {"address": addr.ip().to_string(), "portValue": addr.port()}})
+}
+
+async fn read_some(s: &mut TcpStream) -> Vec<u8> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let n = s.read(&mut buf).await.unwrap();
+    buf.truncate(n);
+    buf
+}
+
+#[tokio::test]
+async fn tcp_proxy_carries_bytes_both_ways() {
+    bounded(20, async {
+        let upstream = backend("echo", None).await;
+        let addr = mesh_test_support::free_addr();
+        let proxy = Proxy::start(
+            vec![
+                listener(json!({"name": "tcp", "address": address(addr), "filterChains": [{"filters": [tcp_proxy("echo")]}]})),
+                static_cluster("echo", &[upstream]),
+            ],
+            addr,
+        )
+        .await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"hello").await.unwrap();
+        assert_eq!(read_some(&mut s).await, b"echo:hello");
+        s.write_all(b"again").await.unwrap();
+        assert_eq!(read_some(&mut s).await, b"echo:again");
+        drop(s);
+        // (The readiness probe made a connection of its own, without bytes.)
+        let record = eventually(5, || {
+            proxy.records.connections.lock().unwrap().iter().find(|r| r.bytes_received > 0).cloned()
+        })
+        .await
+        .unwrap();
+        assert_eq!(record.bytes_received, 10);
+        assert_eq!(record.bytes_sent, 20);
+        assert_eq!(record.cluster.as_deref(), Some("echo"));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn tls_passthrough_routes_by_server_name() {
+    bounded(20, async {
+        let (a, b) = (backend("a", None).await, backend("b", None).await);
+        let addr = mesh_test_support::free_addr();
+        let proxy_listener = listener(json!({
+            "name": "passthrough",
+            "address": address(addr),
+            "listenerFilters": [{"name": "envoy.filters.listener.tls_inspector", "typedConfig": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}}],
+            "filterChains": [
+                {"name": "a", "filterChainMatch": {"serverNames": ["a.example.com"]}, "filters": [tcp_proxy("a")]},
+                {"name": "b", "filterChainMatch": {"serverNames": ["*.b.example.com"]}, "filters": [tcp_proxy("b")]},
+            ],
+        }));
+        let _proxy = Proxy::start(
+            vec![proxy_listener, static_cluster("a", &[a]), static_cluster("b", &[b])],
+            addr,
+        )
+        .await;
+        for (sni, expected) in [("a.example.com", "a"), ("x.b.example.com", "b"), ("A.EXAMPLE.COM", "a")] {
+            let hello = client_hello(sni);
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(&hello).await.unwrap();
+            let reply = read_some(&mut s).await;
+            // The upstream got the ClientHello untouched.
+            let mut expect = format!("{expected}:").into_bytes();
+            expect.extend_from_slice(&hello);
+            assert_eq!(reply, expect, "{sni}");
+        }
+        // No chain for this name: the connection is closed.
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(&client_hello("c.example.com")).await.unwrap();
+        let mut buf = [0u8; 16];
+        assert_eq!(s.read(&mut buf).await.unwrap_or(0), 0);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_server_first_protocol_is_not_held_up() {
+    bounded(10, async {
+        let mysql = backend("mysql", Some("greeting")).await;
+        let web = backend("web", None).await;
+        let addr = mesh_test_support::free_addr();
+        // Connections to this port never need the ClientHello: its chain
+        // matches on the destination port only.
+        let l = listener(json!({
+            "name": "inbound",
+            "address": address(addr),
+            "listenerFilters": [{"name": "envoy.filters.listener.tls_inspector", "typedConfig": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}}],
+            "filterChains": [
+                {"name": "mysql", "filterChainMatch": {"destinationPort": addr.port()}, "filters": [tcp_proxy("mysql")]},
+                {"name": "web", "filterChainMatch": {"destinationPort": 1, "serverNames": ["web"]}, "filters": [tcp_proxy("web")]},
+            ],
+        }));
+        let _proxy = Proxy::start(vec![l, static_cluster("mysql", &[mysql]), static_cluster("web", &[web])], addr).await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        // The client says nothing; the server's greeting still arrives.
+        assert_eq!(read_some(&mut s).await, b"greeting");
+    })
+    .await;
+}
+
+/// A minimal TLS 1.2/1.3 ClientHello carrying `sni`.
+fn client_hello(sni: &str) -> Vec<u8> {
+    let name = sni.as_bytes();
+    let mut sni_ext = Vec::new();
+    sni_ext.extend_from_slice(&((name.len() + 3) as u16).to_be_bytes());
+    sni_ext.push(0);
+    sni_ext.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    sni_ext.extend_from_slice(name);
+    let mut ext = Vec::new();
+    ext.extend_from_slice(&0u16.to_be_bytes());
+    ext.extend_from_slice(&(sni_ext.len() as u16).to_be_bytes());
+    ext.extend_from_slice(&sni_ext);
+    let mut body = vec![3, 3];
+    body.extend_from_slice(&[7; 32]);
+    body.push(0);
+    body.extend_from_slice(&2u16.to_be_bytes());
+    body.extend_from_slice(&[0x13, 0x01]);
+    body.extend_from_slice(&[1, 0]);
+    body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
+    body.extend_from_slice(&ext);
+    let mut handshake = vec![1];
+    handshake.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+    handshake.extend_from_slice(&body);
+    let mut record = vec![0x16, 3, 1];
+    record.extend_from_slice(&(handshake.len() as u16).to_be_bytes());
+    record.extend_from_slice(&handshake);
+    record
+}
