@@ -13,13 +13,13 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Instant;
 
-use envoy_types::pb::envoy::config::core::v3::{ControlPlane, Node};
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
-};
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use mesh_api::xds::ResourceType;
 
+use super::resources::Item;
 use super::stream::{Closed, StreamSession, Tx};
+use super::wire::{Encoded, delta_response};
 use super::{Conn, XdsProtocol, nack_message};
 
 /// One type's subscription and delivery state on one stream.
@@ -49,7 +49,7 @@ impl Watch {
 /// One stream's state, run by [`drive`](super::stream::drive).
 pub(super) struct Session {
     conn: Conn,
-    tx: Tx<DeltaDiscoveryResponse>,
+    tx: Tx<Encoded>,
     watches: BTreeMap<ResourceType, Watch>,
 }
 
@@ -57,7 +57,7 @@ pub(super) struct Session {
 
 impl StreamSession for Session {
     type Request = DeltaDiscoveryRequest;
-    type Response = DeltaDiscoveryResponse;
+    type Response = Encoded;
 
     const PROTOCOL: XdsProtocol = XdsProtocol::Delta;
     const NAME: &'static str = "delta ADS";
@@ -66,7 +66,7 @@ impl StreamSession for Session {
         req.node.as_ref()
     }
 
-    fn new(conn: Conn, tx: Tx<DeltaDiscoveryResponse>) -> Self {
+    fn new(conn: Conn, tx: Tx<Encoded>) -> Self {
         Self {
             conn,
             tx,
@@ -78,7 +78,7 @@ impl StreamSession for Session {
         &mut self.conn
     }
 
-    fn tx(&self) -> &Tx<DeltaDiscoveryResponse> {
+    fn tx(&self) -> &Tx<Encoded> {
         &self.tx
     }
 
@@ -179,15 +179,9 @@ impl Session {
         for name in wanted {
             w.known.remove(&name);
         }
-        let updates: Vec<Resource> = resources
+        let updates: Vec<&Item> = resources
             .items(ty)
             .filter(|i| w.wants(&i.name) && w.known.get(&i.name) != Some(&i.version))
-            .map(|i| Resource {
-                name: i.name.clone(),
-                version: i.version.clone(),
-                resource: Some(i.any.clone()),
-                ..Default::default()
-            })
             .collect();
         let mut removed: Vec<String> = w
             .known
@@ -239,17 +233,7 @@ impl Session {
             t.sent_nonce = Some(nonce.clone());
             t.resources = known;
         });
-        let response = DeltaDiscoveryResponse {
-            system_version_info: set_version.clone(),
-            resources: updates,
-            type_url: ty.type_url(),
-            removed_resources: removed,
-            nonce,
-            control_plane: Some(ControlPlane {
-                identifier: "mesh-control".into(),
-            }),
-            ..Default::default()
-        };
+        let response = delta_response(&set_version, &nonce, &ty.type_url(), &updates, removed);
         self.conn.record_push(ty, started);
         self.tx.send(Ok(response)).await.map_err(|_| Closed)
     }

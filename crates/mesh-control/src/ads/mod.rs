@@ -17,23 +17,15 @@
 //! answer would make a reconnecting Envoy delete its clusters.
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-};
 use mesh_api::xds::ResourceType;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
-use tokio_stream::Stream;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
-use tonic::{Request, Response, Status, Streaming};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Status, Streaming};
 
 use crate::proxy::ProxyInfo;
 use crate::snapshot::Snapshot;
@@ -46,10 +38,12 @@ mod resources;
 mod sotw;
 pub mod state;
 mod stream;
+mod wire;
 
 pub use metrics::{Metrics, XdsMetrics};
 pub use resources::TranslateError;
 pub use state::{ProxySync, SyncState, TypeSync, XdsProtocol};
+pub use wire::AdsService;
 
 use metrics::TypeLabels;
 use resources::{ShapeCache, Translation, View};
@@ -173,9 +167,9 @@ impl AdsServer {
         self.shared.snapshots.clone()
     }
 
-    /// The tonic service.
-    pub fn into_service(self) -> AggregatedDiscoveryServiceServer<Self> {
-        AggregatedDiscoveryServiceServer::new(self).max_decoding_message_size(16 * 1024 * 1024)
+    /// The gRPC service, for tonic's server.
+    pub fn into_service(self) -> AdsService {
+        AdsService(self)
     }
 
     /// Ends every open stream (they return `UNAVAILABLE`, so proxies
@@ -218,46 +212,20 @@ pub async fn serve_listener(
     Ok(())
 }
 
-type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for AdsServer {
-    type StreamAggregatedResourcesStream = ResponseStream<DiscoveryResponse>;
-    type DeltaAggregatedResourcesStream = ResponseStream<DeltaDiscoveryResponse>;
-
-    async fn stream_aggregated_resources(
-        &self,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        self.open::<sotw::Session>(request)
-    }
-
-    async fn delta_aggregated_resources(
-        &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        self.open::<delta::Session>(request)
-    }
-}
-
 impl AdsServer {
-    /// Starts the task that serves one stream, unless the server is closing.
-    fn open<S: StreamSession>(
+    /// Starts the task that serves one stream, unless the server is closing;
+    /// returns where its responses come out.
+    fn open_stream<S: StreamSession>(
         &self,
-        request: Request<Streaming<S::Request>>,
-    ) -> Result<Response<ResponseStream<S::Response>>, Status> {
+        requests: Streaming<S::Request>,
+        peer: Option<SocketAddr>,
+    ) -> Result<mpsc::Receiver<Result<S::Response, Status>>, Status> {
         if *self.shared.closing.borrow() {
             return Err(Status::unavailable("control plane is shutting down"));
         }
-        let peer = request.remote_addr();
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        tokio::spawn(stream::drive::<S>(
-            self.shared.clone(),
-            request.into_inner(),
-            tx,
-            peer,
-        ));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        tokio::spawn(stream::drive::<S>(self.shared.clone(), requests, tx, peer));
+        Ok(rx)
     }
 }
 

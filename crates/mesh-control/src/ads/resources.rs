@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::Hasher;
 use std::sync::{Arc, Mutex, Weak};
 
+use bytes::Bytes;
 use envoy_types::pb::google::protobuf::Any;
 use mesh_api::xds::{ResourceType, pack_any};
 use prost::Message;
@@ -49,8 +50,9 @@ pub(crate) struct Item {
     /// Content hash, hex.
     pub version: String,
     hash: u64,
-    /// The packed resource.
-    pub any: Any,
+    /// The resource packed in an `Any` and encoded, shared by every
+    /// response that carries it.
+    pub encoded: Bytes,
 }
 
 /// Every resource of one type, in translation order.
@@ -131,7 +133,7 @@ impl Translated {
                 name,
                 version: format!("{hash:016x}"),
                 hash,
-                any,
+                encoded: Bytes::from(any.encode_to_vec()),
             }
         };
         let ProxyResources {
@@ -545,11 +547,6 @@ fn rebuild(
         }
         Change::Full => Translated::new(crate::xds::generate_part(snapshot, proxy, part)),
     })
-}
-
-/// Bytes a response would take, for logs.
-pub(crate) fn encoded_len(items: &[&Item]) -> usize {
-    items.iter().map(|i| i.any.encoded_len()).sum()
 }
 
 #[cfg(test)]

@@ -19,12 +19,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
-use envoy_types::pb::envoy::config::core::v3::{ControlPlane, Node};
-use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use mesh_api::xds::ResourceType;
 
-use super::resources::{Item, View, encoded_len, version_of};
+use super::resources::{Item, View, version_of};
 use super::stream::{Closed, StreamSession, Tx};
+use super::wire::{Encoded, items_len, sotw_response};
 use super::{Conn, XdsProtocol, nack_message};
 
 /// One type's subscription and delivery state on one stream.
@@ -52,7 +53,7 @@ struct Watch {
 /// One stream's state, run by [`drive`](super::stream::drive).
 pub(super) struct Session {
     conn: Conn,
-    tx: Tx<DiscoveryResponse>,
+    tx: Tx<Encoded>,
     watches: BTreeMap<ResourceType, Watch>,
 }
 
@@ -60,7 +61,7 @@ pub(super) struct Session {
 
 impl StreamSession for Session {
     type Request = DiscoveryRequest;
-    type Response = DiscoveryResponse;
+    type Response = Encoded;
 
     const PROTOCOL: XdsProtocol = XdsProtocol::Sotw;
     const NAME: &'static str = "ADS";
@@ -69,7 +70,7 @@ impl StreamSession for Session {
         req.node.as_ref()
     }
 
-    fn new(conn: Conn, tx: Tx<DiscoveryResponse>) -> Self {
+    fn new(conn: Conn, tx: Tx<Encoded>) -> Self {
         Self {
             conn,
             tx,
@@ -81,7 +82,7 @@ impl StreamSession for Session {
         &mut self.conn
     }
 
-    fn tx(&self) -> &Tx<DiscoveryResponse> {
+    fn tx(&self) -> &Tx<Encoded> {
         &self.tx
     }
 
@@ -206,22 +207,13 @@ impl Session {
             None => subscribed,
         };
         let nonce = self.conn.next_nonce();
-        let response = DiscoveryResponse {
-            version_info: version.clone(),
-            resources: items.iter().map(|i| i.any.clone()).collect(),
-            type_url: ty.type_url(),
-            nonce: nonce.clone(),
-            control_plane: Some(ControlPlane {
-                identifier: "mesh-control".into(),
-            }),
-            ..Default::default()
-        };
+        let response = sotw_response(&version, &nonce, &ty.type_url(), &items);
         tracing::debug!(
             r#type = ty.short_name(),
             version = %version,
             nonce = %nonce,
             resources = items.len(),
-            bytes = encoded_len(&items),
+            bytes = items_len(&items),
             snapshot = resources.snapshot_version,
             "push"
         );
