@@ -46,6 +46,7 @@ mod gateway;
 mod inbound;
 mod tcp;
 
+pub(crate) use gateway::drop_unservable_chains;
 pub(crate) use gateway::{ServerKind, gateway_route_name, server_host, server_kind, server_port};
 pub(crate) use tcp::virtual_services_for;
 

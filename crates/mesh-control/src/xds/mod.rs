@@ -129,7 +129,11 @@ pub fn regenerate(
             ..Default::default()
         },
         Rebuild::Routing { clusters } => {
-            let listeners = listener::build_listeners_part(&scope, part);
+            let mut listeners = listener::build_listeners_part(&scope, part);
+            if proxy.role == crate::proxy::ProxyRole::Router {
+                let secrets = secret::build_secrets(&scope);
+                listener::drop_unservable_chains(&mut listeners, &secrets);
+            }
             let routes = route::build_routes_known(&scope, &listeners, clusters);
             ProxyResources {
                 listeners,
@@ -146,13 +150,16 @@ pub fn generate_part(snapshot: &Snapshot, proxy: &ProxyInfo, part: Part) -> Prox
     let scope = ProxyScope::new(snapshot, proxy);
     let clusters = cluster::build_clusters_part(&scope, part);
     let endpoints = endpoint::build_endpoints(&scope, &clusters);
-    let listeners = listener::build_listeners_part(&scope, part);
-    let routes = route::build_routes(&scope, &listeners, &clusters);
+    let mut listeners = listener::build_listeners_part(&scope, part);
     let secrets = if part.outbound() {
         secret::build_secrets(&scope)
     } else {
         Vec::new()
     };
+    if proxy.role == crate::proxy::ProxyRole::Router {
+        listener::drop_unservable_chains(&mut listeners, &secrets);
+    }
+    let routes = route::build_routes(&scope, &listeners, &clusters);
     ProxyResources {
         clusters,
         endpoints,

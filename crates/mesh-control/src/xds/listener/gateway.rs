@@ -14,6 +14,7 @@ use envoy_types::pb::envoy::config::listener::v3::{FilterChain, FilterChainMatch
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     Rds, http_connection_manager,
 };
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig,
     TlsCertificate, TlsParameters, common_tls_context, tls_parameters,
@@ -22,6 +23,7 @@ use envoy_types::pb::google::protobuf::BoolValue;
 use mesh_api::networking::Gateway;
 use mesh_api::networking::gateway::{Server, ServerTlsMode, ServerTlsSettings, TlsProtocol};
 use mesh_api::xds::pack_any;
+use prost::Message;
 
 use super::{
     ads_config_source, build_hcm, hcm_filter, l4_destinations, socket_address, tcp_proxy_filter,
@@ -195,6 +197,62 @@ pub(super) fn gateway_listeners(scope: &ProxyScope<'_>) -> Vec<Listener> {
             }
         })
         .collect()
+}
+
+/// Leaves out the filter chains whose SDS certificates the control plane
+/// cannot serve (a missing or broken `credentialName` Secret), and the
+/// listeners left with none. Envoy would otherwise keep the whole listener
+/// warming — and, at start-up, every listener — until SDS's initial fetch
+/// times out. The Secret's problem is logged when secrets are built.
+pub(crate) fn drop_unservable_chains(listeners: &mut Vec<Listener>, secrets: &[Secret]) {
+    let served: BTreeSet<&str> = secrets.iter().map(|s| s.name.as_str()).collect();
+    for listener in listeners.iter_mut() {
+        let name = listener.name.clone();
+        listener.filter_chains.retain(|chain| {
+            let missing: Vec<String> = sds_names(chain)
+                .into_iter()
+                .filter(|n| !served.contains(n.as_str()))
+                .collect();
+            if !missing.is_empty() {
+                tracing::warn!(
+                    listener = %name,
+                    chain = %chain.name,
+                    ?missing,
+                    "gateway server left out until its credential Secret can be served"
+                );
+            }
+            missing.is_empty()
+        });
+    }
+    listeners.retain(|l| !l.filter_chains.is_empty());
+}
+
+/// The SDS secret names a filter chain's TLS context refers to.
+fn sds_names(chain: &FilterChain) -> Vec<String> {
+    let Some(transport_socket::ConfigType::TypedConfig(any)) = chain
+        .transport_socket
+        .as_ref()
+        .and_then(|t| t.config_type.as_ref())
+    else {
+        return Vec::new();
+    };
+    let Ok(ctx) = DownstreamTlsContext::decode(any.value.as_slice()) else {
+        return Vec::new();
+    };
+    let Some(common) = ctx.common_tls_context else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = common
+        .tls_certificate_sds_secret_configs
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    if let Some(common_tls_context::ValidationContextType::ValidationContextSdsSecretConfig(v)) =
+        common.validation_context_type
+    {
+        names.push(v.name);
+    }
+    names
 }
 
 /// Envoy refuses a listener whose chains repeat a match; the first wins,
