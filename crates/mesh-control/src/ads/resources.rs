@@ -50,9 +50,31 @@ pub(crate) struct Item {
     /// Content hash, hex.
     pub version: String,
     hash: u64,
-    /// The resource packed in an `Any` and encoded, shared by every
+    /// The resource packed in an `Any`, encoded as a `resources` entry of
+    /// a DiscoveryResponse (field tag and length in front), shared by every
     /// response that carries it.
-    pub encoded: Bytes,
+    pub framed: Bytes,
+    /// Where the `Any` itself starts in `framed`.
+    any_at: usize,
+}
+
+impl Item {
+    /// The encoded `Any`.
+    pub fn encoded_any(&self) -> Bytes {
+        self.framed.slice(self.any_at..)
+    }
+
+    fn framed_from(mut self, any: &Any) -> Self {
+        let len = any.encoded_len();
+        let mut buf = Vec::with_capacity(len + 8);
+        // Field 2 of DiscoveryResponse, length-delimited.
+        prost::encoding::encode_key(2, prost::encoding::WireType::LengthDelimited, &mut buf);
+        prost::encoding::encode_varint(len as u64, &mut buf);
+        self.any_at = buf.len();
+        let _ = any.encode(&mut buf);
+        self.framed = Bytes::from(buf);
+        self
+    }
 }
 
 /// Every resource of one type, in translation order.
@@ -133,8 +155,10 @@ impl Translated {
                 name,
                 version: format!("{hash:016x}"),
                 hash,
-                encoded: Bytes::from(any.encode_to_vec()),
+                any_at: 0,
+                framed: Bytes::new(),
             }
+            .framed_from(&any)
         };
         let ProxyResources {
             mut clusters,

@@ -16,7 +16,9 @@
 //!   missing); EDS and RDS carry the requested names that exist.
 //! - On a new snapshot, types go out in the order CDS, EDS, LDS, RDS.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
@@ -33,8 +35,9 @@ use super::{Conn, XdsProtocol, nack_message};
 struct Watch {
     /// All resources of the type (CDS, LDS, or `*` requested).
     wildcard: bool,
-    /// Requested names (EDS, RDS).
-    names: BTreeSet<String>,
+    /// Requested names (EDS, RDS), shared with every stream that asks for
+    /// the same set (all proxies of a shape do).
+    names: Arc<BTreeSet<String>>,
     /// A response is due whatever the version: new subscription or names.
     owed: bool,
     sent_version: Option<String>,
@@ -48,6 +51,34 @@ struct Watch {
     /// When the connection saw the snapshot behind the unacknowledged
     /// response, for the convergence histogram.
     pushed_at: Option<Instant>,
+}
+
+/// Subscribed name sets, one copy per distinct set: with thousands of
+/// proxies each asking for thousands of EDS names, per-stream copies were
+/// most of the server's memory.
+#[derive(Default)]
+pub(super) struct NameSets(Mutex<HashMap<u64, Vec<Weak<BTreeSet<String>>>>>);
+
+impl NameSets {
+    /// The shared copy of `names`.
+    pub fn intern(&self, names: BTreeSet<String>) -> Arc<BTreeSet<String>> {
+        let mut h = std::hash::DefaultHasher::new();
+        names.hash(&mut h);
+        let key = h.finish();
+        let mut sets = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let bucket = sets.entry(key).or_default();
+        bucket.retain(|w| w.strong_count() > 0);
+        if let Some(found) = bucket
+            .iter()
+            .filter_map(Weak::upgrade)
+            .find(|s| **s == names)
+        {
+            return found;
+        }
+        let shared = Arc::new(names);
+        bucket.push(Arc::downgrade(&shared));
+        shared
+    }
 }
 
 /// One stream's state, run by [`drive`](super::stream::drive).
@@ -118,10 +149,10 @@ impl StreamSession for Session {
         } else {
             req.resource_names.iter().cloned().collect()
         };
-        if wildcard != w.wildcard || names != w.names {
+        if wildcard != w.wildcard || names != *w.names {
             w.owed = true;
             w.wildcard = wildcard;
-            w.names = names;
+            w.names = self.conn.shared.name_sets.intern(names);
         }
         if let Some(err) = req.error_detail.as_ref().filter(|_| !nonce.is_empty()) {
             let message = nack_message(err);

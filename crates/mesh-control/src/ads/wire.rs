@@ -89,6 +89,12 @@ impl Builder {
         self.chunks.push(value.clone());
     }
 
+    /// Appends a field that is already framed (tag and length included).
+    fn push_framed(&mut self, framed: &Bytes) {
+        self.body_len += framed.len();
+        self.chunks.push(framed.clone());
+    }
+
     fn finish(mut self) -> Encoded {
         let len = u32::try_from(self.body_len).unwrap_or(u32::MAX);
         self.head[0] = 0; // not compressed
@@ -121,7 +127,7 @@ pub(super) fn sotw_response(
         ..Default::default()
     });
     for item in items {
-        b.push_field(RESOURCES_FIELD, &[], &item.encoded);
+        b.push_framed(&item.framed);
     }
     b.finish()
 }
@@ -152,8 +158,9 @@ pub(super) fn delta_response(
         .encode_to_vec();
         // `Resource.resource` (field 2) is the shared Any.
         prost::encoding::encode_key(2, prost::encoding::WireType::LengthDelimited, &mut head);
-        prost::encoding::encode_varint(item.encoded.len() as u64, &mut head);
-        b.push_field(RESOURCES_FIELD, &head, &item.encoded);
+        let any = item.encoded_any();
+        prost::encoding::encode_varint(any.len() as u64, &mut head);
+        b.push_field(RESOURCES_FIELD, &head, &any);
     }
     b.finish()
 }
@@ -265,7 +272,7 @@ impl http_body::Body for ResponseBody {
 
 /// Shared by the sessions: an item's payload length, for logs.
 pub(super) fn items_len(items: &[&Item]) -> usize {
-    items.iter().map(|i| i.encoded.len()).sum()
+    items.iter().map(|i| i.framed.len()).sum()
 }
 
 #[cfg(test)]
