@@ -37,6 +37,9 @@ pub struct ProxyInfo {
     pub service_account: String,
     /// Cluster id (`Kubernetes` by default, as Istio).
     pub cluster_id: String,
+    /// The locality the proxy reports in its node (`node.locality`), which
+    /// wins over labels and the registry when it names a region.
+    pub locality: Option<crate::model::Locality>,
 }
 
 /// Why a node could not be understood.
@@ -105,6 +108,15 @@ impl ProxyInfo {
             service_account: string_field(md, "SERVICE_ACCOUNT")
                 .unwrap_or_else(|| "default".into()),
             cluster_id: string_field(md, "CLUSTER_ID").unwrap_or_else(|| "Kubernetes".into()),
+            locality: node
+                .locality
+                .as_ref()
+                .filter(|l| !l.region.is_empty())
+                .map(|l| crate::model::Locality {
+                    region: l.region.clone(),
+                    zone: l.zone.clone(),
+                    subzone: l.sub_zone.clone(),
+                }),
         })
     }
 
@@ -122,6 +134,7 @@ impl ProxyInfo {
                 .collect(),
             service_account: "default".into(),
             cluster_id: "Kubernetes".into(),
+            locality: None,
         }
     }
 
@@ -172,6 +185,23 @@ mod tests {
             ..Default::default()
         };
         let p = ProxyInfo::from_node(Some(&node)).unwrap();
+        assert_eq!(p.locality, None, "no locality in the node");
+        let located = Node {
+            locality: Some(envoy_types::pb::envoy::config::core::v3::Locality {
+                region: "eu-west1".into(),
+                zone: "eu-west1-b".into(),
+                sub_zone: String::new(),
+            }),
+            ..node.clone()
+        };
+        let l = ProxyInfo::from_node(Some(&located))
+            .unwrap()
+            .locality
+            .unwrap();
+        assert_eq!(
+            (l.region.as_str(), l.zone.as_str()),
+            ("eu-west1", "eu-west1-b")
+        );
         assert_eq!(p.role, ProxyRole::Sidecar);
         assert_eq!(p.namespace, "bookinfo");
         assert_eq!(p.name, "reviews-v1-abc");

@@ -221,9 +221,13 @@ fn lb_endpoint(ep: &Endpoint) -> LbEndpoint {
 
 // === Locality ===
 
-/// The proxy's locality: its `istio-locality` or topology labels, else
-/// the locality of the registry endpoint at its address.
+/// The proxy's locality: what its node reports, else its `istio-locality`
+/// or topology labels, else the locality of the registry endpoint at its
+/// address.
 pub(crate) fn proxy_locality(scope: &ProxyScope<'_>) -> Locality {
+    if let Some(l) = &scope.proxy.locality {
+        return l.clone();
+    }
     let labels = &scope.proxy.labels;
     if let Some(l) = labels.get(LABEL_ISTIO_LOCALITY) {
         let mut parts = l.splitn(3, '.');

@@ -65,6 +65,7 @@ pub struct WholeShape {
     namespace: String,
     labels: BTreeMap<String, String>,
     ips: Vec<IpAddr>,
+    locality: Option<Locality>,
 }
 
 // === impl ShapeKey ===
@@ -93,6 +94,7 @@ impl WholeShape {
             namespace: proxy.namespace.clone(),
             labels: proxy.labels.clone(),
             ips,
+            locality: proxy.locality.clone(),
         }
     }
 }
