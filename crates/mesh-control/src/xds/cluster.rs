@@ -192,6 +192,7 @@ fn outbound_cluster(
     );
     policy::attach_http_options(&mut cluster, http_options);
     policy::apply_outlier_detection(&mut cluster, policy.outlier_detection);
+    policy::apply_retry_budget(&mut cluster, policy.retry_budget);
     if policy
         .locality_setting(mesh)
         .is_some_and(|l| !l.distribute.is_empty())

@@ -7,16 +7,16 @@
 //! later level that sets it; nothing is merged inside them.
 
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
-    self as envoy_cluster, CommonLbConfig, DiscoveryType, LbPolicy, MaglevLbConfig,
-    RingHashLbConfig,
+    self as envoy_cluster, CommonLbConfig, DiscoveryType, LbPolicy, LeastRequestLbConfig,
+    MaglevLbConfig, RingHashLbConfig, RoundRobinLbConfig, SlowStartConfig,
 };
 use envoy_types::pb::envoy::config::cluster::v3::{
     CircuitBreakers, Cluster, OutlierDetection as EnvoyOutlierDetection, UpstreamConnectionOptions,
-    circuit_breakers::Thresholds,
+    circuit_breakers::{self, Thresholds},
 };
 use envoy_types::pb::envoy::config::core::v3::{
     Http1ProtocolOptions, Http2ProtocolOptions, HttpProtocolOptions as CoreHttpProtocolOptions,
-    TcpKeepalive,
+    RuntimeDouble, TcpKeepalive,
 };
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
@@ -28,8 +28,8 @@ use mesh_api::mesh_config::{MeshConfig, MeshH2UpgradePolicy};
 use mesh_api::networking::DestinationRule;
 use mesh_api::networking::destination_rule::{
     ClientTlsSettings, ConnectionPoolSettings, H2UpgradePolicy, LoadBalancerSettings,
-    LocalityLoadBalancerSetting, OutlierDetection, PortTrafficPolicy, SimpleLb, Subset,
-    TrafficPolicy,
+    LocalityLoadBalancerSetting, OutlierDetection, PortTrafficPolicy, RetryBudget, SimpleLb,
+    Subset, TrafficPolicy,
 };
 
 use super::{pb_duration, u32_value};
@@ -54,6 +54,9 @@ pub(crate) struct Policy<'a> {
     pub outlier_detection: Option<&'a OutlierDetection>,
     /// Client TLS.
     pub tls: Option<&'a ClientTlsSettings>,
+    /// Limit on concurrent retries (destination or subset level only, as
+    /// in Istio's API).
+    pub retry_budget: Option<&'a RetryBudget>,
 }
 
 impl<'a> Policy<'a> {
@@ -78,6 +81,7 @@ impl<'a> Policy<'a> {
         self.connection_pool = tp.connection_pool.as_ref().or(self.connection_pool);
         self.outlier_detection = tp.outlier_detection.as_ref().or(self.outlier_detection);
         self.tls = tp.tls.as_ref().or(self.tls);
+        self.retry_budget = tp.retry_budget.as_ref().or(self.retry_budget);
         if let Some(p) = port_settings(&tp.port_level_settings, port) {
             self.load_balancer = p.load_balancer.as_ref().or(self.load_balancer);
             self.connection_pool = p.connection_pool.as_ref().or(self.connection_pool);
@@ -143,11 +147,74 @@ pub(crate) fn apply_load_balancer(cluster: &mut Cluster, lb: Option<&LoadBalance
         }
         return;
     }
+    let slow_start = slow_start(lb);
     match lb.simple.unwrap_or_default() {
-        SimpleLb::Unspecified | SimpleLb::LeastConn | SimpleLb::LeastRequest => {}
+        SimpleLb::Unspecified | SimpleLb::LeastConn | SimpleLb::LeastRequest => {
+            if slow_start.is_some() {
+                cluster.lb_config = Some(envoy_cluster::LbConfig::LeastRequestLbConfig(
+                    LeastRequestLbConfig {
+                        slow_start_config: slow_start,
+                        ..Default::default()
+                    },
+                ));
+            }
+        }
         SimpleLb::Random => cluster.lb_policy = LbPolicy::Random as i32,
-        SimpleLb::RoundRobin => cluster.lb_policy = LbPolicy::RoundRobin as i32,
+        SimpleLb::RoundRobin => {
+            cluster.lb_policy = LbPolicy::RoundRobin as i32;
+            if slow_start.is_some() {
+                cluster.lb_config = Some(envoy_cluster::LbConfig::RoundRobinLbConfig(
+                    RoundRobinLbConfig {
+                        slow_start_config: slow_start,
+                    },
+                ));
+            }
+        }
         SimpleLb::Passthrough => make_original_dst(cluster),
+    }
+}
+
+/// `warmup` (or the older `warmupDurationSecs`) as Envoy's slow start,
+/// which only round robin and least request support (as in Istio).
+fn slow_start(lb: &LoadBalancerSettings) -> Option<SlowStartConfig> {
+    if let Some(w) = &lb.warmup {
+        let window = w.duration.as_ref()?;
+        return Some(SlowStartConfig {
+            slow_start_window: Some(pb_duration(window)),
+            aggression: w.aggression.map(|a| RuntimeDouble {
+                default_value: a,
+                runtime_key: String::new(),
+            }),
+            min_weight_percent: w.minimum_percent.map(|value| Percent { value }),
+        });
+    }
+    lb.warmup_duration_secs.as_ref().map(|d| SlowStartConfig {
+        slow_start_window: Some(pb_duration(d)),
+        ..Default::default()
+    })
+}
+
+/// `retryBudget`: the share of active requests that may be retries, and
+/// the retries always allowed (Istio's defaults 20 % and 3).
+pub(crate) fn apply_retry_budget(cluster: &mut Cluster, budget: Option<&RetryBudget>) {
+    let Some(budget) = budget else { return };
+    let thresholds = cluster
+        .circuit_breakers
+        .get_or_insert_with(|| CircuitBreakers {
+            thresholds: vec![default_thresholds()],
+            ..Default::default()
+        });
+    if thresholds.thresholds.is_empty() {
+        thresholds.thresholds.push(default_thresholds());
+    }
+    if let Some(t) = thresholds.thresholds.first_mut() {
+        t.retry_budget = Some(circuit_breakers::thresholds::RetryBudget {
+            budget_percent: Some(Percent {
+                value: budget.percent.unwrap_or(20.0),
+            }),
+            min_retry_concurrency: Some(u32_value(budget.min_retry_concurrency.unwrap_or(3))),
+            budget_interval: budget.budget_interval.as_ref().map(pb_duration),
+        });
     }
 }
 

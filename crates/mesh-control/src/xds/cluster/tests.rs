@@ -326,3 +326,68 @@ spec:
     assert_eq!(common.tls_certificates.len(), 1);
     assert!(common.validation_context_type.is_some());
 }
+
+#[test]
+fn warmup_becomes_slow_start_and_retry_budget_a_threshold() {
+    let config = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: default}
+spec:
+  clusterIP: 10.96.0.10
+  selector: {app: reviews}
+  ports: [{name: http, port: 9080}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: default}
+spec:
+  host: reviews
+  trafficPolicy:
+    loadBalancer:
+      simple: ROUND_ROBIN
+      warmup: {duration: 30s, minimumPercent: 5, aggression: 2}
+    retryBudget: {percent: 15, minRetryConcurrency: 4}
+  subsets:
+  - name: legacy
+    labels: {version: v1}
+    trafficPolicy:
+      loadBalancer: {simple: LEAST_REQUEST, warmupDurationSecs: 10s}
+"#;
+    let snap = snapshot(config);
+    let proxy = ProxyInfo::sidecar("client", "default", ip("10.1.0.9"), &[]);
+    let clusters = build_clusters(&ProxyScope::new(&snap, &proxy));
+
+    let all = find(
+        &clusters,
+        "outbound|9080||reviews.default.svc.cluster.local",
+    );
+    let Some(LbConfig::RoundRobinLbConfig(rr)) = &all.lb_config else {
+        panic!("round robin config expected, got {:?}", all.lb_config)
+    };
+    let ss = rr.slow_start_config.as_ref().unwrap();
+    assert_eq!(ss.slow_start_window.as_ref().unwrap().seconds, 30);
+    assert_eq!(ss.aggression.as_ref().unwrap().default_value, 2.0);
+    assert_eq!(ss.min_weight_percent.as_ref().unwrap().value, 5.0);
+    let budget = all.circuit_breakers.as_ref().unwrap().thresholds[0]
+        .retry_budget
+        .unwrap();
+    assert_eq!(budget.budget_percent.unwrap().value, 15.0);
+    assert_eq!(budget.min_retry_concurrency, Some(u32_value(4)));
+
+    // The subset's loadBalancer replaces the rule's; the deprecated field still works.
+    let legacy = find(
+        &clusters,
+        "outbound|9080|legacy|reviews.default.svc.cluster.local",
+    );
+    let Some(LbConfig::LeastRequestLbConfig(lr)) = &legacy.lb_config else {
+        panic!("least request config expected, got {:?}", legacy.lb_config)
+    };
+    let window = lr
+        .slow_start_config
+        .as_ref()
+        .unwrap()
+        .slow_start_window
+        .as_ref();
+    assert_eq!(window.unwrap().seconds, 10);
+}
