@@ -9,6 +9,7 @@
 //! too, for the same reason.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
@@ -19,7 +20,7 @@ use http::{Request, Response};
 use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 use crate::proxy::http::body::{ProxyBody, boxed};
 use crate::runtime::Runtime;
@@ -49,6 +50,7 @@ struct Settings {
     idle_timeout: Option<Duration>,
     max_requests_per_connection: Option<u32>,
     thresholds: Thresholds,
+    source_address: Option<SocketAddr>,
 }
 
 #[derive(Debug)]
@@ -132,6 +134,7 @@ impl From<&ClusterConfig> for Settings {
             idle_timeout: c.idle_timeout,
             max_requests_per_connection: c.max_requests_per_connection,
             thresholds: c.thresholds,
+            source_address: c.source_address,
         }
     }
 }
@@ -174,7 +177,7 @@ impl ClusterPool {
 
     /// Connects to `address` (TCP proxy) within the connect timeout.
     pub async fn connect_tcp(&self, address: &HostAddress) -> Result<TcpStream, UpstreamError> {
-        connect(address, self.settings.connect_timeout).await
+        connect(address, &self.settings).await
     }
 
     fn endpoint(&self, address: &HostAddress) -> Arc<EndpointPool> {
@@ -218,14 +221,17 @@ fn take(
     (before < u64::from(max)).then_some(slot)
 }
 
-async fn connect(address: &HostAddress, timeout: Duration) -> Result<TcpStream, UpstreamError> {
+async fn connect(address: &HostAddress, settings: &Settings) -> Result<TcpStream, UpstreamError> {
     let attempt = async {
-        match address {
-            HostAddress::Ip(a) => TcpStream::connect(a).await,
-            HostAddress::Dns { host, port } => TcpStream::connect((host.as_str(), *port)).await,
+        match (address, settings.source_address) {
+            (HostAddress::Ip(a), None) => TcpStream::connect(a).await,
+            (HostAddress::Ip(a), Some(source)) => connect_from(*a, source).await,
+            (HostAddress::Dns { host, port }, _) => {
+                TcpStream::connect((host.as_str(), *port)).await
+            }
         }
     };
-    match tokio::time::timeout(timeout, attempt).await {
+    match tokio::time::timeout(settings.connect_timeout, attempt).await {
         Err(_) => Err(UpstreamError::ConnectTimeout),
         Ok(Err(e)) => Err(UpstreamError::Connect(e)),
         Ok(Ok(s)) => {
@@ -233,6 +239,22 @@ async fn connect(address: &HostAddress, timeout: Duration) -> Result<TcpStream, 
             Ok(s)
         }
     }
+}
+
+/// Connects to `to` from the local address `source` (the cluster's
+/// `upstream_bind_config`); a source of the other address family is not
+/// used, as Envoy only binds a source of the destination's family.
+async fn connect_from(to: SocketAddr, source: SocketAddr) -> std::io::Result<TcpStream> {
+    if source.is_ipv4() != to.is_ipv4() {
+        return TcpStream::connect(to).await;
+    }
+    let socket = if to.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.bind(source)?;
+    socket.connect(to).await
 }
 
 fn classify(e: hyper::Error) -> UpstreamError {
@@ -286,7 +308,7 @@ impl EndpointPool {
                 },
             }
         }
-        let stream = connect(&self.address, settings.connect_timeout).await?;
+        let stream = connect(&self.address, settings).await?;
         let (mut sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
@@ -347,7 +369,7 @@ impl EndpointPool {
             match slot.as_ref() {
                 Some(s) if !s.is_closed() => s.clone(),
                 _ => {
-                    let stream = connect(&self.address, settings.connect_timeout).await?;
+                    let stream = connect(&self.address, settings).await?;
                     let mut builder = http2::Builder::new(TokioExecutor::new());
                     builder.timer(TokioTimer::new());
                     if let Some(idle) = settings.idle_timeout {

@@ -8,6 +8,7 @@
 #![allow(deprecated)]
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
@@ -70,6 +71,12 @@ pub struct ClusterConfig {
     pub tls_matches: Vec<TlsMatch>,
     /// The inline `load_assignment`, for non-EDS clusters.
     pub inline_assignment: Option<Assignment>,
+    /// The local address upstream connections are made from
+    /// (`upstream_bind_config.source_address`). Istio sets 127.0.0.6 on
+    /// inbound clusters: the capture rules let that source through, where
+    /// any other connection of the proxy to its own pod IP is captured
+    /// again (a loop until file descriptors run out).
+    pub source_address: Option<SocketAddr>,
 }
 
 /// How a cluster finds its endpoints.
@@ -156,6 +163,32 @@ impl Default for Thresholds {
 }
 
 // === impl ClusterConfig ===
+
+/// `upstream_bind_config.source_address`: an IP and a port (0 for any).
+fn source_address(
+    s: &envoy_types::pb::envoy::config::core::v3::SocketAddress,
+) -> FieldResult<SocketAddr> {
+    use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
+    let field = "upstream_bind_config.source_address";
+    let Ok(ip) = s.address.parse::<IpAddr>() else {
+        return invalid(
+            join(field, "address"),
+            format!("{:?} is not an IP address", s.address),
+        );
+    };
+    let port = match &s.port_specifier {
+        None => 0,
+        Some(PortSpecifier::PortValue(p)) => u16::try_from(*p)
+            .or_else(|_| invalid(join(field, "port_value"), "must be below 65536"))?,
+        Some(PortSpecifier::NamedPort(_)) => {
+            return invalid(
+                join(field, "named_port"),
+                "is not supported; use port_value",
+            );
+        }
+    };
+    Ok(SocketAddr::new(ip, port))
+}
 
 impl ClusterConfig {
     /// Compiles a cluster's settings (and its inline endpoints).
@@ -300,6 +333,12 @@ impl ClusterConfig {
                 "a LOGICAL_DNS cluster takes exactly one endpoint",
             );
         }
+        let source_address = c
+            .upstream_bind_config
+            .as_ref()
+            .and_then(|b| b.source_address.as_ref())
+            .map(source_address)
+            .transpose()?;
         Ok(Self {
             name: c.name.clone(),
             discovery,
@@ -314,6 +353,7 @@ impl ClusterConfig {
             tls,
             tls_matches,
             inline_assignment,
+            source_address,
         })
     }
 
@@ -563,6 +603,21 @@ mod tests {
         assert_eq!(c.idle_timeout, Some(Duration::from_secs(30)));
         assert_eq!(c.max_requests_per_connection, Some(5));
         assert_eq!(c.connect_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn upstream_bind_config_gives_the_source_address() {
+        let bound = |address: serde_json::Value| {
+            cluster(
+                json!({"name": "InboundPassthroughCluster", "type": "ORIGINAL_DST",
+                "lbPolicy": "CLUSTER_PROVIDED",
+                "upstreamBindConfig": {"sourceAddress": address}}),
+            )
+        };
+        let c = bound(json!({"address": "127.0.0.6", "portValue": 0})).unwrap();
+        assert_eq!(c.source_address, Some("127.0.0.6:0".parse().unwrap()));
+        let e = bound(json!({"address": "localhost"})).unwrap_err();
+        assert_eq!(e.field, "upstream_bind_config.source_address.address");
     }
 
     #[test]
