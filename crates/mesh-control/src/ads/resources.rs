@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::Hasher;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, LazyLock, Mutex, Weak};
 
 use bytes::Bytes;
 use envoy_types::pb::google::protobuf::Any;
@@ -64,6 +64,15 @@ impl Item {
         self.framed.slice(self.any_at..)
     }
 
+    /// The one shared copy of an item with this name and content: proxies
+    /// of different shapes (namespaces, mostly) get identical clusters and
+    /// endpoints, which are then held once.
+    fn interned(self) -> Arc<Item> {
+        static ITEMS: LazyLock<Mutex<Interner>> = LazyLock::new(Mutex::default);
+        let mut interner = ITEMS.lock().unwrap_or_else(|e| e.into_inner());
+        interner.intern(self)
+    }
+
     fn framed_from(mut self, any: &Any) -> Self {
         let len = any.encoded_len();
         let mut buf = Vec::with_capacity(len + 8);
@@ -77,23 +86,48 @@ impl Item {
     }
 }
 
+/// Live items by content hash (which covers the type) and name.
+#[derive(Default)]
+struct Interner {
+    items: HashMap<(u64, String), Weak<Item>>,
+    inserts: usize,
+}
+
+impl Interner {
+    fn intern(&mut self, item: Item) -> Arc<Item> {
+        let key = (item.hash, item.name.clone());
+        if let Some(found) = self.items.get(&key).and_then(Weak::upgrade) {
+            return found;
+        }
+        let item = Arc::new(item);
+        self.items.insert(key, Arc::downgrade(&item));
+        self.inserts += 1;
+        // Forget dropped items now and then, in proportion to the work.
+        if self.inserts >= self.items.len().max(4096) {
+            self.items.retain(|_, w| w.strong_count() > 0);
+            self.inserts = 0;
+        }
+        item
+    }
+}
+
 /// Every resource of one type, in translation order.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct TypeResources {
     /// Content hash of the full set, hex.
     pub version: String,
-    pub items: Vec<Item>,
+    pub items: Vec<Arc<Item>>,
     index: HashMap<String, usize>,
 }
 
 impl TypeResources {
-    fn new(items: Vec<Item>) -> Self {
+    fn new(items: Vec<Arc<Item>>) -> Self {
         let index = items
             .iter()
             .enumerate()
             .map(|(i, it)| (it.name.clone(), i))
             .collect();
-        let version = version_of(items.iter());
+        let version = version_of(items.iter().map(AsRef::as_ref));
         Self {
             version,
             items,
@@ -103,7 +137,10 @@ impl TypeResources {
 
     /// The resource with this name, if it exists.
     pub fn get(&self, name: &str) -> Option<&Item> {
-        self.index.get(name).and_then(|&i| self.items.get(i))
+        self.index
+            .get(name)
+            .and_then(|&i| self.items.get(i))
+            .map(AsRef::as_ref)
     }
 }
 
@@ -159,6 +196,7 @@ impl Translated {
                 framed: Bytes::new(),
             }
             .framed_from(&any)
+            .interned()
         };
         let ProxyResources {
             mut clusters,
@@ -168,7 +206,7 @@ impl Translated {
             mut secrets,
         } = res;
         for &ty in types {
-            let items: Vec<Item> = match ty {
+            let items: Vec<Arc<Item>> = match ty {
                 ResourceType::Cluster => std::mem::take(&mut clusters)
                     .into_iter()
                     .map(|c| pack(c.name.clone(), pack_any(c)))
@@ -355,7 +393,9 @@ pub(crate) struct View {
 impl View {
     /// Every resource of `ty`, part by part.
     pub fn items(&self, ty: ResourceType) -> impl Iterator<Item = &Item> {
-        self.parts.iter().flat_map(move |p| p.get(ty).items.iter())
+        self.parts
+            .iter()
+            .flat_map(move |p| p.get(ty).items.iter().map(AsRef::as_ref))
     }
 
     /// The resource of `ty` named `name`.
@@ -378,7 +418,8 @@ impl View {
             out.extend(
                 new.changed_since(old, ty)
                     .iter()
-                    .filter_map(|&i| items.get(i)),
+                    .filter_map(|&i| items.get(i))
+                    .map(AsRef::as_ref),
             );
         }
         Some(out)

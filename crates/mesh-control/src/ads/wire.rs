@@ -307,7 +307,12 @@ mod tests {
     #[test]
     fn responses_decode_to_what_prost_would_send() {
         let t = translated();
-        let items: Vec<&Item> = t.get(ResourceType::Cluster).items.iter().collect();
+        let items: Vec<&Item> = t
+            .get(ResourceType::Cluster)
+            .items
+            .iter()
+            .map(AsRef::as_ref)
+            .collect();
         let type_url = ResourceType::Cluster.type_url();
 
         let sotw = DiscoveryResponse::decode(
