@@ -60,11 +60,12 @@ pub struct IpIndex(OnceLock<HashMap<IpAddr, Vec<(String, usize)>>>);
 /// How a snapshot differs from the one before it, as far as translation
 /// cares: the ADS server rebuilds only the resource types a change can
 /// affect.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Change {
-    /// Only endpoints of EDS services changed: only EDS (and proxies'
-    /// inbound ports, which are part of their shape) can differ.
-    Endpoints,
+    /// Only endpoints of these EDS services (host names) changed: only
+    /// their assignments (and proxies' inbound ports, which are part of
+    /// their shape) can differ.
+    Endpoints(Arc<std::collections::BTreeSet<String>>),
     /// Only VirtualServices changed: only listeners and routes can differ.
     Routing,
     /// Anything else: translate everything again.
@@ -164,7 +165,7 @@ impl Snapshot {
         }
         // Endpoints of DNS and passthrough services are inlined in their
         // clusters: a change there changes CDS.
-        let eds_only = self
+        let changed: std::collections::BTreeSet<String> = self
             .registry
             .endpoints
             .iter()
@@ -177,13 +178,15 @@ impl Snapshot {
                     .keys()
                     .filter(|h| !self.registry.endpoints.contains_key(*h)),
             )
-            .all(|host| {
-                self.registry
-                    .service(host)
-                    .is_none_or(|s| s.resolution == crate::model::Resolution::ClientSideLb)
-            });
+            .cloned()
+            .collect();
+        let eds_only = changed.iter().all(|host| {
+            self.registry
+                .service(host)
+                .is_none_or(|s| s.resolution == crate::model::Resolution::ClientSideLb)
+        });
         if eds_only {
-            Change::Endpoints
+            Change::Endpoints(Arc::new(changed))
         } else {
             Change::Full
         }
@@ -249,11 +252,17 @@ spec:
     #[test]
     fn change_since_names_the_narrowest_rebuild() {
         let base = snapshot(BASE);
-        assert_eq!(snapshot(BASE).change_since(&base), Change::Endpoints);
+        let endpoints = |hosts: &[&str]| {
+            Change::Endpoints(Arc::new(hosts.iter().map(|h| h.to_string()).collect()))
+        };
+        assert_eq!(snapshot(BASE).change_since(&base), endpoints(&[]));
         let pod = format!(
             "{BASE}---\napiVersion: v1\nkind: Pod\nmetadata: {{name: reviews-2, namespace: default, labels: {{app: reviews}}}}\nstatus: {{podIP: 10.0.0.2}}\n"
         );
-        assert_eq!(snapshot(&pod).change_since(&base), Change::Endpoints);
+        assert_eq!(
+            snapshot(&pod).change_since(&base),
+            endpoints(&["reviews.default.svc.cluster.local"])
+        );
         let vs = format!(
             "{BASE}---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: r, namespace: default}}\nspec: {{hosts: [reviews], http: [{{route: [{{destination: {{host: reviews}}}}]}}]}}\n"
         );

@@ -180,6 +180,36 @@ impl Translated {
         Self::with_types(prev.by_type.clone(), res, types)
     }
 
+    /// `prev` with the `ty` resources in `res` replacing those of the same
+    /// name (in place, keeping the order); everything else is shared.
+    pub fn patched(prev: &Translated, ty: ResourceType, res: ProxyResources) -> Self {
+        let fresh = Self::with_types(BTreeMap::new(), res, &[ty]);
+        let replacements: HashMap<&str, &Arc<Item>> = fresh
+            .get(ty)
+            .items
+            .iter()
+            .map(|i| (i.name.as_str(), i))
+            .collect();
+        let items: Vec<Arc<Item>> = prev
+            .get(ty)
+            .items
+            .iter()
+            .map(|old| {
+                replacements
+                    .get(old.name.as_str())
+                    .map_or(old, |new| *new)
+                    .clone()
+            })
+            .collect();
+        let mut by_type = prev.by_type.clone();
+        by_type.insert(ty, Arc::new(TypeResources::new(items)));
+        Self {
+            by_type,
+            empty: TypeResources::new(Vec::new()),
+            diffs: Mutex::default(),
+        }
+    }
+
     fn with_types(
         mut by_type: BTreeMap<ResourceType, Arc<TypeResources>>,
         res: ProxyResources,
@@ -528,9 +558,9 @@ impl ShapeCache {
                 previous: None,
             };
         }
-        let previous = match state.change {
-            Some(change) if change != Change::Full => {
-                state.previous.get(key).map(|t| (t.clone(), change))
+        let previous = match &state.change {
+            Some(change) if *change != Change::Full => {
+                state.previous.get(key).map(|t| (t.clone(), change.clone()))
             }
             _ => None,
         };
@@ -589,9 +619,12 @@ fn rebuild(
         return prev.clone();
     }
     Arc::new(match change {
-        Change::Endpoints => {
+        Change::Endpoints(hosts) => {
+            // Only the assignments of clusters of changed services
+            // (`outbound|port|subset|host`); the others are kept as they are.
             let names: Vec<String> = prev
                 .names(ResourceType::Endpoint)
+                .filter(|n| n.rsplit('|').next().is_some_and(|h| hosts.contains(h)))
                 .map(str::to_string)
                 .collect();
             let res = regenerate(
@@ -600,7 +633,7 @@ fn rebuild(
                 part,
                 Rebuild::Endpoints { clusters: &names },
             );
-            Translated::rebuilt(prev, res, &[ResourceType::Endpoint])
+            Translated::patched(prev, ResourceType::Endpoint, res)
         }
         Change::Routing => {
             let names: BTreeSet<String> = prev
@@ -668,5 +701,79 @@ mod tests {
             a.get(ResourceType::Cluster).version,
             c.get(ResourceType::Cluster).version
         );
+    }
+
+    /// What the server serves after an incremental rebuild must be what a
+    /// full translation of the new snapshot gives, type by type.
+    #[test]
+    fn incremental_rebuilds_equal_full_translations() {
+        const BASE: &str = "
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: default}
+spec: {ports: [{name: http, port: 9080}], selector: {app: reviews}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: ratings, namespace: default}
+spec: {ports: [{name: http, port: 9080}], selector: {app: ratings}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: reviews-1, namespace: default, labels: {app: reviews, version: v1}}
+status: {podIP: 10.0.0.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: ratings-1, namespace: default, labels: {app: ratings}}
+status: {podIP: 10.0.0.3}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: default}
+spec: {host: reviews, subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]}
+";
+        let pod = "---\napiVersion: v1\nkind: Pod\nmetadata: {name: reviews-2, namespace: default, labels: {app: reviews, version: v2}}\nstatus: {podIP: 10.0.0.2}\n";
+        let vs = "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews, namespace: default}\nspec: {hosts: [reviews], http: [{route: [{destination: {host: reviews, subset: v2}}]}]}\n";
+        let build = |version: u64, yaml: &str| {
+            let loaded = mesh_api::load_str("t.yaml", yaml);
+            Snapshot::build(
+                version,
+                &loaded,
+                mesh_api::mesh_config::MeshConfig::default(),
+            )
+        };
+        let proxy = ProxyInfo::sidecar("client", "default", "10.0.0.9".parse().unwrap(), &[]);
+        let summary = |t: &Translated| -> Vec<(ResourceType, Vec<(String, u64)>)> {
+            ResourceType::ALL
+                .iter()
+                .map(|&ty| {
+                    let items = t.get(ty).items.iter();
+                    (ty, items.map(|i| (i.name.clone(), i.hash)).collect())
+                })
+                .collect()
+        };
+        let old = build(1, BASE);
+        let prev = Arc::new(Translated::new(crate::xds::generate_part(
+            &old,
+            &proxy,
+            Part::Outbound,
+        )));
+        for (next, expect) in [
+            (format!("{BASE}{pod}"), "endpoints"),
+            (format!("{BASE}{vs}"), "routing"),
+        ] {
+            let new = build(2, &next);
+            let change = new.change_since(&old);
+            assert_ne!(change, Change::Full, "{expect}");
+            let rebuilt = rebuild(&new, &proxy, Part::Outbound, &prev, change);
+            let full = Translated::new(crate::xds::generate_part(&new, &proxy, Part::Outbound));
+            assert_eq!(summary(&rebuilt), summary(&full), "{expect}");
+            assert_ne!(
+                summary(&rebuilt),
+                summary(&prev),
+                "{expect}: something changed"
+            );
+        }
     }
 }
