@@ -17,7 +17,7 @@ use bytes::Bytes;
 use envoy_types::pb::google::protobuf::Any;
 use mesh_api::xds::{ResourceType, pack_any};
 use prost::Message;
-use prost_reflect::{DescriptorPool, DynamicMessage, ReflectMessage, Value};
+use prost_reflect::{DescriptorPool, MessageDescriptor};
 use tokio::sync::OnceCell;
 
 use super::Generator;
@@ -339,74 +339,102 @@ impl Fnv {
 /// encoded bytes when the type is not in the descriptor set.
 fn canonical_hash(pool: Option<&DescriptorPool>, any: &Any) -> u64 {
     let mut h = Fnv::default();
-    match pool.and_then(|p| decode_any(p, &any.type_url, &any.value)) {
-        Some(msg) => hash_message(&mut h, pool, &msg),
-        None => {
-            h.write_str_field(&any.type_url);
-            h.write(&any.value);
-        }
+    let hashed = pool.is_some_and(|p| hash_any(&mut h, p, &any.type_url, &any.value).is_some());
+    if !hashed {
+        h = Fnv::default();
+        h.write_str_field(&any.type_url);
+        h.write(&any.value);
     }
     h.finish()
 }
 
-fn decode_any(pool: &DescriptorPool, type_url: &str, value: &[u8]) -> Option<DynamicMessage> {
-    let name = type_url.rsplit('/').next()?;
-    let desc = pool.get_message_by_name(name)?;
-    DynamicMessage::decode(desc, value).ok()
+fn hash_any(h: &mut Fnv, pool: &DescriptorPool, type_url: &str, value: &[u8]) -> Option<()> {
+    let desc = pool.get_message_by_name(type_url.rsplit('/').next()?)?;
+    hash_wire(h, pool, &desc, value)
 }
 
-fn hash_message(h: &mut Fnv, pool: Option<&DescriptorPool>, msg: &DynamicMessage) {
-    let desc = msg.descriptor();
-    h.write_str_field(desc.full_name());
-    if desc.full_name() == "google.protobuf.Any" {
-        let type_url = msg.get_field_by_number(1);
-        let value = msg.get_field_by_number(2);
-        if let (Some(Value::String(url)), Some(Value::Bytes(bytes))) =
-            (type_url.as_deref(), value.as_deref())
-            && let Some(inner) = pool.and_then(|p| decode_any(p, url, bytes))
-        {
-            hash_message(h, pool, &inner);
-            return;
-        }
-    }
-    for (field, value) in msg.fields() {
-        h.write_u32(field.number());
-        hash_value(h, pool, value);
-    }
-}
-
-fn hash_value(h: &mut Fnv, pool: Option<&DescriptorPool>, value: &Value) {
-    match value {
-        Value::Bool(v) => h.write_u8(u8::from(*v)),
-        Value::I32(v) => h.write_i32(*v),
-        Value::I64(v) => h.write_i64(*v),
-        Value::U32(v) => h.write_u32(*v),
-        Value::U64(v) => h.write_u64(*v),
-        Value::F32(v) => h.write_u32(v.to_bits()),
-        Value::F64(v) => h.write_u64(v.to_bits()),
-        Value::String(v) => h.write_str_field(v),
-        Value::Bytes(v) => {
-            h.write_u64(v.len() as u64);
-            h.write(v);
-        }
-        Value::EnumNumber(v) => h.write_i32(*v),
-        Value::Message(m) => hash_message(h, pool, m),
-        Value::List(items) => {
-            h.write_u64(items.len() as u64);
-            for v in items {
-                hash_value(h, pool, v);
+/// Hashes an encoded message by walking its wire format with the
+/// descriptor, without decoding it into a dynamic message: fields in the
+/// order prost writes them (by number), except that the entries of each map
+/// field are hashed separately and combined in sorted order, and `Any`
+/// payloads are walked with their own type. `None` on malformed input.
+fn hash_wire(
+    h: &mut Fnv,
+    pool: &DescriptorPool,
+    desc: &MessageDescriptor,
+    mut buf: &[u8],
+) -> Option<()> {
+    use prost::encoding::decode_varint;
+    let is_any = desc.full_name() == "google.protobuf.Any";
+    let mut any_url: Option<&[u8]> = None;
+    let mut maps: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+    while !buf.is_empty() {
+        let key = decode_varint(&mut buf).ok()?;
+        let number = u32::try_from(key >> 3).ok()?;
+        match key & 7 {
+            0 => {
+                let v = decode_varint(&mut buf).ok()?;
+                h.write_u32(number);
+                h.write_u64(v);
             }
-        }
-        Value::Map(map) => {
-            let mut entries: Vec<_> = map.iter().collect();
-            entries.sort_by(|a, b| a.0.cmp(b.0));
-            h.write_u64(entries.len() as u64);
-            for (k, v) in entries {
-                hash_value(h, pool, &k.clone().into());
-                hash_value(h, pool, v);
+            1 | 5 => {
+                let n = if key & 7 == 1 { 8 } else { 4 };
+                let (bytes, rest) = buf.split_at_checked(n)?;
+                buf = rest;
+                h.write_u32(number);
+                h.write(bytes);
             }
+            2 => {
+                let len = usize::try_from(decode_varint(&mut buf).ok()?).ok()?;
+                let (data, rest) = buf.split_at_checked(len)?;
+                buf = rest;
+                if is_any {
+                    match number {
+                        1 => any_url = Some(data),
+                        2 => {
+                            let url = std::str::from_utf8(any_url?).ok()?;
+                            h.write_u32(number);
+                            hash_any(h, pool, url, data)?;
+                        }
+                        _ => {}
+                    }
+                    continue;
+                }
+                let field = desc.get_field(number);
+                let message = field.as_ref().and_then(|f| match f.kind() {
+                    prost_reflect::Kind::Message(m) => Some(m),
+                    _ => None,
+                });
+                match (field.as_ref(), message) {
+                    (Some(f), Some(entry)) if f.is_map() => {
+                        let mut eh = Fnv::default();
+                        hash_wire(&mut eh, pool, &entry, data)?;
+                        maps.entry(number).or_default().push(eh.finish());
+                    }
+                    (_, Some(m)) => {
+                        h.write_u32(number);
+                        h.write_u64(len as u64);
+                        hash_wire(h, pool, &m, data)?;
+                    }
+                    _ => {
+                        h.write_u32(number);
+                        h.write_u64(len as u64);
+                        h.write(data);
+                    }
+                }
+            }
+            _ => return None,
         }
     }
+    for (number, mut entries) in maps {
+        entries.sort_unstable();
+        h.write_u32(number);
+        h.write_u64(entries.len() as u64);
+        for e in entries {
+            h.write_u64(e);
+        }
+    }
+    Some(())
 }
 
 // === per-proxy view ===
@@ -674,6 +702,45 @@ mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn list_order_counts_but_map_order_does_not_inside_any() {
+        use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
+        let vhost = |name: &str| VirtualHost {
+            name: name.into(),
+            typed_per_filter_config: [
+                (
+                    "b".to_string(),
+                    pack_any(cluster_with_metadata(&["x", "y", "z"])),
+                ),
+                (
+                    "a".to_string(),
+                    pack_any(cluster_with_metadata(&["z", "y", "x"])),
+                ),
+            ]
+            .into(),
+            ..Default::default()
+        };
+        let hash = |names: &[&str]| {
+            let rc = RouteConfiguration {
+                name: "80".into(),
+                virtual_hosts: names.iter().map(|n| vhost(n)).collect(),
+                ..Default::default()
+            };
+            canonical_hash(mesh_api::xds::json::pool().ok(), &pack_any(rc))
+        };
+        assert_eq!(
+            hash(&["one", "two"]),
+            hash(&["one", "two"]),
+            "maps in any order"
+        );
+        assert_ne!(
+            hash(&["one", "two"]),
+            hash(&["two", "one"]),
+            "route order matters"
+        );
+        assert_ne!(hash(&["one"]), hash(&["one", "two"]));
     }
 
     #[test]
