@@ -511,10 +511,23 @@ type Slot = Arc<OnceCell<Arc<Translated>>>;
 /// [`crate::xds::shape`]), and those of the snapshot before it: when the
 /// newer one changes only endpoints or only VirtualServices, a shape's new
 /// translation rebuilds just the affected types and shares the rest.
-#[derive(Default)]
 pub(crate) struct ShapeCache {
     // Held only to find or insert a slot, never across translation.
     inner: Mutex<CacheState>,
+    /// Translations running at once: one per core. More only time-slice
+    /// the same cores and keep more allocator arenas full of the large
+    /// transient messages a translation builds.
+    translating: tokio::sync::Semaphore,
+}
+
+impl Default for ShapeCache {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, usize::from);
+        Self {
+            inner: Mutex::default(),
+            translating: tokio::sync::Semaphore::new(cores),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -608,6 +621,7 @@ impl ShapeCache {
         let key = ShapeKey::of(snapshot, proxy, part);
         let plan = self.plan(snapshot, &key);
         let translate = || async {
+            let _permit = self.translating.acquire().await.ok();
             let (snap, p, t) = (snapshot.clone(), proxy.clone(), translation.clone());
             let previous = plan.previous.clone();
             tokio::task::spawn_blocking(move || match (&t, previous) {
