@@ -394,51 +394,12 @@ fn cluster_address(cluster: &Cluster) -> Option<String> {
 mod tests {
     use super::*;
 
-    const GATEWAY: &str = r#"
-node:
-  id: router~10.0.0.1~gw-0.istio-system~istio-system.svc.cluster.local
-  cluster: gw.istio-system
-admin:
-  address: {socket_address: {address: 127.0.0.1, port_value: 15000}}
-dynamic_resources:
-  ads_config:
-    api_type: DELTA_GRPC
-    transport_api_version: V3
-    grpc_services: [{envoy_grpc: {cluster_name: xds-grpc}}]
-  cds_config: {ads: {}, resource_api_version: V3}
-  lds_config: {ads: {}, resource_api_version: V3}
-static_resources:
-  clusters:
-  - name: xds-grpc
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: xds-grpc
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 15010}}}
-  listeners:
-  - name: static_http
-    address: {socket_address: {address: 127.0.0.1, port_value: 18080}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: static_http
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-          route_config:
-            name: local
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {prefix: /}
-                direct_response: {status: 200, body: {inline_string: hello}}
-"#;
+    /// The gateway bootstrap the integration tests use too, with its
+    /// control plane (tests/fixtures/).
+    const GATEWAY: &str = concat!(
+        include_str!("../tests/fixtures/bootstrap.yaml"),
+        include_str!("../tests/fixtures/bootstrap_ads.yaml")
+    );
 
     #[test]
     fn reads_an_envoy_bootstrap() {

@@ -125,6 +125,12 @@ pub struct RunArgs {
     /// Log level or tracing filter directives (changeable at /logging).
     #[arg(long, env = "MESH_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+    /// Access log.
+    #[command(flatten)]
+    pub telemetry: crate::telemetry::TelemetryArgs,
+    /// Request header limits.
+    #[command(flatten)]
+    pub http_limits: crate::proxy::http::Limits,
 }
 
 /// Parses the command line, taking `run` as the subcommand when none is
@@ -263,10 +269,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     bootstrap.node = Some(node.clone());
     let (publisher, config) = xds::channels(statics.resources.clone(), xds.is_none());
     let (lifecycle, mut requests) = admin::lifecycle();
+    let registry = Arc::new(RwLock::new(Registry::default()));
+    let telemetry = crate::telemetry::Telemetry::start(&args.telemetry, &node, &registry)?;
+    args.http_limits.apply();
     let state = AdminState {
         config: config.clone(),
         bootstrap: Arc::new(bootstrap),
-        registry: Arc::new(RwLock::new(Registry::default())),
+        registry,
         logging,
         lifecycle: lifecycle.clone(),
         started,
@@ -308,6 +317,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         config.runtime.clone(),
         config.status.clone(),
         drain_watch,
+        crate::proxy::Options {
+            observer: telemetry,
+        },
     ));
     let mut trigger = Some(trigger);
     let mut draining: Option<tokio::task::JoinHandle<bool>> = None;
@@ -393,6 +405,7 @@ async fn serve_data_path(
     runtime: watch::Receiver<Arc<Runtime>>,
     mut status: watch::Receiver<Arc<xds::XdsStatus>>,
     mut drain: drain::Watch,
+    options: crate::proxy::Options,
 ) -> anyhow::Result<()> {
     tokio::select! {
         ready = status.wait_for(|s| s.ready) => {
@@ -403,7 +416,7 @@ async fn serve_data_path(
         }
         () = drain.signaled() => return Ok(()),
     }
-    crate::proxy::run(runtime, drain)
+    crate::proxy::run_with(runtime, drain, options)
         .await
         .map_err(anyhow::Error::from)
 }

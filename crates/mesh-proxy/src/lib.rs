@@ -20,4 +20,5 @@ pub mod proxy;
 pub mod resources;
 pub mod runtime;
 pub mod socket;
+pub mod telemetry;
 pub mod xds;

@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support_xds;
+mod support;
 
 use std::time::Duration;
 
@@ -13,57 +13,24 @@ use mesh_proxy::bootstrap::StaticConfig;
 use mesh_proxy::resources::Resources;
 use mesh_proxy::xds::{Backoff, NodeConfig, XdsConfig};
 use prometheus_client::metrics::counter::Counter;
-use support_xds::ads::TestAds;
-use support_xds::*;
+use support::ads::TestAds;
+use support::protos::*;
+use support::xds_proxy::XdsProxy;
+use support::*;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::{EnvFilter, reload};
 
 const WAIT: Duration = Duration::from_secs(20);
 
-const BOOTSTRAP: &str = r#"
-static_resources:
-  listeners:
-  - name: static_http
-    address: {socket_address: {address: 127.0.0.1, port_value: 18080}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: static_http
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-          route_config:
-            name: local
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {prefix: /}
-                route: {cluster: backend}
-  clusters:
-  - name: backend
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: backend
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 18081}}}
-          health_status: UNHEALTHY
-"#;
-
-async fn static_proxy() -> Proxy {
+async fn static_proxy() -> XdsProxy {
     let statics = StaticConfig::parse(BOOTSTRAP, "test.yaml", false).unwrap();
-    Proxy::start(None, statics.resources).await
+    XdsProxy::start(None, statics.resources).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_waits_for_the_first_complete_config() {
     // A control plane that is not there yet.
-    let addr = mesh_test_support::free_addr();
+    let addr = free_addr();
     let node = NodeConfig::default().build(None);
     let config = XdsConfig {
         backoff: Backoff {
@@ -72,12 +39,15 @@ async fn ready_waits_for_the_first_complete_config() {
         },
         ..XdsConfig::new(addr.to_string(), node)
     };
-    let proxy = Proxy::start(Some(config), Resources::default()).await;
+    let proxy = XdsProxy::start(Some(config), Resources::default()).await;
     assert_eq!(
-        get(proxy.admin, "/ready").await.unwrap(),
+        admin_get(proxy.admin, "/ready").await.unwrap(),
         (503, "PRE_INITIALIZING\n".to_string())
     );
-    assert_eq!(get(proxy.health, "/healthz/ready").await.unwrap().0, 503);
+    assert_eq!(
+        admin_get(proxy.health, "/healthz/ready").await.unwrap().0,
+        503
+    );
 
     let ads = TestAds::default();
     ads.set(
@@ -94,7 +64,7 @@ async fn ready_waits_for_the_first_complete_config() {
     let _server = ads.start(addr).await;
     proxy.wait_ready().await;
     assert_eq!(
-        get(proxy.admin, "/ready").await.unwrap(),
+        admin_get(proxy.admin, "/ready").await.unwrap(),
         (200, "LIVE\n".to_string())
     );
 }
@@ -153,7 +123,7 @@ async fn config_dump_has_envoys_shape_and_filters_by_resource() {
         "type.googleapis.com/envoy.admin.v3.ClustersConfigDump.StaticCluster"
     );
     assert_eq!(configs[0]["cluster"]["name"], "backend");
-    let (status, body) = get(proxy.admin, "/config_dump?resource=nonsense")
+    let (status, body) = admin_get(proxy.admin, "/config_dump?resource=nonsense")
         .await
         .unwrap();
     assert_eq!(status, 404);
@@ -163,7 +133,7 @@ async fn config_dump_has_envoys_shape_and_filters_by_resource() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clusters_listeners_and_server_info_read_like_envoys() {
     let proxy = static_proxy().await;
-    let (_, clusters) = get(proxy.admin, "/clusters").await.unwrap();
+    let (_, clusters) = admin_get(proxy.admin, "/clusters").await.unwrap();
     assert!(
         clusters.contains("backend::added_via_api::false\n"),
         "{clusters}"
@@ -172,21 +142,25 @@ async fn clusters_listeners_and_server_info_read_like_envoys() {
         clusters.contains("backend::127.0.0.1:18081::health_flags::/failed_eds_health\n"),
         "{clusters}"
     );
-    let (_, json) = get(proxy.admin, "/clusters?format=json").await.unwrap();
+    let (_, json) = admin_get(proxy.admin, "/clusters?format=json")
+        .await
+        .unwrap();
     let json: serde_json::Value = serde_json::from_str(&json).unwrap();
     let host = &json["cluster_statuses"][0]["host_statuses"][0];
     assert_eq!(host["address"]["socket_address"]["port_value"], 18081);
     assert_eq!(host["health_status"]["eds_health_status"], "UNHEALTHY");
 
     assert_eq!(
-        get(proxy.admin, "/listeners").await.unwrap().1,
+        admin_get(proxy.admin, "/listeners").await.unwrap().1,
         "static_http::127.0.0.1:18080\n"
     );
-    let (_, json) = get(proxy.admin, "/listeners?format=json").await.unwrap();
+    let (_, json) = admin_get(proxy.admin, "/listeners?format=json")
+        .await
+        .unwrap();
     let json: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(json["listener_statuses"][0]["name"], "static_http");
 
-    let (status, info) = get(proxy.admin, "/server_info").await.unwrap();
+    let (status, info) = admin_get(proxy.admin, "/server_info").await.unwrap();
     assert_eq!(status, 200);
     let info: serde_json::Value = serde_json::from_str(&info).unwrap();
     assert_eq!(info["state"], "LIVE");
@@ -204,22 +178,22 @@ async fn logging_changes_the_live_filter_and_needs_post() {
     });
     let probe = logging.clone();
     let statics = StaticConfig::parse(BOOTSTRAP, "test.yaml", false).unwrap();
-    let proxy = Proxy::start_with(None, statics.resources, logging).await;
+    let proxy = XdsProxy::start_with(None, statics.resources, logging).await;
 
-    let (status, body) = request("POST", proxy.admin, "/logging?level=debug")
+    let (status, body) = admin_request("POST", proxy.admin, "/logging?level=debug")
         .await
         .unwrap();
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("all: debug"), "{body}");
-    let (status, _) = request("POST", proxy.admin, "/logging?xds=trace")
+    let (status, _) = admin_request("POST", proxy.admin, "/logging?xds=trace")
         .await
         .unwrap();
     assert_eq!(status, 200);
     assert_eq!(probe.directives(), "debug,mesh_proxy::xds=trace");
 
-    let (status, _) = get(proxy.admin, "/logging?level=off").await.unwrap();
+    let (status, _) = admin_get(proxy.admin, "/logging?level=off").await.unwrap();
     assert_eq!(status, 405, "changing levels needs POST, as in Envoy");
-    let (status, body) = request("POST", proxy.admin, "/logging?level=loud")
+    let (status, body) = admin_request("POST", proxy.admin, "/logging?level=loud")
         .await
         .unwrap();
     assert_eq!(status, 400);
@@ -237,19 +211,24 @@ async fn stats_serve_the_registry_handed_in() {
         .unwrap()
         .register("istio_requests", "Requests", requests.clone());
     requests.inc();
-    let (status, body) = get(proxy.admin, "/stats/prometheus").await.unwrap();
+    let (status, body) = admin_get(proxy.admin, "/stats/prometheus").await.unwrap();
     assert_eq!(status, 200);
     assert!(body.contains("istio_requests_total 1"), "{body}");
-    let (_, body) = get(proxy.admin, "/stats?filter=istio").await.unwrap();
+    let (_, body) = admin_get(proxy.admin, "/stats?filter=istio").await.unwrap();
     assert_eq!(body, "istio_requests_total: 1\n");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quitquitquit_asks_to_drain_and_exit_and_ready_says_draining() {
     let mut proxy = static_proxy().await;
-    assert_eq!(get(proxy.admin, "/quitquitquit").await.unwrap().0, 405);
     assert_eq!(
-        request("POST", proxy.admin, "/quitquitquit").await.unwrap(),
+        admin_get(proxy.admin, "/quitquitquit").await.unwrap().0,
+        405
+    );
+    assert_eq!(
+        admin_request("POST", proxy.admin, "/quitquitquit")
+            .await
+            .unwrap(),
         (200, "OK\n".to_string())
     );
     let asked = tokio::time::timeout(WAIT, proxy.requests.recv())
@@ -257,13 +236,16 @@ async fn quitquitquit_asks_to_drain_and_exit_and_ready_says_draining() {
         .unwrap();
     assert_eq!(asked, Some(ShutdownRequest::Quit));
     assert_eq!(
-        get(proxy.admin, "/ready").await.unwrap(),
+        admin_get(proxy.admin, "/ready").await.unwrap(),
         (503, "DRAINING\n".to_string())
     );
-    assert_eq!(get(proxy.health, "/healthz/ready").await.unwrap().0, 503);
+    assert_eq!(
+        admin_get(proxy.health, "/healthz/ready").await.unwrap().0,
+        503
+    );
 
     let mut other = static_proxy().await;
-    request("POST", other.admin, "/drain_listeners")
+    admin_request("POST", other.admin, "/drain_listeners")
         .await
         .unwrap();
     let asked = tokio::time::timeout(WAIT, other.requests.recv())

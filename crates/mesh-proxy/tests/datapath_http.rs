@@ -13,13 +13,14 @@ use http::{Method, StatusCode};
 use mesh_proxy::proxy::ResponseFlags;
 use mesh_proxy::resources::Resource;
 use serde_json::{Value, json};
+use support::resources::*;
 use support::*;
 use tokio::net::TcpStream;
 
 /// A proxy with one HTTP listener (route config "80") over `routes`, and
 /// the given clusters.
 async fn proxy(routes: Value, clusters: Vec<Resource>) -> (Proxy, SocketAddr) {
-    let addr = mesh_test_support::free_addr();
+    let addr = free_addr();
     let mut list = vec![
         http_listener("http", addr, "80"),
         route_config("80", routes),
@@ -36,7 +37,7 @@ fn to(cluster: &str, m: Value) -> Value {
 async fn routes_by_host_path_and_header() {
     bounded(30, async {
         let (v1, v2) = (echo("reviews-v1", "v1").await, echo("reviews-v2", "v2").await);
-        let addr = mesh_test_support::free_addr();
+        let addr = free_addr();
         let routes = json!({"name": "80", "virtualHosts": [
             {"name": "reviews", "domains": ["reviews", "reviews:9080"], "routes": [
                 {"match": {"prefix": "/", "headers": [{"name": "end-user", "stringMatch": {"exact": "jason"}}]}, "route": {"cluster": "v2"}},
@@ -132,7 +133,7 @@ async fn mirror_gets_a_shadow_host_and_never_reaches_the_client() {
         let c = h1();
         let r = get(&c, addr, "reviews:9080", "/mirrored").await;
         assert_eq!(r.echo().name, "primary");
-        let seen = eventually(5, || {
+        let seen = eventually(Duration::from_secs(5), || async {
             shadow.log.lock().unwrap().iter().find(|(_, p)| p == "/mirrored").cloned()
         })
         .await;
@@ -305,12 +306,11 @@ async fn local_replies_for_no_route_no_cluster_and_no_healthy_upstream() {
             let r = get(&c, addr, "reviews", path).await;
             assert_eq!(r.status, status, "{path}");
             assert_eq!(r.text(), body, "{path}");
-            let rec = loop {
-                if let Some(r) = proxy.records.requests.lock().unwrap().get(before).cloned() {
-                    break r;
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            };
+            let rec = eventually(Duration::from_secs(5), || async {
+                proxy.records.requests.lock().unwrap().get(before).cloned()
+            })
+            .await
+            .unwrap_or_else(|| panic!("{path}: no request record"));
             assert!(rec.flags.contains(flag), "{path}: {rec:?}");
         }
     })
@@ -322,7 +322,7 @@ async fn a_new_runtime_reroutes_while_an_in_flight_request_completes() {
     bounded(30, async {
         let mut slow = held("slow").await;
         let v2 = echo("v2", "v2").await;
-        let addr = mesh_test_support::free_addr();
+        let addr = free_addr();
         let config = |cluster: &str| {
             vec![
                 http_listener("http", addr, "80"),
@@ -337,16 +337,12 @@ async fn a_new_runtime_reroutes_while_an_in_flight_request_completes() {
         assert_eq!(slow.arrived.recv().await.unwrap(), "/in-flight");
         proxy.update(config("v2"));
         let c = h1();
-        let mut rerouted = false;
-        for _ in 0..200 {
+        let rerouted = eventually(Duration::from_secs(10), || async {
             let r = get(&c, addr, "reviews", "/").await;
-            if r.status == StatusCode::OK && r.text().contains("v2") {
-                rerouted = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert!(rerouted);
+            (r.status == StatusCode::OK && r.text().contains("v2")).then_some(())
+        })
+        .await;
+        assert!(rerouted.is_some());
         slow.release.add_permits(100);
         let r = in_flight.await.unwrap();
         assert_eq!(r.status, StatusCode::OK);
@@ -391,7 +387,7 @@ async fn a_listener_that_cannot_bind_is_skipped() {
         let v1 = echo("v1", "v1").await;
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let taken_addr = taken.local_addr().unwrap();
-        let addr = mesh_test_support::free_addr();
+        let addr = free_addr();
         let list = vec![
             http_listener("taken", taken_addr, "80"),
             http_listener("free", addr, "80"),

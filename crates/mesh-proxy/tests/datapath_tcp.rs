@@ -7,8 +7,11 @@
 mod support;
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
+use mesh_test_support::tls::client_hello;
 use serde_json::json;
+use support::resources::*;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -58,7 +61,7 @@ async fn read_some(s: &mut TcpStream) -> Vec<u8> {
 async fn tcp_proxy_carries_bytes_both_ways() {
     bounded(20, async {
         let upstream = backend("echo", None).await;
-        let addr = mesh_test_support::free_addr();
+        let addr = free_addr();
         let proxy = Proxy::start(
             vec![
                 listener(json!({"name": "tcp", "address": address(addr), "filterChains": [{"filters": [tcp_proxy("echo")]}]})),
@@ -74,7 +77,7 @@ async fn tcp_proxy_carries_bytes_both_ways() {
         assert_eq!(read_some(&mut s).await, b"echo:again");
         drop(s);
         // (The readiness probe made a connection of its own, without bytes.)
-        let record = eventually(5, || {
+        let record = eventually(Duration::from_secs(5), || async {
             proxy.records.connections.lock().unwrap().iter().find(|r| r.bytes_received > 0).cloned()
         })
         .await
@@ -90,7 +93,7 @@ async fn tcp_proxy_carries_bytes_both_ways() {
 async fn tls_passthrough_routes_by_server_name() {
     bounded(20, async {
         let (a, b) = (backend("a", None).await, backend("b", None).await);
-        let addr = mesh_test_support::free_addr();
+        let addr = free_addr();
         let proxy_listener = listener(json!({
             "name": "passthrough",
             "address": address(addr),
@@ -107,7 +110,7 @@ async fn tls_passthrough_routes_by_server_name() {
         )
         .await;
         for (sni, expected) in [("a.example.com", "a"), ("x.b.example.com", "b"), ("A.EXAMPLE.COM", "a")] {
-            let hello = client_hello(sni);
+            let hello = client_hello(sni, &[]);
             let mut s = TcpStream::connect(addr).await.unwrap();
             s.write_all(&hello).await.unwrap();
             let reply = read_some(&mut s).await;
@@ -118,7 +121,7 @@ async fn tls_passthrough_routes_by_server_name() {
         }
         // No chain for this name: the connection is closed.
         let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(&client_hello("c.example.com")).await.unwrap();
+        s.write_all(&client_hello("c.example.com", &[])).await.unwrap();
         let mut buf = [0u8; 16];
         assert_eq!(s.read(&mut buf).await.unwrap_or(0), 0);
     })
@@ -130,7 +133,7 @@ async fn a_server_first_protocol_is_not_held_up() {
     bounded(10, async {
         let mysql = backend("mysql", Some("greeting")).await;
         let web = backend("web", None).await;
-        let addr = mesh_test_support::free_addr();
+        let addr = free_addr();
         // Connections to this port never need the ClientHello: its chain
         // matches on the destination port only.
         let l = listener(json!({
@@ -149,33 +152,4 @@ async fn a_server_first_protocol_is_not_held_up() {
         assert_eq!(read_some(&mut s).await, b"greeting");
     })
     .await;
-}
-
-/// A minimal TLS 1.2/1.3 ClientHello carrying `sni`.
-fn client_hello(sni: &str) -> Vec<u8> {
-    let name = sni.as_bytes();
-    let mut sni_ext = Vec::new();
-    sni_ext.extend_from_slice(&((name.len() + 3) as u16).to_be_bytes());
-    sni_ext.push(0);
-    sni_ext.extend_from_slice(&(name.len() as u16).to_be_bytes());
-    sni_ext.extend_from_slice(name);
-    let mut ext = Vec::new();
-    ext.extend_from_slice(&0u16.to_be_bytes());
-    ext.extend_from_slice(&(sni_ext.len() as u16).to_be_bytes());
-    ext.extend_from_slice(&sni_ext);
-    let mut body = vec![3, 3];
-    body.extend_from_slice(&[7; 32]);
-    body.push(0);
-    body.extend_from_slice(&2u16.to_be_bytes());
-    body.extend_from_slice(&[0x13, 0x01]);
-    body.extend_from_slice(&[1, 0]);
-    body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
-    body.extend_from_slice(&ext);
-    let mut handshake = vec![1];
-    handshake.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
-    handshake.extend_from_slice(&body);
-    let mut record = vec![0x16, 3, 1];
-    record.extend_from_slice(&(handshake.len() as u16).to_be_bytes());
-    record.extend_from_slice(&handshake);
-    record
 }

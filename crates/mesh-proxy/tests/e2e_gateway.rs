@@ -13,22 +13,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support_e2e;
+mod support;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use http::Version;
-use http_body_util::{BodyExt, Empty};
-use hyper::body::Bytes;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
-use mesh_test_support::free_port;
-use support_e2e::control_plane::ControlPlane;
-use support_e2e::proxy_process::{ProxyProcess, RunFlags};
-use support_e2e::*;
+use http::{Method, Version};
+use support::control_plane::ControlPlane;
+use support::proxy_process::{ProxyProcess, RunFlags};
+use support::*;
 
 const HOST: &str = "bookinfo.example.com";
 const WAIT: Duration = Duration::from_secs(20);
@@ -156,19 +150,9 @@ impl Mesh {
         let cp = ControlPlane::serve_loopback(dir.path());
         let mut proxy = ProxyProcess::start(RunFlags::gateway(cp.addr));
         cp.wait_synced(&proxy.flags.node_id(), WAIT).await;
-        let routed = eventually(WAIT, || async {
-            get(None, gateway, Version::HTTP_11, HOST, "/ready-check", &[])
-                .await
-                .ok()
-                .filter(|r| r.status == 200)
-        })
-        .await;
-        proxy.assert_running();
-        assert!(
-            routed.is_some(),
-            "the gateway never answered 200 on {gateway}:\n{}",
-            proxy.log()
-        );
+        proxy
+            .wait_ok(None, gateway, HOST, "/ready-check", WAIT)
+            .await;
         Self {
             gateway,
             routing,
@@ -188,49 +172,11 @@ impl Mesh {
     }
 }
 
-type HyperClient = Client<HttpConnector, Empty<Bytes>>;
-
-/// A keep-alive client: HTTP/1.1, or HTTP/2 with prior knowledge.
-fn client(version: Version) -> HyperClient {
-    let mut builder = Client::builder(TokioExecutor::new());
-    if version == Version::HTTP_2 {
-        builder.http2_only(true);
-    }
-    builder.build_http()
-}
-
-async fn request(
-    client: &HyperClient,
-    gateway: SocketAddr,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> Reply {
-    let mut req = http::Request::get(format!("http://{gateway}{path}")).header("host", HOST);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = tokio::time::timeout(
-        REQUEST_TIMEOUT,
-        client.request(req.body(Empty::new()).unwrap()),
-    )
-    .await
-    .expect("request timed out")
-    .expect("request failed");
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    Reply {
-        status,
-        headers,
-        body,
-    }
-}
-
 /// Share of `v2` answers over `n` default-route requests.
-async fn v2_share(client: &HyperClient, gateway: SocketAddr, n: usize) -> f64 {
+async fn v2_share(client: &HttpClient, gateway: SocketAddr, n: usize) -> f64 {
     let mut v2 = 0;
     for _ in 0..n {
-        let reply = request(client, gateway, "/reviews", &[]).await;
+        let reply = send(client, Method::GET, gateway, HOST, "/reviews", &[]).await;
         assert_eq!(reply.status, 200, "{:?}", reply.body);
         if reply.version() == "v2" {
             v2 += 1;
@@ -245,7 +191,15 @@ async fn header_match_goes_to_v2_and_weights_split_90_10() {
     let client = client(Version::HTTP_11);
 
     for _ in 0..20 {
-        let reply = request(&client, mesh.gateway, "/reviews", &[("end-user", "jason")]).await;
+        let reply = send(
+            &client,
+            Method::GET,
+            mesh.gateway,
+            HOST,
+            "/reviews",
+            &[("end-user", "jason")],
+        )
+        .await;
         assert_eq!(reply.status, 200);
         assert_eq!(reply.version(), "v2");
     }
@@ -266,14 +220,14 @@ async fn fault_abort_answers_its_status_and_the_mirror_gets_a_shadow_copy() {
     let mesh = Mesh::start((90, 10)).await;
     let client = client(Version::HTTP_11);
 
-    let reply = request(&client, mesh.gateway, "/fault", &[]).await;
+    let reply = send(&client, Method::GET, mesh.gateway, HOST, "/fault", &[]).await;
     assert_eq!(reply.status, 418);
     assert!(
         mesh.v1.seen("/fault").is_empty(),
         "an aborted request must not reach the backend"
     );
 
-    let reply = request(&client, mesh.gateway, "/mirror", &[]).await;
+    let reply = send(&client, Method::GET, mesh.gateway, HOST, "/mirror", &[]).await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.version(), "v1", "the client sees the primary");
     assert_eq!(mesh.v1.seen("/mirror"), vec![HOST.to_string()]);
@@ -331,29 +285,8 @@ async fn editing_the_virtual_service_reroutes_and_a_broken_file_changes_nothing(
 async fn config_dump_lists_the_gateway_listener_and_route() {
     let mut mesh = Mesh::start((90, 10)).await;
     let port = mesh.gateway.port();
-    let admin = mesh.proxy.flags.admin;
-    let reply = get(
-        None,
-        admin,
-        Version::HTTP_11,
-        "localhost",
-        "/config_dump",
-        &[],
-    )
-    .await
-    .unwrap();
-    assert_eq!(reply.status, 200);
-    let dump: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
-    let section = |suffix: &str| {
-        dump["configs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["@type"].as_str().unwrap_or("").ends_with(suffix))
-            .unwrap_or_else(|| panic!("no {suffix} in {dump:#}"))
-            .clone()
-    };
-    let listeners = section(".ListenersConfigDump");
+    let dump = config_dump(mesh.proxy.flags.admin, "").await;
+    let listeners = dump_section(&dump, ".ListenersConfigDump");
     let listener = listeners["dynamic_listeners"]
         .as_array()
         .unwrap()
@@ -364,7 +297,7 @@ async fn config_dump_lists_the_gateway_listener_and_route() {
     assert_eq!(address["address"], "127.0.0.1");
     assert_eq!(address["port_value"], port);
 
-    let routes = section(".RoutesConfigDump");
+    let routes = dump_section(&dump, ".RoutesConfigDump");
     let route = routes["dynamic_route_configs"]
         .as_array()
         .unwrap()
@@ -421,7 +354,15 @@ async fn curl_over_http1_and_h2c_gets_the_same_answers_as_hyper() {
     {
         let headers: Vec<(&str, &str)> = header.into_iter().collect();
         for http in [Version::HTTP_11, Version::HTTP_2] {
-            let hyper = request(&client(http), mesh.gateway, path, &headers).await;
+            let hyper = send(
+                &client(http),
+                Method::GET,
+                mesh.gateway,
+                HOST,
+                path,
+                &headers,
+            )
+            .await;
             assert_eq!(hyper.status, status, "hyper {http:?} {path}");
             let mut args = vec!["-H".to_string(), host_header.clone()];
             if let Some((k, v)) = header {

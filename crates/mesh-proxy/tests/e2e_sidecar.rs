@@ -32,16 +32,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support_e2e;
+mod support;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::Version;
 use mesh_test_support::netns::{Namespace, require_program, run_bounded, veth_pair};
-use support_e2e::control_plane::ControlPlane;
-use support_e2e::proxy_process::{BINARY, ProxyProcess, RunFlags};
-use support_e2e::*;
+use support::control_plane::ControlPlane;
+use support::proxy_process::{BINARY, ProxyProcess, RunFlags};
+use support::*;
 
 const WAIT: Duration = Duration::from_secs(30);
 const POD_IP: &str = "10.0.2.1";
@@ -170,27 +170,11 @@ impl World {
         let node_id = flags.node_id();
         let mut proxy = ProxyProcess::start_in(&pod, flags);
         cp.wait_synced(&node_id, WAIT).await;
+        // The health port of the pod's sidecar, reached from inside the pod.
         let health: SocketAddr = "127.0.0.1:15021".parse().unwrap();
-        let ready = eventually(WAIT, || async {
-            get(
-                Some(&pod),
-                health,
-                Version::HTTP_11,
-                "localhost",
-                "/healthz/ready",
-                &[],
-            )
-            .await
-            .ok()
-            .filter(|r| r.status == 200)
-        })
-        .await;
-        proxy.assert_running();
-        assert!(
-            ready.is_some(),
-            "the sidecar never became ready:\n{}",
-            proxy.log()
-        );
+        proxy
+            .wait_ok(Some(&pod), health, "localhost", "/healthz/ready", WAIT)
+            .await;
         Self {
             proxy,
             app,
@@ -241,7 +225,7 @@ async fn an_app_calling_a_service_vip_is_routed_by_the_virtual_service() {
     // The same through hyper on sockets made in the namespace, over
     // HTTP/1.1 and h2c (prior knowledge): the sniffed protocol is served.
     for version in [Version::HTTP_11, Version::HTTP_2] {
-        let jason = get(
+        let jason = get_in(
             Some(&world.pod),
             vip,
             version,
@@ -258,7 +242,7 @@ async fn an_app_calling_a_service_vip_is_routed_by_the_virtual_service() {
         // Served by the HTTP listener 0.0.0.0_9080 (not passed through as
         // TCP): the proxy stamped the request.
         assert!(echo.headers.contains_key("x-request-id"), "{echo:?}");
-        let other = get(
+        let other = get_in(
             Some(&world.pod),
             vip,
             version,
@@ -301,7 +285,7 @@ async fn a_peer_calling_the_pod_reaches_the_app_through_virtual_inbound() {
     // Declared port 9080: inbound capture (15006), the chain for port 9080,
     // its HTTP connection manager, cluster inbound|9080||, the app.
     let reply = eventually(WAIT, || async {
-        get(
+        get_in(
             Some(&world.peer),
             pod_port,
             Version::HTTP_11,
@@ -343,7 +327,7 @@ async fn a_peer_calling_the_pod_reaches_the_app_through_virtual_inbound() {
 
     // An undeclared port: the catch-all chain passes the bytes through to
     // the app (InboundPassthroughCluster, original destination).
-    let reply = get(
+    let reply = get_in(
         Some(&world.peer),
         format!("{POD_IP}:7070").parse().unwrap(),
         Version::HTTP_11,

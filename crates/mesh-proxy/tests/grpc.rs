@@ -13,7 +13,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support_e2e;
+mod support;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -22,9 +22,8 @@ use std::time::Duration;
 use http::uri::PathAndQuery;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use mesh_test_support::free_addr;
-use support_e2e::eventually;
-use support_e2e::proxy_process::{ProxyProcess, RunFlags};
+use support::proxy_process::{ProxyProcess, RunFlags};
+use support::{eventually, free_addr};
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Request, Response, Status};
 

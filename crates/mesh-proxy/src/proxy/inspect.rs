@@ -245,45 +245,8 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mesh_test_support::tls::client_hello;
     use test_case::test_case;
-
-    /// A minimal ClientHello with SNI and ALPN.
-    pub(crate) fn client_hello(sni: &str, alpn: &[&str]) -> Vec<u8> {
-        let mut ext = Vec::new();
-        let name = sni.as_bytes();
-        let mut sni_ext = Vec::new();
-        sni_ext.extend_from_slice(&((name.len() + 3) as u16).to_be_bytes());
-        sni_ext.push(0);
-        sni_ext.extend_from_slice(&(name.len() as u16).to_be_bytes());
-        sni_ext.extend_from_slice(name);
-        ext.extend_from_slice(&0u16.to_be_bytes());
-        ext.extend_from_slice(&(sni_ext.len() as u16).to_be_bytes());
-        ext.extend_from_slice(&sni_ext);
-        let mut list = Vec::new();
-        for p in alpn {
-            list.push(p.len() as u8);
-            list.extend_from_slice(p.as_bytes());
-        }
-        ext.extend_from_slice(&16u16.to_be_bytes());
-        ext.extend_from_slice(&((list.len() + 2) as u16).to_be_bytes());
-        ext.extend_from_slice(&(list.len() as u16).to_be_bytes());
-        ext.extend_from_slice(&list);
-        let mut body = vec![3, 3];
-        body.extend_from_slice(&[0; 32]);
-        body.push(0); // session id
-        body.extend_from_slice(&2u16.to_be_bytes());
-        body.extend_from_slice(&[0x13, 0x01]);
-        body.extend_from_slice(&[1, 0]);
-        body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
-        body.extend_from_slice(&ext);
-        let mut hs = vec![1];
-        hs.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
-        hs.extend_from_slice(&body);
-        let mut rec = vec![0x16, 3, 1];
-        rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
-        rec.extend_from_slice(&hs);
-        rec
-    }
 
     #[test]
     fn reads_sni_and_alpn() {

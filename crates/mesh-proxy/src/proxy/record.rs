@@ -48,12 +48,22 @@ pub struct RequestRecord {
     pub downstream_local: SocketAddr,
     /// Downstream HTTP version.
     pub protocol: Version,
-    /// Method.
+    /// Method (`-` when the request line could not be parsed, as Envoy
+    /// prints it).
     pub method: Method,
     /// `Host` / `:authority`.
     pub authority: String,
-    /// Path and query as received.
+    /// Path and query as received (before any rewrite: Envoy's
+    /// `%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%`).
     pub path: String,
+    /// SNI of the downstream connection, if inspected.
+    pub server_name: Option<String>,
+    /// `x-forwarded-for` as sent upstream.
+    pub forwarded_for: Option<String>,
+    /// Whether the request is gRPC (`content-type: application/grpc*`).
+    pub grpc: bool,
+    /// `grpc-status` of the response (headers or trailers), if any.
+    pub grpc_status: Option<u32>,
     /// `x-request-id` sent upstream.
     pub request_id: Option<String>,
     /// `user-agent`.
@@ -80,7 +90,9 @@ pub struct RequestRecord {
     pub upstream_service_time: Option<Duration>,
     /// Upstream attempts made (1 + retries).
     pub attempts: u32,
-    /// Extra detail for local replies (`no_healthy_upstream`, ...).
+    /// Envoy's `%RESPONSE_CODE_DETAILS%` for local replies
+    /// (`route_not_found`, `no_healthy_upstream`, ...); `None` for a
+    /// response that came from upstream (`via_upstream`).
     pub details: Option<&'static str>,
 }
 
@@ -132,35 +144,41 @@ macro_rules! flags {
     };
 }
 
+// Bits follow Envoy's `CoreResponseFlag` order, so a set prints in the
+// order Envoy prints it (`UF,URX`, `UT,DC`).
 flags! {
-    /// No route.
-    NO_ROUTE_FOUND = 0, "NR";
-    /// The route's cluster does not exist.
-    NO_CLUSTER_FOUND = 1, "NC";
     /// The cluster has no usable endpoint.
-    NO_HEALTHY_UPSTREAM = 2, "UH";
-    /// Connecting upstream failed.
-    UPSTREAM_CONNECTION_FAILURE = 3, "UF";
-    /// A circuit breaker tripped.
-    UPSTREAM_OVERFLOW = 4, "UO";
+    NO_HEALTHY_UPSTREAM = 1, "UH";
     /// The upstream timed out.
-    UPSTREAM_REQUEST_TIMEOUT = 5, "UT";
-    /// Retries were exhausted.
-    UPSTREAM_RETRY_LIMIT_EXCEEDED = 6, "URX";
-    /// The upstream connection closed.
-    UPSTREAM_CONNECTION_TERMINATION = 7, "UC";
+    UPSTREAM_REQUEST_TIMEOUT = 2, "UT";
+    /// The proxy reset the stream itself.
+    LOCAL_RESET = 3, "LR";
     /// The upstream reset the stream.
-    UPSTREAM_REMOTE_RESET = 8, "UR";
-    /// The client went away.
-    DOWNSTREAM_CONNECTION_TERMINATION = 9, "DC";
+    UPSTREAM_REMOTE_RESET = 4, "UR";
+    /// Connecting upstream failed.
+    UPSTREAM_CONNECTION_FAILURE = 5, "UF";
+    /// The upstream connection closed.
+    UPSTREAM_CONNECTION_TERMINATION = 6, "UC";
+    /// A circuit breaker tripped.
+    UPSTREAM_OVERFLOW = 7, "UO";
+    /// No route.
+    NO_ROUTE_FOUND = 8, "NR";
     /// A fault delay was injected.
-    DELAY_INJECTED = 10, "DI";
+    DELAY_INJECTED = 9, "DI";
     /// A fault abort was injected.
-    FAULT_INJECTED = 11, "FI";
-    /// The upstream spoke bad HTTP.
-    UPSTREAM_PROTOCOL_ERROR = 12, "UPE";
+    FAULT_INJECTED = 10, "FI";
+    /// The client went away.
+    DOWNSTREAM_CONNECTION_TERMINATION = 14, "DC";
+    /// Retries were exhausted.
+    UPSTREAM_RETRY_LIMIT_EXCEEDED = 15, "URX";
+    /// A stream or connection was idle for too long.
+    STREAM_IDLE_TIMEOUT = 16, "SI";
     /// The request was bad.
-    DOWNSTREAM_PROTOCOL_ERROR = 13, "DPE";
+    DOWNSTREAM_PROTOCOL_ERROR = 18, "DPE";
+    /// The upstream spoke bad HTTP.
+    UPSTREAM_PROTOCOL_ERROR = 23, "UPE";
+    /// The route's cluster does not exist.
+    NO_CLUSTER_FOUND = 24, "NC";
 }
 
 impl ResponseFlags {
@@ -219,5 +237,10 @@ mod tests {
         assert_eq!(f.to_string(), "UF,URX");
         assert!(f.contains(ResponseFlags::UPSTREAM_CONNECTION_FAILURE));
         assert!(!f.contains(ResponseFlags::NO_ROUTE_FOUND));
+        // Envoy's order, whatever the order of insertion.
+        let mut f = ResponseFlags::NO_CLUSTER_FOUND;
+        f.insert(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION);
+        f.insert(ResponseFlags::UPSTREAM_REQUEST_TIMEOUT);
+        assert_eq!(f.to_string(), "UT,DC,NC");
     }
 }

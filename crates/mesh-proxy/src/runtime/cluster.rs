@@ -18,14 +18,12 @@ use envoy_types::pb::envoy::config::cluster::v3::Cluster as PbCluster;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::common_lb_config::LocalityConfigSpecifier;
 use envoy_types::pb::envoy::config::core::v3::RoutingPriority;
 use envoy_types::pb::envoy::config::core::v3::TransportSocket;
-use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType as SocketConfig;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::UpstreamProtocolOptions;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::explicit_http_config::ProtocolConfig;
-use envoy_types::pb::google::protobuf::value::Kind;
 
-use super::convert::{decode_any, opt_duration};
+use super::convert::{decode_any, opt_duration, string_fields, tls_context};
 use super::endpoint::Assignment;
 use super::lb::{Balancer, Endpoint, LbPolicy, maglev, ring};
 use super::{FieldResult, invalid, join};
@@ -146,6 +144,16 @@ pub struct TlsMatch {
     pub criteria: BTreeMap<String, String>,
     /// The socket; `None` is plaintext.
     pub tls: Option<UpstreamTls>,
+}
+
+/// Envoy's upper bound for `maglev_lb_config.table_size`.
+const MAX_MAGLEV_TABLE_SIZE: u64 = 5_000_011;
+
+fn is_prime(n: u64) -> bool {
+    n >= 2
+        && (2..)
+            .take_while(|d| d * d <= n)
+            .all(|d| !n.is_multiple_of(d))
 }
 
 // === impl Thresholds ===
@@ -293,20 +301,7 @@ impl ClusterConfig {
                 let field = format!("transport_socket_matches[{i}]");
                 Ok(TlsMatch {
                     name: m.name.clone(),
-                    criteria: m
-                        .r#match
-                        .as_ref()
-                        .map(|s| {
-                            s.fields
-                                .iter()
-                                .filter_map(|(k, v)| match &v.kind {
-                                    Some(Kind::StringValue(s)) => Some((k.clone(), s.clone())),
-                                    Some(Kind::BoolValue(b)) => Some((k.clone(), b.to_string())),
-                                    _ => None,
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_default(),
+                    criteria: m.r#match.as_ref().map(string_fields).unwrap_or_default(),
                     tls: m
                         .transport_socket
                         .as_ref()
@@ -435,15 +430,27 @@ fn lb_policy(c: &PbCluster, discovery: &Discovery) -> FieldResult<LbPolicy> {
                 max_size: max,
             }
         }
-        PbLbPolicy::Maglev => LbPolicy::Maglev {
-            table_size: match &c.lb_config {
+        PbLbPolicy::Maglev => {
+            let table_size = match &c.lb_config {
                 Some(LbConfig::MaglevLbConfig(m)) => m
                     .table_size
                     .as_ref()
                     .map_or(maglev::DEFAULT_TABLE_SIZE, |v| v.value),
                 _ => maglev::DEFAULT_TABLE_SIZE,
-            },
-        },
+            };
+            // Maglev's permutations cover the table only when its size is
+            // prime; Envoy refuses other sizes, and so do we (a composite
+            // size can make the table fill loop forever).
+            if table_size > MAX_MAGLEV_TABLE_SIZE || !is_prime(table_size) {
+                return invalid(
+                    "maglev_lb_config.table_size",
+                    format!(
+                        "{table_size} must be a prime number no larger than {MAX_MAGLEV_TABLE_SIZE}"
+                    ),
+                );
+            }
+            LbPolicy::Maglev { table_size }
+        }
         PbLbPolicy::LoadBalancingPolicyConfig => {
             return invalid(
                 "load_balancing_policy",
@@ -514,13 +521,9 @@ fn http_options(c: &PbCluster) -> FieldResult<HttpSettings> {
 }
 
 fn upstream_tls(t: &TransportSocket, at: &str) -> FieldResult<Option<UpstreamTls>> {
-    let Some(SocketConfig::TypedConfig(any)) = &t.config_type else {
+    let Some(ctx) = tls_context::<UpstreamTlsContext>(t, at)? else {
         return Ok(None);
     };
-    if any.type_url.ends_with("raw_buffer.v3.RawBuffer") {
-        return Ok(None);
-    }
-    let ctx: UpstreamTlsContext = decode_any(any, &join(at, "typed_config"))?;
     let common = ctx.common_tls_context.unwrap_or_default();
     Ok(Some(UpstreamTls {
         sni: ctx.sni,
@@ -560,6 +563,7 @@ impl Cluster {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::test_support::golden;
     use serde_json::json;
     use test_case::test_case;
 
@@ -622,29 +626,14 @@ mod tests {
 
     #[test]
     fn golden_clusters_compile() {
-        let golden =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../mesh-control/tests/golden");
-        let mut count = 0;
-        for case in std::fs::read_dir(golden).unwrap() {
-            for file in std::fs::read_dir(case.unwrap().path()).unwrap() {
-                let path = file.unwrap().path();
-                if path.extension().is_none_or(|e| e != "json") {
-                    continue;
-                }
-                let dump: serde_json::Value =
-                    serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-                for c in dump["clusters"].as_array().into_iter().flatten() {
-                    cluster(c.clone()).unwrap_or_else(|e| panic!("{}: {e:?}", path.display()));
-                    count += 1;
-                }
-                for e in dump["endpoints"].as_array().into_iter().flatten() {
-                    let cla: envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment =
-                        mesh_api::xds::json::from_json(e).unwrap();
-                    Assignment::compile(&cla).unwrap();
-                }
-            }
+        for (path, c) in golden("clusters") {
+            cluster(c).unwrap_or_else(|e| panic!("{}: {e:?}", path.display()));
         }
-        assert!(count > 0);
+        for (path, e) in golden("endpoints") {
+            let cla: envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment =
+                mesh_api::xds::json::from_json(&e).unwrap();
+            Assignment::compile(&cla).unwrap_or_else(|e| panic!("{}: {e:?}", path.display()));
+        }
     }
 
     #[test]

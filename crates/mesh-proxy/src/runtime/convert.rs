@@ -1,22 +1,26 @@
 //! Small conversions from Envoy's protobuf building blocks (durations,
-//! fractional percents, socket addresses, `Any`, header mutations) to the
-//! runtime's own types, each reporting the field path of a bad value.
+//! fractional percents, socket addresses, `Any`, transport sockets,
+//! metadata structs, header mutations) to the runtime's own types, each
+//! reporting the field path of a bad value.
 
 // Envoy still honours the deprecated fields it replaced, so they are read too.
 #![allow(deprecated)]
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
+use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType as SocketConfig;
 use envoy_types::pb::envoy::config::core::v3::{
-    Address, HeaderValueOption, RuntimeFractionalPercent, SocketAddress,
+    Address, HeaderValueOption, RuntimeFractionalPercent, SocketAddress, TransportSocket,
 };
 use envoy_types::pb::envoy::r#type::v3::FractionalPercent;
 use envoy_types::pb::envoy::r#type::v3::fractional_percent::DenominatorType;
-use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration};
+use envoy_types::pb::google::protobuf::value::Kind;
+use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration, Struct};
 use http::{HeaderName, HeaderValue};
 
 use super::{FieldResult, invalid, join};
@@ -343,6 +347,34 @@ pub(crate) fn decode_any<T: prost::Message + prost::Name + Default>(
     }
     T::decode(any.value.as_slice())
         .or_else(|e| invalid(field, format!("cannot decode {}: {e}", T::full_name())))
+}
+
+/// The TLS context `T` (upstream or downstream) of a transport socket at
+/// `at`; `None` for plaintext (no typed config, or `raw_buffer`).
+pub(crate) fn tls_context<T: prost::Message + prost::Name + Default>(
+    t: &TransportSocket,
+    at: &str,
+) -> FieldResult<Option<T>> {
+    let Some(SocketConfig::TypedConfig(any)) = &t.config_type else {
+        return Ok(None);
+    };
+    if any.type_url.ends_with("raw_buffer.v3.RawBuffer") {
+        return Ok(None);
+    }
+    decode_any(any, &join(at, "typed_config")).map(Some)
+}
+
+/// The string and boolean fields of a metadata struct, as text (what
+/// transport socket matches compare); other kinds are left out.
+pub(crate) fn string_fields(s: &Struct) -> BTreeMap<String, String> {
+    s.fields
+        .iter()
+        .filter_map(|(k, v)| match &v.kind {
+            Some(Kind::StringValue(s)) => Some((k.clone(), s.clone())),
+            Some(Kind::BoolValue(b)) => Some((k.clone(), b.to_string())),
+            _ => None,
+        })
+        .collect()
 }
 
 #[cfg(test)]

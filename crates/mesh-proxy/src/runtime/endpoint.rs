@@ -9,9 +9,8 @@ use std::collections::BTreeMap;
 use envoy_types::pb::envoy::config::core::v3::{HealthStatus, Metadata};
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
-use envoy_types::pb::google::protobuf::value::Kind;
 
-use super::convert::{HostAddress, host_address};
+use super::convert::{HostAddress, host_address, string_fields};
 use super::{FieldResult, invalid, join};
 
 /// The filter-metadata namespace transport socket matches read.
@@ -150,16 +149,7 @@ fn usable(health_status: i32) -> bool {
 fn tls_match(metadata: Option<&Metadata>) -> BTreeMap<String, String> {
     metadata
         .and_then(|m| m.filter_metadata.get(TRANSPORT_SOCKET_MATCH))
-        .map(|s| {
-            s.fields
-                .iter()
-                .filter_map(|(k, v)| match &v.kind {
-                    Some(Kind::StringValue(s)) => Some((k.clone(), s.clone())),
-                    Some(Kind::BoolValue(b)) => Some((k.clone(), b.to_string())),
-                    _ => None,
-                })
-                .collect()
-        })
+        .map(string_fields)
         .unwrap_or_default()
 }
 

@@ -19,7 +19,6 @@ use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
 use envoy_types::pb::envoy::config::core::v3::socket_address::Protocol;
-use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType as SocketConfig;
 use envoy_types::pb::envoy::config::core::v3::{CidrRange, TransportSocket};
 use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
 use envoy_types::pb::envoy::config::listener::v3::filter_chain_match::ConnectionSourceType;
@@ -28,7 +27,7 @@ use envoy_types::pb::envoy::config::listener::v3::{
 };
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::DownstreamTlsContext;
 
-use super::convert::{ip_address, opt_duration};
+use super::convert::{ip_address, opt_duration, tls_context};
 use super::{FieldResult, invalid, join};
 
 mod network;
@@ -444,13 +443,9 @@ fn filter_chain(c: &PbFilterChain, at: &str) -> FieldResult<FilterChain> {
 }
 
 fn transport_socket(t: &TransportSocket, at: &str) -> FieldResult<Option<DownstreamTls>> {
-    let Some(SocketConfig::TypedConfig(any)) = &t.config_type else {
+    let Some(ctx) = tls_context::<DownstreamTlsContext>(t, at)? else {
         return Ok(None);
     };
-    if any.type_url.ends_with("raw_buffer.v3.RawBuffer") {
-        return Ok(None);
-    }
-    let ctx: DownstreamTlsContext = super::convert::decode_any(any, &join(at, "typed_config"))?;
     let common = ctx.common_tls_context.unwrap_or_default();
     Ok(Some(DownstreamTls {
         alpn: common.alpn_protocols,

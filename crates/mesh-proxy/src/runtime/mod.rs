@@ -24,6 +24,8 @@ pub mod lb;
 pub mod listener;
 pub mod matcher;
 pub mod route;
+#[cfg(test)]
+mod test_support;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

@@ -9,13 +9,15 @@ use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
 use std::time::Duration;
 
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 
+use super::delta::Delta;
+use super::session::{AdsClient, Session, Wire};
+use super::sotw::Sotw;
 use super::state::XdsState;
-use super::{Protocol, XdsConfig, XdsError, delta, sotw};
+use super::{Protocol, XdsConfig, XdsError};
 
 /// Largest response accepted (a sidecar of a big mesh gets tens of MB).
 const MAX_MESSAGE: usize = 64 * 1024 * 1024;
@@ -83,8 +85,8 @@ pub(super) async fn run(
     loop {
         let attempt = async {
             match config.protocol {
-                Protocol::Sotw => stream_sotw(&endpoint, &config, &mut state).await,
-                Protocol::Delta => stream_delta(&endpoint, &config, &mut state).await,
+                Protocol::Sotw => stream(&endpoint, &config, &mut state, Sotw::default()).await,
+                Protocol::Delta => stream(&endpoint, &config, &mut state, Delta).await,
             }
         };
         let outcome = tokio::select! {
@@ -142,12 +144,12 @@ fn endpoint(config: &XdsConfig) -> Result<Endpoint, XdsError> {
         .keep_alive_while_idle(true))
 }
 
-async fn connect(endpoint: &Endpoint) -> Result<AggregatedDiscoveryServiceClient<Channel>, Failed> {
+async fn connect(endpoint: &Endpoint) -> Result<AdsClient, Failed> {
     let channel = endpoint.connect().await.map_err(|e| Failed {
         responses: 0,
         error: XdsError::Connect(e.to_string()),
     })?;
-    Ok(AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE))
+    Ok(AdsClient::new(channel).max_decoding_message_size(MAX_MESSAGE))
 }
 
 fn broken(responses: u64) -> impl Fn(tonic::Status) -> Failed {
@@ -157,54 +159,26 @@ fn broken(responses: u64) -> impl Fn(tonic::Status) -> Failed {
     }
 }
 
-async fn stream_sotw(
+/// Runs one stream of protocol `wire` until it ends or fails.
+async fn stream<W: Wire>(
     endpoint: &Endpoint,
     config: &XdsConfig,
     state: &mut XdsState,
+    wire: W,
 ) -> Result<Stream, Failed> {
     let mut client = connect(endpoint).await?;
-    let mut session = sotw::Session::new(config.node.clone());
+    let mut session = Session::new(config.node.clone(), wire);
     let (tx, rx) = mpsc::unbounded_channel();
     for request in session.initial(state) {
         let _ = tx.send(request);
     }
-    let mut inbound = client
-        .stream_aggregated_resources(UnboundedReceiverStream::new(rx))
+    let mut inbound = W::open(&mut client, UnboundedReceiverStream::new(rx))
         .await
         .map_err(broken(0))?
         .into_inner();
     state.set_connected(true);
     state.settle();
-    tracing::info!(address = %config.address, "xDS stream open (state of the world)");
-    let mut responses = 0;
-    while let Some(response) = inbound.message().await.map_err(broken(responses))? {
-        responses += 1;
-        for request in session.on_response(state, response) {
-            let _ = tx.send(request);
-        }
-    }
-    Ok(Stream { responses })
-}
-
-async fn stream_delta(
-    endpoint: &Endpoint,
-    config: &XdsConfig,
-    state: &mut XdsState,
-) -> Result<Stream, Failed> {
-    let mut client = connect(endpoint).await?;
-    let mut session = delta::Session::new(config.node.clone());
-    let (tx, rx) = mpsc::unbounded_channel();
-    for request in session.initial(state) {
-        let _ = tx.send(request);
-    }
-    let mut inbound = client
-        .delta_aggregated_resources(UnboundedReceiverStream::new(rx))
-        .await
-        .map_err(broken(0))?
-        .into_inner();
-    state.set_connected(true);
-    state.settle();
-    tracing::info!(address = %config.address, "xDS stream open (delta)");
+    tracing::info!(address = %config.address, "xDS stream open ({})", W::NAME);
     let mut responses = 0;
     while let Some(response) = inbound.message().await.map_err(broken(responses))? {
         responses += 1;

@@ -23,6 +23,7 @@ pub mod decode;
 mod delta;
 pub mod node;
 pub mod publish;
+mod session;
 mod sotw;
 pub mod state;
 

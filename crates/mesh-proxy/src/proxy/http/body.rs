@@ -4,8 +4,9 @@
 //! that buffer is no longer retried or mirrored.
 //!
 //! [`Observed`] wraps a response body sent downstream: it counts bytes,
-//! enforces what is left of the route timeout while the body streams, and
-//! hands the finished [`RequestRecord`] to the observer at the end.
+//! enforces what is left of the route timeout while the body streams,
+//! reads a gRPC status from the trailers, and hands the finished
+//! [`RequestRecord`] to the observer at the end.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -399,6 +400,11 @@ impl Body for Observed {
             Poll::Ready(Some(Ok(frame))) => {
                 if let (Some(d), Some(f)) = (frame.data_ref(), this.finish.as_mut()) {
                     f.record.bytes_sent += d.len() as u64;
+                }
+                if let (Some(t), Some(f)) = (frame.trailers_ref(), this.finish.as_mut())
+                    && let Some(status) = super::grpc_status(t)
+                {
+                    f.record.grpc_status = Some(status);
                 }
                 if this.inner.is_end_stream() {
                     this.end(ResponseFlags::default());

@@ -5,6 +5,13 @@
 //! action (direct response, redirect, or forwarding upstream) -> response
 //! header changes. Every request ends with a [`RequestRecord`] handed to
 //! the observer.
+//!
+//! Bad input is refused at the connection: a malformed HTTP/1 request
+//! gets 400, request headers over `max_request_headers_kb` (Envoy's
+//! default 60 KiB) get 431, and a client that does not finish its request
+//! headers within `request_headers_timeout` is disconnected (so is one
+//! that sends nothing, or stalls inside the HTTP/2 preface). Each of these
+//! stays on its own connection; nothing in it can panic the proxy.
 
 pub mod body;
 mod forward;
@@ -12,11 +19,11 @@ mod local;
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use http::header::{self, HeaderValue};
-use http::{Request, Response, StatusCode, Version};
+use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -31,6 +38,39 @@ use crate::runtime::listener::{Codec, HttpManager, RouteSource};
 use crate::runtime::matcher::RequestView;
 use crate::runtime::route::{Route, RouteTable, TlsRequirement, VirtualHost, strip_port};
 use body::{Counted, Finish, Observed, ProxyBody, boxed};
+
+/// Envoy's default `max_request_headers_kb`.
+pub const DEFAULT_MAX_REQUEST_HEADERS_KB: u32 = 60;
+/// Envoy's largest `max_request_headers_kb`.
+pub const MAX_REQUEST_HEADERS_KB: u32 = 8192;
+/// The request headers timeout of connection managers that set none.
+pub const DEFAULT_REQUEST_HEADERS_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long to wait between peeks while a client is inside the HTTP/2
+/// preface.
+const PEEK_INTERVAL: Duration = Duration::from_millis(5);
+/// The HTTP/2 connection preface.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+// Process-wide defaults, set once from the command line. They live here
+// rather than in `proxy::Options` so connection managers read them
+// without a lock and embedders that build `Options` are unaffected.
+static DEFAULT_HEADERS_TIMEOUT_MS: AtomicU64 = AtomicU64::new(10_000);
+static DEFAULT_HEADERS_KB: AtomicU32 = AtomicU32::new(DEFAULT_MAX_REQUEST_HEADERS_KB);
+
+/// Limits for HTTP connection managers that do not set their own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::Args)]
+pub struct Limits {
+    /// Time a client has to send a request's headers (HCM
+    /// request_headers_timeout when the listener sets none); an idle
+    /// HTTP/1 keep-alive connection is closed after it too.
+    #[arg(long = "request-headers-timeout", default_value = "10s", value_parser = crate::cli::parse_duration)]
+    pub request_headers_timeout: Duration,
+    /// Largest request headers in KiB (HCM max_request_headers_kb when the
+    /// listener sets none); larger ones get 431.
+    #[arg(long = "max-request-headers-kb", default_value_t = DEFAULT_MAX_REQUEST_HEADERS_KB,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_REQUEST_HEADERS_KB)))]
+    pub max_request_headers_kb: u32,
+}
 
 /// What a request's handling shares with its connection.
 pub(crate) struct HttpCtx {
@@ -55,6 +95,39 @@ pub(crate) struct Matched<'a> {
     pub authority: &'a str,
 }
 
+// === impl Limits ===
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            request_headers_timeout: DEFAULT_REQUEST_HEADERS_TIMEOUT,
+            max_request_headers_kb: DEFAULT_MAX_REQUEST_HEADERS_KB,
+        }
+    }
+}
+
+impl Limits {
+    /// The defaults in force.
+    pub fn current() -> Self {
+        Self {
+            request_headers_timeout: Duration::from_millis(
+                DEFAULT_HEADERS_TIMEOUT_MS.load(Ordering::Relaxed),
+            ),
+            max_request_headers_kb: DEFAULT_HEADERS_KB.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Makes these the defaults of connection managers that set none.
+    pub fn apply(&self) {
+        let millis = u64::try_from(self.request_headers_timeout.as_millis()).unwrap_or(u64::MAX);
+        DEFAULT_HEADERS_TIMEOUT_MS.store(millis.max(1), Ordering::Relaxed);
+        DEFAULT_HEADERS_KB.store(
+            self.max_request_headers_kb.clamp(1, MAX_REQUEST_HEADERS_KB),
+            Ordering::Relaxed,
+        );
+    }
+}
+
 /// Serves one downstream connection until it closes, or until a drain
 /// asks it to finish (HTTP/1 closes after the current response, HTTP/2
 /// sends GOAWAY).
@@ -65,27 +138,42 @@ pub(crate) async fn serve(
     shared: Arc<Shared>,
     mut drain: drain::Watch,
 ) {
+    let defaults = Limits::current();
+    let headers_timeout = hcm
+        .request_headers_timeout
+        .unwrap_or(defaults.request_headers_timeout);
+    let headers_kb = hcm
+        .max_request_headers_kb
+        .unwrap_or(defaults.max_request_headers_kb)
+        .clamp(1, MAX_REQUEST_HEADERS_KB);
+    if !first_bytes(&stream, headers_timeout).await {
+        tracing::debug!(timeout = ?headers_timeout, "no request from the client in time; closing");
+        return;
+    }
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder = match hcm.codec {
         Codec::Http1 => builder.http1_only(),
         Codec::Http2 => builder.http2_only(),
         Codec::Auto => builder,
     };
+    let headers_bytes = headers_kb as usize * 1024;
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(
-            hcm.request_headers_timeout
-                .unwrap_or(Duration::from_secs(60)),
-        );
-    builder.http2().timer(TokioTimer::new());
-    if let Some(kb) = hcm.max_request_headers_kb {
-        builder.http1().max_buf_size((kb as usize * 1024).max(8192));
-        builder
-            .http2()
-            .max_header_list_size(kb.saturating_mul(1024));
-    }
-    let ctx = Arc::new(HttpCtx { conn, hcm, shared });
+        .header_read_timeout(headers_timeout)
+        // hyper answers 431 once the request head outgrows its buffer
+        // (which must be at least 8 KiB).
+        .max_buf_size(headers_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(headers_bytes).unwrap_or(u32::MAX));
+    let observer = shared.observer.clone();
+    let ctx = Arc::new(HttpCtx {
+        conn: conn.clone(),
+        hcm,
+        shared,
+    });
     let service = hyper::service::service_fn(move |req| {
         let ctx = ctx.clone();
         async move { Ok::<_, Infallible>(handle(req, ctx).await) }
@@ -100,7 +188,68 @@ pub(crate) async fn serve(
         }
     };
     if let Err(e) = result {
-        tracing::debug!(error = %e, "downstream connection ended with an error");
+        match codec_error(e.as_ref()) {
+            Some((status, details)) => {
+                tracing::debug!(error = %e, status = status.as_u16(), "refused a bad request");
+                let mut rec = base_record(&conn);
+                rec.response_code = status.as_u16();
+                rec.flags.insert(ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR);
+                rec.details = Some(details);
+                observer.request(&rec);
+            }
+            None => tracing::debug!(error = %e, "downstream connection ended with an error"),
+        }
+    }
+}
+
+/// Waits, at most `timeout`, until the client has sent enough to tell its
+/// protocol; false when it sent nothing (or stalled inside the HTTP/2
+/// preface), where hyper would wait forever. Only peeks: the bytes stay
+/// for hyper.
+async fn first_bytes(stream: &TcpStream, timeout: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut buf = [0u8; H2_PREFACE.len()];
+    loop {
+        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+            Ok(Ok(n)) => n,
+            Ok(Err(_)) | Err(_) => return false,
+        };
+        if n == 0 {
+            // Closed before a byte: nothing to serve.
+            return false;
+        }
+        if n == H2_PREFACE.len() || buf[..n] != H2_PREFACE[..n] {
+            return true;
+        }
+        if tokio::time::Instant::now() + PEEK_INTERVAL >= deadline {
+            return false;
+        }
+        tokio::time::sleep(PEEK_INTERVAL).await;
+    }
+}
+
+/// The status hyper answered a request it could not parse with, and
+/// Envoy's response code details for it; `None` for other errors.
+fn codec_error(e: &(dyn std::error::Error + 'static)) -> Option<(StatusCode, &'static str)> {
+    let e = e.downcast_ref::<hyper::Error>()?;
+    if e.is_parse_too_large() {
+        return Some((
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "http1.headers_too_large",
+        ));
+    }
+    if !e.is_parse() {
+        return None;
+    }
+    // hyper's parse kinds are not public; these two it answers
+    // differently (414) or not at all (an HTTP/2 preface on HTTP/1 only).
+    let kind = format!("{e:?}");
+    if kind.contains("UriTooLong") {
+        Some((StatusCode::URI_TOO_LONG, "http1.codec_error"))
+    } else if kind.contains("VersionH2") {
+        None
+    } else {
+        Some((StatusCode::BAD_REQUEST, "http1.codec_error"))
     }
 }
 
@@ -113,6 +262,9 @@ async fn handle(req: Request<Incoming>, ctx: Arc<HttpCtx>) -> Response<ProxyBody
     let mut out = Outcome::default();
     let resp = process(req, &ctx, &generation, &mut rec, &mut out, started).await;
     rec.response_code = resp.status().as_u16();
+    // A trailers-only gRPC response carries its status in the headers;
+    // otherwise the trailers will (read by the observed body).
+    rec.grpc_status = grpc_status(resp.headers());
     let (parts, body) = resp.into_parts();
     let finish = Finish {
         record: rec,
@@ -131,13 +283,11 @@ fn record(ctx: &HttpCtx, req: &Request<Incoming>) -> RequestRecord {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
     };
+    let grpc = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     RequestRecord {
-        start: SystemTime::now(),
-        listener: ctx.conn.listener.name.clone(),
-        direction: ctx.conn.listener.direction,
-        filter_chain: ctx.conn.chain.clone(),
-        downstream_remote: ctx.conn.peer,
-        downstream_local: ctx.conn.destination,
         protocol: req.version(),
         method: req.method().clone(),
         authority: authority_of(req).unwrap_or_default(),
@@ -145,8 +295,33 @@ fn record(ctx: &HttpCtx, req: &Request<Incoming>) -> RequestRecord {
             .uri()
             .path_and_query()
             .map_or_else(|| "/".to_string(), |p| p.to_string()),
-        request_id: None,
         user_agent: header(header::USER_AGENT),
+        grpc,
+        ..base_record(&ctx.conn)
+    }
+}
+
+/// A record of a request on `conn` before anything of the request is
+/// known (Envoy prints `-` for the method of a request it could not
+/// parse).
+fn base_record(conn: &ConnInfo) -> RequestRecord {
+    RequestRecord {
+        start: SystemTime::now(),
+        listener: conn.listener.name.clone(),
+        direction: conn.listener.direction,
+        filter_chain: conn.chain.clone(),
+        downstream_remote: conn.peer,
+        downstream_local: conn.destination,
+        protocol: Version::HTTP_11,
+        method: Method::from_bytes(b"-").unwrap_or_default(),
+        authority: String::new(),
+        path: String::new(),
+        server_name: conn.server_name.clone(),
+        forwarded_for: None,
+        grpc: false,
+        grpc_status: None,
+        request_id: None,
+        user_agent: None,
         virtual_host: None,
         route_name: None,
         cluster: None,
@@ -160,6 +335,14 @@ fn record(ctx: &HttpCtx, req: &Request<Incoming>) -> RequestRecord {
         attempts: 0,
         details: None,
     }
+}
+
+/// `grpc-status` as a number.
+pub(crate) fn grpc_status(headers: &http::HeaderMap) -> Option<u32> {
+    headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// `:authority`, or `Host`.
@@ -283,7 +466,7 @@ async fn process(
         .map(str::to_string);
     let mut cors_allowed = None;
     if let (Some(c), Some(origin)) = (cors, origin.as_deref()) {
-        let preflight = req.method() == http::Method::OPTIONS
+        let preflight = req.method() == Method::OPTIONS
             && req
                 .headers()
                 .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
@@ -301,8 +484,14 @@ async fn process(
 
     let mut weighted: Option<&WeightedTarget> = None;
     let mut resp = match &route.action {
-        Action::Direct(d) => local::direct(d),
-        Action::Redirect(r) => local::redirect(r, "http", &authority, &path, route),
+        Action::Direct(d) => {
+            rec.details = Some("direct_response");
+            local::direct(d)
+        }
+        Action::Redirect(r) => {
+            rec.details = Some("direct_response");
+            local::redirect(r, "http", &authority, &path, route)
+        }
         Action::Forward(f) => {
             let fault = ctx.hcm.fault.as_ref().and(
                 route
@@ -326,6 +515,7 @@ async fn process(
                     && fraction.sample()
                 {
                     rec.flags.insert(ResponseFlags::FAULT_INJECTED);
+                    rec.details = Some("fault_filter_abort");
                     return local::abort(abort);
                 }
             }
@@ -378,6 +568,10 @@ fn normalise(req: &mut Request<ProxyBody>, ctx: &HttpCtx, rec: &mut RequestRecor
     }
     rec.request_id = headers
         .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    rec.forwarded_for = headers
+        .get("x-forwarded-for")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
 }

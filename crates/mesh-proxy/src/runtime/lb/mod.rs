@@ -277,9 +277,12 @@ impl Group {
             LbPolicy::Random => Picker::Random {
                 cumulative: cumulative(&endpoints),
             },
+            // More choices than endpoints only repeats draws: Envoy then
+            // scans every endpoint, which is what the cap gives.
             LbPolicy::LeastRequest { choices } => Picker::LeastRequest {
                 cumulative: cumulative(&endpoints),
-                choices: choices.max(1),
+                choices: choices
+                    .clamp(1, u32::try_from(endpoints.len()).unwrap_or(u32::MAX).max(1)),
             },
             LbPolicy::RingHash { min_size, max_size } => {
                 Picker::Ring(ring::Ring::build(&keys(), &weights(), min_size, max_size))

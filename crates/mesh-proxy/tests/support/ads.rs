@@ -228,7 +228,7 @@ impl AggregatedDiscoveryService for TestAds {
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
         let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(self.clone().sotw(request.into_inner(), tx));
+        tokio::spawn(self.clone().serve::<Sotw>(request.into_inner(), tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -237,15 +237,45 @@ impl AggregatedDiscoveryService for TestAds {
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(self.clone().delta(request.into_inner(), tx));
+        tokio::spawn(self.clone().serve::<Delta>(request.into_inner(), tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
 
+/// One protocol's side of a stream: what is recorded of a request, and
+/// when and what the server answers. [`TestAds::serve`] drives both.
+trait Protocol: Send + 'static {
+    type Request: prost::Message + Default + Send + 'static;
+    type Response: Send + 'static;
+    /// Per-type stream state.
+    type Watch: Default + Send;
+
+    /// The request as the server saw it.
+    fn record(stream: u64, req: &Self::Request) -> Recorded;
+
+    /// The answer to a request of `ty` (`first` on this stream), if any.
+    fn on_request(
+        ads: &TestAds,
+        ty: ResourceType,
+        w: &mut Self::Watch,
+        first: bool,
+        req: &Self::Request,
+    ) -> Option<Self::Response>;
+
+    /// The push after the served resources changed, if any.
+    fn on_change(ads: &TestAds, ty: ResourceType, w: &mut Self::Watch) -> Option<Self::Response>;
+}
+
+/// `StreamAggregatedResources`.
+struct Sotw;
+
+/// `DeltaAggregatedResources`.
+struct Delta;
+
 /// Per-type SotW stream state.
 #[derive(Default)]
 struct SotwWatch {
-    names: Option<BTreeSet<String>>,
+    names: BTreeSet<String>,
     sent_version: Option<String>,
 }
 
@@ -258,154 +288,184 @@ struct DeltaWatch {
 }
 
 impl TestAds {
-    async fn sotw(
+    /// Serves one stream: records every request, answers it as `P` says,
+    /// pushes changes, and ends with UNAVAILABLE when killed.
+    async fn serve<P: Protocol>(
         self,
-        mut inbound: Streaming<DiscoveryRequest>,
-        tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+        mut inbound: Streaming<P::Request>,
+        tx: mpsc::Sender<Result<P::Response, Status>>,
     ) {
         let stream = self.open_stream();
         let mut changed = self.changed.subscribe();
         let mut kill = self.kill.subscribe();
-        let mut watches: BTreeMap<ResourceType, SotwWatch> = BTreeMap::new();
+        let mut watches: BTreeMap<ResourceType, P::Watch> = BTreeMap::new();
         loop {
-            tokio::select! {
+            let responses: Vec<P::Response> = tokio::select! {
                 () = async { let _ = kill.wait_for(|k| *k).await; } => {
                     let _ = tx.send(Err(Status::unavailable("killed"))).await;
                     return;
                 }
                 msg = inbound.message() => {
                     let Ok(Some(req)) = msg else { return };
-                    self.record(Recorded {
-                        stream,
-                        delta: false,
-                        type_url: req.type_url.clone(),
-                        version_info: req.version_info.clone(),
-                        nonce: req.response_nonce.clone(),
-                        names: req.resource_names.clone(),
-                        node_id: req.node.as_ref().map(|n| n.id.clone()),
-                        error: req.error_detail.as_ref().map(|e| e.message.clone()),
-                        ..Default::default()
-                    });
-                    let Some(ty) = ResourceType::from_type_url(&req.type_url) else { continue };
-                    let names: BTreeSet<String> = req.resource_names.iter().cloned().collect();
+                    let recorded = P::record(stream, &req);
+                    let ty = ResourceType::from_type_url(&recorded.type_url);
+                    self.record(recorded);
+                    let Some(ty) = ty else { continue };
+                    let first = !watches.contains_key(&ty);
                     let w = watches.entry(ty).or_default();
-                    let first = w.names.is_none();
-                    let new_names = w.names.as_ref() != Some(&names);
-                    w.names = Some(names);
-                    if (first || new_names || req.response_nonce.is_empty())
-                        && self.send_sotw(ty, w, &tx).await.is_err() {
-                        return;
-                    }
+                    P::on_request(&self, ty, w, first, &req).into_iter().collect()
                 }
                 r = changed.changed() => {
                     if r.is_err() { return; }
-                    for (ty, w) in watches.iter_mut() {
-                        if w.sent_version.as_deref() != Some(self.served(*ty).version.as_str())
-                            && self.send_sotw(*ty, w, &tx).await.is_err() {
-                            return;
-                        }
-                    }
+                    watches
+                        .iter_mut()
+                        .filter_map(|(ty, w)| P::on_change(&self, *ty, w))
+                        .collect()
+                }
+            };
+            for response in responses {
+                if tx.send(Ok(response)).await.is_err() {
+                    return;
                 }
             }
         }
     }
+}
 
-    async fn send_sotw(
-        &self,
+// === impl Sotw ===
+
+impl Protocol for Sotw {
+    type Request = DiscoveryRequest;
+    type Response = DiscoveryResponse;
+    type Watch = SotwWatch;
+
+    fn record(stream: u64, req: &DiscoveryRequest) -> Recorded {
+        Recorded {
+            stream,
+            delta: false,
+            type_url: req.type_url.clone(),
+            version_info: req.version_info.clone(),
+            nonce: req.response_nonce.clone(),
+            names: req.resource_names.clone(),
+            node_id: req.node.as_ref().map(|n| n.id.clone()),
+            error: req.error_detail.as_ref().map(|e| e.message.clone()),
+            ..Default::default()
+        }
+    }
+
+    fn on_request(
+        ads: &TestAds,
         ty: ResourceType,
         w: &mut SotwWatch,
-        tx: &mpsc::Sender<Result<DiscoveryResponse, Status>>,
-    ) -> Result<(), ()> {
-        let served = self.served(ty);
-        let names = w.names.clone().unwrap_or_default();
+        first: bool,
+        req: &DiscoveryRequest,
+    ) -> Option<DiscoveryResponse> {
+        let names: BTreeSet<String> = req.resource_names.iter().cloned().collect();
+        let new_names = w.names != names;
+        w.names = names;
+        (first || new_names || req.response_nonce.is_empty()).then(|| Self::respond(ads, ty, w))
+    }
+
+    fn on_change(ads: &TestAds, ty: ResourceType, w: &mut SotwWatch) -> Option<DiscoveryResponse> {
+        (w.sent_version.as_deref() != Some(ads.served(ty).version.as_str()))
+            .then(|| Self::respond(ads, ty, w))
+    }
+}
+
+impl Sotw {
+    /// Everything served of `ty` that the watch names (all of a full-set type).
+    fn respond(ads: &TestAds, ty: ResourceType, w: &mut SotwWatch) -> DiscoveryResponse {
+        let served = ads.served(ty);
         let resources = served
             .resources
             .iter()
-            .filter(|(n, _)| ty.is_full_set() || names.contains(n))
+            .filter(|(n, _)| ty.is_full_set() || w.names.contains(n))
             .map(|(_, a)| a.clone())
             .collect();
         w.sent_version = Some(served.version.clone());
-        let nonce = self.next_nonce(ty, &served.version);
-        tx.send(Ok(DiscoveryResponse {
+        let nonce = ads.next_nonce(ty, &served.version);
+        DiscoveryResponse {
             version_info: served.version,
             resources,
             type_url: ty.type_url(),
             nonce,
             ..Default::default()
-        }))
-        .await
-        .map_err(|_| ())
+        }
     }
+}
 
-    async fn delta(
-        self,
-        mut inbound: Streaming<DeltaDiscoveryRequest>,
-        tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
-    ) {
-        let stream = self.open_stream();
-        let mut changed = self.changed.subscribe();
-        let mut kill = self.kill.subscribe();
-        let mut watches: BTreeMap<ResourceType, DeltaWatch> = BTreeMap::new();
-        loop {
-            tokio::select! {
-                () = async { let _ = kill.wait_for(|k| *k).await; } => {
-                    let _ = tx.send(Err(Status::unavailable("killed"))).await;
-                    return;
-                }
-                msg = inbound.message() => {
-                    let Ok(Some(req)) = msg else { return };
-                    self.record(Recorded {
-                        stream,
-                        delta: true,
-                        type_url: req.type_url.clone(),
-                        nonce: req.response_nonce.clone(),
-                        names: req.resource_names_subscribe.clone(),
-                        unsubscribe: req.resource_names_unsubscribe.clone(),
-                        initial_versions: req.initial_resource_versions.clone(),
-                        node_id: req.node.as_ref().map(|n| n.id.clone()),
-                        error: req.error_detail.as_ref().map(|e| e.message.clone()),
-                        ..Default::default()
-                    });
-                    let Some(ty) = ResourceType::from_type_url(&req.type_url) else { continue };
-                    let first = !watches.contains_key(&ty);
-                    let w = watches.entry(ty).or_default();
-                    if first {
-                        w.wildcard = ty.is_full_set() && req.resource_names_subscribe.is_empty();
-                        w.known = req.initial_resource_versions.clone();
-                    }
-                    let mut touched = first;
-                    for n in &req.resource_names_subscribe {
-                        if n == "*" { w.wildcard = true } else { w.names.insert(n.clone()); }
-                        touched = true;
-                    }
-                    for n in &req.resource_names_unsubscribe {
-                        w.names.remove(n);
-                        w.known.remove(n);
-                    }
-                    if touched && self.send_delta(ty, w, first, &tx).await.is_err() {
-                        return;
-                    }
-                }
-                r = changed.changed() => {
-                    if r.is_err() { return; }
-                    for (ty, w) in watches.iter_mut() {
-                        if self.send_delta(*ty, w, false, &tx).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
+// === impl Delta ===
+
+impl Protocol for Delta {
+    type Request = DeltaDiscoveryRequest;
+    type Response = DeltaDiscoveryResponse;
+    type Watch = DeltaWatch;
+
+    fn record(stream: u64, req: &DeltaDiscoveryRequest) -> Recorded {
+        Recorded {
+            stream,
+            delta: true,
+            type_url: req.type_url.clone(),
+            nonce: req.response_nonce.clone(),
+            names: req.resource_names_subscribe.clone(),
+            unsubscribe: req.resource_names_unsubscribe.clone(),
+            initial_versions: req.initial_resource_versions.clone(),
+            node_id: req.node.as_ref().map(|n| n.id.clone()),
+            error: req.error_detail.as_ref().map(|e| e.message.clone()),
+            ..Default::default()
         }
     }
 
-    async fn send_delta(
-        &self,
+    fn on_request(
+        ads: &TestAds,
+        ty: ResourceType,
+        w: &mut DeltaWatch,
+        first: bool,
+        req: &DeltaDiscoveryRequest,
+    ) -> Option<DeltaDiscoveryResponse> {
+        if first {
+            w.wildcard = ty.is_full_set() && req.resource_names_subscribe.is_empty();
+            w.known = req.initial_resource_versions.clone();
+        }
+        let mut touched = first;
+        for n in &req.resource_names_subscribe {
+            if n == "*" {
+                w.wildcard = true
+            } else {
+                w.names.insert(n.clone());
+            }
+            touched = true;
+        }
+        for n in &req.resource_names_unsubscribe {
+            w.names.remove(n);
+            w.known.remove(n);
+        }
+        if touched {
+            Self::respond(ads, ty, w, first)
+        } else {
+            None
+        }
+    }
+
+    fn on_change(
+        ads: &TestAds,
+        ty: ResourceType,
+        w: &mut DeltaWatch,
+    ) -> Option<DeltaDiscoveryResponse> {
+        Self::respond(ads, ty, w, false)
+    }
+}
+
+impl Delta {
+    /// What changed of `ty` since the client's known versions; nothing
+    /// when nothing did, unless `always`.
+    fn respond(
+        ads: &TestAds,
         ty: ResourceType,
         w: &mut DeltaWatch,
         always: bool,
-        tx: &mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
-    ) -> Result<(), ()> {
-        let served = self.served(ty);
+    ) -> Option<DeltaDiscoveryResponse> {
+        let served = ads.served(ty);
         let wants = |n: &str| w.wildcard || w.names.contains(n);
         let mut updates = Vec::new();
         for (name, any) in &served.resources {
@@ -427,7 +487,7 @@ impl TestAds {
             .cloned()
             .collect();
         if updates.is_empty() && removed.is_empty() && !always {
-            return Ok(());
+            return None;
         }
         for u in &updates {
             w.known.insert(u.name.clone(), u.version.clone());
@@ -435,16 +495,14 @@ impl TestAds {
         for n in &removed {
             w.known.remove(n);
         }
-        let nonce = self.next_nonce(ty, &served.version);
-        tx.send(Ok(DeltaDiscoveryResponse {
+        let nonce = ads.next_nonce(ty, &served.version);
+        Some(DeltaDiscoveryResponse {
             system_version_info: served.version,
             resources: updates,
             type_url: ty.type_url(),
             removed_resources: removed,
             nonce,
             ..Default::default()
-        }))
-        .await
-        .map_err(|_| ())
+        })
     }
 }

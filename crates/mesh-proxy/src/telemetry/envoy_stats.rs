@@ -1,0 +1,249 @@
+//! Envoy's per-cluster upstream counters, under the names Envoy's
+//! Prometheus output gives them (`envoy_cluster_upstream_rq_total{envoy_cluster_name=...}`,
+//! `envoy_cluster_upstream_rq_xx{envoy_response_code_class="5",...}`, ...)
+//! so dashboards and tools written for Envoy find them; `/stats` prints
+//! them in Envoy's dotted form (`cluster.<name>.upstream_rq_total`).
+//!
+//! Envoy's names that do not end in `_total` are exposed with the
+//! OpenMetrics type `unknown` ([`EnvoyCounter`]): an OpenMetrics counter
+//! must be named `<name>_total`, and Envoy's own output calls them
+//! counters without the suffix.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::{
+    EncodeLabel, EncodeLabelSet, EncodeMetric, LabelSetEncoder, MetricEncoder,
+};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::registry::Registry;
+
+use crate::proxy::record::{RequestRecord, ResponseFlags, TcpRecord};
+
+/// A monotonic counter exposed under its exact name (no `_total` added).
+#[derive(Clone, Debug, Default)]
+pub struct EnvoyCounter(Counter);
+
+/// Per-cluster upstream counters.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterStats {
+    rq_total: Family<ClusterLabels, Counter>,
+    cx_total: Family<ClusterLabels, Counter>,
+    rq_xx: Family<ClassLabels, EnvoyCounter>,
+    rq_retry: Family<ClusterLabels, EnvoyCounter>,
+    rq_timeout: Family<ClusterLabels, EnvoyCounter>,
+    rq_pending_overflow: Family<ClusterLabels, EnvoyCounter>,
+    cx_connect_fail: Family<ClusterLabels, EnvoyCounter>,
+    cx_none_healthy: Family<ClusterLabels, EnvoyCounter>,
+}
+
+/// `envoy_cluster_name`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct ClusterLabels {
+    cluster: Arc<str>,
+}
+
+/// `envoy_response_code_class` and `envoy_cluster_name`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct ClassLabels {
+    class: u8,
+    cluster: Arc<str>,
+}
+
+// === impl EnvoyCounter ===
+
+impl EnvoyCounter {
+    /// Adds one.
+    pub fn inc(&self) {
+        self.0.inc();
+    }
+
+    /// Adds `n`.
+    pub fn inc_by(&self, n: u64) {
+        self.0.inc_by(n);
+    }
+
+    /// The value.
+    pub fn get(&self) -> u64 {
+        self.0.get()
+    }
+}
+
+impl TypedMetric for EnvoyCounter {
+    const TYPE: MetricType = MetricType::Unknown;
+}
+
+impl EncodeMetric for EnvoyCounter {
+    fn encode(&self, mut encoder: MetricEncoder<'_>) -> Result<(), std::fmt::Error> {
+        // A gauge sample is written as `name{labels} value`, which is
+        // what an `unknown` sample is.
+        encoder.encode_gauge(&self.0.get())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+// === impl ClusterStats ===
+
+impl ClusterStats {
+    /// Registers every counter in `registry`.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "envoy_cluster_upstream_rq",
+            "Upstream requests (attempts, retries included)",
+            self.rq_total.clone(),
+        );
+        registry.register(
+            "envoy_cluster_upstream_cx",
+            "Upstream connections (TCP proxy)",
+            self.cx_total.clone(),
+        );
+        for (name, help, family) in [
+            (
+                "envoy_cluster_upstream_rq_retry",
+                "Upstream request retries",
+                &self.rq_retry,
+            ),
+            (
+                "envoy_cluster_upstream_rq_timeout",
+                "Upstream requests that timed out",
+                &self.rq_timeout,
+            ),
+            (
+                "envoy_cluster_upstream_rq_pending_overflow",
+                "Requests refused by the circuit breaker",
+                &self.rq_pending_overflow,
+            ),
+            (
+                "envoy_cluster_upstream_cx_connect_fail",
+                "Upstream connections that could not be made",
+                &self.cx_connect_fail,
+            ),
+            (
+                "envoy_cluster_upstream_cx_none_healthy",
+                "Requests or connections with no healthy endpoint to go to",
+                &self.cx_none_healthy,
+            ),
+        ] {
+            registry.register(name, help, family.clone());
+        }
+        registry.register(
+            "envoy_cluster_upstream_rq_xx",
+            "Upstream responses by status class",
+            self.rq_xx.clone(),
+        );
+    }
+
+    /// Counts a finished request that went to `cluster`.
+    pub fn request(&self, cluster: &Arc<str>, r: &RequestRecord) {
+        let key = ClusterLabels {
+            cluster: cluster.clone(),
+        };
+        if r.attempts > 0 {
+            self.rq_total
+                .get_or_create(&key)
+                .inc_by(u64::from(r.attempts));
+            if r.attempts > 1 {
+                self.rq_retry
+                    .get_or_create(&key)
+                    .inc_by(u64::from(r.attempts - 1));
+            }
+            // As Envoy, a failure reply made for an upstream (503 UF, 504
+            // UT) counts in its class too.
+            if (100..600).contains(&r.response_code) {
+                let class = ClassLabels {
+                    class: (r.response_code / 100) as u8,
+                    cluster: cluster.clone(),
+                };
+                self.rq_xx.get_or_create(&class).inc();
+            }
+        }
+        self.flags(&key, r.flags);
+    }
+
+    /// Counts a closed TCP-proxied connection to `cluster`.
+    pub fn connection(&self, cluster: &Arc<str>, r: &TcpRecord) {
+        let key = ClusterLabels {
+            cluster: cluster.clone(),
+        };
+        if r.upstream_host.is_some() {
+            self.cx_total.get_or_create(&key).inc();
+        }
+        self.flags(&key, r.flags);
+    }
+
+    fn flags(&self, key: &ClusterLabels, flags: ResponseFlags) {
+        for (flag, family) in [
+            (ResponseFlags::UPSTREAM_REQUEST_TIMEOUT, &self.rq_timeout),
+            (ResponseFlags::UPSTREAM_OVERFLOW, &self.rq_pending_overflow),
+            (
+                ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
+                &self.cx_connect_fail,
+            ),
+            (ResponseFlags::NO_HEALTHY_UPSTREAM, &self.cx_none_healthy),
+        ] {
+            if flags.contains(flag) {
+                family.get_or_create(key).inc();
+            }
+        }
+    }
+}
+
+// === impl ClusterLabels ===
+
+impl EncodeLabelSet for ClusterLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> Result<(), std::fmt::Error> {
+        ("envoy_cluster_name", &*self.cluster).encode(encoder.encode_label())
+    }
+}
+
+// === impl ClassLabels ===
+
+impl EncodeLabelSet for ClassLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> Result<(), std::fmt::Error> {
+        ("envoy_response_code_class", self.class.to_string().as_str())
+            .encode(encoder.encode_label())?;
+        ("envoy_cluster_name", &*self.cluster).encode(encoder.encode_label())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::fixtures::request;
+
+    #[test]
+    fn counts_attempts_retries_classes_and_failures_under_envoy_names() {
+        let stats = ClusterStats::default();
+        let cluster: Arc<str> = Arc::from("outbound|80||a.default.svc.cluster.local");
+        let mut ok = request(200, ResponseFlags::default(), Some(&cluster));
+        stats.request(&cluster, &ok);
+        ok.attempts = 3;
+        stats.request(&cluster, &ok);
+        let mut timeout = request(504, ResponseFlags::UPSTREAM_REQUEST_TIMEOUT, Some(&cluster));
+        timeout.attempts = 1;
+        stats.request(&cluster, &timeout);
+        let mut registry = Registry::default();
+        stats.register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let name = "envoy_cluster_name=\"outbound|80||a.default.svc.cluster.local\"";
+        for expected in [
+            format!("envoy_cluster_upstream_rq_total{{{name}}} 5"),
+            format!("envoy_cluster_upstream_rq_retry{{{name}}} 2"),
+            format!("envoy_cluster_upstream_rq_timeout{{{name}}} 1"),
+            format!("envoy_cluster_upstream_rq_xx{{envoy_response_code_class=\"2\",{name}}} 2"),
+            format!("envoy_cluster_upstream_rq_xx{{envoy_response_code_class=\"5\",{name}}} 1"),
+            "# TYPE envoy_cluster_upstream_rq_retry unknown".to_string(),
+            "# TYPE envoy_cluster_upstream_rq counter".to_string(),
+        ] {
+            assert!(
+                text.lines().any(|l| l == expected),
+                "{expected} missing in\n{text}"
+            );
+        }
+    }
+}
