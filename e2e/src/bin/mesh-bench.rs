@@ -60,6 +60,40 @@ enum Area {
         #[arg(long)]
         no_envoy: bool,
     },
+    /// Data plane: mesh-proxy against a stock Envoy on the same one-hop
+    /// config: added latency, maximum rate, CPU per request, memory.
+    Proxy {
+        /// Seconds of each measured window.
+        #[arg(long, default_value_t = 5.0)]
+        duration_secs: f64,
+        /// Requests per second of the fixed-rate (latency) phase.
+        #[arg(long, default_value_t = 1000.0)]
+        rate: f64,
+        /// Windows per target, protocol and phase (targets alternate).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Short smoke run: 1 s windows, 1 round, 0.3 s warm-up.
+        #[arg(long)]
+        quick: bool,
+        /// HTTP/1.1 connections of the throughput phase.
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        /// HTTP/2 connections of the throughput phase.
+        #[arg(long, default_value_t = 2)]
+        h2_connections: usize,
+        /// HTTP/2 streams in flight per connection in the throughput phase.
+        #[arg(long, default_value_t = 64)]
+        h2_streams: usize,
+        /// Worker threads of the load generator.
+        #[arg(long, default_value_t = 1)]
+        load_threads: usize,
+        /// Do not run the stock Envoy peer.
+        #[arg(long)]
+        no_envoy: bool,
+        /// Do not pin the proxies and the bench to separate CPUs.
+        #[arg(long)]
+        no_pin: bool,
+    },
     /// Internal: the simulated proxies of `control`, run as its child.
     #[command(hide = true)]
     ControlClients {
@@ -180,6 +214,65 @@ fn main() -> anyhow::Result<()> {
             bench::control::plot(&report, &png, labelled)
                 .with_context(|| format!("plotting {}", png.display()))?;
             println!("wrote {} and {}", md.display(), png.display());
+        }
+        Area::Proxy {
+            duration_secs,
+            rate,
+            rounds,
+            quick,
+            connections,
+            h2_connections,
+            h2_streams,
+            load_threads,
+            no_envoy,
+            no_pin,
+        } => {
+            let (duration_secs, rounds, warmup_secs) = if quick {
+                (1.0, 1, 0.3)
+            } else {
+                (duration_secs, rounds, 1.0)
+            };
+            let duration = Duration::try_from_secs_f64(duration_secs)
+                .context("--duration-secs must be a positive number of seconds")?;
+            let e2e = Path::new(env!("CARGO_MANIFEST_DIR"));
+            let report = bench::proxy::run(bench::proxy::Params {
+                duration,
+                warmup: Duration::from_secs_f64(warmup_secs),
+                rounds,
+                rate,
+                open_connections: 16,
+                h1_connections: connections,
+                h2_connections,
+                h2_streams,
+                load_threads,
+                envoy: !no_envoy,
+                pin: !no_pin,
+                workspace: e2e.parent().unwrap_or(e2e).to_path_buf(),
+            })?;
+            println!("\n{}", bench::proxy::summary(&report));
+            let md = args.out_dir.join("proxy.md");
+            std::fs::write(&md, bench::proxy::markdown(&report))
+                .with_context(|| format!("writing {}", md.display()))?;
+            let png = args.out_dir.join("proxy.png");
+            let labelled = bench::register_plot_font();
+            if !labelled {
+                eprintln!(
+                    "warning: no TrueType font found (set MESH_BENCH_FONT); plot has no labels"
+                );
+            }
+            bench::proxy::plot(&report, &png, labelled)
+                .with_context(|| format!("plotting {}", png.display()))?;
+            println!("wrote {} and {}", md.display(), png.display());
+            // The index one level up (docs/benchmarks.md for the default
+            // --out-dir) carries this run's targets table.
+            if let Some(index) = args.out_dir.parent().map(|d| d.join("benchmarks.md")) {
+                let section = bench::proxy::section(&report);
+                if bench::proxy::update_index(&index, &section)
+                    .with_context(|| format!("updating {}", index.display()))?
+                {
+                    println!("updated the proxy section of {}", index.display());
+                }
+            }
         }
         Area::ControlClients { .. } => {}
     }

@@ -1,0 +1,610 @@
+//! The `proxy` report: the targets table (ratios mesh-proxy / Envoy in the
+//! same run), latency, throughput and memory tables, notes on what limits
+//! the numbers, and a plot of added latency and maximum rate.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use plotters::prelude::*;
+
+use super::load::{Protocol, REPORTED};
+use super::subject::Kind;
+use super::{
+    ADDED_P99_MAX_RATIO, CPU_MAX_RATIO, RSS_MAX_RATIO, Report, Series, THROUGHPUT_MIN_RATIO,
+    TargetResult,
+};
+
+/// Below this share of its CPU a proxy was not saturated in the
+/// throughput phase.
+const SATURATED_PCT: f64 = 90.0;
+
+/// Which way a target ratio must go.
+#[derive(Clone, Copy)]
+enum Goal {
+    AtMost(f64),
+    AtLeast(f64),
+}
+
+fn us(d: std::time::Duration) -> String {
+    format!("{:.0} µs", d.as_secs_f64() * 1e6)
+}
+
+fn signed_us(v: f64) -> String {
+    format!("{v:+.0} µs")
+}
+
+fn mb(kb: u64) -> String {
+    format!("{:.1} MB", kb as f64 / 1024.0)
+}
+
+fn opt<T>(v: Option<T>, f: impl Fn(T) -> String) -> String {
+    v.map(f).unwrap_or_else(|| "-".into())
+}
+
+/// One row of the targets table.
+fn target_row(
+    md: &mut String,
+    what: &str,
+    ours: Option<f64>,
+    envoy: Option<f64>,
+    unit: &str,
+    goal: Goal,
+) {
+    let decimals = if unit.is_empty() || unit == " µs" {
+        0
+    } else {
+        1
+    };
+    let cell = |v: Option<f64>| opt(v, |v| format!("{v:.decimals$}{unit}"));
+    let (ratio, met) = match (ours, envoy) {
+        // Below the direct path: nothing measurable added (noise).
+        (Some(o), Some(e)) if e > 0.0 && o <= 0.0 => {
+            let ok = matches!(goal, Goal::AtMost(_));
+            (
+                "≤ 0x".to_string(),
+                if ok { "yes" } else { "**no**" }.to_string(),
+            )
+        }
+        (Some(o), Some(e)) if e > 0.0 => {
+            let r = o / e;
+            let ok = match goal {
+                Goal::AtMost(t) => r <= t,
+                Goal::AtLeast(t) => r >= t,
+            };
+            (
+                format!("{r:.2}x"),
+                if ok { "yes" } else { "**no**" }.to_string(),
+            )
+        }
+        (Some(_), Some(_)) => ("-".into(), "n/a (Envoy's value is not positive)".into()),
+        _ => ("-".into(), "n/a (not measured)".into()),
+    };
+    let target = match goal {
+        Goal::AtMost(t) => format!("≤ {t}x"),
+        Goal::AtLeast(t) => format!("≥ {t}x"),
+    };
+    let _ = writeln!(
+        md,
+        "| {what} | {} | {} | {ratio} | {target} | {met} |",
+        cell(ours),
+        cell(envoy)
+    );
+}
+
+/// The targets table (also printed at the end of a run).
+pub fn summary(report: &Report) -> String {
+    let mut md = String::new();
+    let rate = report.params.rate;
+    md.push_str(
+        "| measure | mesh-proxy | Envoy | ratio | target | met |\n|---|---:|---:|---:|---:|---|\n",
+    );
+    let ours = report.target(Kind::Ours);
+    let envoy = report.target(Kind::Envoy);
+    for protocol in Protocol::ALL {
+        let added = |k: Kind| report.added(k, protocol).map(|a| a[2]);
+        target_row(
+            &mut md,
+            &format!("added p99 latency, {} at {rate:.0} req/s", protocol.name()),
+            added(Kind::Ours),
+            added(Kind::Envoy),
+            " µs",
+            Goal::AtMost(ADDED_P99_MAX_RATIO),
+        );
+    }
+    for protocol in Protocol::ALL {
+        let cpu = |t: Option<&TargetResult>| t?.latency[protocol.index()].cpu_ms_per_1k();
+        target_row(
+            &mut md,
+            &format!(
+                "CPU per 1,000 requests, {} at {rate:.0} req/s",
+                protocol.name()
+            ),
+            cpu(ours),
+            cpu(envoy),
+            " ms",
+            Goal::AtMost(CPU_MAX_RATIO),
+        );
+    }
+    for protocol in Protocol::ALL {
+        let rps = |t: Option<&TargetResult>| t?.throughput[protocol.index()].mean_rate();
+        target_row(
+            &mut md,
+            &format!("maximum req/s, {}, 1 worker", protocol.name()),
+            rps(ours),
+            rps(envoy),
+            "",
+            Goal::AtLeast(THROUGHPUT_MIN_RATIO),
+        );
+    }
+    let mem = |t: Option<&TargetResult>, f: fn(&TargetResult) -> Option<u64>| {
+        t.and_then(f).map(|kb| kb as f64 / 1024.0)
+    };
+    target_row(
+        &mut md,
+        "RSS idle (configured, before load)",
+        mem(ours, |t| t.idle.map(|m| m.rss_kb)),
+        mem(envoy, |t| t.idle.map(|m| m.rss_kb)),
+        " MB",
+        Goal::AtMost(RSS_MAX_RATIO),
+    );
+    target_row(
+        &mut md,
+        "RSS under load (peak, VmHWM)",
+        mem(ours, |t| t.after.map(|m| m.hwm_kb)),
+        mem(envoy, |t| t.after.map(|m| m.hwm_kb)),
+        " MB",
+        Goal::AtMost(RSS_MAX_RATIO),
+    );
+    md
+}
+
+/// The markdown report (`docs/benchmarks/proxy.md`).
+pub fn markdown(report: &Report) -> String {
+    let p = &report.params;
+    let mut md = String::new();
+    md.push_str("# Proxy benchmarks\n\n");
+    md.push_str(
+        "Written by `cargo run --release -p e2e --bin mesh-bench -- proxy`; rerun it rather \
+         than editing this file. What is measured, and how, is described in \
+         `e2e/src/bench/proxy/mod.rs`.\n\n",
+    );
+    md.push_str("## Machine\n\n| | |\n|---|---|\n");
+    md.push_str(&report.machine.markdown_rows());
+    let _ = writeln!(
+        md,
+        "| load average before / after (1, 5, 15 min) | {} / {} |",
+        report.load_avg.0, report.load_avg.1
+    );
+    let _ = writeln!(
+        md,
+        "| CPU placement | {} |",
+        match &report.pinning {
+            Ok(p) => p.describe(),
+            Err(why) =>
+                format!("not pinned: {why}; proxies, load generator and backend share every CPU"),
+        }
+    );
+    for kind in [Kind::Ours, Kind::Envoy] {
+        let version = match report.target(kind) {
+            Some(t) => t.version.clone().unwrap_or_default(),
+            None => format!(
+                "not run: {}",
+                report.envoy_skipped.as_deref().unwrap_or("-")
+            ),
+        };
+        let _ = writeln!(md, "| {} | {version} |", kind.name());
+    }
+    let _ = writeln!(md, "| source | {} |", report.source);
+    let _ = writeln!(
+        md,
+        "| run time | {:.1} min |",
+        report.wall.as_secs_f64() / 60.0
+    );
+
+    let _ = write!(
+        md,
+        "\n## Parameters\n\n| | |\n|---|---|\n\
+         | configuration | one VirtualService (host `bench.local`) routing to one Service (`bench-backend.bench`, port 8080 named `http`) with one endpoint, the backend on 127.0.0.1; a DestinationRule with TLS off; two Gateways on different loopback ports, one selecting each proxy |\n\
+         | proxies | both `router` role (gateways), configured over ADS (state of the world) by mesh-control's `AdsServer` running in the bench process; one worker each (`envoy --concurrency 1`, `mesh-proxy run --concurrency 1`), log level warn; both running during the whole run |\n\
+         | backend | hyper HTTP/1.1 + h2c server in the bench process answering a fixed 64-byte body; both proxies speak HTTP/1.1 to it (Istio's choice for a port named `http`) |\n\
+         | load generator | hyper client in the bench process on its own tokio runtime ({} worker thread(s)); TCP_NODELAY everywhere |\n\
+         | fixed rate | {:.0} req/s open loop, latency from each request's scheduled send time (no coordinated omission; the schedule is kept by a dedicated thread); HTTP/1.1: {} keep-alive connections sharing one queue; HTTP/2: 1 connection, one stream per request |\n\
+         | throughput | closed loop; HTTP/1.1: {} keep-alive connections, one request in flight each; HTTP/2: {} connection(s) x {} streams in flight |\n\
+         | windows | {:.1} s measured after {:.1} s of warm-up traffic; {} round(s) per target, protocol and phase; the order of the targets rotates every round |\n\
+         | CPU | `utime + stime` of the proxy process (all threads) from `/proc/<pid>/stat` at the window's edges, divided by the answers in the window (tick: {:.0} ms, so short runs are coarse) |\n\
+         | memory | `VmRSS` idle (configured, serving, 1 s after the readiness checks, before any load); highest `VmRSS` sampled every 200 ms under load; `VmHWM` at the end of the run |\n",
+        p.load_threads,
+        p.rate,
+        p.open_connections,
+        p.h1_connections,
+        p.h2_connections,
+        p.h2_streams,
+        p.duration.as_secs_f64(),
+        p.warmup.as_secs_f64(),
+        p.rounds,
+        1000.0 / super::procfs::ticks_per_second() as f64,
+    );
+
+    md.push_str("\n## Targets (mesh-proxy / Envoy, same run)\n\n");
+    md.push_str(&summary(report));
+    md.push_str(
+        "\nAdded latency: the proxy's percentile minus the direct path's percentile, both at the fixed rate, \
+         samples of all rounds pooled. A negative value means the difference is below this run's noise \
+         (the tails of all three paths come mostly from scheduling on a shared machine).\n",
+    );
+
+    let _ = write!(
+        md,
+        "\n## Latency at {:.0} req/s\n\n\
+         | protocol | target | p50 | p90 | p99 | p99.9 | max | answers | errors | proxy CPU per 1,000 req | other CPU |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        p.rate
+    );
+    for protocol in Protocol::ALL {
+        let i = protocol.index();
+        for t in &report.targets {
+            let s = &t.latency[i];
+            let q = s.quantiles();
+            let cells: Vec<String> = match q {
+                Some(q) => q
+                    .reported()
+                    .iter()
+                    .map(|&d| us(d))
+                    .chain([us(q.max)])
+                    .collect(),
+                None => vec!["-".into(); 5],
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                protocol.name(),
+                t.kind.name(),
+                cells.join(" | "),
+                s.ok(),
+                s.errors(),
+                opt(s.cpu_ms_per_1k(), |v| format!("{v:.1} ms")),
+                opt(s.other_busy(), |b| format!("{b:.0}%")),
+            );
+        }
+        for kind in [Kind::Ours, Kind::Envoy] {
+            if let Some(a) = report.added(kind, protocol) {
+                let cells: Vec<String> = a.iter().map(|&v| signed_us(v)).collect();
+                let _ = writeln!(
+                    md,
+                    "| {} | added by {} | {} | | | | |",
+                    protocol.name(),
+                    kind.name(),
+                    cells.join(" | ")
+                );
+            }
+        }
+    }
+
+    md.push_str(
+        "\n## Maximum rate (closed loop, 1 worker)\n\n\
+         | protocol | target | mean req/s | per round | proxy CPU busy | bench CPU busy | other CPU | p50 | p99 | errors | proxy CPU per 1,000 req |\n\
+         |---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for protocol in Protocol::ALL {
+        for t in &report.targets {
+            let s = &t.throughput[protocol.index()];
+            let q = s.quantiles();
+            let rounds: Vec<String> = s.rates().iter().map(|r| format!("{r:.0}")).collect();
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                protocol.name(),
+                t.kind.name(),
+                opt(s.mean_rate(), |r| format!("{r:.0}")),
+                rounds.join(", "),
+                opt(s.proxy_busy(), |b| format!("{b:.0}%")),
+                opt(s.bench_busy(), |b| format!("{b:.0}%")),
+                opt(s.other_busy(), |b| format!("{b:.0}%")),
+                opt(q, |q| us(q.p50)),
+                opt(q, |q| us(q.p99)),
+                s.errors(),
+                opt(s.cpu_ms_per_1k(), |v| format!("{v:.2} ms")),
+            );
+        }
+    }
+    md.push_str(
+        "\n`proxy CPU busy`: the proxy's CPU time over the windows' wall time (100% = its one CPU). \
+         `bench CPU busy`: the same for the bench process (load generator, backend, control plane), \
+         whose CPUs are the others. `other CPU`: busy time of everything else on the machine \
+         (`/proc/stat` minus the two above: other processes, the idle proxy, the kernel, hypervisor steal), \
+         in % of one CPU; on a quiet machine it stays near 0. The `direct` row is the load generator and backend alone: \
+         the most this bench can drive.\n",
+    );
+
+    md.push_str(
+        "\n## Memory\n\n| target | idle VmRSS | under load VmRSS (max sampled) | peak VmHWM | start to admin /ready |\n|---|---:|---:|---:|---:|\n",
+    );
+    for t in report.targets.iter().filter(|t| t.kind != Kind::Direct) {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} |",
+            t.kind.name(),
+            opt(t.idle, |m| mb(m.rss_kb)),
+            mb(t.rss_load_kb()),
+            opt(t.after, |m| mb(m.hwm_kb)),
+            opt(t.ready_in, |d| format!(
+                "{:.0} ms",
+                d.as_secs_f64() * 1000.0
+            )),
+        );
+    }
+
+    let notes = notes(report);
+    if !notes.is_empty() {
+        md.push_str("\n## Notes on this run\n\n");
+        for n in notes {
+            let _ = writeln!(md, "- {n}");
+        }
+    }
+    md.push_str("\n![Added latency and maximum rate, mesh-proxy and Envoy](proxy.png)\n");
+    md
+}
+
+/// First line of the proxy section of `docs/benchmarks.md`.
+pub const SECTION_BEGIN: &str = "<!-- mesh-bench proxy: begin -->";
+/// Last line of the proxy section of `docs/benchmarks.md`.
+pub const SECTION_END: &str = "<!-- mesh-bench proxy: end -->";
+
+/// The proxy section of `docs/benchmarks.md`: this run's targets table
+/// and where the full report is.
+pub fn section(report: &Report) -> String {
+    let m = &report.machine;
+    let envoy = report
+        .target(Kind::Envoy)
+        .and_then(|t| t.version.clone())
+        .map(|v| format!("Envoy {v}"))
+        .unwrap_or_else(|| "no Envoy (not run)".into());
+    let mut md = format!(
+        "{SECTION_BEGIN}\n\
+         Last run {} on {} ({} CPUs, {} build of {}, load average before the run {}): \
+         mesh-proxy against {envoy}, one worker each, the same one-hop configuration \
+         from mesh-control, measured in alternating rounds. Full report with latency, \
+         throughput and memory tables: [proxy.md](benchmarks/proxy.md).\n\n",
+        m.date, m.model, m.cpus, m.profile, report.source, report.load_avg.0
+    );
+    md.push_str(&summary(report));
+    let notes = notes(report);
+    if !notes.is_empty() {
+        md.push('\n');
+        for n in notes {
+            let _ = writeln!(md, "- {n}");
+        }
+    }
+    md.push_str(SECTION_END);
+    md
+}
+
+/// Replaces the text between [`SECTION_BEGIN`] and [`SECTION_END`] of
+/// `index` with `section`; `false` (file untouched) when the file or its
+/// markers are missing.
+pub fn update_index(index: &Path, section: &str) -> std::io::Result<bool> {
+    let text = match std::fs::read_to_string(index) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    let (Some(begin), Some(end)) = (text.find(SECTION_BEGIN), text.find(SECTION_END)) else {
+        return Ok(false);
+    };
+    if end < begin {
+        return Ok(false);
+    }
+    let mut out = String::with_capacity(text.len() + section.len());
+    out.push_str(&text[..begin]);
+    out.push_str(section);
+    out.push_str(&text[end + SECTION_END.len()..]);
+    std::fs::write(index, out)?;
+    Ok(true)
+}
+
+/// What limits or qualifies the numbers of this run.
+fn notes(report: &Report) -> Vec<String> {
+    let mut notes = Vec::new();
+    if report.machine.profile != "release" {
+        notes.push("debug build: the numbers are not comparable; rerun with --release".into());
+    }
+    let other: Vec<f64> = report
+        .targets
+        .iter()
+        .flat_map(|t| t.latency.iter().chain(&t.throughput))
+        .filter_map(Series::other_busy)
+        .collect();
+    if let Some(max) = other
+        .iter()
+        .copied()
+        .reduce(f64::max)
+        .filter(|&m| m >= 10.0)
+    {
+        notes.push(format!(
+            "other work ran during the measured windows (up to {max:.0}% of one CPU outside the bench and the proxy under test, see `other CPU`): the numbers are disturbed; rerun on a quiet machine"
+        ));
+    }
+    if let Some(why) = &report.envoy_skipped {
+        notes.push(format!(
+            "Envoy was not run ({why}): no ratio can be computed"
+        ));
+    }
+    for protocol in Protocol::ALL {
+        let direct = report
+            .target(Kind::Direct)
+            .and_then(|t| t.throughput[protocol.index()].mean_rate());
+        for t in report.targets.iter().filter(|t| t.kind != Kind::Direct) {
+            let s: &Series = &t.throughput[protocol.index()];
+            let Some(busy) = s.proxy_busy().filter(|&b| b < SATURATED_PCT) else {
+                continue;
+            };
+            let bench = s.bench_busy().unwrap_or(0.0);
+            let why = if bench >= SATURATED_PCT {
+                format!(
+                    "the load generator and backend were the limit (their CPU {bench:.0}% busy; direct path: {} req/s), so its maximum rate is at least what is shown",
+                    opt(direct, |d| format!("{d:.0}"))
+                )
+            } else {
+                format!(
+                    "the load generator was not the limit either (its CPU {bench:.0}% busy): other processes on the machine took the CPU time, or the proxy waited on something else"
+                )
+            };
+            notes.push(format!(
+                "{} over {} used {busy:.0}% of its CPU in the throughput phase, not saturated: {why}",
+                t.kind.name(),
+                protocol.name(),
+            ));
+        }
+    }
+    for t in &report.targets {
+        for (phase, series) in [("fixed rate", &t.latency), ("throughput", &t.throughput)] {
+            for protocol in Protocol::ALL {
+                let s = &series[protocol.index()];
+                if s.errors() > 0 {
+                    notes.push(format!(
+                        "{} {} {phase}: {} errors (first: {})",
+                        t.kind.name(),
+                        protocol.name(),
+                        s.errors(),
+                        s.first_error().unwrap_or("-")
+                    ));
+                }
+            }
+        }
+    }
+    notes
+}
+
+/// Draws grouped bars: `groups` along x, one bar per series in each.
+fn bars(
+    area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
+    title: &str,
+    y_desc: &str,
+    groups: &[String],
+    series: &[(String, RGBColor, Vec<f64>)],
+    labelled: bool,
+) -> anyhow::Result<()> {
+    let values = series.iter().flat_map(|s| s.2.iter().copied());
+    let y_max = values.clone().fold(0.0f64, f64::max).max(1.0) * 1.15;
+    let y_min = values.fold(0.0f64, f64::min) * 1.15;
+    let n = groups.len().max(1);
+    let mut builder = ChartBuilder::on(area);
+    builder
+        .margin(16)
+        .x_label_area_size(if labelled { 40 } else { 8 })
+        .y_label_area_size(if labelled { 70 } else { 8 });
+    if labelled {
+        builder.caption(title, ("sans-serif", 18));
+    }
+    let mut chart = builder.build_cartesian_2d(-0.5f64..(n as f64 - 0.5), y_min..y_max)?;
+    let mut mesh = chart.configure_mesh();
+    mesh.disable_x_mesh();
+    if labelled {
+        let names = groups.to_vec();
+        let formatter = move |x: &f64| {
+            let i = x.round();
+            if (x - i).abs() < 0.01 && i >= 0.0 {
+                names.get(i as usize).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
+        };
+        mesh.x_labels(n * 2 + 1)
+            .x_label_formatter(&formatter)
+            .y_desc(y_desc)
+            .y_label_formatter(&|y| format!("{y:.0}"))
+            .label_style(("sans-serif", 13))
+            .draw()?;
+    } else {
+        mesh.x_labels(0).y_labels(0).draw()?;
+    }
+    let width = 0.8 / series.len().max(1) as f64;
+    for (k, (name, color, vals)) in series.iter().enumerate() {
+        let color = *color;
+        let drawn = chart.draw_series(vals.iter().enumerate().map(|(g, &v)| {
+            let x0 = g as f64 - 0.4 + k as f64 * width;
+            Rectangle::new([(x0, 0.0), (x0 + width * 0.9, v)], color.filled())
+        }))?;
+        if labelled {
+            drawn.label(name.as_str()).legend(move |(x, y)| {
+                Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled())
+            });
+        }
+    }
+    if labelled {
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 12))
+            .draw()?;
+    }
+    Ok(())
+}
+
+/// Plots added latency per percentile (left) and maximum rate (right),
+/// mesh-proxy against Envoy, both protocols.
+pub fn plot(report: &Report, path: &Path, labelled: bool) -> anyhow::Result<()> {
+    let root = BitMapBackend::new(path, (1200, 480)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let panels = root.split_evenly((1, 2));
+    let ours_colors = [RGBColor(31, 97, 180), RGBColor(120, 170, 230)];
+    let envoy_colors = [RGBColor(200, 40, 40), RGBColor(240, 140, 130)];
+
+    let mut latency = Vec::new();
+    for protocol in Protocol::ALL {
+        for (kind, colors) in [(Kind::Ours, ours_colors), (Kind::Envoy, envoy_colors)] {
+            if let Some(a) = report.added(kind, protocol) {
+                latency.push((
+                    format!("{} {}", kind.name(), protocol.name()),
+                    colors[protocol.index()],
+                    a.to_vec(),
+                ));
+            }
+        }
+    }
+    let groups: Vec<String> = REPORTED.iter().map(|s| s.to_string()).collect();
+    bars(
+        &panels[0],
+        &format!(
+            "Added latency over direct at {:.0} req/s",
+            report.params.rate
+        ),
+        "added latency (µs)",
+        &groups,
+        &latency,
+        labelled,
+    )?;
+
+    let mut rates = Vec::new();
+    for (kind, color) in [
+        (Kind::Direct, RGBColor(150, 150, 150)),
+        (Kind::Ours, ours_colors[0]),
+        (Kind::Envoy, envoy_colors[0]),
+    ] {
+        if let Some(t) = report.target(kind) {
+            let vals = Protocol::ALL
+                .iter()
+                .map(|p| t.throughput[p.index()].mean_rate().unwrap_or(0.0))
+                .collect();
+            let name = if kind == Kind::Direct {
+                "direct (load generator limit)".to_string()
+            } else {
+                kind.name().to_string()
+            };
+            rates.push((name, color, vals));
+        }
+    }
+    let groups: Vec<String> = Protocol::ALL.iter().map(|p| p.name().to_string()).collect();
+    bars(
+        &panels[1],
+        "Maximum rate, 1 worker (closed loop)",
+        "requests per second",
+        &groups,
+        &rates,
+        labelled,
+    )?;
+    root.present()?;
+    Ok(())
+}
