@@ -33,20 +33,9 @@ export ENVOY_BIN
 
 command -v openssl >/dev/null || { echo "openssl is required (Debian package openssl)" >&2; exit 1; }
 
-# Transparent capture and network-namespace tests need iptables, ip and
-# curl (run as the proxy's UID through setpriv, from util-linux).
-missing=()
-for tool in iptables:iptables ip:iproute2 curl:curl setpriv:util-linux; do
-    command -v "${tool%%:*}" >/dev/null || missing+=("${tool##*:}")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        echo "== installing ${missing[*]}"
-        apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
-    else
-        echo "the network tests need: ${missing[*]} (Debian packages); install them and rerun as root" >&2
-        exit 1
-    fi
-fi
+# Transparent capture, network-namespace and local-mesh tests need
+# iptables, ip, curl and setpriv.
+. "$root/e2e/deps.sh"
+ensure_network_tools
 
 exec cargo test --workspace --locked "$@"

@@ -22,9 +22,10 @@ use crate::source::{ConfigStatus, DirSource, DirSourceConfig};
     about = "Control plane: Istio configuration to Envoy xDS over ADS"
 )]
 pub struct Args {
-    /// Directory of Istio and Kubernetes YAML to serve (watched for changes).
-    #[arg(long, env = "MESH_CONFIG_DIR")]
-    pub config_dir: PathBuf,
+    /// Directory of Istio and Kubernetes YAML to serve (watched for
+    /// changes); repeat it to read several directories as one.
+    #[arg(long, env = "MESH_CONFIG_DIR", required = true)]
+    pub config_dir: Vec<PathBuf>,
     /// Address of the plaintext ADS server (local mode only).
     #[arg(long, default_value = "127.0.0.1:15010")]
     pub xds_address: SocketAddr,
@@ -57,16 +58,16 @@ async fn shutdown_signal(mut stop: watch::Receiver<bool>) {
 /// Runs the control plane until SIGTERM/Ctrl-C.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     init_logging(&args.log_format);
-    let (source, snapshot) =
-        DirSource::load(DirSourceConfig::new(&args.config_dir)).map_err(|e| {
-            anyhow::anyhow!(
-                "cannot read config directory {}: {e}",
-                args.config_dir.display()
-            )
-        })?;
+    let mut dirs = args.config_dir.iter();
+    let first = dirs
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("--config-dir is required"))?;
+    let config = dirs.fold(DirSourceConfig::new(first), |c, d| c.with_dir(d));
+    let (source, snapshot) = DirSource::load(config)
+        .map_err(|e| anyhow::anyhow!("cannot read the configuration: {e}"))?;
     let status: Arc<Mutex<ConfigStatus>> = source.status_handle();
     tracing::info!(
-        dir = %args.config_dir.display(),
+        dirs = ?args.config_dir,
         version = snapshot.version,
         services = snapshot.registry.services.len(),
         "loaded configuration"

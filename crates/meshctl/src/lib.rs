@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 pub mod analyze;
+pub mod local;
 pub mod manifest;
 pub mod validate;
 
@@ -33,6 +34,9 @@ enum Command {
     Validate(validate::Args),
     /// Analyze configuration files for cross-object problems (istioctl analyze codes).
     Analyze(analyze::Args),
+    /// Run the whole mesh on this machine: pods as network namespaces with sidecars.
+    #[command(subcommand)]
+    Local(local::Command),
     /// Print generated manifests (the CRDs of every Istio kind the mesh serves).
     Manifest(manifest::Args),
     /// Print the version.
@@ -83,6 +87,7 @@ where
         Command::Validate(args) => validate::run(&args, &mut out),
         Command::Analyze(args) => analyze::run(&args, &mut out),
         Command::Manifest(args) => manifest::run(&args, &mut out),
+        Command::Local(command) => local::run(&command, &mut out),
         Command::Version => writeln!(out, "meshctl {}", env!("CARGO_PKG_VERSION"))
             .map(|()| 0)
             .map_err(Into::into),

@@ -8,7 +8,7 @@ use e2e::echo::{Behaviour, EchoConfig};
 
 /// An HTTP server that answers with who it is and what it received.
 #[derive(Debug, Parser)]
-#[command(name = "mesh-echo", version)]
+#[command(name = "mesh-echo", disable_version_flag = true)]
 struct Args {
     /// Workload name reported in every answer (e.g. `reviews-v2`).
     #[arg(long, env = "ECHO_NAME", default_value = "mesh-echo")]

@@ -1,5 +1,6 @@
 //! The config-directory source: every `.yaml`, `.yml` and `.json` file under
-//! a directory, polled for changes (mtime and size) every 200 ms. Changes
+//! one or more directories (the local mesh adds a directory of the pods it
+//! started, with their addresses, beside the user's), polled for changes (mtime and size) every 200 ms. Changes
 //! are debounced as Istio does (a 100 ms quiet period, at most 1 s delay)
 //! before a new [`Snapshot`] is published on a `watch` channel.
 //!
@@ -19,8 +20,8 @@ use crate::snapshot::Snapshot;
 /// Settings of the directory source.
 #[derive(Clone, Debug)]
 pub struct DirSourceConfig {
-    /// The directory.
-    pub dir: PathBuf,
+    /// The directories, read as one.
+    pub dirs: Vec<PathBuf>,
     /// How often files are checked.
     pub poll_interval: Duration,
     /// Quiet period before a change is published.
@@ -33,11 +34,17 @@ impl DirSourceConfig {
     /// Istio's defaults for `dir`.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Self {
-            dir: dir.into(),
+            dirs: vec![dir.into()],
             poll_interval: Duration::from_millis(200),
             debounce_quiet: Duration::from_millis(100),
             debounce_max: Duration::from_secs(1),
         }
+    }
+
+    /// Adds another directory to read.
+    pub fn with_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.dirs.push(dir.into());
+        self
     }
 }
 
@@ -75,7 +82,11 @@ impl DirSource {
 
     fn fingerprint(&self) -> std::io::Result<Fingerprint> {
         let mut fp = Fingerprint::new();
-        for file in mesh_api::object::config_files(&self.config.dir)? {
+        let mut files = Vec::new();
+        for dir in &self.config.dirs {
+            files.extend(mesh_api::object::config_files(dir)?);
+        }
+        for file in files {
             if let Ok(meta) = std::fs::metadata(&file) {
                 fp.insert(
                     file,
@@ -147,7 +158,7 @@ impl DirSource {
                 }
                 Ok(false) => {}
                 Err(e) => {
-                    tracing::warn!(dir = %self.config.dir.display(), "cannot list config directory: {e}")
+                    tracing::warn!(dirs = ?self.config.dirs, "cannot list config directory: {e}")
                 }
             }
             if let Some(first) = pending_since {

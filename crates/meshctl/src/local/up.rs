@@ -1,0 +1,525 @@
+//! `meshctl local up DIR`: reads the directory, then creates the bridge,
+//! starts mesh-control on the directory (plus a directory of the started
+//! pods with their addresses, which mesh-control reads beside it), and for
+//! every pod a network namespace with the app and its sidecar behind
+//! `mesh-proxy iptables` capture, as an injected Kubernetes pod has. Each
+//! thing is recorded in the run state before it is created, so `down`
+//! removes it even if `up` stops half-way.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use mesh_api::wellknown::{
+    CONTROL_MONITORING_PORT, PROXY_GID, PROXY_HEALTH_PORT, PROXY_UID, XDS_PLAINTEXT_PORT,
+};
+
+use super::manifest::{EnvVar, LocalPod, Plan, hosts_file, running_pod};
+use super::process::{
+    in_netns, log_tail, mesh_binary, output_bounded, sibling_dir, spawn_detached,
+};
+use super::state::{PodState, State};
+use super::{down, net, status};
+
+/// Flags of `meshctl local up`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Directory of Kubernetes-style YAML: Istio objects, Services (with a
+    /// clusterIP), Pods and Deployments whose container command is a
+    /// program on this machine.
+    pub dir: PathBuf,
+    #[command(flatten)]
+    pub run_dir: super::RunDirArg,
+    /// Bridge to create (at most 10 characters: pod links are named after it).
+    #[arg(long, default_value = "meshbr0")]
+    pub bridge: String,
+    /// Pod subnet (IPv4 CIDR, at most /16): the bridge gets the first
+    /// address, pods the following ones.
+    #[arg(long, default_value = "10.99.0.0/24")]
+    pub subnet: String,
+    /// How long to wait for every sidecar to be ready.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+/// A parsed `--subnet`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Subnet {
+    base: u32,
+    prefix: u8,
+}
+
+// === impl Subnet ===
+
+impl Subnet {
+    /// Parses `a.b.c.d/p` (16 <= p <= 29).
+    pub fn parse(s: &str) -> anyhow::Result<Self> {
+        let (addr, prefix) = s
+            .split_once('/')
+            .with_context(|| format!("--subnet {s:?}: expected CIDR, e.g. 10.99.0.0/24"))?;
+        let addr: Ipv4Addr = addr
+            .parse()
+            .with_context(|| format!("--subnet {s:?}: {addr:?} is not an IPv4 address"))?;
+        let prefix: u8 = prefix
+            .parse()
+            .ok()
+            .filter(|p| (16..=29).contains(p))
+            .with_context(|| format!("--subnet {s:?}: the prefix must be 16 to 29"))?;
+        let mask = u32::MAX << (32 - prefix);
+        Ok(Self {
+            base: u32::from(addr) & mask,
+            prefix,
+        })
+    }
+
+    /// The bridge's address.
+    pub fn gateway(self) -> Ipv4Addr {
+        Ipv4Addr::from(self.base + 1)
+    }
+
+    /// The address of pod `index`, if the subnet has room for it.
+    pub fn pod(self, index: usize) -> Option<Ipv4Addr> {
+        let hosts = (1u64 << (32 - self.prefix)) - 2;
+        let n = u64::try_from(index).ok()? + 2;
+        (n <= hosts).then(|| Ipv4Addr::from(self.base + u32::try_from(n).unwrap_or(0)))
+    }
+}
+
+/// Runs `meshctl local up`.
+pub fn run(args: &Args, out: &mut dyn std::io::Write) -> anyhow::Result<i32> {
+    super::require_root()?;
+    for (program, package) in [
+        ("ip", "iproute2"),
+        ("iptables-restore", "iptables"),
+        ("setpriv", "util-linux"),
+    ] {
+        super::require_program(program, package)?;
+    }
+    if args.bridge.is_empty() || args.bridge.len() > 10 {
+        bail!("--bridge {:?}: use 1 to 10 characters", args.bridge);
+    }
+    let subnet = Subnet::parse(&args.subnet)?;
+    let dir = std::fs::canonicalize(&args.dir)
+        .with_context(|| format!("config directory {}", args.dir.display()))?;
+    let plan = Plan::read(&dir)?;
+    if plan.pods.is_empty() {
+        bail!(
+            "{} has no Pod or Deployment: nothing to run (see samples/traffic-shifting)",
+            dir.display()
+        );
+    }
+    if subnet.pod(plan.pods.len() - 1).is_none() {
+        bail!(
+            "--subnet {} has no room for {} pods",
+            args.subnet,
+            plan.pods.len()
+        );
+    }
+    let run_dir = args.run_dir.path();
+    if let Some(previous) = State::load(&run_dir)? {
+        let alive = previous
+            .control_pid
+            .is_some_and(|pid| super::process::is_ours(pid, "mesh-control"));
+        if alive {
+            bail!(
+                "a local mesh is already running from {} (run directory {}): `meshctl local down` first",
+                previous.config_dir.display(),
+                run_dir.display()
+            );
+        }
+        writeln!(
+            out,
+            "cleaning up what a previous run left in {}",
+            run_dir.display()
+        )?;
+        down::teardown(&previous, &run_dir);
+    }
+    if net::link_exists(&args.bridge) {
+        bail!(
+            "--bridge {}: a link with that name exists and is not ours; choose another name",
+            args.bridge
+        );
+    }
+    let control = mesh_binary("mesh-control")?;
+    let proxy = mesh_binary("mesh-proxy")?;
+
+    let gateway = subnet.gateway();
+    let mut state = State {
+        config_dir: dir.clone(),
+        bridge: args.bridge.clone(),
+        gateway: Some(gateway),
+        prefix: subnet.prefix,
+        xds: Some(SocketAddr::from((gateway, XDS_PLAINTEXT_PORT))),
+        monitoring: Some(SocketAddr::from((gateway, CONTROL_MONITORING_PORT))),
+        ..State::default()
+    };
+    state.save(&run_dir)?;
+    let result = start(&mut state, &plan, &run_dir, &control, &proxy, args, out);
+    if let Err(e) = result {
+        writeln!(
+            out,
+            "start failed; removing what was created (logs stay in {})",
+            run_dir.join("logs").display()
+        )?;
+        down::teardown(&state, &run_dir);
+        return Err(e);
+    }
+    writeln!(out)?;
+    status::print(&state, out)?;
+    print_next_steps(&state, &plan, out)?;
+    Ok(0)
+}
+
+fn start(
+    state: &mut State,
+    plan: &Plan,
+    run_dir: &Path,
+    control: &Path,
+    proxy: &Path,
+    args: &Args,
+    out: &mut dyn std::io::Write,
+) -> anyhow::Result<()> {
+    let gateway = state.gateway.context("no gateway")?;
+    let xds = state.xds.context("no xds address")?;
+    let monitoring = state.monitoring.context("no monitoring address")?;
+    net::create_bridge(&state.bridge, gateway, state.prefix)?;
+    if let Some(rule) = net::bridge_forward_rule(&state.bridge) {
+        state.host_rules.push(rule.clone());
+        state.save(run_dir)?;
+        net::add_host_rule(&rule)?;
+    }
+    writeln!(out, "bridge {} {gateway}/{}", state.bridge, state.prefix)?;
+
+    // Pods mesh-control sees: written as each pod starts.
+    let pods_dir = run_dir.join("pods");
+    if pods_dir.exists() {
+        std::fs::remove_dir_all(&pods_dir)?;
+    }
+    std::fs::create_dir_all(&pods_dir)?;
+    let logs = run_dir.join("logs");
+    let mut command = std::process::Command::new(control);
+    command
+        .arg("--config-dir")
+        .arg(&state.config_dir)
+        .arg("--config-dir")
+        .arg(&pods_dir)
+        .arg("--xds-address")
+        .arg(xds.to_string())
+        .arg("--monitoring-address")
+        .arg(monitoring.to_string());
+    let pid = spawn_detached(command, &logs.join("mesh-control.log"))?;
+    state.control_pid = Some(pid);
+    state.save(run_dir)?;
+    wait_http(
+        monitoring,
+        "/ready",
+        args.timeout,
+        &logs.join("mesh-control.log"),
+    )
+    .context("mesh-control did not become ready")?;
+    writeln!(
+        out,
+        "mesh-control pid {pid}, xDS {xds}, monitoring http://{monitoring}"
+    )?;
+
+    let subnet = Subnet {
+        base: u32::from(gateway) - 1,
+        prefix: state.prefix,
+    };
+    for (index, pod) in plan.pods.iter().enumerate() {
+        let ip = subnet.pod(index).context("subnet full")?;
+        start_pod(state, pod, index, ip, plan, run_dir, proxy, &pods_dir)
+            .with_context(|| format!("starting pod {}.{}", pod.name, pod.namespace))?;
+        writeln!(out, "pod {}.{} {ip}", pod.name, pod.namespace)?;
+    }
+    for pod in &state.pods {
+        let ip = pod.ip.context("pod without address")?;
+        let log = logs.join(format!("{}.{}.proxy.log", pod.name, pod.namespace));
+        wait_http(
+            SocketAddr::from((ip, PROXY_HEALTH_PORT)),
+            "/healthz/ready",
+            args.timeout,
+            &log,
+        )
+        .with_context(|| {
+            format!(
+                "the sidecar of {}.{} did not become ready",
+                pod.name, pod.namespace
+            )
+        })?;
+    }
+    wait_converged(state, run_dir, args.timeout)?;
+    for pod in &state.pods {
+        if let Some(pid) = pod.app_pid
+            && !super::process::alive(pid)
+        {
+            let log = logs.join(format!("{}.{}.app.log", pod.name, pod.namespace));
+            bail!(
+                "the app of {}.{} exited; last lines of {}:\n{}",
+                pod.name,
+                pod.namespace,
+                log.display(),
+                log_tail(&log, 10)
+            );
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn start_pod(
+    state: &mut State,
+    pod: &LocalPod,
+    index: usize,
+    ip: Ipv4Addr,
+    plan: &Plan,
+    run_dir: &Path,
+    proxy: &Path,
+    pods_dir: &Path,
+) -> anyhow::Result<()> {
+    let xds = state.xds.context("no xds address")?;
+    let netns = format!("{}-{}-{}", state.bridge, pod.namespace, pod.name);
+    let host_veth = format!("{}v{index}", state.bridge);
+    state.pods.push(PodState {
+        name: pod.name.clone(),
+        namespace: pod.namespace.clone(),
+        ip: Some(ip),
+        netns: netns.clone(),
+        host_veth: host_veth.clone(),
+        app_pid: None,
+        proxy_pid: None,
+        node_id: format!(
+            "sidecar~{ip}~{}.{}~{}.svc.cluster.local",
+            pod.name, pod.namespace, pod.namespace
+        ),
+    });
+    state.save(run_dir)?;
+    let hosts = hosts_file(&plan.services, &pod.namespace, &pod.name, ip);
+    net::create_pod_network(&netns, &state.bridge, &host_veth, ip, state.prefix, &hosts)?;
+
+    // The init container's job: capture rules.
+    let output = output_bounded(
+        in_netns(&netns, proxy).arg("iptables"),
+        Duration::from_secs(20),
+    )?;
+    if !output.status.success() {
+        bail!(
+            "mesh-proxy iptables: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+
+    let logs = run_dir.join("logs");
+    let mut sidecar = in_netns(&netns, "setpriv");
+    sidecar
+        .arg(format!("--reuid={PROXY_UID}"))
+        .arg(format!("--regid={PROXY_GID}"))
+        .arg("--clear-groups")
+        .arg("--")
+        .arg(proxy)
+        .args([
+            "run",
+            "--role",
+            "sidecar",
+            "--xds-address",
+            &xds.to_string(),
+        ])
+        .args(["--pod-name", &pod.name, "--pod-namespace", &pod.namespace])
+        .args(["--instance-ip", &ip.to_string()])
+        .args(["--service-account", &pod.service_account]);
+    for (key, value) in &pod.labels {
+        sidecar.arg("--label").arg(format!("{key}={value}"));
+    }
+    let proxy_pid = spawn_detached(
+        sidecar,
+        &logs.join(format!("{}.{}.proxy.log", pod.name, pod.namespace)),
+    )?;
+    if let Some(p) = state.pods.last_mut() {
+        p.proxy_pid = Some(proxy_pid);
+    }
+    state.save(run_dir)?;
+
+    let mut app = in_netns(&netns, &pod.command[0]);
+    app.args(&pod.command[1..]);
+    let mut path = sibling_dir().map(|d| vec![d]).unwrap_or_default();
+    path.extend(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    ));
+    app.env("PATH", std::env::join_paths(path)?)
+        .env("POD_NAME", &pod.name)
+        .env("POD_NAMESPACE", &pod.namespace)
+        .env("INSTANCE_IP", ip.to_string());
+    for var in &pod.env {
+        match var {
+            EnvVar::Value(name, value) => {
+                app.env(name, value);
+            }
+            EnvVar::Field(name, field) => {
+                let value = match field.as_str() {
+                    "metadata.name" => pod.name.clone(),
+                    "metadata.namespace" => pod.namespace.clone(),
+                    "status.podIP" => ip.to_string(),
+                    "spec.serviceAccountName" => pod.service_account.clone(),
+                    other => match other
+                        .strip_prefix("metadata.labels['")
+                        .and_then(|s| s.strip_suffix("']"))
+                    {
+                        Some(label) => pod.labels.get(label).cloned().unwrap_or_default(),
+                        None => bail!(
+                            "{}: env {name}: fieldRef {other} is not supported locally",
+                            pod.origin
+                        ),
+                    },
+                };
+                app.env(name, value);
+            }
+        }
+    }
+    let app_log = logs.join(format!("{}.{}.app.log", pod.name, pod.namespace));
+    let app_pid = spawn_detached(app, &app_log)?;
+    if let Some(p) = state.pods.last_mut() {
+        p.app_pid = Some(app_pid);
+    }
+    state.save(run_dir)?;
+
+    // Endpoints appear once mesh-control reads the running pod.
+    let file = pods_dir.join(format!("{}.{}.json", pod.namespace, pod.name));
+    std::fs::write(&file, serde_json::to_vec_pretty(&running_pod(pod, ip))?)
+        .with_context(|| format!("writing {}", file.display()))?;
+    Ok(())
+}
+
+fn print_next_steps(
+    state: &State,
+    plan: &Plan,
+    out: &mut dyn std::io::Write,
+) -> anyhow::Result<()> {
+    let me = std::env::args().next().unwrap_or_else(|| "meshctl".into());
+    let client = plan
+        .pods
+        .iter()
+        .find(|p| p.labels.get("app").is_some_and(|a| a == "client"))
+        .or(plan.pods.first());
+    let mut steps = Vec::new();
+    if let (Some(client), Some(svc)) = (client, plan.services.first()) {
+        let port = svc
+            .ports
+            .first()
+            .map(|p| format!(":{p}"))
+            .unwrap_or_default();
+        steps.push((
+            format!(
+                "{me} local exec {} -- curl -s http://{}{port}/",
+                client.name, svc.name
+            ),
+            "a request through both sidecars",
+        ));
+    }
+    steps.push((format!("{me} local status"), "pods, addresses, sync state"));
+    steps.push((
+        format!("$EDITOR {}", state.config_dir.display()),
+        "routing edits apply within a second",
+    ));
+    steps.push((format!("{me} local down"), "remove everything"));
+    let width = steps.iter().map(|(c, _)| c.len()).max().unwrap_or(0);
+    writeln!(out, "\nThe mesh is up. Try:")?;
+    for (command, what) in steps {
+        writeln!(out, "  {command:<width$}  # {what}")?;
+    }
+    Ok(())
+}
+
+/// Waits until mesh-control has read every started pod and every sidecar
+/// has acknowledged the newest configuration, so traffic sent after `up`
+/// returns is routed by the whole directory.
+fn wait_converged(state: &State, run_dir: &Path, timeout: Duration) -> anyhow::Result<()> {
+    let monitoring = state.monitoring.context("no monitoring address")?;
+    let pods_dir = run_dir.join("pods");
+    let deadline = Instant::now() + timeout;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        match converged(state, monitoring, &pods_dir) {
+            Ok(()) => return Ok(()),
+            Err(e) => last = format!("{e:#}"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("the mesh did not converge in {timeout:?}: {last}")
+}
+
+fn converged(state: &State, monitoring: SocketAddr, pods_dir: &Path) -> anyhow::Result<()> {
+    let (_, configz) = super::http::get(monitoring, "/debug/configz")?;
+    let configz: serde_json::Value = serde_json::from_str(&configz)?;
+    let files: Vec<&str> = configz["objects"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| o["file"].as_str())
+        .collect();
+    let pods_dir = pods_dir.display().to_string();
+    let read = files.iter().filter(|f| f.starts_with(&pods_dir)).count();
+    if read < state.pods.len() {
+        bail!("mesh-control has read {read} of {} pods", state.pods.len());
+    }
+    let (_, syncz) = super::http::get(monitoring, "/debug/syncz")?;
+    let syncz: serde_json::Value = serde_json::from_str(&syncz)?;
+    let newest = syncz["snapshot_version"].as_u64();
+    for pod in &state.pods {
+        let proxy = syncz["proxies"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["proxy_id"].as_str() == Some(&pod.node_id))
+            .with_context(|| format!("{}.{} is not connected", pod.name, pod.namespace))?;
+        let synced = proxy["status"]
+            .as_object()
+            .is_some_and(|s| s.values().all(|v| v == "SYNCED" || v == "NOT SENT"));
+        if !synced || proxy["snapshot_version"].as_u64() != newest {
+            bail!("{}.{} is not synced yet", pod.name, pod.namespace);
+        }
+    }
+    Ok(())
+}
+
+/// Waits until `GET http://addr/path` answers 200; on timeout the error
+/// carries the end of `log`.
+fn wait_http(addr: SocketAddr, path: &str, timeout: Duration, log: &Path) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut last = String::from("no answer");
+    while Instant::now() < deadline {
+        match super::http::get(addr, path) {
+            Ok((200, _)) => return Ok(()),
+            Ok((status, body)) => last = format!("status {status}: {}", body.trim()),
+            Err(e) => last = format!("{e:#}"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!(
+        "GET http://{addr}{path}: {last} after {timeout:?}; last lines of {}:\n{}",
+        log.display(),
+        log_tail(log, 20)
+    )
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    s.parse::<mesh_api::Duration>()
+        .map(|d| d.as_std())
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subnet_addresses() {
+        let s = Subnet::parse("10.99.0.7/24").unwrap();
+        assert_eq!(s.gateway(), Ipv4Addr::new(10, 99, 0, 1));
+        assert_eq!(s.pod(0), Some(Ipv4Addr::new(10, 99, 0, 2)));
+        assert_eq!(s.pod(252), Some(Ipv4Addr::new(10, 99, 0, 254)));
+        assert_eq!(s.pod(253), None);
+        assert!(Subnet::parse("10.99.0.0/8").is_err());
+        assert!(Subnet::parse("10.99.0/24").is_err());
+    }
+}

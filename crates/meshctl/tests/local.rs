@@ -1,0 +1,350 @@
+//! The local mesh, end to end through the real binaries: `meshctl local up`
+//! on the bundled traffic-shifting sample (mesh-control, three pods as
+//! network namespaces with mesh-echo or `sleep` and a mesh-proxy sidecar
+//! behind iptables capture), requests by service name from inside the
+//! client pod, the observed split, a live edit of the weights, then `local
+//! down` leaving no namespace, link, hosts file, rule or process behind.
+//!
+//! Needs root, `ip`, iptables, `setpriv` and `curl` (CI has them; e2e/test.sh
+//! installs them), and the workspace's binaries next to meshctl (`cargo
+//! test --workspace` builds them). Each test uses its own bridge, subnet
+//! and run directory, so they run in parallel with each other and with a
+//! mesh a user has up.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use mesh_test_support::netns::{require_program, require_root, run_bounded};
+use mesh_test_support::{binomial_bounds, wait_for, workspace_root};
+
+const MESHCTL: &str = env!("CARGO_BIN_EXE_meshctl");
+const LIMIT: Duration = Duration::from_secs(120);
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// One local mesh's names and directories; `down` on drop (also when the
+/// test fails), so nothing outlives the test.
+struct Mesh {
+    run_dir: tempfile::TempDir,
+    config: tempfile::TempDir,
+    bridge: String,
+    subnet: String,
+}
+
+impl Mesh {
+    /// A copy of the traffic-shifting sample, and names no other test uses.
+    fn new() -> Self {
+        require_root();
+        for (program, package) in [
+            ("ip", "iproute2"),
+            ("iptables-restore", "iptables"),
+            ("setpriv", "util-linux"),
+            ("curl", "curl"),
+        ] {
+            require_program(program, package);
+        }
+        let dir = Path::new(MESHCTL).parent().unwrap();
+        for binary in ["mesh-control", "mesh-proxy", "mesh-echo"] {
+            assert!(
+                dir.join(binary).is_file(),
+                "{binary} is not built next to meshctl in {}: run `cargo build --bins` (cargo test --workspace builds it)",
+                dir.display()
+            );
+        }
+        let config = tempfile::tempdir().unwrap();
+        let sample = workspace_root().join("samples/traffic-shifting");
+        for file in ["app.yaml", "routing.yaml"] {
+            std::fs::copy(sample.join(file), config.path().join(file)).unwrap();
+        }
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let id = std::process::id() % 10_000;
+        Self {
+            run_dir: tempfile::tempdir().unwrap(),
+            config,
+            bridge: format!("mlt{id}x{n}"),
+            subnet: format!("10.124.{}.0/24", (id * 4 + n) % 250),
+        }
+    }
+
+    /// `meshctl local <args>` on this mesh's run directory.
+    fn meshctl(&self, args: &[&str]) -> Output {
+        run_bounded(
+            Command::new(MESHCTL)
+                .arg("local")
+                .args(args)
+                .env("MESHCTL_LOCAL_DIR", self.run_dir.path()),
+            LIMIT,
+        )
+    }
+
+    fn up(&self) -> Output {
+        let config = self.config.path().to_str().unwrap();
+        self.meshctl(&[
+            "up",
+            config,
+            "--bridge",
+            &self.bridge,
+            "--subnet",
+            &self.subnet,
+        ])
+    }
+
+    /// Runs a shell command in the client pod; its stdout.
+    fn in_client(&self, script: &str) -> String {
+        let out = self.meshctl(&["exec", "client", "--", "sh", "-c", script]);
+        assert!(out.status.success(), "exec failed: {}", text(&out.stderr));
+        text(&out.stdout)
+    }
+
+    /// Versions that answered `n` requests to `reviews` by name.
+    fn versions(&self, n: usize) -> Vec<String> {
+        let out = self.in_client(&format!(
+            "for i in $(seq {n}); do curl -s --max-time 5 http://reviews:9080/; echo; done"
+        ));
+        let versions: Vec<String> = out
+            .lines()
+            .filter_map(|line| line.trim().strip_prefix("\"version\": \""))
+            .map(|v| v.trim_end_matches(['"', ',']).to_string())
+            .collect();
+        assert_eq!(versions.len(), n, "not every request was answered:\n{out}");
+        versions
+    }
+
+    fn state(&self) -> serde_json::Value {
+        let path = self.run_dir.path().join("state.json");
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap()
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.run_dir.path().join("logs").join(name)).unwrap_or_default()
+    }
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        let _ = self.meshctl(&["down"]);
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Every PID the run state names, with the network namespaces, host links
+/// and hosts-file directories it created.
+fn created(state: &serde_json::Value) -> (Vec<u32>, Vec<String>, Vec<String>) {
+    let mut pids = vec![state["control_pid"].as_u64().unwrap() as u32];
+    let (mut netns, mut links) = (
+        Vec::new(),
+        vec![state["bridge"].as_str().unwrap().to_string()],
+    );
+    for pod in state["pods"].as_array().unwrap() {
+        pids.extend(["app_pid", "proxy_pid"].map(|k| pod[k].as_u64().unwrap() as u32));
+        netns.push(pod["netns"].as_str().unwrap().to_string());
+        links.push(pod["host_veth"].as_str().unwrap().to_string());
+    }
+    (pids, netns, links)
+}
+
+fn process_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        !s.rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+    })
+}
+
+fn assert_all_removed(state: &serde_json::Value, bridge: &str) {
+    let (pids, netns, links) = created(state);
+    for pid in pids {
+        assert!(!process_alive(pid), "process {pid} still runs after down");
+    }
+    for ns in &netns {
+        assert!(
+            !Path::new("/run/netns").join(ns).exists(),
+            "netns {ns} left"
+        );
+        assert!(
+            !Path::new("/etc/netns").join(ns).exists(),
+            "/etc/netns/{ns} left"
+        );
+    }
+    for link in &links {
+        assert!(
+            !Path::new("/sys/class/net").join(link).exists(),
+            "link {link} left"
+        );
+    }
+    let rules = run_bounded(Command::new("iptables-save").arg("-t").arg("filter"), LIMIT);
+    assert!(
+        !text(&rules.stdout).contains(bridge),
+        "a host iptables rule names {bridge}"
+    );
+}
+
+#[test]
+fn traffic_shifting_sample_runs_with_live_weight_edits_and_leaves_nothing_behind() {
+    let mesh = Mesh::new();
+    let up = mesh.up();
+    assert!(
+        up.status.success(),
+        "local up failed: {}\n{}\nmesh-control log:\n{}",
+        text(&up.stdout),
+        text(&up.stderr),
+        mesh.log("mesh-control.log")
+    );
+    let shown = text(&up.stdout);
+    for pod in [
+        "reviews-v1-0.default",
+        "reviews-v2-0.default",
+        "client.default",
+    ] {
+        assert!(shown.contains(pod), "{pod} missing from:\n{shown}");
+    }
+
+    // Status: every sidecar connected and in sync.
+    let status = text(&mesh.meshctl(&["status"]).stdout);
+    assert_eq!(status.matches("SYNCED").count(), 3, "{status}");
+    assert_eq!(status.matches("running").count(), 1 + 3 * 2, "{status}");
+
+    // A request by service name, captured by the client's sidecar and
+    // answered by a reviews pod through its sidecar's inbound side.
+    let answer = mesh.in_client("curl -s --max-time 5 http://reviews:9080/hello");
+    let echo: serde_json::Value = serde_json::from_str(&answer).unwrap_or_else(|e| {
+        panic!(
+            "not an echo answer ({e}): {answer}\n{}",
+            mesh.log("client.default.proxy.log")
+        )
+    });
+    assert!(
+        echo["name"].as_str().unwrap().starts_with("reviews-v"),
+        "{echo}"
+    );
+    assert_eq!(echo["path"], "/hello");
+    assert!(echo["headers"]["x-request-id"].is_string(), "{echo}");
+
+    // 90/10 as the VirtualService says, within the 99.9 % binomial interval.
+    let n = 1000;
+    let versions = mesh.versions(n);
+    let v2 = versions.iter().filter(|v| *v == "v2").count();
+    let (lo, hi) = binomial_bounds(0.1, n);
+    let share = v2 as f64 / n as f64;
+    assert!(
+        (lo..=hi).contains(&share),
+        "v2 got {v2} of {n}, outside [{lo:.3}, {hi:.3}]"
+    );
+    assert_eq!(versions.iter().filter(|v| *v == "v1").count(), n - v2);
+
+    // Edit the weights in place: v1 is drained without a restart.
+    let routing = mesh.config.path().join("routing.yaml");
+    let edited = std::fs::read_to_string(&routing)
+        .unwrap()
+        .replace("weight: 90", "weight: 0")
+        .replace("weight: 10", "weight: 100");
+    std::fs::write(&routing, edited).unwrap();
+    let drained = wait_for(Duration::from_secs(20), || {
+        mesh.versions(20).iter().all(|v| v == "v2").then_some(())
+    });
+    assert!(drained.is_some(), "v1 still answers after the edit");
+    assert!(mesh.versions(100).iter().all(|v| v == "v2"));
+
+    let state = mesh.state();
+    let down = mesh.meshctl(&["down"]);
+    assert!(down.status.success(), "{}", text(&down.stderr));
+    assert_all_removed(&state, &mesh.bridge);
+    assert!(!mesh.run_dir.path().join("state.json").exists());
+}
+
+#[test]
+fn a_crashed_run_is_cleaned_up_by_the_next_up_and_down() {
+    let mesh = Mesh::new();
+    let up = mesh.up();
+    assert!(up.status.success(), "{}", text(&up.stderr));
+    let crashed = mesh.state();
+
+    // The control plane dies; the run state is all that is left to go by.
+    let pid = crashed["control_pid"].as_u64().unwrap().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-KILL", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || (!process_alive(
+            pid.parse().unwrap()
+        ))
+        .then_some(()))
+        .is_some()
+    );
+
+    let again = mesh.up();
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    assert!(
+        text(&again.stdout).contains("cleaning up what a previous run left"),
+        "{}",
+        text(&again.stdout)
+    );
+    // Everything of the crashed run is gone except what the new run reuses by name.
+    let (pids, _, _) = created(&crashed);
+    for pid in pids {
+        assert!(
+            !process_alive(pid),
+            "process {pid} of the crashed run still runs"
+        );
+    }
+    assert_eq!(
+        text(&mesh.meshctl(&["status"]).stdout)
+            .matches("SYNCED")
+            .count(),
+        3
+    );
+
+    let state = mesh.state();
+    let down = mesh.meshctl(&["down"]);
+    assert!(down.status.success(), "{}", text(&down.stderr));
+    assert_all_removed(&state, &mesh.bridge);
+}
+
+#[test]
+fn a_pod_the_mesh_cannot_run_is_refused_before_anything_is_created() {
+    let mesh = Mesh::new();
+    std::fs::write(
+        mesh.config.path().join("web.yaml"),
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: default}\nspec: {containers: [{name: web, image: nginx}]}\n",
+    )
+    .unwrap();
+    let up = mesh.up();
+    assert!(!up.status.success());
+    let err = text(&up.stderr);
+    assert!(
+        err.contains("Pod default/web") && err.contains("spec.containers[0].command"),
+        "{err}"
+    );
+    assert!(!Path::new("/sys/class/net").join(&mesh.bridge).exists());
+    assert!(!mesh.run_dir.path().join("state.json").exists());
+}
+
+#[test]
+fn without_root_it_says_so() {
+    let mesh = Mesh::new();
+    let out = run_bounded(
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(MESHCTL)
+            .args(["local", "up"])
+            .arg(mesh.config.path())
+            .env("MESHCTL_LOCAL_DIR", PathBuf::from("/nonexistent")),
+        LIMIT,
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("needs root"),
+        "{}",
+        text(&out.stderr)
+    );
+}
