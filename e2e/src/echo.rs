@@ -37,6 +37,16 @@ pub struct EchoConfig {
     pub log: Option<RequestLog>,
 }
 
+/// Whether every request is printed to stdout (the binary turns it on, so
+/// a pod's log shows what reached it, mirrored copies included).
+static PRINT_REQUESTS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Prints one line per request to stdout from now on:
+/// `<method> <path> host=<host> status=<status>`.
+pub fn print_requests() {
+    PRINT_REQUESTS.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Requests seen by an echo server: `(host, path)` in arrival order.
 pub type RequestLog = Arc<std::sync::Mutex<Vec<(String, String)>>>;
 
@@ -176,6 +186,16 @@ async fn handle(
         .map(|a| a.to_string())
         .or_else(|| headers.get("host").cloned())
         .unwrap_or_default();
+    if PRINT_REQUESTS.load(std::sync::atomic::Ordering::Relaxed) {
+        println!(
+            "{} {} host={host} status={status}",
+            req.method(),
+            req.uri()
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/")
+        );
+    }
     if let Some(log) = &config.log {
         let path = req.uri().path().to_string();
         if let Ok(mut entries) = log.lock() {

@@ -225,6 +225,10 @@ fn traffic_shifting_sample_runs_with_live_weight_edits_and_leaves_nothing_behind
     );
     assert_eq!(echo["path"], "/hello");
     assert!(echo["headers"]["x-request-id"].is_string(), "{echo}");
+    // The answering pod's log shows the request (`local logs`).
+    let pod = echo["name"].as_str().unwrap();
+    let logs = text(&mesh.meshctl(&["logs", pod]).stdout);
+    assert!(logs.contains("GET /hello host=reviews:9080"), "{logs}");
 
     // 90/10 as the VirtualService says, within the 99.9 % binomial interval.
     let n = 1000;

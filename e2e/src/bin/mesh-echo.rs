@@ -36,6 +36,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    e2e::echo::print_requests();
     let config = Arc::new(EchoConfig {
         name: args.name,
         version: args.version,

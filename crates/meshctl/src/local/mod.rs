@@ -1,7 +1,7 @@
 //! `meshctl local`: the whole mesh on one machine. `up` starts mesh-control
 //! on a directory of YAML and every pod in it as a network namespace with
-//! its app and sidecar behind transparent capture; `status`, `exec` and
-//! `down` work on the run state `up` records (see [`state`]).
+//! its app and sidecar behind transparent capture; `status`, `exec`,
+//! `logs` and `down` work on the run state `up` records (see [`state`]).
 
 use std::path::PathBuf;
 
@@ -10,6 +10,7 @@ use anyhow::bail;
 pub mod down;
 pub mod exec;
 mod http;
+pub mod logs;
 pub mod manifest;
 mod net;
 mod process;
@@ -28,6 +29,8 @@ pub enum Command {
     Status(status::Args),
     /// Run a command inside a pod's network namespace.
     Exec(exec::Args),
+    /// Print a pod's app log, or its sidecar's with `-c istio-proxy`.
+    Logs(logs::Args),
     /// Stop every process and remove every namespace, link and rule.
     Down(down::Args),
 }
@@ -58,6 +61,7 @@ pub fn run(command: &Command, out: &mut dyn std::io::Write) -> anyhow::Result<i3
             out.flush()?;
             exec::run(args)
         }
+        Command::Logs(args) => logs::run(args, out),
         Command::Down(args) => down::run(args, out),
     }
 }
