@@ -272,43 +272,74 @@ pub async fn serve_tls(
     tls: Arc<rustls::ServerConfig>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let (tx, rx) = tokio::sync::mpsc::channel(128);
-    let acceptor = TlsAcceptor::from(tls);
-    let accept_loop = tokio::spawn(async move {
-        loop {
-            let (tcp, peer) = match listener.accept().await {
-                Ok(conn) => conn,
-                Err(err) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %err, "CA accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            if tx.is_closed() {
-                break;
-            }
-            let _ = tcp.set_nodelay(true);
-            let acceptor = acceptor.clone();
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => {
-                        let _ = tx.send(Ok::<_, std::io::Error>(stream)).await;
-                    }
-                    Ok(Err(err)) => tracing::debug!(%peer, error = %err, "CA TLS handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "CA TLS handshake timed out"),
-                }
-            });
-        }
-    });
-    let incoming = tokio_stream::wrappers::ReceiverStream::new(rx);
+    let incoming = TlsIncoming::new(listener, tls);
     let result = tonic::transport::Server::builder()
         .add_service(IstioCertificateServiceServer::new(service))
-        .serve_with_incoming_shutdown(incoming, shutdown)
+        .serve_with_incoming_shutdown(incoming.stream, shutdown)
         .await;
-    accept_loop.abort();
     Ok(result?)
+}
+
+/// TLS connections accepted on a listener, for tonic's
+/// `serve_with_incoming`: each handshake runs on its own task with a
+/// timeout, so a slow or silent client never holds up the others. The
+/// accept loop stops when this is dropped.
+pub struct TlsIncoming {
+    /// The handshaken connections.
+    pub stream: tokio_stream::wrappers::ReceiverStream<
+        Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>,
+    >,
+    _accept_loop: AbortOnDrop,
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl TlsIncoming {
+    /// Starts accepting on `listener` with `tls`.
+    pub fn new(listener: TcpListener, tls: Arc<rustls::ServerConfig>) -> Self {
+        let (tx, rx) = tokio::sync::mpsc::channel(128);
+        let acceptor = TlsAcceptor::from(tls);
+        let accept_loop = tokio::spawn(async move {
+            loop {
+                let (tcp, peer) = match listener.accept().await {
+                    Ok(conn) => conn,
+                    Err(err) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %err, "TLS accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                if tx.is_closed() {
+                    break;
+                }
+                let _ = tcp.set_nodelay(true);
+                let acceptor = acceptor.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => {
+                            let _ = tx.send(Ok::<_, std::io::Error>(stream)).await;
+                        }
+                        Ok(Err(err)) => {
+                            tracing::debug!(%peer, error = %err, "TLS handshake failed")
+                        }
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        Self {
+            stream: tokio_stream::wrappers::ReceiverStream::new(rx),
+            _accept_loop: AbortOnDrop(accept_loop),
+        }
+    }
 }
 
 /// Why a CA client cannot be built.

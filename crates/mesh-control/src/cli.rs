@@ -1,6 +1,7 @@
-//! The `mesh-control` process: the config-directory source, the ADS server
-//! and the monitoring endpoints, wired together and shut down together on
-//! SIGTERM or Ctrl-C.
+//! The `mesh-control` process: the config-directory source, the ADS server,
+//! the secure port (embedded CA + ADS over TLS, with `--ca-dir`) and the
+//! monitoring endpoints, wired together and shut down together on SIGTERM
+//! or Ctrl-C.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,7 +12,9 @@ use axum::routing::get;
 use clap::Parser;
 use tokio::sync::watch;
 
-use crate::ads::{self, AdsServer};
+use crate::ads::metrics::Metrics;
+use crate::ads::{self, AdsServer, DEFAULT_PUSH_CONCURRENCY};
+use crate::secure::{Secure, SecureConfig};
 use crate::source::{ConfigStatus, DirSource, DirSourceConfig};
 
 /// Command-line arguments of `mesh-control`.
@@ -24,7 +27,7 @@ use crate::source::{ConfigStatus, DirSource, DirSourceConfig};
 pub struct Args {
     /// Directory of Istio and Kubernetes YAML to serve (watched for
     /// changes); repeat it to read several directories as one.
-    #[arg(long, env = "MESH_CONFIG_DIR", required = true)]
+    #[arg(long, env = "MESH_CONFIG_DIR", required_unless_present = "issue_token")]
     pub config_dir: Vec<PathBuf>,
     /// Address of the plaintext ADS server (local mode only).
     #[arg(long, default_value = "127.0.0.1:15010")]
@@ -35,6 +38,56 @@ pub struct Args {
     /// Log format.
     #[arg(long, value_parser = ["text", "json"], default_value = "text")]
     pub log_format: String,
+    /// Istio's `cacerts` directory (generated with a self-signed root on
+    /// first start): enables the embedded CA and ADS over TLS on
+    /// `--secure-address`.
+    #[arg(long, env = "MESH_CA_DIR")]
+    pub ca_dir: Option<PathBuf>,
+    /// Address of the secure port (CA + ADS over TLS), with `--ca-dir`.
+    #[arg(long, default_value = "127.0.0.1:15012")]
+    pub secure_address: SocketAddr,
+    /// Extra DNS name or IP address for the secure port's certificate
+    /// (repeatable; istiod's names are always in it).
+    #[arg(long = "secure-name", value_name = "NAME")]
+    pub secure_names: Vec<String>,
+    /// Trust domain of the identities the CA signs.
+    #[arg(long, default_value = mesh_api::wellknown::DEFAULT_TRUST_DOMAIN)]
+    pub trust_domain: String,
+    /// Print a local-mode CA token proving this SPIFFE id (signed with the
+    /// key in `--ca-dir`) and exit.
+    #[arg(long, value_name = "SPIFFE_ID", requires = "ca_dir")]
+    pub issue_token: Option<String>,
+    /// Lifetime of `--issue-token`'s token.
+    #[arg(long, default_value = "24h")]
+    pub token_ttl: mesh_api::Duration,
+}
+
+// === impl Args ===
+
+impl Args {
+    fn secure_config(&self) -> Option<SecureConfig> {
+        self.ca_dir.as_ref().map(|dir| SecureConfig {
+            ca_dir: dir.clone(),
+            trust_domain: self.trust_domain.clone(),
+            extra_names: self.secure_names.clone(),
+        })
+    }
+}
+
+/// `--issue-token`: prints the token.
+fn issue_token(args: &Args, identity: &str) -> anyhow::Result<()> {
+    let config = args
+        .secure_config()
+        .ok_or_else(|| anyhow::anyhow!("--issue-token needs --ca-dir"))?;
+    let identity: mesh_api::SpiffeId = identity
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--issue-token {identity:?}: {e}"))?;
+    let secure = Secure::load(&config)?;
+    println!(
+        "{}",
+        secure.issue_token(&identity, args.token_ttl.as_std())?
+    );
+    Ok(())
 }
 
 fn init_logging(format: &str) {
@@ -58,6 +111,17 @@ async fn shutdown_signal(mut stop: watch::Receiver<bool>) {
 /// Runs the control plane until SIGTERM/Ctrl-C.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     init_logging(&args.log_format);
+    if let Some(identity) = &args.issue_token {
+        return issue_token(&args, identity);
+    }
+    // Load the CA before anything listens: a broken CA directory is fatal.
+    let secure = match args.secure_config() {
+        Some(config) => Some((
+            Secure::load(&config)?,
+            crate::secure::bind(args.secure_address).await?,
+        )),
+        None => None,
+    };
     let mut dirs = args.config_dir.iter();
     let first = dirs
         .next()
@@ -76,7 +140,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let source_task = tokio::spawn(source.run(snapshots_tx, shutdown_signal(stop_rx.clone())));
-    let server = AdsServer::with_default_generator(snapshots_rx);
+    let mut metrics = Metrics::new();
+    let ca_metrics = crate::secure::register_metrics(metrics.registry_mut());
+    let server = AdsServer::with_options(snapshots_rx, Arc::new(metrics), DEFAULT_PUSH_CONCURRENCY);
+    let secure_task = secure.map(|(secure, listener)| {
+        tracing::info!(address = %args.secure_address, "serving the CA and xDS over TLS");
+        let ads = server.clone();
+        let stop = shutdown_signal(stop_rx.clone());
+        tokio::spawn(async move {
+            if let Err(e) = secure.serve(listener, ads, ca_metrics, stop).await {
+                tracing::error!("{e:#}");
+            }
+        })
+    });
 
     let configz = get(move || {
         let status = status.lock().map(|s| s.clone()).unwrap_or_default();
@@ -112,6 +188,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     let _ = source_task.await;
     let _ = monitoring_task.await;
+    if let Some(task) = secure_task {
+        let _ = task.await;
+    }
     result
 }
 

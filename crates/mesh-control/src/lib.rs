@@ -13,6 +13,7 @@ pub mod ads;
 pub mod cli;
 pub mod model;
 pub mod proxy;
+pub mod secure;
 pub mod snapshot;
 pub mod source;
 pub mod xds;
