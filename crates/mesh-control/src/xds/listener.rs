@@ -6,6 +6,10 @@
 //! per-port listener that does not bind (`0.0.0.0_<port>` for HTTP ports,
 //! `<vip>_<port>` for opaque TCP/TLS ports); what no listener claims falls
 //! through to the passthrough (ALLOW_ANY) or blackhole (REGISTRY_ONLY) chain.
+//! A port whose protocol is not declared (no name prefix, no `appProtocol`)
+//! is sniffed, as Istio does: its `<vip>_<port>` listener runs the HTTP
+//! inspector and holds an HTTP chain (ALPN `http/1.1`/`h2c`, routes over RDS
+//! named `<fqdn>:<port>`) beside the TCP chains.
 //! `virtualInbound` (15006) is built in [`inbound`], gateway listeners in
 //! [`gateway`]. HTTP listeners fetch their routes over RDS, named by port;
 //! [`rds_route_names`] reads those names back so `route` builds exactly the
@@ -18,11 +22,14 @@ use envoy_types::pb::envoy::config::core::v3::{
     address, config_source, socket_address,
 };
 use envoy_types::pb::envoy::config::listener::v3::{
-    Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter, filter, listener_filter,
+    Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter,
+    ListenerFilterChainMatchPredicate, filter, listener_filter,
+    listener_filter_chain_match_predicate,
 };
 use envoy_types::pb::envoy::extensions::filters::http::cors::v3::Cors;
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::listener::http_inspector::v3::HttpInspector;
 use envoy_types::pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
 use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
@@ -189,7 +196,16 @@ fn outbound_port_listeners(scope: &ProxyScope<'_>) -> Vec<Listener> {
                         "opaque port conflicts with an existing listener; traffic goes to the earlier service");
                     continue;
                 }
-                let chains = tcp::outbound_tcp_filter_chains(scope, svc, p.port, p.protocol);
+                let mut chains = tcp::outbound_tcp_filter_chains(scope, svc, p.port, p.protocol);
+                let mut listener_filters = if chains.iter().any(has_server_names) {
+                    vec![tls_inspector()]
+                } else {
+                    Vec::new()
+                };
+                if p.protocol == Protocol::Unsupported && scope.proxy.role == ProxyRole::Sidecar {
+                    chains.insert(0, sniffed_http_chain(svc, p.port));
+                    listener_filters.push(http_inspector(&BTreeSet::new()));
+                }
                 by_name.insert(
                     name.clone(),
                     Listener {
@@ -197,11 +213,7 @@ fn outbound_port_listeners(scope: &ProxyScope<'_>) -> Vec<Listener> {
                         address: Some(socket_address(&ip, p.port.into())),
                         bind_to_port: Some(BoolValue { value: false }),
                         traffic_direction: TrafficDirection::Outbound as i32,
-                        listener_filters: if chains.iter().any(has_server_names) {
-                            vec![tls_inspector()]
-                        } else {
-                            Vec::new()
-                        },
+                        listener_filters,
                         filter_chains: chains,
                         ..Default::default()
                     },
@@ -210,6 +222,71 @@ fn outbound_port_listeners(scope: &ProxyScope<'_>) -> Vec<Listener> {
         }
     }
     by_name.into_values().collect()
+}
+
+/// The HTTP chain of a sniffed outbound listener: connections the HTTP
+/// inspector recognised, routed by the service's own route configuration
+/// (`<fqdn>:<port>`).
+fn sniffed_http_chain(svc: &Service, port: u16) -> FilterChain {
+    let route_name = sniffed_route_name(svc, port);
+    let hcm = build_hcm(&format!("outbound_{route_name}"), rds(&route_name), false);
+    FilterChain {
+        name: format!("{route_name}_http"),
+        filter_chain_match: Some(sniffed_http_match()),
+        filters: vec![hcm_filter(hcm)],
+        ..Default::default()
+    }
+}
+
+/// RDS name of a sniffed port's HTTP chain.
+pub(crate) fn sniffed_route_name(svc: &Service, port: u16) -> String {
+    format!("{}:{port}", svc.hostname)
+}
+
+/// What the HTTP inspector reports for plaintext HTTP/1.x and h2c.
+pub(crate) fn sniffed_http_match() -> FilterChainMatch {
+    FilterChainMatch {
+        application_protocols: vec!["http/1.1".into(), "h2c".into()],
+        ..Default::default()
+    }
+}
+
+/// The HTTP inspector; with `only_ports`, disabled for every other
+/// destination port, so server-first protocols on declared TCP ports never
+/// wait for client bytes (Istio's `filter_disabled`).
+pub(crate) fn http_inspector(only_ports: &BTreeSet<u16>) -> ListenerFilter {
+    use listener_filter_chain_match_predicate::{MatchSet, Rule};
+    let filter_disabled = (!only_ports.is_empty()).then(|| {
+        let mut ports: Vec<ListenerFilterChainMatchPredicate> = only_ports
+            .iter()
+            .map(|&p| ListenerFilterChainMatchPredicate {
+                rule: Some(Rule::DestinationPortRange(
+                    envoy_types::pb::envoy::r#type::v3::Int32Range {
+                        start: p.into(),
+                        end: i32::from(p) + 1,
+                    },
+                )),
+            })
+            .collect();
+        // Envoy wants at least two rules in an or_match.
+        let any_port = if ports.len() == 1 {
+            ports.remove(0)
+        } else {
+            ListenerFilterChainMatchPredicate {
+                rule: Some(Rule::OrMatch(MatchSet { rules: ports })),
+            }
+        };
+        ListenerFilterChainMatchPredicate {
+            rule: Some(Rule::NotMatch(Box::new(any_port))),
+        }
+    });
+    ListenerFilter {
+        name: "envoy.filters.listener.http_inspector".into(),
+        config_type: Some(listener_filter::ConfigType::TypedConfig(pack_any(
+            HttpInspector::default(),
+        ))),
+        filter_disabled,
+    }
 }
 
 fn is_capture_port(port: u16) -> bool {

@@ -1,5 +1,6 @@
 //! RDS: route configurations from VirtualServices, named as the listeners
-//! reference them: by port for sidecars (`9080`), `http.<port>` and
+//! reference them: by port for sidecars (`9080`), `<fqdn>:<port>` for a
+//! sidecar's sniffed (undeclared-protocol) port, `http.<port>` and
 //! `https.<port>.<portName>.<gateway>.<ns>` for gateways.
 //!
 //! A sidecar's configuration for a port holds one virtual host per visible
@@ -56,10 +57,10 @@ pub fn build_routes_known(
     rds_route_names(listeners)
         .into_iter()
         .filter_map(|name| match scope.proxy.role {
-            ProxyRole::Sidecar => name
-                .parse::<u16>()
-                .ok()
-                .map(|port| sidecar_route_config(scope, &name, port, known)),
+            ProxyRole::Sidecar => match name.parse::<u16>() {
+                Ok(port) => Some(sidecar_route_config(scope, &name, port, known)),
+                Err(_) => sniffed_route_config(scope, &name, known),
+            },
             ProxyRole::Router => Some(gateway::gateway_route_config(scope, &name, known)),
         })
         .collect()
@@ -138,6 +139,43 @@ fn sidecar_route_config(
         validate_clusters: Some(BoolValue { value: false }),
         ..Default::default()
     }
+}
+
+/// The routes of a sniffed port (`<fqdn>:<port>`): its listener only sees
+/// connections to that service's address and port, so one virtual host
+/// answers every authority, routed by the service's VirtualService.
+fn sniffed_route_config(
+    scope: &ProxyScope<'_>,
+    name: &str,
+    known: &BTreeSet<String>,
+) -> Option<RouteConfiguration> {
+    let (host, port) = name.rsplit_once(':')?;
+    let port: u16 = port.parse().ok()?;
+    let svc = scope.service(host)?;
+    let ctx = RouteContext {
+        scope,
+        port,
+        gateway: None,
+        clusters: known,
+    };
+    let vs = super::listener::virtual_services_for(scope, &svc.hostname)
+        .into_iter()
+        .find(|vs| !vs.spec.http.is_empty());
+    let routes = match vs {
+        Some(vs) => http::virtual_service_routes(&ctx, vs),
+        None => vec![default_route(&ctx, svc, port)],
+    };
+    Some(RouteConfiguration {
+        name: name.into(),
+        virtual_hosts: vec![VirtualHost {
+            name: name.into(),
+            domains: vec!["*".into()],
+            routes,
+            ..Default::default()
+        }],
+        validate_clusters: Some(BoolValue { value: false }),
+        ..Default::default()
+    })
 }
 
 /// The names clients use for a service, as Istio generates them: the

@@ -141,11 +141,11 @@ pub fn validate(resources: &ProxyResources, proxy: &str) -> Result<(), String> {
     } else {
         let text = String::from_utf8_lossy(&out.stderr).into_owned()
             + &String::from_utf8_lossy(&out.stdout);
-        let reason: Vec<&str> = text
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .take(6)
-            .collect();
+        // Envoy prints the whole offending proto before the reason: keep
+        // the first line and the last few.
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        let mut reason: Vec<&str> = lines.iter().take(1).copied().collect();
+        reason.extend(lines.iter().skip(1).rev().take(5).rev().copied());
         Err(reason.join("\n"))
     }
 }

@@ -1,13 +1,16 @@
 //! `virtualInbound` (15006): every captured inbound connection arrives
 //! here; a filter chain per port of this workload's services (matched on
 //! the original destination port) routes it to `inbound|<port>||`, and
-//! everything else passes through to the application unchanged.
+//! everything else passes through to the application unchanged. A port
+//! whose protocol is not declared gets two chains, HTTP (for what the HTTP
+//! inspector recognises) and TCP, and the inspector runs for those ports
+//! only.
 //!
 //! TODO(mtls): inbound chains are plaintext for now; PeerAuthentication
 //! (STRICT/PERMISSIVE) adds TLS-matched chains with the workload's SVID in
 //! a later change.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
 use envoy_types::pb::envoy::config::listener::v3::{FilterChain, FilterChainMatch, Listener};
@@ -20,7 +23,8 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_pro
 use envoy_types::pb::google::protobuf::{Duration as PbDuration, UInt32Value};
 
 use super::{
-    INBOUND_CAPTURE_PORT, build_hcm, hcm_filter, original_dst, socket_address, tcp_proxy_filter,
+    INBOUND_CAPTURE_PORT, build_hcm, hcm_filter, http_inspector, original_dst, sniffed_http_match,
+    socket_address, tcp_proxy_filter,
 };
 use crate::model::Protocol;
 use crate::xds::{
@@ -37,11 +41,28 @@ pub(crate) fn inbound_ports(scope: &ProxyScope<'_>) -> BTreeMap<u16, Protocol> {
 }
 
 pub(super) fn virtual_inbound(scope: &ProxyScope<'_>) -> Listener {
-    let mut chains: Vec<FilterChain> = inbound_ports(scope)
+    let ports = inbound_ports(scope);
+    let ports = ports
         .into_iter()
-        .filter(|(port, _)| *port != INBOUND_CAPTURE_PORT)
-        .map(|(port, protocol)| inbound_chain(port, protocol))
-        .collect();
+        .filter(|(port, _)| *port != INBOUND_CAPTURE_PORT);
+    let mut sniffed = BTreeSet::new();
+    let mut chains = Vec::new();
+    for (port, protocol) in ports {
+        if protocol == Protocol::Unsupported {
+            sniffed.insert(port);
+            let mut http = inbound_chain(port, Protocol::Http);
+            http.name = format!("0.0.0.0_{port}_http");
+            if let Some(m) = http.filter_chain_match.as_mut() {
+                m.application_protocols = sniffed_http_match().application_protocols;
+            }
+            chains.push(http);
+        }
+        chains.push(inbound_chain(port, protocol));
+    }
+    let mut listener_filters = vec![original_dst()];
+    if !sniffed.is_empty() {
+        listener_filters.push(http_inspector(&sniffed));
+    }
     chains.push(FilterChain {
         name: VIRTUAL_INBOUND_LISTENER.into(),
         filters: vec![tcp_proxy_filter(
@@ -56,7 +77,7 @@ pub(super) fn virtual_inbound(scope: &ProxyScope<'_>) -> Listener {
     Listener {
         name: VIRTUAL_INBOUND_LISTENER.into(),
         address: Some(socket_address("0.0.0.0", INBOUND_CAPTURE_PORT.into())),
-        listener_filters: vec![original_dst()],
+        listener_filters,
         traffic_direction: TrafficDirection::Inbound as i32,
         filter_chains: chains,
         ..Default::default()
