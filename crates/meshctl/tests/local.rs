@@ -82,15 +82,21 @@ impl Mesh {
     }
 
     fn up(&self) -> Output {
+        self.up_with(&[])
+    }
+
+    fn up_with(&self, extra: &[&str]) -> Output {
         let config = self.config.path().to_str().unwrap();
-        self.meshctl(&[
+        let mut args = vec![
             "up",
             config,
             "--bridge",
             &self.bridge,
             "--subnet",
             &self.subnet,
-        ])
+        ];
+        args.extend_from_slice(extra);
+        self.meshctl(&args)
     }
 
     /// Runs a shell command in the client pod; its stdout.
@@ -187,8 +193,24 @@ fn assert_all_removed(state: &serde_json::Value, bridge: &str) {
 
 #[test]
 fn traffic_shifting_sample_runs_with_live_weight_edits_and_leaves_nothing_behind() {
+    shifting_end_to_end(&[], "mesh-proxy");
+}
+
+/// The same sample with stock Envoy sidecars, bootstrapped as Istio
+/// bootstraps them and configured by the same mesh-control: the sidecar
+/// configuration (capture listeners, routes, clusters) is Envoy's own.
+#[test]
+fn traffic_shifting_sample_runs_with_stock_envoy_sidecars() {
+    let envoy = mesh_test_support::envoy::envoy_binary();
+    shifting_end_to_end(
+        &["--data-plane", "envoy", "--envoy", envoy.to_str().unwrap()],
+        "envoy",
+    );
+}
+
+fn shifting_end_to_end(up_args: &[&str], proxy_program: &str) {
     let mesh = Mesh::new();
-    let up = mesh.up();
+    let up = mesh.up_with(up_args);
     assert!(
         up.status.success(),
         "local up failed: {}\n{}\nmesh-control log:\n{}",
@@ -197,6 +219,9 @@ fn traffic_shifting_sample_runs_with_live_weight_edits_and_leaves_nothing_behind
         mesh.log("mesh-control.log")
     );
     let shown = text(&up.stdout);
+    for pod in mesh.state()["pods"].as_array().unwrap() {
+        assert_eq!(pod["proxy_program"], proxy_program);
+    }
     for pod in [
         "reviews-v1-0.default",
         "reviews-v2-0.default",

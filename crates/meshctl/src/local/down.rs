@@ -56,7 +56,7 @@ pub fn teardown(state: &State, run_dir: &Path) -> Vec<String> {
             stop_in_netns(pid, &pod.netns);
         }
         if let Some(pid) = pod.proxy_pid {
-            stop(pid, "mesh-proxy");
+            stop(pid, &pod.proxy_program);
         }
     }
     if let Some(pid) = state.control_pid {

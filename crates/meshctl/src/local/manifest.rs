@@ -218,24 +218,23 @@ pub fn hosts_file(
 }
 
 /// The Pod object mesh-control reads for a started pod: the user's labels
-/// and service account, the address it got, Running and Ready, and the
-/// sidecar-injected marks (so peers know it runs a proxy).
+/// and service account, the address it got, Running and Ready. Not (yet)
+/// the sidecar-injected marks (`security.istio.io/tlsMode: istio`), which
+/// would make peers' clusters originate Istio mTLS to it: the local mesh
+/// has no workload certificates until the proxy gets them from the CA.
 pub fn running_pod(pod: &LocalPod, ip: Ipv4Addr) -> serde_json::Value {
     let ports: Vec<_> = pod
         .ports
         .iter()
         .map(|(name, port)| json!({"name": name, "containerPort": port}))
         .collect();
-    let mut labels = pod.labels.clone();
-    labels.insert(mesh_api::wellknown::LABEL_TLS_MODE.into(), "istio".into());
     json!({
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
             "name": pod.name,
             "namespace": pod.namespace,
-            "labels": labels,
-            "annotations": {mesh_api::wellknown::ANNOTATION_SIDECAR_STATUS: "{\"containers\":[\"istio-proxy\"]}"},
+            "labels": pod.labels,
         },
         "spec": {
             "serviceAccountName": pod.service_account,

