@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use mesh_api::wellknown::{
     CONTROL_MONITORING_PORT, PROXY_GID, PROXY_HEALTH_PORT, PROXY_UID, XDS_PLAINTEXT_PORT,
+    XDS_TLS_PORT,
 };
 
 use super::manifest::{EnvVar, LocalPod, Plan, hosts_file, running_pod};
@@ -240,7 +241,16 @@ fn start(
         .arg("--xds-address")
         .arg(xds.to_string())
         .arg("--monitoring-address")
-        .arg(monitoring.to_string());
+        .arg(monitoring.to_string())
+        // The CA and ADS over TLS on the bridge (15012), with the mesh
+        // root in RUN/ca/root-cert.pem; kept across runs like a cluster's
+        // `cacerts`, so certificates stay valid over a restart.
+        .arg("--ca-dir")
+        .arg(run_dir.join("ca"))
+        .arg("--secure-address")
+        .arg(SocketAddr::from((gateway, XDS_TLS_PORT)).to_string())
+        .arg("--secure-name")
+        .arg(gateway.to_string());
     let pid = spawn_detached(command, &logs.join("mesh-control.log"))?;
     state.control_pid = Some(pid);
     state.save(run_dir)?;
@@ -253,7 +263,7 @@ fn start(
     .context("mesh-control did not become ready")?;
     writeln!(
         out,
-        "mesh-control pid {pid}, xDS {xds}, monitoring http://{monitoring}"
+        "mesh-control pid {pid}, xDS {xds}, CA + xDS over TLS {gateway}:{XDS_TLS_PORT}, monitoring http://{monitoring}"
     )?;
 
     let subnet = Subnet {
