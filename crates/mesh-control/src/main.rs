@@ -2,6 +2,13 @@
 
 use clap::Parser;
 
+/// mimalloc instead of glibc's allocator: translations allocate and free
+/// large transient structures on several threads, and glibc's per-thread
+/// arenas kept that memory resident (about 1 GB at 10,000 services; see
+/// docs/benchmarks/control.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() {
     let args = mesh_control::cli::Args::parse();

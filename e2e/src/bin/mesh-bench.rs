@@ -9,6 +9,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use e2e::bench;
 
+/// The allocator mesh-control runs with, so the control-plane bench (which
+/// serves ADS in this process) measures the same memory behaviour.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(name = "mesh-bench", version, about = "Benchmarks of the mesh")]
 struct Args {
@@ -59,6 +64,10 @@ enum Area {
         /// Do not run the stock Envoy peer.
         #[arg(long)]
         no_envoy: bool,
+        /// Only measure the memory of the real mesh-control binary serving
+        /// each M x N (writes control-process.md).
+        #[arg(long)]
+        process_rss: bool,
     },
     /// Data plane: mesh-proxy against a stock Envoy on the same one-hop
     /// config: added latency, maximum rate, CPU per request, memory.
@@ -179,7 +188,37 @@ fn main() -> anyhow::Result<()> {
             budget_secs,
             timeout_secs,
             no_envoy,
+            process_rss,
         } => {
+            if process_rss {
+                let mut runs = Vec::new();
+                for &m in &services {
+                    for &n in &clients {
+                        let shape = bench::control::mesh::MeshShape {
+                            services: m,
+                            namespaces: namespaces.max(1),
+                        };
+                        let timeout = Duration::try_from_secs_f64(timeout_secs)
+                            .context("--timeout-secs must be a positive number of seconds")?;
+                        let run =
+                            bench::control::process::measure(shape, n, per_connection, timeout)?;
+                        println!(
+                            "M={m} N={n}: mesh-control process: {}/{n} ACKed in {:.2} s; RSS idle {} MB, serving {} MB, peak {} MB",
+                            run.acked,
+                            run.init.as_secs_f64(),
+                            run.idle_kb / 1024,
+                            run.served_kb / 1024,
+                            run.peak_kb / 1024
+                        );
+                        runs.push(run);
+                    }
+                }
+                let md = args.out_dir.join("control-process.md");
+                std::fs::write(&md, bench::control::process::markdown(&runs))
+                    .with_context(|| format!("writing {}", md.display()))?;
+                println!("wrote {}", md.display());
+                return Ok(());
+            }
             let (services, clients) = if quick {
                 (vec![1000], vec![100, 1000])
             } else {

@@ -25,7 +25,7 @@ use mesh_api::xds::ResourceType;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::{Status, Streaming};
+use tonic::Status;
 
 use crate::proxy::ProxyInfo;
 use crate::snapshot::Snapshot;
@@ -219,7 +219,7 @@ impl AdsServer {
     /// returns where its responses come out.
     fn open_stream<S: StreamSession>(
         &self,
-        requests: Streaming<S::Request>,
+        requests: wire::Requests<S::Request>,
         peer: Option<SocketAddr>,
     ) -> Result<mpsc::Receiver<Result<S::Response, Status>>, Status> {
         if *self.shared.closing.borrow() {
@@ -357,9 +357,9 @@ impl Conn {
     }
 
     /// Waits for the next request, snapshot or end of stream.
-    async fn next_event<R>(
+    async fn next_event<R: prost::Message + Default>(
         &mut self,
-        inbound: &mut Streaming<R>,
+        inbound: &mut wire::Requests<R>,
         snapshots: &mut Option<watch::Receiver<Arc<Snapshot>>>,
         closing: &mut watch::Receiver<bool>,
     ) -> Event<R> {

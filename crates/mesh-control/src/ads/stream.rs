@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use tokio::sync::mpsc;
-use tonic::{Status, Streaming};
+use tonic::Status;
 use tracing::Instrument;
 
 use super::{Conn, Event, Shared, XdsProtocol};
@@ -25,7 +25,7 @@ pub(super) type Tx<T> = mpsc::Sender<Result<T, Status>>;
 
 /// One protocol's per-stream state, run by [`drive`].
 pub(super) trait StreamSession: Send + Sized + 'static {
-    type Request: Send + 'static;
+    type Request: prost::Message + Default + Send + 'static;
     type Response: Send + 'static;
 
     /// Recorded in the sync state and on the stream's span.
@@ -52,7 +52,7 @@ pub(super) trait StreamSession: Send + Sized + 'static {
 /// Runs one stream until the proxy or the server ends it.
 pub(super) async fn drive<S: StreamSession>(
     shared: Arc<Shared>,
-    mut inbound: Streaming<S::Request>,
+    mut inbound: super::wire::Requests<S::Request>,
     tx: Tx<S::Response>,
     peer: Option<SocketAddr>,
 ) {

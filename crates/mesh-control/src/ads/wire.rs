@@ -11,13 +11,17 @@
 //! `envoy-types`: tonic's generated server encodes each response into a
 //! per-stream buffer that keeps the capacity of the largest message for the
 //! life of the stream — with thousands of proxies and multi-megabyte CDS and
-//! EDS responses, that alone was gigabytes.
+//! EDS responses, that alone was gigabytes. Requests are decoded here too
+//! ([`Requests`]): Envoy's every EDS ACK lists all the names it wants
+//! (hundreds of kilobytes at 10,000 services), and tonic's decoder kept a
+//! buffer that large per stream for its whole life.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
+use bytes::Buf;
 use bytes::{BufMut, Bytes, BytesMut};
 use envoy_types::pb::envoy::config::core::v3::ControlPlane;
 use envoy_types::pb::envoy::service::discovery::v3::{
@@ -28,7 +32,6 @@ use prost::Message;
 use tokio::sync::mpsc;
 use tonic::Status;
 use tonic::body::Body;
-use tonic::codec::{Codec, Streaming};
 use tonic::codegen::{BoxFuture, Service, http};
 use tonic::server::NamedService;
 
@@ -204,13 +207,7 @@ where
         .extensions()
         .get::<tonic::transport::server::TcpConnectInfo>()
         .and_then(|i| i.remote_addr());
-    let mut codec = tonic_prost::ProstCodec::<(), R>::default();
-    let requests = Streaming::new_request(
-        codec.decoder(),
-        req.into_body(),
-        None,
-        Some(MAX_REQUEST_BYTES),
-    );
+    let requests = Requests::new(req.into_body());
     match server.open_stream::<S>(requests, peer) {
         Ok(rx) => {
             let mut response = http::Response::new(Body::new(ResponseBody {
@@ -225,6 +222,93 @@ where
             response
         }
         Err(status) => status.into_http(),
+    }
+}
+
+/// The requests of one stream, decoded from the body's gRPC frames
+/// (uncompressed, at most [`MAX_REQUEST_BYTES`] each).
+pub(super) struct Requests<R> {
+    body: Body,
+    buf: BytesMut,
+    ended: bool,
+    _message: std::marker::PhantomData<fn() -> R>,
+}
+
+/// Capacity above which an emptied request buffer is released rather than
+/// kept for the next request.
+const KEEP_REQUEST_BUFFER: usize = 64 * 1024;
+
+/// gRPC frame header: compressed flag and big-endian length.
+const FRAME_HEADER: usize = 5;
+
+impl<R: Message + Default> Requests<R> {
+    fn new(body: Body) -> Self {
+        Self {
+            body,
+            buf: BytesMut::new(),
+            ended: false,
+            _message: std::marker::PhantomData,
+        }
+    }
+
+    /// The next request; `None` when the proxy closed its side.
+    pub async fn message(&mut self) -> Result<Option<R>, Status> {
+        loop {
+            if let Some(message) = self.decode_one()? {
+                return Ok(Some(message));
+            }
+            if self.ended {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(Status::invalid_argument(
+                        "stream ended in the middle of a request",
+                    ))
+                };
+            }
+            let frame = std::future::poll_fn(|cx| {
+                http_body::Body::poll_frame(Pin::new(&mut self.body), cx)
+            })
+            .await;
+            match frame {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.buf.extend_from_slice(&data);
+                    }
+                }
+                Some(Err(status)) => return Err(status),
+                None => self.ended = true,
+            }
+        }
+    }
+
+    fn decode_one(&mut self) -> Result<Option<R>, Status> {
+        if self.buf.len() < FRAME_HEADER {
+            return Ok(None);
+        }
+        if self.buf[0] != 0 {
+            return Err(Status::unimplemented(
+                "compressed requests are not supported",
+            ));
+        }
+        let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
+        if len > MAX_REQUEST_BYTES {
+            return Err(Status::resource_exhausted(format!(
+                "request of {len} bytes exceeds the limit of {MAX_REQUEST_BYTES}"
+            )));
+        }
+        if self.buf.len() < FRAME_HEADER + len {
+            self.buf.reserve(FRAME_HEADER + len - self.buf.len());
+            return Ok(None);
+        }
+        self.buf.advance(FRAME_HEADER);
+        let bytes = self.buf.split_to(len).freeze();
+        if self.buf.is_empty() && self.buf.capacity() > KEEP_REQUEST_BUFFER {
+            self.buf = BytesMut::new();
+        }
+        R::decode(bytes)
+            .map(Some)
+            .map_err(|e| Status::invalid_argument(format!("malformed request: {e}")))
     }
 }
 

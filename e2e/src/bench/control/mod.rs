@@ -41,6 +41,7 @@ use mesh::MeshShape;
 use peer::Envoy;
 
 pub mod clients;
+pub mod process;
 pub mod mesh;
 pub mod peer;
 mod report;
