@@ -41,9 +41,9 @@ use mesh::MeshShape;
 use peer::Envoy;
 
 pub mod clients;
-pub mod process;
 pub mod mesh;
 pub mod peer;
+pub mod process;
 mod report;
 
 pub use report::{markdown, plot};
