@@ -253,3 +253,71 @@ async fn quitquitquit_asks_to_drain_and_exit_and_ready_says_draining() {
         .unwrap();
     assert_eq!(asked, Some(ShutdownRequest::DrainListeners));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certs_is_empty_without_tls() {
+    let proxy = static_proxy().await;
+    let (status, body) = admin_get(proxy.admin, "/certs").await.unwrap();
+    assert_eq!(status, 200);
+    let certs: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(certs, serde_json::json!({"certificates": []}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certs_lists_the_bootstraps_certificates_as_envoy_does() {
+    // A workload certificate (inline) and its root (a file), as static
+    // bootstrap secrets.
+    let mut params = rcgen::CertificateParams::new(vec!["gw.example.com".to_string()]).unwrap();
+    params.subject_alt_names.push(rcgen::SanType::URI(
+        "spiffe://cluster.local/ns/istio-system/sa/gw"
+            .try_into()
+            .unwrap(),
+    ));
+    params.not_before = rcgen::date_time_ymd(2025, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2099, 1, 1);
+    params.serial_number = Some(rcgen::SerialNumber::from(vec![0x1a, 0x2b, 0x3c]));
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root-cert.pem");
+    std::fs::write(&root, cert.pem()).unwrap();
+    let secrets = format!(
+        "  secrets:\n  - name: default\n    tls_certificate:\n      certificate_chain: {{inline_string: {}}}\n      private_key: {{inline_string: {}}}\n  - name: ROOTCA\n    validation_context:\n      trusted_ca: {{filename: {}}}\n",
+        serde_json::to_string(&cert.pem()).unwrap(),
+        serde_json::to_string(&key.serialize_pem()).unwrap(),
+        root.display(),
+    );
+    let statics =
+        StaticConfig::parse(&format!("{BOOTSTRAP}{secrets}"), "test.yaml", false).unwrap();
+    let proxy = XdsProxy::start(None, statics.resources).await;
+    let (status, body) = admin_get(proxy.admin, "/certs").await.unwrap();
+    assert_eq!(status, 200);
+    let certs: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let entries = certs["certificates"].as_array().unwrap();
+    assert_eq!(entries.len(), 2, "{body}");
+    let chain = entries
+        .iter()
+        .find_map(|e| e["cert_chain"].as_array().filter(|c| !c.is_empty()))
+        .expect("no cert_chain");
+    let leaf = &chain[0];
+    assert_eq!(leaf["path"], "<inline>");
+    assert_eq!(leaf["serial_number"], "1a2b3c");
+    assert_eq!(
+        leaf["subject_alt_names"],
+        serde_json::json!([{"dns": "gw.example.com"}, {"uri": "spiffe://cluster.local/ns/istio-system/sa/gw"}])
+    );
+    assert_eq!(leaf["valid_from"], "2025-01-01T00:00:00Z");
+    assert_eq!(leaf["expiration_time"], "2099-01-01T00:00:00Z");
+    let days: u64 = leaf["days_until_expiration"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(days > 365, "{days}");
+    let ca = entries
+        .iter()
+        .find_map(|e| e["ca_cert"].as_array().filter(|c| !c.is_empty()))
+        .expect("no ca_cert");
+    assert_eq!(ca[0]["path"], root.display().to_string());
+    assert_eq!(ca[0]["serial_number"], "1a2b3c");
+}

@@ -14,37 +14,7 @@ use serde_json::json;
 use support::resources::*;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-
-/// A TCP backend: greets with `greeting` (if any), then answers every
-/// read with `name:` followed by what it read.
-async fn backend(name: &'static str, greeting: Option<&'static str>) -> SocketAddr {
-    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = socket.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = socket.accept().await {
-            tokio::spawn(async move {
-                if let Some(g) = greeting {
-                    let _ = s.write_all(g.as_bytes()).await;
-                }
-                let mut buf = vec![0u8; 64 * 1024];
-                loop {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => {
-                            let mut out = format!("{name}:").into_bytes();
-                            out.extend_from_slice(&buf[..n]);
-                            if s.write_all(&out).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
+use tokio::net::TcpStream;
 
 fn address(addr: SocketAddr) -> serde_json::Value {
     json!({"socketAddress": {"address": addr.ip().to_string(), "portValue": addr.port()}})
@@ -60,7 +30,7 @@ async fn read_some(s: &mut TcpStream) -> Vec<u8> {
 #[tokio::test]
 async fn tcp_proxy_carries_bytes_both_ways() {
     bounded(20, async {
-        let upstream = backend("echo", None).await;
+        let upstream = tcp_backend("echo", None).await;
         let addr = free_addr();
         let proxy = Proxy::start(
             vec![
@@ -92,7 +62,7 @@ async fn tcp_proxy_carries_bytes_both_ways() {
 #[tokio::test]
 async fn tls_passthrough_routes_by_server_name() {
     bounded(20, async {
-        let (a, b) = (backend("a", None).await, backend("b", None).await);
+        let (a, b) = (tcp_backend("a", None).await, tcp_backend("b", None).await);
         let addr = free_addr();
         let proxy_listener = listener(json!({
             "name": "passthrough",
@@ -131,8 +101,8 @@ async fn tls_passthrough_routes_by_server_name() {
 #[tokio::test]
 async fn a_server_first_protocol_is_not_held_up() {
     bounded(10, async {
-        let mysql = backend("mysql", Some("greeting")).await;
-        let web = backend("web", None).await;
+        let mysql = tcp_backend("mysql", Some("greeting")).await;
+        let web = tcp_backend("web", None).await;
         let addr = free_addr();
         // Connections to this port never need the ClientHello: its chain
         // matches on the destination port only.

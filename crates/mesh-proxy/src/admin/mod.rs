@@ -27,11 +27,13 @@ use tokio::sync::mpsc;
 
 use crate::xds::ConfigWatch;
 
+mod certs;
 mod config_dump;
 mod logging;
 mod stats;
 mod text;
 
+pub use certs::certificates;
 pub use config_dump::{DumpError, config_dump};
 pub use logging::{LogControl, LoggingError};
 
@@ -137,6 +139,7 @@ impl AdminState {
 pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/", get(index))
+        .route("/certs", get(certs::handler))
         .route("/config_dump", get(config_dump::handler))
         .route("/clusters", get(text::clusters))
         .route("/listeners", get(text::listeners))
@@ -188,6 +191,7 @@ pub async fn serve(
 
 const PATHS: &str = "admin commands are:
   /: this list
+  /certs: certificates held (static and SDS secrets)
   /clusters: upstream cluster status (?format=json)
   /config_dump: current configuration (?resource=, ?include_eds)
   /drain_listeners (POST): drain listeners

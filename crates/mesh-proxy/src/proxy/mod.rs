@@ -6,7 +6,9 @@
 //! and address keep their socket, new ones are bound, removed ones are
 //! closed; connections already open keep going. Every new connection and
 //! every new request reads the newest runtime, and a request finishes on
-//! the runtime it started with. On drain the accept loops stop, open
+//! the runtime it started with. The runtime served is the one published
+//! with its DNS clusters over the addresses [`dns`] last resolved. On
+//! drain the accept loops stop, open
 //! connections are asked to finish (HTTP/1 closes after the current
 //! response, HTTP/2 sends GOAWAY), and `run` returns once they have.
 //!
@@ -18,6 +20,7 @@
 //! proxy ([`tcp`]) serves it.
 
 mod accept;
+pub mod dns;
 pub mod http;
 mod inspect;
 pub mod pool;
@@ -133,7 +136,11 @@ pub async fn run_with(
     mut drain: drain::Watch,
     options: Options,
 ) -> Result<(), ProxyError> {
-    let first = runtime.borrow_and_update().clone();
+    let mut raw = runtime.borrow_and_update().clone();
+    let (raw_tx, raw_rx) = watch::channel(raw.clone());
+    let (dns_tx, mut dns_table) = watch::channel(Arc::new(dns::DnsTable::new()));
+    let resolver = tokio::spawn(dns::run(raw_rx, dns_tx));
+    let first = dns::effective(&raw, &dns_table.borrow_and_update());
     let upstreams = Arc::new(Upstreams::build(&first, None));
     let (generation_tx, generation_rx) = watch::channel(Arc::new(Generation {
         runtime: first,
@@ -150,7 +157,7 @@ pub async fn run_with(
     let initial = generation_tx.borrow().runtime.clone();
     apply_listeners(&initial, &mut bound, &shared, &drain, &tracker).await;
 
-    let mut runtime_open = true;
+    let (mut runtime_open, mut dns_open) = (true, true);
     loop {
         tokio::select! {
             () = drain.signaled() => break,
@@ -160,15 +167,27 @@ pub async fn run_with(
                     runtime_open = false;
                     continue;
                 }
-                let next = runtime.borrow_and_update().clone();
-                let previous = generation_tx.borrow().upstreams.clone();
-                let upstreams = Arc::new(Upstreams::build(&next, Some(&previous)));
-                generation_tx.send_replace(Arc::new(Generation { runtime: next.clone(), upstreams }));
-                apply_listeners(&next, &mut bound, &shared, &drain, &tracker).await;
+                raw = runtime.borrow_and_update().clone();
+                raw_tx.send_replace(raw.clone());
+            }
+            changed = dns_table.changed(), if dns_open => {
+                if changed.is_err() {
+                    dns_open = false;
+                    continue;
+                }
             }
         }
+        let next = dns::effective(&raw, &dns_table.borrow_and_update());
+        let previous = generation_tx.borrow().upstreams.clone();
+        let upstreams = Arc::new(Upstreams::build(&next, Some(&previous)));
+        generation_tx.send_replace(Arc::new(Generation {
+            runtime: next.clone(),
+            upstreams,
+        }));
+        apply_listeners(&next, &mut bound, &shared, &drain, &tracker).await;
     }
 
+    resolver.abort();
     tracing::info!(
         listeners = bound.len(),
         "draining: no longer accepting connections"

@@ -1,7 +1,11 @@
 //! Upstream connection pools, one per cluster and endpoint: HTTP/1.1
 //! connections kept alive and reused one request at a time, one HTTP/2
 //! connection multiplexing every request, idle connections closed after
-//! the cluster's idle timeout.
+//! the cluster's idle timeout (`common_http_protocol_options.idle_timeout`,
+//! 1 h by default): an HTTP/1 connection back in the pool for that long,
+//! an HTTP/2 connection with no stream for that long. A reaper task runs
+//! per endpoint while it has idle HTTP/1 connections, and per HTTP/2
+//! connection; each holds the pool weakly, so a retired pool goes away.
 //!
 //! Pools outlive runtimes: when a new runtime arrives, a cluster whose
 //! connection settings did not change keeps its pool (and its warm
@@ -11,7 +15,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -56,9 +60,32 @@ struct Settings {
 #[derive(Debug)]
 struct EndpointPool {
     address: HostAddress,
+    idle_timeout: Option<Duration>,
     idle: Mutex<Vec<Idle>>,
-    h2: tokio::sync::Mutex<Option<http2::SendRequest<ProxyBody>>>,
+    /// Whether a reaper watches `idle` (read and written under its lock).
+    reaping: AtomicBool,
+    h2: tokio::sync::Mutex<Option<H2Conn>>,
 }
+
+/// The HTTP/2 connection of an endpoint.
+#[derive(Debug)]
+struct H2Conn {
+    sender: http2::SendRequest<ProxyBody>,
+    streams: Arc<H2Streams>,
+}
+
+/// Streams open on an HTTP/2 connection, and since when it has none.
+#[derive(Debug)]
+struct H2Streams {
+    open: AtomicU64,
+    base: Instant,
+    /// Milliseconds after `base` when the last stream ended.
+    idle_since: AtomicU64,
+}
+
+/// One open HTTP/2 stream, until dropped (with the response body).
+#[derive(Debug)]
+struct H2Stream(Arc<H2Streams>);
 
 #[derive(Debug)]
 struct Idle {
@@ -186,11 +213,12 @@ impl ClusterPool {
         {
             return e.clone();
         }
+        let idle_timeout = self.settings.idle_timeout;
         let Ok(mut map) = self.endpoints.write() else {
-            return Arc::new(EndpointPool::new(address.clone()));
+            return Arc::new(EndpointPool::new(address.clone(), idle_timeout));
         };
         map.entry(address.clone())
-            .or_insert_with(|| Arc::new(EndpointPool::new(address.clone())))
+            .or_insert_with(|| Arc::new(EndpointPool::new(address.clone(), idle_timeout)))
             .clone()
     }
 
@@ -271,10 +299,12 @@ fn classify(e: hyper::Error) -> UpstreamError {
 // === impl EndpointPool ===
 
 impl EndpointPool {
-    fn new(address: HostAddress) -> Self {
+    fn new(address: HostAddress, idle_timeout: Option<Duration>) -> Self {
         Self {
             address,
+            idle_timeout,
             idle: Mutex::new(Vec::new()),
+            reaping: AtomicBool::new(false),
             h2: tokio::sync::Mutex::new(None),
         }
     }
@@ -349,13 +379,19 @@ impl EndpointPool {
         })
     }
 
-    fn put_back(&self, sender: http1::SendRequest<ProxyBody>, uses: u32) {
-        if let Ok(mut idle) = self.idle.lock() {
-            idle.push(Idle {
-                sender,
-                since: Instant::now(),
-                uses,
-            });
+    fn put_back(self: &Arc<Self>, sender: http1::SendRequest<ProxyBody>, uses: u32) {
+        let Ok(mut idle) = self.idle.lock() else {
+            return;
+        };
+        idle.push(Idle {
+            sender,
+            since: Instant::now(),
+            uses,
+        });
+        if let Some(timeout) = self.idle_timeout
+            && !self.reaping.swap(true, Ordering::Relaxed)
+        {
+            tokio::spawn(reap_http1(Arc::downgrade(self), timeout));
         }
     }
 
@@ -364,10 +400,12 @@ impl EndpointPool {
         settings: &Settings,
         req: Request<ProxyBody>,
     ) -> Result<Response<ProxyBody>, UpstreamError> {
-        let mut sender = {
+        let (mut sender, stream) = {
             let mut slot = self.h2.lock().await;
             match slot.as_ref() {
-                Some(s) if !s.is_closed() => s.clone(),
+                // The stream is counted under the lock, so the reaper never
+                // retires a connection a request is about to use.
+                Some(c) if !c.sender.is_closed() => (c.sender.clone(), H2Stream::open(&c.streams)),
                 _ => {
                     let stream = connect(&self.address, settings).await?;
                     let mut builder = http2::Builder::new(TokioExecutor::new());
@@ -386,16 +424,145 @@ impl EndpointPool {
                             tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
                         }
                     });
-                    *slot = Some(sender.clone());
-                    sender
+                    let streams = Arc::new(H2Streams {
+                        open: AtomicU64::new(0),
+                        base: Instant::now(),
+                        idle_since: AtomicU64::new(0),
+                    });
+                    if let Some(timeout) = settings.idle_timeout {
+                        tokio::spawn(reap_http2(Arc::downgrade(&self), streams.clone(), timeout));
+                    }
+                    let stream = H2Stream::open(&streams);
+                    *slot = Some(H2Conn {
+                        sender: sender.clone(),
+                        streams,
+                    });
+                    (sender, stream)
                 }
             }
         };
         sender.ready().await.map_err(classify)?;
         match sender.send_request(req).await {
-            Ok(resp) => Ok(resp.map(boxed)),
+            Ok(resp) => Ok(resp.map(|body| {
+                boxed(Holding {
+                    inner: body,
+                    _held: stream,
+                })
+            })),
             Err(e) => Err(classify(e)),
         }
+    }
+}
+
+/// Closes the endpoint's HTTP/1 connections that stay in the pool for
+/// `timeout` (dropping the last sender makes hyper close the socket);
+/// stops once none is left.
+async fn reap_http1(pool: Weak<EndpointPool>, timeout: Duration) {
+    let mut wait = timeout;
+    loop {
+        tokio::time::sleep(wait).await;
+        let Some(pool) = pool.upgrade() else {
+            return;
+        };
+        let Ok(mut idle) = pool.idle.lock() else {
+            return;
+        };
+        let before = idle.len();
+        idle.retain(|i| i.since.elapsed() < timeout && !i.sender.is_closed());
+        if idle.len() < before {
+            tracing::debug!(upstream = %pool.address, closed = before - idle.len(), "idle upstream connections closed");
+        }
+        match idle.iter().map(|i| i.since).min() {
+            Some(oldest) => wait = (oldest + timeout).saturating_duration_since(Instant::now()),
+            None => {
+                pool.reaping.store(false, Ordering::Relaxed);
+                return;
+            }
+        }
+    }
+}
+
+/// Retires the endpoint's HTTP/2 connection once it has had no stream for
+/// `timeout`: the pool forgets it, and hyper closes it (GOAWAY) when the
+/// last sender is gone.
+async fn reap_http2(pool: Weak<EndpointPool>, streams: Arc<H2Streams>, timeout: Duration) {
+    let mut wait = timeout;
+    loop {
+        tokio::time::sleep(wait).await;
+        if streams.open.load(Ordering::Relaxed) > 0 {
+            wait = timeout;
+            continue;
+        }
+        let idle_for = streams.idle_for();
+        if idle_for < timeout {
+            wait = timeout - idle_for;
+            continue;
+        }
+        let Some(pool) = pool.upgrade() else {
+            return;
+        };
+        let mut slot = pool.h2.lock().await;
+        let ours = slot
+            .as_ref()
+            .is_some_and(|c| Arc::ptr_eq(&c.streams, &streams));
+        if ours && streams.open.load(Ordering::Relaxed) == 0 {
+            tracing::debug!(upstream = %pool.address, "idle upstream HTTP/2 connection closed");
+            *slot = None;
+        }
+        return;
+    }
+}
+
+// === impl H2Streams ===
+
+impl H2Streams {
+    fn idle_for(&self) -> Duration {
+        let since = Duration::from_millis(self.idle_since.load(Ordering::Relaxed));
+        self.base.elapsed().saturating_sub(since)
+    }
+}
+
+impl H2Stream {
+    fn open(streams: &Arc<H2Streams>) -> Self {
+        streams.open.fetch_add(1, Ordering::Relaxed);
+        Self(streams.clone())
+    }
+}
+
+impl Drop for H2Stream {
+    fn drop(&mut self) {
+        let s = &self.0;
+        let now = u64::try_from(s.base.elapsed().as_millis()).unwrap_or(u64::MAX);
+        s.idle_since.store(now, Ordering::Relaxed);
+        s.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+// === Holding ===
+
+/// A response body that keeps its HTTP/2 stream counted until it ends.
+struct Holding {
+    inner: Incoming,
+    _held: H2Stream,
+}
+
+impl Body for Holding {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 

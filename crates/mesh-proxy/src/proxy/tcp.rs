@@ -1,13 +1,20 @@
 //! The TCP proxy filter: picks a cluster (or a weighted one) and an
 //! endpoint, connects within the cluster's connect timeout (retrying up
-//! to `max_connect_attempts`), then splices bytes both ways until either
-//! side closes. TLS passthrough is this too: the ClientHello was only
-//! peeked, so it reaches the upstream untouched.
+//! to `max_connect_attempts`), then splices bytes both ways until both
+//! sides have closed, or until no byte has moved either way for the
+//! proxy's `idle_timeout` (1 h by default), when both are closed (flag
+//! `SI`). TLS passthrough is this too: the ClientHello was only peeked,
+//! so it reaches the upstream untouched.
 
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
 
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use crate::proxy::record::{ResponseFlags, TcpRecord};
 use crate::proxy::{ConnInfo, Generation, Shared, pick_endpoint};
@@ -36,28 +43,131 @@ pub(crate) async fn proxy(
         flags: ResponseFlags::default(),
         bytes_received: 0,
         bytes_sent: 0,
-        duration: std::time::Duration::ZERO,
+        duration: Duration::ZERO,
     };
     let upstream = connect(&conn, &cluster_name, tcp, &generation, &mut record).await;
     if let Some(mut upstream) = upstream {
-        // The TCP proxy's idle timeout is not enforced yet: connections
-        // live until either side closes.
-        let result = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
-        match result {
-            Ok((from_client, to_client)) => {
-                record.bytes_received = from_client;
-                record.bytes_sent = to_client;
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "proxied connection ended with an error");
-                record
-                    .flags
-                    .insert(ResponseFlags::UPSTREAM_CONNECTION_TERMINATION);
-            }
-        }
+        splice(
+            &mut downstream,
+            &mut upstream,
+            tcp.idle_timeout,
+            &mut record,
+        )
+        .await;
     }
     record.duration = started.elapsed();
     shared.observer.connection(&record);
+}
+
+/// Copies bytes both ways until both directions end (each end's EOF is
+/// passed on as a half close), one fails, or nothing moved for `idle`.
+async fn splice(
+    downstream: &mut TcpStream,
+    upstream: &mut TcpStream,
+    idle: Option<Duration>,
+    record: &mut TcpRecord,
+) {
+    let activity = Activity {
+        base: Instant::now(),
+        last: AtomicU64::new(0),
+    };
+    let (down_read, mut down_write) = downstream.split();
+    let (up_read, mut up_write) = upstream.split();
+    let mut from_client = Touching::new(down_read, &activity);
+    let mut to_client = Touching::new(up_read, &activity);
+    let outcome = {
+        let client_to_upstream = async {
+            tokio::io::copy(&mut from_client, &mut up_write).await?;
+            up_write.shutdown().await
+        };
+        let upstream_to_client = async {
+            tokio::io::copy(&mut to_client, &mut down_write).await?;
+            down_write.shutdown().await
+        };
+        tokio::select! {
+            r = async { tokio::try_join!(client_to_upstream, upstream_to_client) } => r.map(drop),
+            () = activity.idle(idle) => {
+                tracing::debug!(timeout = ?idle, "no bytes either way for the idle timeout; closing both sides");
+                record.flags.insert(ResponseFlags::STREAM_IDLE_TIMEOUT);
+                Ok(())
+            }
+        }
+    };
+    record.bytes_received = from_client.bytes;
+    record.bytes_sent = to_client.bytes;
+    if let Err(e) = outcome {
+        tracing::debug!(error = %e, "proxied connection ended with an error");
+        record
+            .flags
+            .insert(ResponseFlags::UPSTREAM_CONNECTION_TERMINATION);
+    }
+}
+
+/// When a byte last moved on a proxied connection.
+struct Activity {
+    base: Instant,
+    /// Milliseconds after `base`.
+    last: AtomicU64,
+}
+
+/// A read half that counts its bytes and marks the connection active.
+struct Touching<'a, R> {
+    inner: R,
+    activity: &'a Activity,
+    bytes: u64,
+}
+
+// === impl Activity ===
+
+impl Activity {
+    fn touch(&self) {
+        let now = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(now, Ordering::Relaxed);
+    }
+
+    /// Resolves once nothing moved for `timeout` (never when `None`).
+    async fn idle(&self, timeout: Option<Duration>) {
+        let Some(timeout) = timeout else {
+            return std::future::pending().await;
+        };
+        loop {
+            let last = Duration::from_millis(self.last.load(Ordering::Relaxed));
+            let at = self.base + last + timeout;
+            if at <= Instant::now() {
+                return;
+            }
+            tokio::time::sleep_until(at).await;
+        }
+    }
+}
+
+// === impl Touching ===
+
+impl<'a, R> Touching<'a, R> {
+    fn new(inner: R, activity: &'a Activity) -> Self {
+        Self {
+            inner,
+            activity,
+            bytes: 0,
+        }
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Touching<'_, R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let read = buf.filled().len() - before;
+        if read > 0 {
+            self.bytes += read as u64;
+            self.activity.touch();
+        }
+        poll
+    }
 }
 
 async fn connect(

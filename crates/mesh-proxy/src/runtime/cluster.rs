@@ -12,7 +12,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
-    ClusterDiscoveryType, ClusterProtocolSelection, DiscoveryType, LbConfig, LbPolicy as PbLbPolicy,
+    ClusterDiscoveryType, ClusterProtocolSelection, DiscoveryType, DnsLookupFamily, LbConfig,
+    LbPolicy as PbLbPolicy,
 };
 use envoy_types::pb::envoy::config::cluster::v3::Cluster as PbCluster;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::common_lb_config::LocalityConfigSpecifier;
@@ -75,6 +76,30 @@ pub struct ClusterConfig {
     /// any other connection of the proxy to its own pod IP is captured
     /// again (a loop until file descriptors run out).
     pub source_address: Option<SocketAddr>,
+    /// How often the hostnames of a STRICT_DNS or LOGICAL_DNS cluster are
+    /// resolved again (`dns_refresh_rate`, Envoy's default 5 s).
+    pub dns_refresh_rate: Duration,
+    /// Which address families resolution keeps.
+    pub dns_lookup_family: LookupFamily,
+}
+
+/// Envoy's default `dns_refresh_rate`.
+pub const DEFAULT_DNS_REFRESH_RATE: Duration = Duration::from_secs(5);
+
+/// A cluster's `dns_lookup_family`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum LookupFamily {
+    /// IPv6 addresses if there are any, else IPv4 (Envoy's default).
+    #[default]
+    Auto,
+    /// IPv4 only.
+    V4Only,
+    /// IPv6 only.
+    V6Only,
+    /// IPv4 addresses if there are any, else IPv6.
+    V4Preferred,
+    /// Both.
+    All,
 }
 
 /// How a cluster finds its endpoints.
@@ -84,7 +109,8 @@ pub enum Discovery {
     Static,
     /// Inline DNS names; every address they resolve to is an endpoint.
     StrictDns,
-    /// Inline DNS name; resolved per new connection.
+    /// Inline DNS name; resolved every refresh, new connections go to its
+    /// first address.
     LogicalDns,
     /// EDS, under this service name.
     Eds {
@@ -328,6 +354,22 @@ impl ClusterConfig {
                 "a LOGICAL_DNS cluster takes exactly one endpoint",
             );
         }
+        let dns_refresh_rate = opt_duration(c.dns_refresh_rate.as_ref(), "dns_refresh_rate")?
+            .filter(|d| !d.is_zero())
+            .unwrap_or(DEFAULT_DNS_REFRESH_RATE);
+        let dns_lookup_family = match DnsLookupFamily::try_from(c.dns_lookup_family) {
+            Ok(DnsLookupFamily::Auto) => LookupFamily::Auto,
+            Ok(DnsLookupFamily::V4Only) => LookupFamily::V4Only,
+            Ok(DnsLookupFamily::V6Only) => LookupFamily::V6Only,
+            Ok(DnsLookupFamily::V4Preferred) => LookupFamily::V4Preferred,
+            Ok(DnsLookupFamily::All) => LookupFamily::All,
+            Err(_) => {
+                return invalid(
+                    "dns_lookup_family",
+                    format!("unknown DNS lookup family {}", c.dns_lookup_family),
+                );
+            }
+        };
         let source_address = c
             .upstream_bind_config
             .as_ref()
@@ -349,6 +391,8 @@ impl ClusterConfig {
             tls_matches,
             inline_assignment,
             source_address,
+            dns_refresh_rate,
+            dns_lookup_family,
         })
     }
 
@@ -552,6 +596,26 @@ impl Cluster {
             assignment,
             balancer,
         }
+    }
+
+    /// A cluster over exactly `assignment` (a DNS cluster's endpoints once
+    /// their names are resolved).
+    pub fn with_assignment(config: ClusterConfig, assignment: Assignment) -> Self {
+        let balancer = Balancer::build(&assignment, config.lb_policy, config.locality_weighted);
+        Self {
+            config,
+            assignment,
+            balancer,
+        }
+    }
+
+    /// Whether its endpoints are hostnames to resolve (STRICT_DNS,
+    /// LOGICAL_DNS).
+    pub fn is_dns(&self) -> bool {
+        matches!(
+            self.config.discovery,
+            Discovery::StrictDns | Discovery::LogicalDns
+        )
     }
 
     /// The cluster's name.

@@ -34,6 +34,25 @@ pub fn http_listener(name: &str, addr: SocketAddr, route_name: &str) -> Resource
     }))
 }
 
+/// [`http_listener`] whose connection manager also has the `extra` fields
+/// (timeouts, limits).
+pub fn http_listener_with(
+    name: &str,
+    addr: SocketAddr,
+    route_name: &str,
+    extra: Value,
+) -> Resource {
+    let mut config = json!({"rds": {"routeConfigName": route_name}});
+    for (k, v) in extra.as_object().unwrap() {
+        config[k] = v.clone();
+    }
+    listener(json!({
+        "name": name,
+        "address": {"socketAddress": {"address": addr.ip().to_string(), "portValue": addr.port()}},
+        "filterChains": [{"filters": [hcm(config)]}],
+    }))
+}
+
 /// An HTTP connection manager filter with `extra` fields.
 pub fn hcm(extra: Value) -> Value {
     let mut config = json!({
@@ -77,6 +96,17 @@ pub fn static_cluster(name: &str, addrs: &[SocketAddr]) -> Resource {
         json!({"name": name, "type": "STATIC", "connectTimeout": "1s",
         "loadAssignment": {"clusterName": name, "endpoints": lb_endpoints(addrs)}}),
     )
+}
+
+/// [`static_cluster`] with the `extra` fields (protocol options, DNS
+/// settings; `type` too).
+pub fn static_cluster_with(name: &str, addrs: &[SocketAddr], extra: Value) -> Resource {
+    let mut c = json!({"name": name, "type": "STATIC", "connectTimeout": "1s",
+        "loadAssignment": {"clusterName": name, "endpoints": lb_endpoints(addrs)}});
+    for (k, v) in extra.as_object().unwrap() {
+        c[k] = v.clone();
+    }
+    cluster(c)
 }
 
 /// An EDS cluster and its assignment over `addrs`.

@@ -4,7 +4,8 @@
 //! that buffer is no longer retried or mirrored.
 //!
 //! [`Observed`] wraps a response body sent downstream: it counts bytes,
-//! enforces what is left of the route timeout while the body streams,
+//! enforces what is left of the route timeout and the stream idle timeout
+//! while the body streams,
 //! reads a gRPC status from the trailers, and hands the finished
 //! [`RequestRecord`] to the observer at the end.
 
@@ -62,6 +63,9 @@ pub enum BodyError {
     /// The route timeout passed while the body streamed.
     #[error("upstream request timeout while streaming the response")]
     Timeout,
+    /// No byte moved either way for the stream idle timeout.
+    #[error("stream idle timeout while streaming the response")]
+    StreamIdle,
     /// A replayed request body lost data (its buffer overflowed).
     #[error("request body can no longer be replayed")]
     NotReplayable,
@@ -335,7 +339,18 @@ impl Body for Counted {
 pub struct Observed {
     inner: ProxyBody,
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    idle: Option<Box<IdleTimer>>,
     finish: Option<Box<Finish>>,
+}
+
+/// The stream idle timer of a response body. It is re-armed only when it
+/// fires, from the last activity, so a busy stream costs one clock read
+/// per frame.
+struct IdleTimer {
+    timeout: std::time::Duration,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    last: tokio::time::Instant,
+    received: u64,
 }
 
 /// What is reported when an observed body ends.
@@ -353,13 +368,50 @@ pub struct Finish {
 }
 
 impl Observed {
-    /// Wraps `inner`; `deadline` cuts the stream off (flag `UT`).
-    pub fn new(inner: ProxyBody, deadline: Option<Instant>, finish: Finish) -> Self {
+    /// Wraps `inner`; `deadline` cuts the stream off (flag `UT`), so does
+    /// `idle` passing with no byte either way (flag `SI`).
+    pub fn new(
+        inner: ProxyBody,
+        deadline: Option<Instant>,
+        idle: Option<std::time::Duration>,
+        finish: Finish,
+    ) -> Self {
+        let now = tokio::time::Instant::now();
         Self {
             inner,
             deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d.into()))),
+            idle: idle.map(|timeout| {
+                Box::new(IdleTimer {
+                    timeout,
+                    sleep: Box::pin(tokio::time::sleep_until(now + timeout)),
+                    last: now,
+                    received: finish.received.load(Ordering::Relaxed),
+                })
+            }),
             finish: Some(Box::new(finish)),
         }
+    }
+
+    /// Whether the stream idle timer has run out; re-arms it when
+    /// something moved meanwhile (a response frame, or request bytes).
+    fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let (Some(t), Some(f)) = (self.idle.as_mut(), self.finish.as_ref()) else {
+            return false;
+        };
+        while t.sleep.as_mut().poll(cx).is_ready() {
+            let received = f.received.load(Ordering::Relaxed);
+            let now = tokio::time::Instant::now();
+            if received != t.received {
+                t.received = received;
+                t.last = now;
+            }
+            if t.last + t.timeout <= now {
+                return true;
+            }
+            let next = t.last + t.timeout;
+            t.sleep.as_mut().reset(next);
+        }
+        false
     }
 
     fn end(&mut self, flags: ResponseFlags) {
@@ -395,9 +447,16 @@ impl Body for Observed {
             this.end(ResponseFlags::UPSTREAM_REQUEST_TIMEOUT);
             return Poll::Ready(Some(Err(BodyError::Timeout.into())));
         }
+        if this.idle_expired(cx) {
+            this.end(ResponseFlags::STREAM_IDLE_TIMEOUT);
+            return Poll::Ready(Some(Err(BodyError::StreamIdle.into())));
+        }
         let poll = Pin::new(&mut this.inner).poll_frame(cx);
         match &poll {
             Poll::Ready(Some(Ok(frame))) => {
+                if let Some(t) = this.idle.as_mut() {
+                    t.last = tokio::time::Instant::now();
+                }
                 if let (Some(d), Some(f)) = (frame.data_ref(), this.finish.as_mut()) {
                     f.record.bytes_sent += d.len() as u64;
                 }

@@ -9,12 +9,14 @@
 //! Bad input is refused at the connection: a malformed HTTP/1 request
 //! gets 400, request headers over `max_request_headers_kb` (Envoy's
 //! default 60 KiB) get 431, and a client that does not finish its request
-//! headers within `request_headers_timeout` is disconnected (so is one
-//! that sends nothing, or stalls inside the HTTP/2 preface). Each of these
-//! stays on its own connection; nothing in it can panic the proxy.
+//! headers within `request_headers_timeout` of their first byte is
+//! disconnected (so is one that stalls inside the HTTP/2 preface). Each of
+//! these stays on its own connection; nothing in it can panic the proxy.
+//! Connection and stream idle timeouts are kept by [`idle`].
 
 pub mod body;
 mod forward;
+mod idle;
 mod local;
 
 use std::convert::Infallible;
@@ -48,6 +50,8 @@ pub const DEFAULT_REQUEST_HEADERS_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long to wait between peeks while a client is inside the HTTP/2
 /// preface.
 const PEEK_INTERVAL: Duration = Duration::from_millis(5);
+/// How long an idle connection's close may take (HTTP/2 GOAWAY).
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// The HTTP/2 connection preface.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -60,9 +64,9 @@ static DEFAULT_HEADERS_KB: AtomicU32 = AtomicU32::new(DEFAULT_MAX_REQUEST_HEADER
 /// Limits for HTTP connection managers that do not set their own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::Args)]
 pub struct Limits {
-    /// Time a client has to send a request's headers (HCM
-    /// request_headers_timeout when the listener sets none); an idle
-    /// HTTP/1 keep-alive connection is closed after it too.
+    /// Time a client has to send a request's headers, from its first byte
+    /// (HCM request_headers_timeout when the listener sets none). An idle
+    /// keep-alive connection is kept until the HCM's idle_timeout.
     #[arg(long = "request-headers-timeout", default_value = "10s", value_parser = crate::cli::parse_duration)]
     pub request_headers_timeout: Duration,
     /// Largest request headers in KiB (HCM max_request_headers_kb when the
@@ -77,6 +81,8 @@ pub(crate) struct HttpCtx {
     pub conn: Arc<ConnInfo>,
     pub hcm: Arc<HttpManager>,
     pub shared: Arc<Shared>,
+    /// The connection's timers.
+    pub activity: Arc<idle::Activity>,
 }
 
 /// What outlives the response head: guards released when the response
@@ -128,9 +134,9 @@ impl Limits {
     }
 }
 
-/// Serves one downstream connection until it closes, or until a drain
-/// asks it to finish (HTTP/1 closes after the current response, HTTP/2
-/// sends GOAWAY).
+/// Serves one downstream connection until it closes, until it is idle
+/// for the connection manager's idle timeout, or until a drain asks it to
+/// finish (HTTP/1 closes after the current response, HTTP/2 sends GOAWAY).
 pub(crate) async fn serve(
     stream: TcpStream,
     conn: Arc<ConnInfo>,
@@ -146,10 +152,22 @@ pub(crate) async fn serve(
         .max_request_headers_kb
         .unwrap_or(defaults.max_request_headers_kb)
         .clamp(1, MAX_REQUEST_HEADERS_KB);
-    if !first_bytes(&stream, headers_timeout).await {
-        tracing::debug!(timeout = ?headers_timeout, "no request from the client in time; closing");
-        return;
-    }
+    let first = tokio::select! {
+        f = first_bytes(&stream, hcm.idle_timeout, headers_timeout) => f,
+        () = drain.signaled() => return,
+    };
+    let h2 = match first {
+        FirstBytes::Http2 => true,
+        FirstBytes::Other => false,
+        FirstBytes::Idle => {
+            tracing::debug!(timeout = ?hcm.idle_timeout, "idle connection; closing");
+            return;
+        }
+        FirstBytes::Slow => {
+            tracing::debug!(timeout = ?headers_timeout, "no request from the client in time; closing");
+            return;
+        }
+    };
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder = match hcm.codec {
         Codec::Http1 => builder.http1_only(),
@@ -160,7 +178,10 @@ pub(crate) async fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(headers_timeout)
+        // hyper's own timer would also run while the connection is idle
+        // between requests; `idle::expired` starts it at a request's first
+        // byte instead.
+        .header_read_timeout(None)
         // hyper answers 431 once the request head outgrows its buffer
         // (which must be at least 8 KiB).
         .max_buf_size(headers_bytes.max(8192));
@@ -169,22 +190,43 @@ pub(crate) async fn serve(
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(headers_bytes).unwrap_or(u32::MAX));
     let observer = shared.observer.clone();
+    let activity = idle::Activity::new();
     let ctx = Arc::new(HttpCtx {
         conn: conn.clone(),
-        hcm,
+        hcm: hcm.clone(),
         shared,
+        activity: activity.clone(),
     });
     let service = hyper::service::service_fn(move |req| {
         let ctx = ctx.clone();
         async move { Ok::<_, Infallible>(handle(req, ctx).await) }
     });
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    let io = idle::Tracked::new(stream, activity.clone());
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(connection);
+    // HTTP/2 frames arrive between requests (PING, SETTINGS) and requests
+    // start with a whole HEADERS frame, so only HTTP/1 has a head to time.
+    let head_timeout = (!h2).then_some(headers_timeout);
     let result = tokio::select! {
         r = connection.as_mut() => r,
         () = drain.signaled() => {
             connection.as_mut().graceful_shutdown();
             connection.await
+        }
+        expired = idle::expired(&activity, hcm.idle_timeout, head_timeout) => {
+            match expired {
+                idle::Expired::Headers => {
+                    tracing::debug!(timeout = ?headers_timeout, "request headers not received in time; closing");
+                }
+                idle::Expired::Idle => {
+                    tracing::debug!(timeout = ?hcm.idle_timeout, "idle connection; closing");
+                    // Nothing is in flight: HTTP/1 closes at once, HTTP/2
+                    // after its GOAWAY.
+                    connection.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(IDLE_CLOSE_GRACE, connection.as_mut()).await;
+                }
+            }
+            return;
         }
     };
     if let Err(e) = result {
@@ -202,27 +244,50 @@ pub(crate) async fn serve(
     }
 }
 
-/// Waits, at most `timeout`, until the client has sent enough to tell its
-/// protocol; false when it sent nothing (or stalled inside the HTTP/2
-/// preface), where hyper would wait forever. Only peeks: the bytes stay
-/// for hyper.
-async fn first_bytes(stream: &TcpStream, timeout: Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + timeout;
+/// What the first bytes of a connection said.
+enum FirstBytes {
+    /// The HTTP/2 connection preface.
+    Http2,
+    /// Anything else (HTTP/1, or garbage hyper will refuse).
+    Other,
+    /// Nothing within the idle timeout (or the client closed).
+    Idle,
+    /// A first byte, then a stall inside the HTTP/2 preface.
+    Slow,
+}
+
+/// Waits until the client has sent enough to tell its protocol: its first
+/// byte within `idle` (`None`: no limit), the rest of an HTTP/2 preface
+/// within `headers` of that, where hyper would wait forever. Only peeks:
+/// the bytes stay for hyper.
+async fn first_bytes(stream: &TcpStream, idle: Option<Duration>, headers: Duration) -> FirstBytes {
     let mut buf = [0u8; H2_PREFACE.len()];
+    let first = stream.peek(&mut buf[..1]);
+    let first = match idle {
+        Some(idle) => tokio::time::timeout(idle, first).await.ok(),
+        None => Some(first.await),
+    };
+    match first {
+        None | Some(Ok(0) | Err(_)) => return FirstBytes::Idle,
+        Some(Ok(_)) => {}
+    }
+    let deadline = tokio::time::Instant::now() + headers;
     loop {
         let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
             Ok(Ok(n)) => n,
-            Ok(Err(_)) | Err(_) => return false,
+            Ok(Err(_)) | Err(_) => return FirstBytes::Slow,
         };
         if n == 0 {
-            // Closed before a byte: nothing to serve.
-            return false;
+            return FirstBytes::Idle;
         }
-        if n == H2_PREFACE.len() || buf[..n] != H2_PREFACE[..n] {
-            return true;
+        if n == H2_PREFACE.len() {
+            return FirstBytes::Http2;
+        }
+        if buf[..n] != H2_PREFACE[..n] {
+            return FirstBytes::Other;
         }
         if tokio::time::Instant::now() + PEEK_INTERVAL >= deadline {
-            return false;
+            return FirstBytes::Slow;
         }
         tokio::time::sleep(PEEK_INTERVAL).await;
     }
@@ -260,7 +325,20 @@ async fn handle(req: Request<Incoming>, ctx: Arc<HttpCtx>) -> Response<ProxyBody
     let mut rec = record(&ctx, &req);
     let req = req.map(|b| boxed(Counted::new(boxed(b), received.clone())));
     let mut out = Outcome::default();
-    let resp = process(req, &ctx, &generation, &mut rec, &mut out, started).await;
+    out.guards
+        .push(Box::new(idle::InFlight::new(&ctx.activity)));
+    let stream_idle = ctx.hcm.stream_idle_timeout;
+    let processing = process(req, &ctx, &generation, &mut rec, &mut out, started);
+    let resp = match idle::stream_idle(processing, stream_idle, &received).await {
+        Some(resp) => resp,
+        None => local::error(
+            &mut rec,
+            StatusCode::REQUEST_TIMEOUT,
+            ResponseFlags::STREAM_IDLE_TIMEOUT,
+            "stream_idle_timeout",
+            "stream timeout",
+        ),
+    };
     rec.response_code = resp.status().as_u16();
     // A trailers-only gRPC response carries its status in the headers;
     // otherwise the trailers will (read by the observed body).
@@ -273,7 +351,10 @@ async fn handle(req: Request<Incoming>, ctx: Arc<HttpCtx>) -> Response<ProxyBody
         started,
         guards: out.guards,
     };
-    Response::from_parts(parts, boxed(Observed::new(body, out.deadline, finish)))
+    Response::from_parts(
+        parts,
+        boxed(Observed::new(body, out.deadline, stream_idle, finish)),
+    )
 }
 
 fn record(ctx: &HttpCtx, req: &Request<Incoming>) -> RequestRecord {

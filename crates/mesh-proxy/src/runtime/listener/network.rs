@@ -22,6 +22,11 @@ use super::super::route::{self, RouteTable};
 use super::super::{FieldError, FieldResult, invalid, join};
 use super::NetworkFilter;
 
+/// Envoy's default idle timeout of HTTP connections and TCP proxies.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Envoy's default `stream_idle_timeout`.
+pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// A compiled `HttpConnectionManager`.
 #[derive(Debug)]
 pub struct HttpManager {
@@ -54,8 +59,17 @@ pub struct HttpManager {
     pub strip_any_host_port: bool,
     /// Limit on the size of request headers.
     pub max_request_headers_kb: Option<u32>,
-    /// Time allowed for the request headers to arrive.
+    /// Time allowed for a request's headers to arrive, counted from its
+    /// first byte.
     pub request_headers_timeout: Option<Duration>,
+    /// A connection with no request in flight for this long is closed
+    /// (`common_http_protocol_options.idle_timeout`; Envoy's default 1 h,
+    /// `None` when set to 0).
+    pub idle_timeout: Option<Duration>,
+    /// A request with no activity either way for this long ends with 408
+    /// (or a reset once the response started) (`stream_idle_timeout`;
+    /// Envoy's default 5 min, `None` when set to 0).
+    pub stream_idle_timeout: Option<Duration>,
 }
 
 /// The codec of an HTTP connection manager.
@@ -228,6 +242,31 @@ fn http_manager(h: &HttpConnectionManager, at: &str) -> FieldResult<HttpManager>
             &join(at, "request_headers_timeout"),
         )?
         .filter(|d| !d.is_zero()),
+        idle_timeout: default_or_disabled(
+            h.common_http_protocol_options
+                .as_ref()
+                .and_then(|c| c.idle_timeout.as_ref()),
+            DEFAULT_IDLE_TIMEOUT,
+            &join(at, "common_http_protocol_options.idle_timeout"),
+        )?,
+        stream_idle_timeout: default_or_disabled(
+            h.stream_idle_timeout.as_ref(),
+            DEFAULT_STREAM_IDLE_TIMEOUT,
+            &join(at, "stream_idle_timeout"),
+        )?,
+    })
+}
+
+/// A timeout Envoy applies with `default` when unset and disables when 0.
+fn default_or_disabled(
+    d: Option<&envoy_types::pb::google::protobuf::Duration>,
+    default: Duration,
+    field: &str,
+) -> FieldResult<Option<Duration>> {
+    Ok(match opt_duration(d, field)? {
+        None => Some(default),
+        Some(d) if d.is_zero() => None,
+        Some(d) => Some(d),
     })
 }
 
@@ -268,11 +307,11 @@ fn tcp_proxy(t: &PbTcpProxy, at: &str) -> FieldResult<TcpProxy> {
             );
         }
     };
-    let idle_timeout = match opt_duration(t.idle_timeout.as_ref(), &join(at, "idle_timeout"))? {
-        None => Some(Duration::from_secs(3600)),
-        Some(d) if d.is_zero() => None,
-        Some(d) => Some(d),
-    };
+    let idle_timeout = default_or_disabled(
+        t.idle_timeout.as_ref(),
+        DEFAULT_IDLE_TIMEOUT,
+        &join(at, "idle_timeout"),
+    )?;
     Ok(TcpProxy {
         stat_prefix: t.stat_prefix.clone(),
         target,
