@@ -11,9 +11,12 @@ use std::path::PathBuf;
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
+pub mod admin;
 pub mod analyze;
 pub mod local;
 pub mod manifest;
+pub mod proxy_config;
+pub mod proxy_status;
 pub mod validate;
 
 /// Exit code istioctl uses when `analyze` finds issues at or above the
@@ -37,6 +40,10 @@ enum Command {
     /// Run the whole mesh on this machine: pods as network namespaces with sidecars.
     #[command(subcommand)]
     Local(local::Command),
+    /// Show a proxy's clusters, listeners, routes, endpoints, secrets (istioctl's tables).
+    ProxyConfig(proxy_config::Args),
+    /// Show every proxy's sync state, or diff one proxy's config against the control plane's.
+    ProxyStatus(proxy_status::Args),
     /// Print generated manifests (the CRDs of every Istio kind the mesh serves).
     Manifest(manifest::Args),
     /// Print the version.
@@ -88,6 +95,8 @@ where
         Command::Analyze(args) => analyze::run(&args, &mut out),
         Command::Manifest(args) => manifest::run(&args, &mut out),
         Command::Local(command) => local::run(&command, &mut out),
+        Command::ProxyConfig(args) => proxy_config::run(&args, &mut out),
+        Command::ProxyStatus(args) => proxy_status::run(&args, &mut out),
         Command::Version => writeln!(out, "meshctl {}", env!("CARGO_PKG_VERSION"))
             .map(|()| 0)
             .map_err(Into::into),

@@ -268,7 +268,7 @@ impl Conn {
     fn new(shared: Arc<Shared>, proxy: ProxyInfo, protocol: XdsProtocol) -> Self {
         let id = shared.next_connection.fetch_add(1, Ordering::Relaxed);
         shared.metrics.xds().connected_proxies.inc();
-        let sync = shared.sync.register(&proxy.id, id, protocol);
+        let sync = shared.sync.register(&proxy, id, protocol);
         Self {
             _connected: ConnectedGuard(shared.clone()),
             shared,

@@ -12,6 +12,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use mesh_api::xds::ResourceType;
 use serde::Serialize;
 
+use crate::proxy::ProxyInfo;
+
 /// State-of-the-world or incremental xDS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -82,6 +84,10 @@ pub struct ProxySync {
     pub snapshot_version: u64,
     /// Per type, by short name (`CDS`, `EDS`, ...).
     pub types: BTreeMap<&'static str, TypeSync>,
+    /// Who the proxy said it is, kept so `/debug/config_dump` can show what
+    /// it is served (not in `/debug/syncz`: the node id says enough there).
+    #[serde(skip)]
+    pub proxy: Arc<ProxyInfo>,
 }
 
 /// Shared, cheap to clone view of every connection's sync state.
@@ -120,7 +126,7 @@ impl SyncState {
 
     pub(crate) fn register(
         &self,
-        proxy_id: &str,
+        proxy: &ProxyInfo,
         connection_id: u64,
         protocol: XdsProtocol,
     ) -> SyncEntry {
@@ -129,12 +135,13 @@ impl SyncState {
             .map(|d| d.as_secs())
             .unwrap_or(0);
         let entry = ProxySync {
-            proxy_id: proxy_id.to_string(),
+            proxy_id: proxy.id.clone(),
             connection_id,
             protocol,
             connected_at,
             snapshot_version: 0,
             types: BTreeMap::new(),
+            proxy: Arc::new(proxy.clone()),
         };
         self.inner
             .write()

@@ -118,13 +118,7 @@ fn sidecar_route_config(
         if domains.is_empty() {
             continue;
         }
-        let vs = super::listener::virtual_services_for(scope, &svc.hostname)
-            .into_iter()
-            .find(|vs| !vs.spec.http.is_empty());
-        let routes = match vs {
-            Some(vs) => http::virtual_service_routes(&ctx, vs),
-            None => vec![default_route(&ctx, svc, port)],
-        };
+        let routes = service_routes(&ctx, svc, port);
         virtual_hosts.push(VirtualHost {
             name: format!("{}:{port}", svc.hostname),
             domains,
@@ -158,13 +152,7 @@ fn sniffed_route_config(
         gateway: None,
         clusters: known,
     };
-    let vs = super::listener::virtual_services_for(scope, &svc.hostname)
-        .into_iter()
-        .find(|vs| !vs.spec.http.is_empty());
-    let routes = match vs {
-        Some(vs) => http::virtual_service_routes(&ctx, vs),
-        None => vec![default_route(&ctx, svc, port)],
-    };
+    let routes = service_routes(&ctx, svc, port);
     Some(RouteConfiguration {
         name: name.into(),
         virtual_hosts: vec![VirtualHost {
@@ -176,6 +164,18 @@ fn sniffed_route_config(
         validate_clusters: Some(BoolValue { value: false }),
         ..Default::default()
     })
+}
+
+/// The routes of `svc` on `port`: its first VirtualService with HTTP
+/// routes, else the default route to the service.
+fn service_routes(ctx: &RouteContext<'_, '_>, svc: &Service, port: u16) -> Vec<Route> {
+    let vs = super::listener::virtual_services_for(ctx.scope, &svc.hostname)
+        .into_iter()
+        .find(|vs| !vs.spec.http.is_empty());
+    match vs {
+        Some(vs) => http::virtual_service_routes(ctx, vs),
+        None => vec![default_route(ctx, svc, port)],
+    }
 }
 
 /// The names clients use for a service, as Istio generates them: the

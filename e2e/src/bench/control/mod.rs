@@ -377,16 +377,7 @@ fn prepare(shape: MeshShape) -> anyhow::Result<(MeshResult, Snapshots)> {
 
 /// `VmRSS` and `VmHWM` of this process, kB.
 fn rss_kb() -> (u64, u64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
+    crate::bench::proxy::procfs::memory(std::process::id()).map_or((0, 0), |m| (m.rss_kb, m.hwm_kb))
 }
 
 /// `MemAvailable` of the machine, kB (0 when unknown).

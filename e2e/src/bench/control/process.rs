@@ -160,18 +160,9 @@ pub fn markdown(runs: &[ProcessRss]) -> String {
     md
 }
 
-/// `VmRSS` and `VmHWM` of `pid`, kB.
+/// `VmRSS` and `VmHWM` of `pid`, kB (zero once it is gone).
 fn rss_of(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
+    crate::bench::proxy::procfs::memory(pid).map_or((0, 0), |m| (m.rss_kb, m.hwm_kb))
 }
 
 struct RemoveDir(PathBuf);

@@ -1,0 +1,313 @@
+//! `meshctl proxy-status`: whether proxies run what the control plane
+//! serves them.
+//!
+//! Without a pod: one row per connected proxy from mesh-control's
+//! `/debug/syncz`, per xDS type `SYNCED` (the last response sent was
+//! ACKed), `STALE` (sent, not yet answered), `NOT SENT`, `ERROR` (NACKed)
+//! or `IGNORED` (not subscribed), as istioctl prints them. With a pod:
+//! mesh-control's `/debug/config_dump?proxyID=` (what it serves that
+//! proxy) compared with the proxy's own `/config_dump`, see [`diff`].
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+use crate::admin::{AdminApi, Target, block_on, http_over};
+use crate::local::{RunDirArg, State};
+use crate::proxy_config::dump::{ConfigDump, array, field, str_field};
+use crate::proxy_config::table::Table;
+
+pub mod diff;
+
+/// The xDS columns, in istioctl's order; the value is the short name
+/// mesh-control uses in `/debug/syncz` (ECDS is never served).
+const TYPE_COLUMNS: [(&str, Option<&str>); 5] = [
+    ("CDS", Some("CDS")),
+    ("LDS", Some("LDS")),
+    ("EDS", Some("EDS")),
+    ("RDS", Some("RDS")),
+    ("ECDS", None),
+];
+
+/// `meshctl proxy-status` arguments.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Compare this proxy's config with the control plane's: a local-mesh
+    /// pod (`name` or `name.namespace`) or a node id (`sidecar~IP~POD.NS~...`,
+    /// with --admin or --file).
+    #[arg(value_name = "POD")]
+    pub pod: Option<String>,
+    /// mesh-control's monitoring address [default: the local mesh's].
+    #[arg(long = "control-plane", value_name = "ADDR")]
+    pub control_plane: Option<SocketAddr>,
+    /// Read the proxy's config from this admin address instead of the pod's sidecar.
+    #[arg(long, value_name = "ADDR", requires = "pod", conflicts_with = "file")]
+    pub admin: Option<SocketAddr>,
+    /// Read the proxy's config from a saved `/config_dump`.
+    #[arg(long, value_name = "FILE", requires = "pod")]
+    pub file: Option<PathBuf>,
+    #[command(flatten)]
+    pub run_dir: RunDirArg,
+}
+
+/// One proxy's row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyRow {
+    /// `pod.namespace` (the node id when it is not Istio-shaped).
+    pub name: String,
+    /// Node id.
+    pub proxy_id: String,
+    /// Cluster id.
+    pub cluster: String,
+    /// Per column of [`TYPE_COLUMNS`].
+    pub statuses: Vec<String>,
+}
+
+/// Runs `meshctl proxy-status`.
+pub fn run(args: &Args, out: &mut dyn Write) -> anyhow::Result<i32> {
+    let mut state: Option<State> = None;
+    let mut local = || -> anyhow::Result<State> {
+        if let Some(s) = &state {
+            return Ok(s.clone());
+        }
+        let s = State::running(&args.run_dir.path())?;
+        state = Some(s.clone());
+        Ok(s)
+    };
+    let control_plane = match args.control_plane {
+        Some(addr) => addr,
+        None => local()?.monitoring.context(
+            "the local mesh's state names no mesh-control monitoring address; pass --control-plane ADDR",
+        )?,
+    };
+    let Some(pod) = &args.pod else {
+        let syncz = block_on(get_json(control_plane, "/debug/syncz"))??;
+        out.write_all(
+            status_table(&syncz, &control_plane.to_string())
+                .render()
+                .as_bytes(),
+        )?;
+        return Ok(0);
+    };
+    let (node_id, target) = resolve(args, pod, &mut local)?;
+    let text = block_on(compare(control_plane, &node_id, &target))??;
+    out.write_all(text.as_bytes())?;
+    Ok(0)
+}
+
+/// The node id to ask the control plane about and where to read the
+/// proxy's config.
+fn resolve(
+    args: &Args,
+    pod: &str,
+    local: &mut dyn FnMut() -> anyhow::Result<State>,
+) -> anyhow::Result<(String, Target)> {
+    let explicit = match (&args.admin, &args.file) {
+        (Some(addr), _) => Some(Target::Addr(*addr)),
+        (None, Some(file)) => Some(Target::File(file.clone())),
+        (None, None) => None,
+    };
+    if pod.contains('~') {
+        if let Some(target) = explicit {
+            return Ok((pod.to_string(), target));
+        }
+        let state = local()?;
+        let found = state.pods.iter().find(|p| p.node_id == pod);
+        let Some(p) = found else {
+            bail!("no pod of the local mesh has node id {pod:?}; pass --admin ADDR or --file FILE");
+        };
+        return Ok((pod.to_string(), Target::for_pod(p)));
+    }
+    let state = local()?;
+    let p = state.pod(pod)?;
+    Ok((
+        p.node_id.clone(),
+        explicit.unwrap_or_else(|| Target::for_pod(p)),
+    ))
+}
+
+/// The diff report for one proxy.
+pub async fn compare(
+    control_plane: SocketAddr,
+    node_id: &str,
+    proxy: &dyn AdminApi,
+) -> anyhow::Result<String> {
+    let path = format!("/debug/config_dump?proxyID={}", percent_encode(node_id));
+    let served = ConfigDump::from_value(get_json(control_plane, &path).await?)
+        .with_context(|| format!("reading http://{control_plane}{path}"))?;
+    let running = crate::proxy_config::config_dump(proxy).await?;
+    Ok(diff::compare(&served, &running)
+        .iter()
+        .map(diff::TypeDiff::render)
+        .collect())
+}
+
+/// The status table from a `/debug/syncz` body.
+pub fn status_table(syncz: &Value, control_plane: &str) -> Table {
+    let mut header = vec!["NAME", "CLUSTER"];
+    header.extend(TYPE_COLUMNS.iter().map(|(column, _)| *column));
+    header.extend(["CONTROL PLANE", "VERSION"]);
+    let mut table = Table::new(&header, 5);
+    let version = match str_field(syncz, "version") {
+        "" => "-",
+        v => v,
+    };
+    for row in rows(syncz) {
+        let mut cells = vec![row.name, row.cluster];
+        cells.extend(row.statuses);
+        cells.extend([control_plane.to_string(), version.to_string()]);
+        table.push(cells);
+    }
+    table
+}
+
+/// One row per proxy (its newest stream), sorted by name.
+pub fn rows(syncz: &Value) -> Vec<ProxyRow> {
+    let mut newest: BTreeMap<&str, &Value> = BTreeMap::new();
+    for p in array(syncz, "proxies") {
+        let id = str_field(p, "proxy_id");
+        let conn = |v: &Value| field(v, "connection_id").and_then(Value::as_u64);
+        if newest.get(id).is_none_or(|old| conn(old) < conn(p)) {
+            newest.insert(id, p);
+        }
+    }
+    let mut rows: Vec<ProxyRow> = newest
+        .into_iter()
+        .map(|(id, p)| ProxyRow {
+            name: display_name(id),
+            proxy_id: id.to_string(),
+            cluster: match str_field(p, "cluster_id") {
+                "" => "-".into(),
+                c => c.into(),
+            },
+            statuses: TYPE_COLUMNS
+                .iter()
+                .map(|(_, key)| type_status(p, *key))
+                .collect(),
+        })
+        .collect();
+    rows.sort_by(|a, b| (&a.name, &a.proxy_id).cmp(&(&b.name, &b.proxy_id)));
+    rows
+}
+
+/// istioctl's word for one type's state.
+fn type_status(proxy: &Value, key: Option<&str>) -> String {
+    let status = key
+        .and_then(|k| field(proxy, "status").and_then(|s| field(s, k)))
+        .and_then(Value::as_str);
+    match status {
+        None => "IGNORED",
+        Some("NACKED") => "ERROR",
+        Some(other) => other,
+    }
+    .into()
+}
+
+/// `pod.namespace` from `sidecar~IP~pod.namespace~domain`.
+pub fn display_name(node_id: &str) -> String {
+    let parts: Vec<&str> = node_id.split('~').collect();
+    match parts.as_slice() {
+        [_, _, pod, _] if !pod.is_empty() => (*pod).to_string(),
+        _ => node_id.to_string(),
+    }
+}
+
+async fn get_json(addr: SocketAddr, path: &str) -> anyhow::Result<Value> {
+    let stream = tokio::time::timeout(
+        crate::admin::REQUEST_TIMEOUT,
+        tokio::net::TcpStream::connect(addr),
+    )
+    .await
+    .with_context(|| format!("connecting to mesh-control at {addr}: timed out"))?
+    .with_context(|| format!("connecting to mesh-control at {addr}"))?;
+    let body = tokio::time::timeout(
+        crate::admin::REQUEST_TIMEOUT,
+        http_over(stream, &addr.to_string(), http::Method::GET, path),
+    )
+    .await
+    .with_context(|| format!("GET http://{addr}{path}: no answer"))??;
+    serde_json::from_slice(&body).with_context(|| format!("GET http://{addr}{path}: not JSON"))
+}
+
+/// Query-string encoding of everything but unreserved characters.
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn status_rows_follow_istioctl() {
+        let syncz = json!({"version": "0.1.0", "snapshot_version": 3, "proxies": [
+            {"proxy_id": "sidecar~10.0.0.2~reviews-v1.default~default.svc.cluster.local",
+             "connection_id": 1, "cluster_id": "Kubernetes",
+             "status": {"CDS": "SYNCED", "EDS": "SYNCED", "LDS": "STALE", "RDS": "NACKED"}},
+            {"proxy_id": "sidecar~10.0.0.2~reviews-v1.default~default.svc.cluster.local",
+             "connection_id": 7, "cluster_id": "Kubernetes",
+             "status": {"CDS": "SYNCED", "EDS": "SYNCED", "LDS": "SYNCED", "RDS": "NACKED"}},
+            {"proxy_id": "router~127.0.0.1~gw-0.istio-system~istio-system.svc.cluster.local",
+             "connection_id": 2, "status": {"CDS": "NOT SENT"}}
+        ]});
+        let rows = rows(&syncz);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].name, "gw-0.istio-system");
+        assert_eq!(rows[0].cluster, "-");
+        assert_eq!(
+            rows[0].statuses,
+            ["NOT SENT", "IGNORED", "IGNORED", "IGNORED", "IGNORED"]
+        );
+        assert_eq!(rows[1].name, "reviews-v1.default");
+        assert_eq!(
+            rows[1].statuses,
+            ["SYNCED", "SYNCED", "SYNCED", "ERROR", "IGNORED"]
+        );
+        let text = status_table(&syncz, "127.0.0.1:15014").render();
+        let header = text.lines().next().unwrap();
+        let words: Vec<&str> = header.split("  ").filter(|w| !w.is_empty()).collect();
+        let words: Vec<&str> = words.iter().map(|w| w.trim()).collect();
+        assert_eq!(
+            words,
+            [
+                "NAME",
+                "CLUSTER",
+                "CDS",
+                "LDS",
+                "EDS",
+                "RDS",
+                "ECDS",
+                "CONTROL PLANE",
+                "VERSION"
+            ]
+        );
+        assert!(
+            text.lines()
+                .nth(2)
+                .unwrap()
+                .ends_with("127.0.0.1:15014     0.1.0")
+        );
+    }
+
+    #[test]
+    fn node_ids_are_encoded() {
+        assert_eq!(
+            percent_encode("sidecar~10.0.0.1~a.b~b.svc.cluster.local"),
+            "sidecar~10.0.0.1~a.b~b.svc.cluster.local"
+        );
+        assert_eq!(percent_encode("a b&c"), "a%20b%26c");
+        assert_eq!(display_name("odd-id"), "odd-id");
+    }
+}
