@@ -72,9 +72,15 @@ impl Mesh {
 
     /// `meshctl local <args>` on this mesh's run directory.
     fn meshctl(&self, args: &[&str]) -> Output {
+        let mut full = vec!["local"];
+        full.extend_from_slice(args);
+        self.command(&full)
+    }
+
+    /// `meshctl <args>` (any command) on this mesh's run directory.
+    fn command(&self, args: &[&str]) -> Output {
         run_bounded(
             Command::new(MESHCTL)
-                .arg("local")
                 .args(args)
                 .env("MESHCTL_LOCAL_DIR", self.run_dir.path()),
             LIMIT,
@@ -234,6 +240,50 @@ fn shifting_end_to_end(up_args: &[&str], proxy_program: &str) {
     let status = text(&mesh.meshctl(&["status"]).stdout);
     assert_eq!(status.matches("SYNCED").count(), 3, "{status}");
     assert_eq!(status.matches("running").count(), 1 + 3 * 2, "{status}");
+
+    // proxy-status: mesh-control's view of every sidecar.
+    let synced = text(&mesh.command(&["proxy-status"]).stdout);
+    for pod in [
+        "client.default",
+        "reviews-v1-0.default",
+        "reviews-v2-0.default",
+    ] {
+        let row = synced
+            .lines()
+            .find(|l| l.starts_with(pod))
+            .unwrap_or_else(|| panic!("{pod} missing:\n{synced}"));
+        assert_eq!(row.matches("SYNCED").count(), 4, "{row}");
+    }
+    // proxy-config, read from the client's sidecar inside its namespace:
+    // the route that sends reviews traffic names the VirtualService, the
+    // subset clusters the DestinationRule.
+    let routes = text(&mesh.command(&["proxy-config", "route", "client"]).stdout);
+    assert!(
+        routes.lines().any(|l| l.starts_with("9080")
+            && l.contains("reviews.default.svc.cluster.local:9080")
+            && l.trim_end().ends_with("reviews.default")),
+        "{routes}"
+    );
+    let clusters = text(
+        &mesh
+            .command(&[
+                "proxy-config",
+                "cluster",
+                "client",
+                "--fqdn",
+                "reviews.default.svc.cluster.local",
+            ])
+            .stdout,
+    );
+    for subset in ["v1", "v2"] {
+        assert!(
+            clusters
+                .lines()
+                .any(|l| l.contains(&format!(" {subset} "))
+                    && l.trim_end().ends_with("reviews.default")),
+            "{clusters}"
+        );
+    }
 
     // A request by service name, captured by the client's sidecar and
     // answered by a reviews pod through its sidecar's inbound side.

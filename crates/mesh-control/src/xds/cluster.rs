@@ -131,6 +131,13 @@ fn outbound_cluster(
     let mut cluster = Cluster {
         name: name.clone(),
         connect_timeout: Some(connect_timeout(scope)),
+        metadata: dr.map(|dr| {
+            super::istio_config_metadata(
+                "destination-rule",
+                crate::snapshot::namespace_of(dr),
+                crate::snapshot::name_of(dr),
+            )
+        }),
         ..Default::default()
     };
     let filter = EndpointFilter {

@@ -44,6 +44,33 @@ pub fn outbound_cluster_name(port: u16, subset: &str, host: &str) -> String {
 }
 
 /// `inbound|<port>||`.
+/// Istio's pointer from a generated resource to the config object it came
+/// from (`filter_metadata.istio.config`), which istioctl and `meshctl
+/// proxy-config` print: `/apis/networking.istio.io/v1alpha3/namespaces/<ns>/<kind>/<name>`
+/// with `kind` e.g. `destination-rule`, `virtual-service`.
+pub(crate) fn istio_config_metadata(
+    kind: &str,
+    namespace: &str,
+    name: &str,
+) -> envoy_types::pb::envoy::config::core::v3::Metadata {
+    use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+    let config = Value {
+        kind: Some(Kind::StringValue(format!(
+            "/apis/networking.istio.io/v1alpha3/namespaces/{namespace}/{kind}/{name}"
+        ))),
+    };
+    envoy_types::pb::envoy::config::core::v3::Metadata {
+        filter_metadata: [(
+            "istio".to_string(),
+            Struct {
+                fields: [("config".to_string(), config)].into(),
+            },
+        )]
+        .into(),
+        ..Default::default()
+    }
+}
+
 pub fn inbound_cluster_name(port: u16) -> String {
     format!("inbound|{port}||")
 }

@@ -236,20 +236,14 @@ pub(crate) fn virtual_service_routes(
                 let mut done = false;
                 for child_rule in child.spec.http.iter().filter(|r| r.delegate.is_none()) {
                     let matches = merge_all(&rule.r#match, &child_rule.r#match);
-                    if translate_rule(
-                        ctx,
-                        child_rule,
-                        &matches,
-                        namespace_of(child.as_ref()),
-                        &mut out,
-                    ) {
+                    if translate_rule(ctx, child_rule, &matches, child.as_ref(), &mut out) {
                         done = true;
                         break;
                     }
                 }
                 done
             }
-            None => translate_rule(ctx, rule, &rule.r#match, namespace_of(vs), &mut out),
+            None => translate_rule(ctx, rule, &rule.r#match, vs, &mut out),
         };
         if done {
             break;
@@ -258,14 +252,16 @@ pub(crate) fn virtual_service_routes(
     out
 }
 
-/// Appends the routes of one rule; returns whether a catch-all was emitted.
+/// Appends the routes of one rule of `vs`; returns whether a catch-all
+/// was emitted.
 fn translate_rule(
     ctx: &RouteContext<'_, '_>,
     rule: &HttpRoute,
     matches: &[HttpMatchRequest],
-    vs_ns: &str,
+    vs: &VirtualService,
     out: &mut Vec<Route>,
 ) -> bool {
+    let vs_ns = namespace_of(vs);
     let selected: Vec<Option<&HttpMatchRequest>> = if matches.is_empty() {
         vec![None]
     } else {
@@ -276,7 +272,12 @@ fn translate_rule(
             .collect()
     };
     for m in selected {
-        let route = build_route(ctx, rule, m, vs_ns);
+        let mut route = build_route(ctx, rule, m, vs_ns);
+        route.metadata = Some(crate::xds::istio_config_metadata(
+            "virtual-service",
+            vs_ns,
+            name_of(vs),
+        ));
         let catch_all = route.r#match.as_ref().is_some_and(is_catch_all);
         out.push(route);
         if catch_all {
