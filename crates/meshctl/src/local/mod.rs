@@ -10,7 +10,6 @@ use anyhow::bail;
 pub mod down;
 mod envoy;
 pub mod exec;
-mod http;
 pub mod logs;
 pub mod manifest;
 mod net;
@@ -65,6 +64,14 @@ pub fn run(command: &Command, out: &mut dyn std::io::Write) -> anyhow::Result<i3
         Command::Logs(args) => logs::run(args, out),
         Command::Down(args) => down::run(args, out),
     }
+}
+
+/// `GET http://addr/path` from the host (mesh-control's monitoring port,
+/// sidecars' health ports on pod addresses): the body of a 200, else an
+/// error with the status and the start of the body.
+fn get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<String> {
+    let body = crate::admin::block_on(crate::admin::Target::Addr(addr).get(path))??;
+    Ok(String::from_utf8_lossy(&body).into_owned())
 }
 
 fn require_root() -> anyhow::Result<()> {

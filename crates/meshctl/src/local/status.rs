@@ -87,7 +87,7 @@ fn sync_states(state: &State) -> BTreeMap<String, String> {
     let Some(addr) = state.monitoring else {
         return BTreeMap::new();
     };
-    let Ok((200, body)) = super::http::get(addr, "/debug/syncz") else {
+    let Ok(body) = super::get(addr, "/debug/syncz") else {
         return BTreeMap::new();
     };
     let Ok(json) = serde_json::from_str::<serde_json::Value>(&body) else {

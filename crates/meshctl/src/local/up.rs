@@ -523,7 +523,7 @@ fn wait_converged(state: &State, run_dir: &Path, timeout: Duration) -> anyhow::R
 }
 
 fn converged(state: &State, monitoring: SocketAddr, pods_dir: &Path) -> anyhow::Result<()> {
-    let (_, configz) = super::http::get(monitoring, "/debug/configz")?;
+    let configz = super::get(monitoring, "/debug/configz")?;
     let configz: serde_json::Value = serde_json::from_str(&configz)?;
     let files: Vec<&str> = configz["objects"]
         .as_array()
@@ -536,7 +536,7 @@ fn converged(state: &State, monitoring: SocketAddr, pods_dir: &Path) -> anyhow::
     if read < state.pods.len() {
         bail!("mesh-control has read {read} of {} pods", state.pods.len());
     }
-    let (_, syncz) = super::http::get(monitoring, "/debug/syncz")?;
+    let syncz = super::get(monitoring, "/debug/syncz")?;
     let syncz: serde_json::Value = serde_json::from_str(&syncz)?;
     let newest = syncz["snapshot_version"].as_u64();
     for pod in &state.pods {
@@ -562,9 +562,8 @@ fn wait_http(addr: SocketAddr, path: &str, timeout: Duration, log: &Path) -> any
     let deadline = Instant::now() + timeout;
     let mut last = String::from("no answer");
     while Instant::now() < deadline {
-        match super::http::get(addr, path) {
-            Ok((200, _)) => return Ok(()),
-            Ok((status, body)) => last = format!("status {status}: {}", body.trim()),
+        match super::get(addr, path) {
+            Ok(_) => return Ok(()),
             Err(e) => last = format!("{e:#}"),
         }
         std::thread::sleep(Duration::from_millis(100));
