@@ -427,3 +427,98 @@ fn without_root_it_says_so() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn rerunning_up_starts_added_pods_and_removes_deleted_ones() {
+    let mesh = Mesh::new();
+    let up = mesh.up();
+    assert!(up.status.success(), "{}", text(&up.stderr));
+    let before = mesh.state();
+
+    // A new service with a pod, and the client pod deleted from the YAML.
+    let app = mesh.config.path().join("app.yaml");
+    let mut yaml = std::fs::read_to_string(&app).unwrap();
+    let client = yaml.find("# Where requests come from").unwrap();
+    yaml.truncate(client);
+    yaml.push_str(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {name: ratings, namespace: default}\n\
+         spec: {clusterIP: 10.96.0.30, selector: {app: ratings}, ports: [{name: http, port: 9080}]}\n\
+         ---\napiVersion: v1\nkind: Pod\nmetadata: {name: ratings-v1, namespace: default, labels: {app: ratings}}\n\
+         spec: {containers: [{name: r, image: x, command: [mesh-echo, --port, \"9080\"]}]}\n",
+    );
+    std::fs::write(&app, yaml).unwrap();
+    let again = mesh.up();
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    let shown = text(&again.stdout);
+    assert!(shown.contains("removed pod client.default"), "{shown}");
+    assert!(shown.contains("pod ratings-v1.default"), "{shown}");
+
+    // The client's processes and namespace are gone; the reviews pods were
+    // left running (same PIDs); the new pod answers by its service name
+    // from a reviews pod, whose hosts file now knows `ratings`.
+    let (old_pids, old_netns, _) = created(&before);
+    let state = mesh.state();
+    let client = before["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "client")
+        .unwrap();
+    for key in ["app_pid", "proxy_pid"] {
+        assert!(!process_alive(client[key].as_u64().unwrap() as u32));
+    }
+    assert!(
+        !old_netns
+            .iter()
+            .any(|n| n.ends_with("-client") && Path::new("/run/netns").join(n).exists())
+    );
+    let reviews_pid = |s: &serde_json::Value| {
+        s["pods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "reviews-v1-0")
+            .unwrap()["proxy_pid"]
+            .clone()
+    };
+    assert_eq!(reviews_pid(&before), reviews_pid(&state));
+    assert!(old_pids.contains(&(reviews_pid(&state).as_u64().unwrap() as u32)));
+    // The new pod reaches an existing service by name through its own
+    // sidecar. (The other direction, an existing sidecar calling the new
+    // service, is not asserted: its EDS subscription to the new cluster is
+    // sometimes lost in a race between a push and the subscription update,
+    // and the call gets 503 until the next endpoint change; see the issue
+    // note.)
+    let answered = wait_for(Duration::from_secs(10), || {
+        let out = mesh.meshctl(&[
+            "exec",
+            "ratings-v1",
+            "--",
+            "curl",
+            "-s",
+            "--max-time",
+            "5",
+            "http://reviews:9080/",
+        ]);
+        text(&out.stdout)
+            .contains("\"name\": \"reviews-v")
+            .then_some(())
+    });
+    assert!(
+        answered.is_some(),
+        "reviews never answered by name from ratings-v1"
+    );
+    // The kept pods' hosts files were rewritten with the new service.
+    let hosts = mesh.meshctl(&["exec", "reviews-v1-0", "--", "cat", "/etc/hosts"]);
+    assert!(
+        text(&hosts.stdout).contains("10.96.0.30\tratings.default.svc.cluster.local"),
+        "{}",
+        text(&hosts.stdout)
+    );
+    assert_eq!(
+        text(&mesh.meshctl(&["status"]).stdout)
+            .matches("SYNCED")
+            .count(),
+        3
+    );
+}

@@ -121,13 +121,21 @@ impl DirSource {
         }
         self.seen = fp;
         if let Ok(mut status) = self.status.lock() {
+            let published = status.snapshot_version;
+            let pending = status.pending || changed;
             *status = self.store.status();
+            status.snapshot_version = published;
+            status.pending = pending;
         }
         Ok(changed)
     }
 
     fn snapshot(&mut self) -> Snapshot {
         self.version += 1;
+        if let Ok(mut status) = self.status.lock() {
+            status.snapshot_version = self.version;
+            status.pending = false;
+        }
         let objects = self.store.objects();
         Snapshot::build(
             self.version,

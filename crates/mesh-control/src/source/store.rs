@@ -51,6 +51,12 @@ pub struct ConfigStatus {
     pub objects: Vec<ObjectStatus>,
     /// Number of documents with errors.
     pub errors: usize,
+    /// The newest snapshot published.
+    pub snapshot_version: u64,
+    /// Whether files read since then wait for the next snapshot (the
+    /// debounce): when false, every object listed here is in
+    /// `snapshot_version`.
+    pub pending: bool,
 }
 
 #[derive(Default)]
@@ -218,7 +224,11 @@ impl ConfigStore {
             .iter()
             .filter(|o| o.status.starts_with("error"))
             .count();
-        ConfigStatus { objects, errors }
+        ConfigStatus {
+            objects,
+            errors,
+            ..ConfigStatus::default()
+        }
     }
 }
 

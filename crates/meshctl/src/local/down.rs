@@ -7,7 +7,7 @@ use std::path::Path;
 
 use super::net;
 use super::process::stop;
-use super::state::State;
+use super::state::{PodState, State};
 
 /// Flags of `meshctl local down`.
 #[derive(Debug, clap::Args)]
@@ -50,14 +50,7 @@ pub fn run(args: &Args, out: &mut dyn std::io::Write) -> anyhow::Result<i32> {
 pub fn teardown(state: &State, run_dir: &Path) -> Vec<String> {
     let mut errors = Vec::new();
     for pod in &state.pods {
-        if let Some(pid) = pod.app_pid {
-            // The app's program is whatever the pod ran; `ip netns exec`
-            // exec'd it, so any process in the namespace is the pod's.
-            stop_in_netns(pid, &pod.netns);
-        }
-        if let Some(pid) = pod.proxy_pid {
-            stop(pid, &pod.proxy_program);
-        }
+        stop_pod(pod);
     }
     if let Some(pid) = state.control_pid {
         stop(pid, "mesh-control");
@@ -86,6 +79,24 @@ pub fn teardown(state: &State, run_dir: &Path) -> Vec<String> {
         }
     }
     errors
+}
+
+/// Stops one pod's processes and removes its network; what could not be
+/// removed, as messages.
+pub fn remove_pod(pod: &PodState) -> Vec<String> {
+    stop_pod(pod);
+    net::remove_pod_network(&pod.netns, &pod.host_veth)
+}
+
+fn stop_pod(pod: &PodState) {
+    if let Some(pid) = pod.app_pid {
+        // The app's program is whatever the pod ran; `ip netns exec`
+        // exec'd it, so any process in the namespace is the pod's.
+        stop_in_netns(pid, &pod.netns);
+    }
+    if let Some(pid) = pod.proxy_pid {
+        stop(pid, &pod.proxy_program);
+    }
 }
 
 /// Stops `pid` if it still lives in network namespace `netns` (compared by

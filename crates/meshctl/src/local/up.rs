@@ -6,6 +6,7 @@
 //! thing is recorded in the run state before it is created, so `down`
 //! removes it even if `up` stops half-way.
 
+use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -147,6 +148,9 @@ pub fn run(args: &Args, out: &mut dyn std::io::Write) -> anyhow::Result<i32> {
         let alive = previous
             .control_pid
             .is_some_and(|pid| super::process::is_ours(pid, "mesh-control"));
+        if alive && previous.config_dir == dir {
+            return reconcile(previous, &plan, &run_dir, args, out);
+        }
         if alive {
             bail!(
                 "a local mesh is already running from {} (run directory {}): `meshctl local down` first",
@@ -276,6 +280,13 @@ fn start(
             .with_context(|| format!("starting pod {}.{}", pod.name, pod.namespace))?;
         writeln!(out, "pod {}.{} {ip}", pod.name, pod.namespace)?;
     }
+    await_pods(state, run_dir, args)
+}
+
+/// Waits until every pod's sidecar is ready and in sync with the newest
+/// configuration, and checks that every app still runs.
+fn await_pods(state: &State, run_dir: &Path, args: &Args) -> anyhow::Result<()> {
+    let logs = run_dir.join("logs");
     for pod in &state.pods {
         let ip = pod.ip.context("pod without address")?;
         let log = logs.join(format!("{}.{}.proxy.log", pod.name, pod.namespace));
@@ -464,6 +475,86 @@ fn start_pod(
     Ok(())
 }
 
+/// `up` on the directory the running mesh serves: starts the pods added
+/// to it, stops and removes the pods gone from it, and rewrites every
+/// pod's hosts file (Services may have changed). Routing edits need none
+/// of this; mesh-control applies them by itself.
+fn reconcile(
+    mut state: State,
+    plan: &Plan,
+    run_dir: &Path,
+    args: &Args,
+    out: &mut dyn std::io::Write,
+) -> anyhow::Result<i32> {
+    let proxy = mesh_binary("mesh-proxy")?;
+    let envoy = match args.data_plane {
+        DataPlane::MeshProxy => None,
+        DataPlane::Envoy => Some(envoy::find(args.envoy.as_ref())?),
+    };
+    let sidecar = Sidecar {
+        mesh_proxy: &proxy,
+        envoy: envoy.as_deref(),
+    };
+    let pods_dir = run_dir.join("pods");
+    let wanted: BTreeSet<(&str, &str)> = plan
+        .pods
+        .iter()
+        .map(|p| (p.namespace.as_str(), p.name.as_str()))
+        .collect();
+    let (kept, gone): (Vec<PodState>, Vec<PodState>) = std::mem::take(&mut state.pods)
+        .into_iter()
+        .partition(|p| wanted.contains(&(p.namespace.as_str(), p.name.as_str())));
+    state.pods = kept;
+    for pod in &gone {
+        let _ = std::fs::remove_file(pods_dir.join(format!("{}.{}.json", pod.namespace, pod.name)));
+        for e in down::remove_pod(pod) {
+            writeln!(out, "warning: {e}")?;
+        }
+        writeln!(out, "removed pod {}.{}", pod.name, pod.namespace)?;
+    }
+    state.save(run_dir)?;
+
+    let gateway = state.gateway.context("no gateway in the run state")?;
+    let subnet = Subnet {
+        base: u32::from(gateway) - 1,
+        prefix: state.prefix,
+    };
+    for pod in &plan.pods {
+        if state
+            .pods
+            .iter()
+            .any(|p| p.namespace == pod.namespace && p.name == pod.name)
+        {
+            continue;
+        }
+        let used: BTreeSet<Ipv4Addr> = state.pods.iter().filter_map(|p| p.ip).collect();
+        let index = (0..)
+            .find(|&i| {
+                subnet.pod(i).is_none_or(|ip| !used.contains(&ip))
+                    && !net::link_exists(&format!("{}v{i}", state.bridge))
+            })
+            .context("no free index")?;
+        let ip = subnet.pod(index).context("the subnet is full")?;
+        start_pod(
+            &mut state, pod, index, ip, plan, run_dir, &sidecar, &pods_dir,
+        )
+        .with_context(|| format!("starting pod {}.{}", pod.name, pod.namespace))?;
+        writeln!(out, "pod {}.{} {ip}", pod.name, pod.namespace)?;
+    }
+    for pod in &state.pods {
+        if let Some(ip) = pod.ip {
+            net::write_hosts(
+                &pod.netns,
+                &hosts_file(&plan.services, &pod.namespace, &pod.name, ip),
+            )?;
+        }
+    }
+    await_pods(&state, run_dir, args)?;
+    writeln!(out)?;
+    status::print(&state, out)?;
+    Ok(0)
+}
+
 fn print_next_steps(
     state: &State,
     plan: &Plan,
@@ -512,12 +603,22 @@ fn wait_converged(state: &State, run_dir: &Path, timeout: Duration) -> anyhow::R
     let pods_dir = run_dir.join("pods");
     let deadline = Instant::now() + timeout;
     let mut last = String::new();
+    // A proxy that ACKed a CDS update asks for the new clusters' endpoints
+    // right after; until it does, every type looks in sync. So the state
+    // must hold over consecutive polls a moment apart.
+    let mut in_a_row = 0;
     while Instant::now() < deadline {
         match converged(state, monitoring, &pods_dir) {
-            Ok(()) => return Ok(()),
-            Err(e) => last = format!("{e:#}"),
+            Ok(()) => in_a_row += 1,
+            Err(e) => {
+                in_a_row = 0;
+                last = format!("{e:#}");
+            }
         }
-        std::thread::sleep(Duration::from_millis(100));
+        if in_a_row == 3 {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(150));
     }
     bail!("the mesh did not converge in {timeout:?}: {last}")
 }
@@ -533,12 +634,20 @@ fn converged(state: &State, monitoring: SocketAddr, pods_dir: &Path) -> anyhow::
         .collect();
     let pods_dir = pods_dir.display().to_string();
     let read = files.iter().filter(|f| f.starts_with(&pods_dir)).count();
-    if read < state.pods.len() {
+    if read != state.pods.len() {
         bail!("mesh-control has read {read} of {} pods", state.pods.len());
     }
+    // Everything mesh-control has read is in this snapshot.
+    if configz["pending"] != false {
+        bail!("mesh-control has not published its latest reading yet");
+    }
+    let published = configz["snapshot_version"].as_u64();
     let syncz = super::get(monitoring, "/debug/syncz")?;
     let syncz: serde_json::Value = serde_json::from_str(&syncz)?;
     let newest = syncz["snapshot_version"].as_u64();
+    if newest < published {
+        bail!("mesh-control is still serving an older snapshot");
+    }
     for pod in &state.pods {
         let proxy = syncz["proxies"]
             .as_array()
