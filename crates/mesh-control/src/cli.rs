@@ -26,7 +26,8 @@ use crate::source::{ConfigStatus, DirSource, DirSourceConfig};
 )]
 pub struct Args {
     /// Directory of Istio and Kubernetes YAML to serve (watched for
-    /// changes); repeat it to read several directories as one.
+    /// changes); repeat it to read several directories as one, a later
+    /// directory's object overriding the same kind/namespace/name.
     #[arg(long, env = "MESH_CONFIG_DIR", required_unless_present = "issue_token")]
     pub config_dir: Vec<PathBuf>,
     /// Address of the plaintext ADS server (local mode only).

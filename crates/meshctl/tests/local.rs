@@ -483,31 +483,28 @@ fn rerunning_up_starts_added_pods_and_removes_deleted_ones() {
     };
     assert_eq!(reviews_pid(&before), reviews_pid(&state));
     assert!(old_pids.contains(&(reviews_pid(&state).as_u64().unwrap() as u32)));
-    // The new pod reaches an existing service by name through its own
-    // sidecar. (The other direction, an existing sidecar calling the new
-    // service, is not asserted: its EDS subscription to the new cluster is
-    // sometimes lost in a race between a push and the subscription update,
-    // and the call gets 503 until the next endpoint change; see the issue
-    // note.)
-    let answered = wait_for(Duration::from_secs(10), || {
-        let out = mesh.meshctl(&[
-            "exec",
+    // Both directions by name: the new pod through its fresh sidecar, an
+    // existing pod through its updated one (the generated Pod with the
+    // address overrides the user's template of the same name).
+    for (from, url, answer) in [
+        (
             "ratings-v1",
-            "--",
-            "curl",
-            "-s",
-            "--max-time",
-            "5",
             "http://reviews:9080/",
-        ]);
-        text(&out.stdout)
-            .contains("\"name\": \"reviews-v")
-            .then_some(())
-    });
-    assert!(
-        answered.is_some(),
-        "reviews never answered by name from ratings-v1"
-    );
+            "\"name\": \"reviews-v",
+        ),
+        (
+            "reviews-v1-0",
+            "http://ratings:9080/",
+            "\"name\": \"mesh-echo\"",
+        ),
+    ] {
+        let out = mesh.meshctl(&["exec", from, "--", "curl", "-s", "--max-time", "5", url]);
+        assert!(
+            text(&out.stdout).contains(answer),
+            "{from} -> {url}: {}",
+            text(&out.stdout)
+        );
+    }
     // The kept pods' hosts files were rewritten with the new service.
     let hosts = mesh.meshctl(&["exec", "reviews-v1-0", "--", "cat", "/etc/hosts"]);
     assert!(

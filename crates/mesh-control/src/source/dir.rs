@@ -1,6 +1,8 @@
 //! The config-directory source: every `.yaml`, `.yml` and `.json` file under
 //! one or more directories (the local mesh adds a directory of the pods it
-//! started, with their addresses, beside the user's), polled for changes (mtime and size) every 200 ms. Changes
+//! started, with their addresses, beside the user's; an object in a later
+//! directory overrides the same kind/namespace/name in an earlier one),
+//! polled for changes (mtime and size) every 200 ms. Changes
 //! are debounced as Istio does (a 100 ms quiet period, at most 1 s delay)
 //! before a new [`Snapshot`] is published on a `watch` channel.
 //!
@@ -48,7 +50,9 @@ impl DirSourceConfig {
     }
 }
 
-type Fingerprint = BTreeMap<PathBuf, (SystemTime, u64)>;
+/// Per file: modification time, size, and the index of its directory (a
+/// later directory's objects override an earlier one's).
+type Fingerprint = BTreeMap<PathBuf, (SystemTime, u64, usize)>;
 
 /// A running directory source.
 pub struct DirSource {
@@ -83,16 +87,21 @@ impl DirSource {
     fn fingerprint(&self) -> std::io::Result<Fingerprint> {
         let mut fp = Fingerprint::new();
         let mut files = Vec::new();
-        for dir in &self.config.dirs {
-            files.extend(mesh_api::object::config_files(dir)?);
+        for (layer, dir) in self.config.dirs.iter().enumerate() {
+            files.extend(
+                mesh_api::object::config_files(dir)?
+                    .into_iter()
+                    .map(|f| (f, layer)),
+            );
         }
-        for file in files {
+        for (file, layer) in files {
             if let Ok(meta) = std::fs::metadata(&file) {
                 fp.insert(
                     file,
                     (
                         meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
                         meta.len(),
+                        layer,
                     ),
                 );
             }
@@ -111,7 +120,7 @@ impl DirSource {
             }
             let name = file.display().to_string();
             match std::fs::read_to_string(file) {
-                Ok(text) => changed |= self.store.update_file(&name, &text),
+                Ok(text) => changed |= self.store.update_file_in_layer(&name, stamp.2, &text),
                 // Vanished between listing and reading: the next tick sees it.
                 Err(e) => tracing::warn!(file = %name, "cannot read: {e}"),
             }

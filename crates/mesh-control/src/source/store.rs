@@ -61,6 +61,9 @@ pub struct ConfigStatus {
 
 #[derive(Default)]
 struct FileState {
+    /// Precedence: when two files declare the same object, the one with
+    /// the higher layer wins (a later `--config-dir` overrides earlier ones).
+    layer: usize,
     /// Good objects in effect from this file.
     good: BTreeMap<ObjectKey, Loaded>,
     /// Status lines for the latest read.
@@ -78,9 +81,17 @@ impl ConfigStore {
     /// versions of any object that is now broken. Returns whether anything
     /// in effect changed.
     pub fn update_file(&mut self, file: &str, text: &str) -> bool {
+        self.update_file_in_layer(file, 0, text)
+    }
+
+    /// [`ConfigStore::update_file`] for a file of precedence `layer`.
+    pub fn update_file_in_layer(&mut self, file: &str, layer: usize, text: &str) -> bool {
         let loaded = load_str(file, text);
         let previous = self.files.remove(file).unwrap_or_default();
-        let mut next = FileState::default();
+        let mut next = FileState {
+            layer,
+            ..FileState::default()
+        };
         let mut unreadable = false;
         let mut seen = BTreeSet::new();
         for l in loaded {
@@ -176,11 +187,14 @@ impl ConfigStore {
     }
 
     /// Every object in effect. When two files declare the same object, the
-    /// first file in name order wins.
+    /// file of the higher layer wins, then the first in name order.
     pub fn objects(&self) -> Vec<&Loaded> {
+        let mut files: Vec<&FileState> = self.files.values().collect();
+        // Stable: within a layer, path order as before.
+        files.sort_by_key(|f| std::cmp::Reverse(f.layer));
         let mut seen = BTreeSet::new();
         let mut out = Vec::new();
-        for f in self.files.values() {
+        for f in files {
             for (k, l) in &f.good {
                 if seen.insert(k) {
                     out.push(l);
@@ -299,6 +313,28 @@ mod tests {
                 .objects
                 .iter()
                 .any(|o| o.status == "error (last good version kept)")
+        );
+    }
+
+    #[test]
+    fn a_later_layer_overrides_the_same_object_whatever_the_paths() {
+        let pod = |ip: &str| {
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: p, namespace: default}}\nstatus: {{podIP: {ip}}}\n"
+            )
+        };
+        let mut store = ConfigStore::default();
+        // The overlay's path sorts first; its layer still wins.
+        store.update_file_in_layer("/a/overlay.yaml", 1, &pod("10.0.0.2"));
+        store.update_file_in_layer("/z/user.yaml", 0, &pod("10.0.0.1"));
+        let objects = store.objects();
+        assert_eq!(objects.len(), 1);
+        let Some(MeshObject::Pod(p)) = &objects[0].object else {
+            panic!("not a pod")
+        };
+        assert_eq!(
+            p.status.as_ref().and_then(|s| s.pod_ip.as_deref()),
+            Some("10.0.0.2")
         );
     }
 
