@@ -172,11 +172,7 @@ pub fn run(args: &Args, out: &mut dyn std::io::Write) -> anyhow::Result<i32> {
         );
     }
     let control = mesh_binary("mesh-control")?;
-    let proxy = mesh_binary("mesh-proxy")?;
-    let envoy = match args.data_plane {
-        DataPlane::MeshProxy => None,
-        DataPlane::Envoy => Some(envoy::find(args.envoy.as_ref())?),
-    };
+    let (proxy, envoy) = sidecar_binaries(args)?;
     let sidecar = Sidecar {
         mesh_proxy: &proxy,
         envoy: envoy.as_deref(),
@@ -207,6 +203,17 @@ pub fn run(args: &Args, out: &mut dyn std::io::Write) -> anyhow::Result<i32> {
     status::print(&state, out)?;
     print_next_steps(&state, &plan, out)?;
     Ok(0)
+}
+
+/// `mesh-proxy` (always: it installs the capture rules) and Envoy when it
+/// is the data plane.
+fn sidecar_binaries(args: &Args) -> anyhow::Result<(PathBuf, Option<PathBuf>)> {
+    let proxy = mesh_binary("mesh-proxy")?;
+    let envoy = match args.data_plane {
+        DataPlane::MeshProxy => None,
+        DataPlane::Envoy => Some(envoy::find(args.envoy.as_ref())?),
+    };
+    Ok((proxy, envoy))
 }
 
 fn start(
@@ -486,11 +493,7 @@ fn reconcile(
     args: &Args,
     out: &mut dyn std::io::Write,
 ) -> anyhow::Result<i32> {
-    let proxy = mesh_binary("mesh-proxy")?;
-    let envoy = match args.data_plane {
-        DataPlane::MeshProxy => None,
-        DataPlane::Envoy => Some(envoy::find(args.envoy.as_ref())?),
-    };
+    let (proxy, envoy) = sidecar_binaries(args)?;
     let sidecar = Sidecar {
         mesh_proxy: &proxy,
         envoy: envoy.as_deref(),
