@@ -113,7 +113,7 @@ fn cluster_table_splits_istio_cluster_names() {
             "-",
             "outbound",
             "EDS",
-            "-",
+            "reviews.default",
         ],
         [
             "reviews.default.svc.cluster.local",
@@ -121,7 +121,7 @@ fn cluster_table_splits_istio_cluster_names() {
             "v1",
             "outbound",
             "EDS",
-            "-",
+            "reviews.default",
         ],
         [
             "reviews.default.svc.cluster.local",
@@ -129,7 +129,7 @@ fn cluster_table_splits_istio_cluster_names() {
             "v2",
             "outbound",
             "EDS",
-            "-",
+            "reviews.default",
         ],
     ] {
         assert!(
@@ -187,7 +187,7 @@ fn destination_rule_comes_from_cluster_metadata() {
     assert_eq!(
         rules,
         [
-            ("-", "-"),
+            ("-", "reviews.default"),
             ("v1", "reviews.default"),
             ("v2", "reviews.default")
         ]
@@ -267,9 +267,13 @@ fn route_table_shows_matches_and_virtual_services() {
         .filter(|r| r[1] == "reviews.default.svc.cluster.local:9080")
         .map(|r| (r[3], r[4]))
         .collect();
-    assert!(reviews.contains(&("/exact", "-")), "{reviews:?}");
+    // Every route names its VirtualService (the translator records it).
     assert!(
-        reviews.contains(&("regex /api/v[0-9]+", "-")),
+        reviews.contains(&("/exact", "reviews.default")),
+        "{reviews:?}"
+    );
+    assert!(
+        reviews.contains(&("regex /api/v[0-9]+", "reviews.default")),
         "{reviews:?}"
     );
     assert!(
