@@ -54,7 +54,14 @@ fn tables_name_the_config_and_agree_between_envoy_and_mesh_proxy() {
             assert!(
                 has_row(
                     &clusters,
-                    &[reviews, "9080", subset, "outbound", "EDS", "-"]
+                    &[
+                        reviews,
+                        "9080",
+                        subset,
+                        "outbound",
+                        "EDS",
+                        "reviews.default"
+                    ]
                 ),
                 "{pod}: no reviews {subset} cluster in\n{clusters}"
             );
@@ -76,11 +83,16 @@ fn tables_name_the_config_and_agree_between_envoy_and_mesh_proxy() {
 
         let routes = mesh.meshctl(&["proxy-config", "route", pod, "--name", "9080"]);
         let vhost = format!("{reviews}:9080");
-        let matches: Vec<String> = rows(&routes)
+        let reviews_rows: Vec<Vec<String>> = rows(&routes)
             .into_iter()
             .filter(|r| r.get(1) == Some(&vhost))
-            .map(|r| r[3].clone())
             .collect();
+        // Each route names the VirtualService it came from.
+        assert!(
+            reviews_rows.iter().all(|r| r[4] == "reviews.default"),
+            "{pod}:\n{routes}"
+        );
+        let matches: Vec<String> = reviews_rows.iter().map(|r| r[3].clone()).collect();
         assert_eq!(
             matches,
             ["/v2*", "/*"],
