@@ -12,6 +12,8 @@
 //! - [`client`]: the workload certificate client (key in memory, rotation at
 //!   half life, rustls configs published through `tokio::sync::watch`).
 //! - [`tls`]: rustls configs with a SPIFFE-aware peer verifier.
+//! - [`sds`]: the agent's SDS server (`default`, `ROOTCA`) for a stock Envoy
+//!   on a Unix socket.
 //! - [`metrics`]: Prometheus counters of the CA.
 
 pub mod auth;
@@ -21,6 +23,7 @@ pub mod client;
 pub mod csr;
 pub mod error;
 pub mod metrics;
+pub mod sds;
 pub mod service;
 pub mod tls;
 

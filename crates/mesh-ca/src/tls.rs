@@ -263,6 +263,25 @@ impl MeshTls {
     ) -> Result<Arc<ClientConfig>, TlsError> {
         build_client(&self.roots, &self.chain, &self.key, expected)
     }
+
+    /// The presented chain (leaf first), for proxies that build their own
+    /// configs from it (SDS `default`).
+    pub fn chain(&self) -> &[CertificateDer<'static>] {
+        &self.chain
+    }
+
+    /// The private key of the presented leaf. It stays on this host:
+    /// callers build TLS configs with it; the only serialisation is the SDS
+    /// `default` secret handed to the local Envoy over a 0600 Unix socket
+    /// ([`crate::sds`]), never anything sent to the control plane.
+    pub fn private_key(&self) -> &PrivateKeyDer<'static> {
+        &self.key
+    }
+
+    /// The mesh roots these configs trust (SDS `ROOTCA`).
+    pub fn roots(&self) -> &Arc<RootCertStore> {
+        &self.roots
+    }
 }
 
 fn build_server(
