@@ -9,6 +9,7 @@
 // which is what `expect` does.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+pub mod certs;
 pub mod envoy;
 pub mod netns;
 pub mod process;
