@@ -131,6 +131,9 @@ pub struct RunArgs {
     /// Request header limits.
     #[command(flatten)]
     pub http_limits: crate::proxy::http::Limits,
+    /// The workload certificate (SDS `default` and `ROOTCA`).
+    #[command(flatten)]
+    pub identity: crate::tls::identity::IdentityArgs,
 }
 
 /// Parses the command line, taking `run` as the subcommand when none is
@@ -312,6 +315,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         tokio::spawn(xds::run(config, publisher, stopped()))
     });
 
+    let identity = crate::tls::identity::start(
+        &args.identity,
+        args.pod_namespace.as_deref(),
+        args.service_account.as_deref(),
+    )?;
     let (trigger, drain_watch) = drain::channel();
     let mut data_path = tokio::spawn(serve_data_path(
         config.runtime.clone(),
@@ -319,6 +327,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         drain_watch,
         crate::proxy::Options {
             observer: telemetry,
+            identity,
         },
     ));
     let mut trigger = Some(trigger);

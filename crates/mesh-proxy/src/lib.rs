@@ -21,4 +21,5 @@ pub mod resources;
 pub mod runtime;
 pub mod socket;
 pub mod telemetry;
+pub mod tls;
 pub mod xds;

@@ -99,7 +99,14 @@ async fn start(list: Vec<Resource>, ready: SocketAddr, mode: AccessLogMode) -> T
     let observer: Arc<dyn Observer> = Arc::new(Telemetry::new(Some(metrics), Some(access_log)));
     let (runtime, rx) = watch::channel(Arc::new(runtime::compile(&resources(list))));
     let (trigger, watch) = drain::channel();
-    let task = tokio::spawn(mesh_proxy::proxy::run_with(rx, watch, Options { observer }));
+    let task = tokio::spawn(mesh_proxy::proxy::run_with(
+        rx,
+        watch,
+        Options {
+            observer,
+            ..Options::default()
+        },
+    ));
     wait_listening(ready).await;
     Telemetered {
         admin,

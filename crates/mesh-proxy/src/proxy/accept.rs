@@ -9,10 +9,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use super::{ConnInfo, Shared, http, inspect, tcp};
+use super::{ConnInfo, Shared, Stream, http, inspect, tcp};
 use crate::drain;
 use crate::runtime::Runtime;
 use crate::runtime::listener::{ConnectionInfo, Listener, NetworkFilter};
+
+/// How long a client has to complete a TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Accepts connections on `socket` for listener `name` until aborted.
 pub(super) async fn accept_loop(
@@ -109,17 +112,46 @@ async fn serve(
         tracing::debug!(%destination, "no filter chain matches; closing");
         return;
     };
-    if chain.tls.is_some() {
-        tracing::warn!(listener = %listener.name, chain = %chain.name, "TLS termination is not supported yet; closing the connection");
-        return;
-    }
+    let (stream, session) = match &chain.tls {
+        None => (Stream::Tcp(stream), None),
+        Some(tls) => {
+            let configs = match generation.tls.server(
+                &generation.runtime,
+                shared.identity().as_ref(),
+                tls,
+            ) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(listener = %listener.name, chain = %chain.name, error = %e, "cannot terminate TLS; closing the connection");
+                    return;
+                }
+            };
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, crate::tls::accept(stream, &configs))
+                .await
+            {
+                Ok(Ok(s)) => {
+                    let session = crate::tls::Session::of(&s, &configs.local);
+                    (Stream::ServerTls(Box::new(s)), Some(session))
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(chain = %chain.name, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(chain = %chain.name, timeout = ?HANDSHAKE_TIMEOUT, "TLS handshake timed out");
+                    return;
+                }
+            }
+        }
+    };
     let conn = Arc::new(ConnInfo {
         listener: listener.clone(),
         chain: chain.name.clone(),
         peer,
         destination,
         server_name: inspection.server_name.clone(),
-        tls: false,
+        tls: session.is_some(),
+        session,
     });
     match &chain.filter {
         NetworkFilter::Http(hcm) => http::serve(stream, conn, hcm.clone(), shared, drain).await,

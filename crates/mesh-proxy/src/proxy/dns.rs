@@ -167,6 +167,7 @@ pub fn effective(runtime: &Arc<Runtime>, table: &DnsTable) -> Arc<Runtime> {
             listeners: runtime.listeners.clone(),
             routes: runtime.routes.clone(),
             clusters,
+            secrets: runtime.secrets.clone(),
         }),
     }
 }
@@ -290,6 +291,7 @@ mod tests {
             listeners: rt.listeners.clone(),
             routes: rt.routes.clone(),
             clusters: rt.clusters.clone(),
+            secrets: rt.secrets.clone(),
         };
         let (rt_tx, rt_rx) = watch::channel(rt);
         let (table_tx, mut table_rx) = watch::channel(Arc::new(DnsTable::new()));

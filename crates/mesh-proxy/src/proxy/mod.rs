@@ -23,6 +23,7 @@ mod accept;
 pub mod dns;
 pub mod http;
 mod inspect;
+mod io;
 pub mod pool;
 pub mod record;
 mod tcp;
@@ -31,6 +32,8 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use mesh_ca::client::CertWatch;
+use mesh_ca::tls::MeshTls;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -41,6 +44,7 @@ use crate::runtime::convert::HostAddress;
 use crate::runtime::lb::Endpoint;
 use crate::runtime::listener::Listener;
 use crate::runtime::{Cluster, Runtime};
+pub use io::Stream;
 use pool::Upstreams;
 pub use record::{NoObserver, Observer, RequestRecord, ResponseFlags, TcpRecord};
 
@@ -57,6 +61,8 @@ pub enum ProxyError {
 pub struct Options {
     /// Receives a record of every request and TCP connection.
     pub observer: Arc<dyn Observer>,
+    /// The workload certificate, for SDS `default` and `ROOTCA`.
+    pub identity: Option<CertWatch>,
 }
 
 /// A runtime with the connection pools that go with it.
@@ -66,12 +72,15 @@ pub struct Generation {
     pub runtime: Arc<Runtime>,
     /// Upstream connection pools by cluster.
     pub upstreams: Arc<Upstreams>,
+    /// TLS configs built for this runtime.
+    pub tls: crate::tls::Configs,
 }
 
 /// What every connection shares.
 pub(crate) struct Shared {
     generation: watch::Receiver<Arc<Generation>>,
     pub observer: Arc<dyn Observer>,
+    identity: Option<CertWatch>,
 }
 
 /// What is known about a downstream connection once its listener and
@@ -88,8 +97,10 @@ pub(crate) struct ConnInfo {
     pub destination: SocketAddr,
     /// SNI, if inspected.
     pub server_name: Option<String>,
-    /// Whether the connection is TLS terminated here (never, yet).
+    /// Whether the connection is TLS terminated here.
     pub tls: bool,
+    /// The TLS session, when terminated here.
+    pub session: Option<crate::tls::Session>,
 }
 
 struct Bound {
@@ -102,6 +113,7 @@ impl Default for Options {
     fn default() -> Self {
         Self {
             observer: Arc::new(NoObserver),
+            identity: None,
         }
     }
 }
@@ -118,6 +130,11 @@ impl Shared {
     /// The newest generation.
     pub(crate) fn current(&self) -> Arc<Generation> {
         self.generation.borrow().clone()
+    }
+
+    /// The workload certificate in force, if any.
+    pub(crate) fn identity(&self) -> Option<Arc<MeshTls>> {
+        self.identity.as_ref().and_then(CertWatch::current)
     }
 }
 
@@ -145,10 +162,12 @@ pub async fn run_with(
     let (generation_tx, generation_rx) = watch::channel(Arc::new(Generation {
         runtime: first,
         upstreams,
+        tls: crate::tls::Configs::default(),
     }));
     let shared = Arc::new(Shared {
         generation: generation_rx,
         observer: options.observer,
+        identity: options.identity,
     });
     // Every connection task holds a sender; when all are gone, so are the
     // connections.
@@ -183,6 +202,7 @@ pub async fn run_with(
         generation_tx.send_replace(Arc::new(Generation {
             runtime: next.clone(),
             upstreams,
+            tls: crate::tls::Configs::default(),
         }));
         apply_listeners(&next, &mut bound, &shared, &drain, &tracker).await;
     }
@@ -251,6 +271,29 @@ async fn apply_listeners(
             }
         }
     }
+}
+
+/// The TLS to originate to `endpoint` of `cluster` (`None`: plaintext). A
+/// config that cannot be built (a secret not received yet, no workload
+/// certificate yet) fails the connection attempt, as Envoy's handshake
+/// would.
+pub(crate) fn upstream_tls(
+    generation: &Generation,
+    identity: Option<&Arc<MeshTls>>,
+    cluster: &Cluster,
+    endpoint: Option<&Endpoint>,
+) -> Result<Option<Arc<crate::tls::ClientTls>>, pool::UpstreamError> {
+    let Some(tls) = cluster.config.tls_for(endpoint) else {
+        return Ok(None);
+    };
+    generation
+        .tls
+        .client(&generation.runtime, identity, tls)
+        .map(Some)
+        .map_err(|e| {
+            tracing::debug!(cluster = %cluster.config.name, error = %e, "cannot originate TLS");
+            pool::UpstreamError::Connect(std::io::Error::other(e))
+        })
 }
 
 /// The upstream address for a request or connection to `cluster`: the

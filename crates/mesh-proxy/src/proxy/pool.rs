@@ -26,10 +26,12 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpSocket, TcpStream};
 
+use crate::proxy::Stream;
 use crate::proxy::http::body::{ProxyBody, boxed};
 use crate::runtime::Runtime;
 use crate::runtime::cluster::{ClusterConfig, Thresholds};
 use crate::runtime::convert::HostAddress;
+use crate::tls::ClientTls;
 
 /// Every cluster's pool, for one runtime.
 #[derive(Debug, Default)]
@@ -60,6 +62,8 @@ struct Settings {
 #[derive(Debug)]
 struct EndpointPool {
     address: HostAddress,
+    /// TLS originated on its connections (`None`: plaintext).
+    tls: Option<Arc<ClientTls>>,
     idle_timeout: Option<Duration>,
     idle: Mutex<Vec<Idle>>,
     /// Whether a reaper watches `idle` (read and written under its lock).
@@ -202,35 +206,56 @@ impl ClusterPool {
         })
     }
 
-    /// Connects to `address` (TCP proxy) within the connect timeout.
-    pub async fn connect_tcp(&self, address: &HostAddress) -> Result<TcpStream, UpstreamError> {
-        connect(address, &self.settings).await
+    /// Connects to `address` (TCP proxy) within the connect timeout,
+    /// with TLS when `tls` says so.
+    pub async fn connect_tcp(
+        &self,
+        address: &HostAddress,
+        tls: Option<&ClientTls>,
+    ) -> Result<Stream, UpstreamError> {
+        connect(address, tls, &self.settings).await
     }
 
-    fn endpoint(&self, address: &HostAddress) -> Arc<EndpointPool> {
+    /// The pool of `address` for connections with `tls`; one made for
+    /// other TLS settings (or older material) is replaced.
+    fn endpoint(&self, address: &HostAddress, tls: Option<Arc<ClientTls>>) -> Arc<EndpointPool> {
+        let fingerprint = tls.as_ref().map(|t| t.fingerprint);
+        let fits = |e: &EndpointPool| e.tls.as_ref().map(|t| t.fingerprint) == fingerprint;
         if let Ok(map) = self.endpoints.read()
             && let Some(e) = map.get(address)
+            && fits(e)
         {
             return e.clone();
         }
         let idle_timeout = self.settings.idle_timeout;
-        let Ok(mut map) = self.endpoints.write() else {
-            return Arc::new(EndpointPool::new(address.clone(), idle_timeout));
+        let new = || {
+            Arc::new(EndpointPool::new(
+                address.clone(),
+                tls.clone(),
+                idle_timeout,
+            ))
         };
-        map.entry(address.clone())
-            .or_insert_with(|| Arc::new(EndpointPool::new(address.clone(), idle_timeout)))
-            .clone()
+        let Ok(mut map) = self.endpoints.write() else {
+            return new();
+        };
+        let entry = map.entry(address.clone()).or_insert_with(new);
+        if !fits(entry) {
+            *entry = new();
+        }
+        entry.clone()
     }
 
-    /// Sends `req` to `address`, reusing a pooled connection when there is
-    /// one. The request must already be in the form `wire` needs.
+    /// Sends `req` to `address` (with TLS when `tls` says so), reusing a
+    /// pooled connection when there is one. The request must already be in
+    /// the form `wire` needs.
     pub async fn send(
         &self,
         address: &HostAddress,
+        tls: Option<Arc<ClientTls>>,
         wire: Wire,
         req: Request<ProxyBody>,
     ) -> Result<Response<ProxyBody>, UpstreamError> {
-        let endpoint = self.endpoint(address);
+        let endpoint = self.endpoint(address, tls);
         match wire {
             Wire::Http1 => endpoint.send_http1(&self.settings, req).await,
             Wire::Http2 => endpoint.send_http2(&self.settings, req).await,
@@ -249,23 +274,33 @@ fn take(
     (before < u64::from(max)).then_some(slot)
 }
 
-async fn connect(address: &HostAddress, settings: &Settings) -> Result<TcpStream, UpstreamError> {
+/// Connects within the connect timeout, which covers the TLS handshake
+/// too (a handshake failure is a connection failure, as in Envoy).
+async fn connect(
+    address: &HostAddress,
+    tls: Option<&ClientTls>,
+    settings: &Settings,
+) -> Result<Stream, UpstreamError> {
     let attempt = async {
-        match (address, settings.source_address) {
+        let tcp = match (address, settings.source_address) {
             (HostAddress::Ip(a), None) => TcpStream::connect(a).await,
             (HostAddress::Ip(a), Some(source)) => connect_from(*a, source).await,
             (HostAddress::Dns { host, port }, _) => {
                 TcpStream::connect((host.as_str(), *port)).await
             }
-        }
+        }?;
+        let _ = tcp.set_nodelay(true);
+        let Some(tls) = tls else {
+            return Ok(Stream::Tcp(tcp));
+        };
+        let peer = tcp.peer_addr()?.ip();
+        let stream = crate::tls::connect(tcp, tls, peer).await?;
+        Ok(Stream::ClientTls(Box::new(stream)))
     };
     match tokio::time::timeout(settings.connect_timeout, attempt).await {
         Err(_) => Err(UpstreamError::ConnectTimeout),
         Ok(Err(e)) => Err(UpstreamError::Connect(e)),
-        Ok(Ok(s)) => {
-            let _ = s.set_nodelay(true);
-            Ok(s)
-        }
+        Ok(Ok(s)) => Ok(s),
     }
 }
 
@@ -299,9 +334,14 @@ fn classify(e: hyper::Error) -> UpstreamError {
 // === impl EndpointPool ===
 
 impl EndpointPool {
-    fn new(address: HostAddress, idle_timeout: Option<Duration>) -> Self {
+    fn new(
+        address: HostAddress,
+        tls: Option<Arc<ClientTls>>,
+        idle_timeout: Option<Duration>,
+    ) -> Self {
         Self {
             address,
+            tls,
             idle_timeout,
             idle: Mutex::new(Vec::new()),
             reaping: AtomicBool::new(false),
@@ -338,7 +378,7 @@ impl EndpointPool {
                 },
             }
         }
-        let stream = connect(&self.address, settings).await?;
+        let stream = connect(&self.address, self.tls.as_deref(), settings).await?;
         let (mut sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
@@ -407,7 +447,7 @@ impl EndpointPool {
                 // retires a connection a request is about to use.
                 Some(c) if !c.sender.is_closed() => (c.sender.clone(), H2Stream::open(&c.streams)),
                 _ => {
-                    let stream = connect(&self.address, settings).await?;
+                    let stream = connect(&self.address, self.tls.as_deref(), settings).await?;
                     let mut builder = http2::Builder::new(TokioExecutor::new());
                     builder.timer(TokioTimer::new());
                     if let Some(idle) = settings.idle_timeout {

@@ -12,17 +12,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
+use mesh_ca::tls::MeshTls;
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::proxy::record::{ResponseFlags, TcpRecord};
-use crate::proxy::{ConnInfo, Generation, Shared, pick_endpoint};
+use crate::proxy::{ConnInfo, Generation, Shared, Stream, pick_endpoint, upstream_tls};
 use crate::runtime::listener::TcpProxy;
 
 /// Proxies `downstream` by `tcp`.
 pub(crate) async fn proxy(
-    mut downstream: TcpStream,
+    mut downstream: Stream,
     conn: Arc<ConnInfo>,
     tcp: &TcpProxy,
     generation: Arc<Generation>,
@@ -45,7 +45,16 @@ pub(crate) async fn proxy(
         bytes_sent: 0,
         duration: Duration::ZERO,
     };
-    let upstream = connect(&conn, &cluster_name, tcp, &generation, &mut record).await;
+    let identity = shared.identity();
+    let upstream = connect(
+        &conn,
+        &cluster_name,
+        tcp,
+        &generation,
+        identity.as_ref(),
+        &mut record,
+    )
+    .await;
     if let Some(mut upstream) = upstream {
         splice(
             &mut downstream,
@@ -62,8 +71,8 @@ pub(crate) async fn proxy(
 /// Copies bytes both ways until both directions end (each end's EOF is
 /// passed on as a half close), one fails, or nothing moved for `idle`.
 async fn splice(
-    downstream: &mut TcpStream,
-    upstream: &mut TcpStream,
+    downstream: &mut Stream,
+    upstream: &mut Stream,
     idle: Option<Duration>,
     record: &mut TcpRecord,
 ) {
@@ -71,8 +80,8 @@ async fn splice(
         base: Instant::now(),
         last: AtomicU64::new(0),
     };
-    let (down_read, mut down_write) = downstream.split();
-    let (up_read, mut up_write) = upstream.split();
+    let (down_read, mut down_write) = tokio::io::split(downstream);
+    let (up_read, mut up_write) = tokio::io::split(upstream);
     let mut from_client = Touching::new(down_read, &activity);
     let mut to_client = Touching::new(up_read, &activity);
     let outcome = {
@@ -175,8 +184,9 @@ async fn connect(
     cluster_name: &str,
     tcp: &TcpProxy,
     generation: &Generation,
+    identity: Option<&Arc<MeshTls>>,
     record: &mut TcpRecord,
-) -> Option<TcpStream> {
+) -> Option<Stream> {
     let (Some(cluster), Some(pool)) = (
         generation.runtime.cluster(cluster_name),
         generation.upstreams.get(cluster_name),
@@ -187,13 +197,17 @@ async fn connect(
     };
     let mut tried = Vec::new();
     for _ in 0..tcp.max_connect_attempts {
-        let Some((address, _endpoint)) = pick_endpoint(cluster, conn, None, None, &tried, true, 5)
+        let Some((address, endpoint)) = pick_endpoint(cluster, conn, None, None, &tried, true, 5)
         else {
             record.flags.insert(ResponseFlags::NO_HEALTHY_UPSTREAM);
             return None;
         };
         record.upstream_host = Some(address.to_string());
-        match pool.connect_tcp(&address).await {
+        let attempt = match upstream_tls(generation, identity, cluster, endpoint.as_deref()) {
+            Ok(tls) => pool.connect_tcp(&address, tls.as_deref()).await,
+            Err(e) => Err(e),
+        };
+        match attempt {
             Ok(s) => return Some(s),
             Err(e) => {
                 tracing::debug!(upstream = %address, error = %e, "TCP proxy connect failed");

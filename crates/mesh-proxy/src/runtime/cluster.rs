@@ -27,6 +27,7 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_optio
 use super::convert::{decode_any, opt_duration, string_fields, tls_context};
 use super::endpoint::Assignment;
 use super::lb::{Balancer, Endpoint, LbPolicy, maglev, ring};
+pub use super::tls::UpstreamTls;
 use super::{FieldResult, invalid, join};
 
 /// The key of the upstream HTTP options in `typed_extension_protocol_options`.
@@ -148,17 +149,6 @@ pub enum UpstreamProtocol {
     Http2,
     /// Whatever the downstream request used.
     UseDownstream,
-}
-
-/// What an `UpstreamTlsContext` asks for.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct UpstreamTls {
-    /// SNI.
-    pub sni: String,
-    /// ALPN protocols.
-    pub alpn: Vec<String>,
-    /// SDS names of the client certificates.
-    pub certificates: Vec<String>,
 }
 
 /// A `transport_socket_matches` entry.
@@ -406,8 +396,12 @@ impl ClusterConfig {
 
     /// The transport socket for `endpoint`: the first
     /// `transport_socket_matches` entry whose criteria its metadata has,
-    /// else the cluster's own.
-    pub fn tls_for(&self, endpoint: &Endpoint) -> Option<&UpstreamTls> {
+    /// else the cluster's own (always the cluster's own for an address
+    /// that is not an endpoint of it, like an original destination).
+    pub fn tls_for(&self, endpoint: Option<&Endpoint>) -> Option<&UpstreamTls> {
+        let Some(endpoint) = endpoint else {
+            return self.tls.as_ref();
+        };
         self.tls_matches
             .iter()
             .find(|m| {
@@ -568,16 +562,7 @@ fn upstream_tls(t: &TransportSocket, at: &str) -> FieldResult<Option<UpstreamTls
     let Some(ctx) = tls_context::<UpstreamTlsContext>(t, at)? else {
         return Ok(None);
     };
-    let common = ctx.common_tls_context.unwrap_or_default();
-    Ok(Some(UpstreamTls {
-        sni: ctx.sni,
-        alpn: common.alpn_protocols,
-        certificates: common
-            .tls_certificate_sds_secret_configs
-            .into_iter()
-            .map(|s| s.name)
-            .collect(),
-    }))
+    super::tls::upstream(&ctx, &join(at, "typed_config")).map(Some)
 }
 
 // === impl Cluster ===
@@ -737,7 +722,7 @@ mod tests {
             .balancer
             .endpoints
             .iter()
-            .map(|e| cluster.config.tls_for(e).map(|t| t.sni.clone()))
+            .map(|e| cluster.config.tls_for(Some(e)).map(|t| t.sni.clone()))
             .collect();
         assert_eq!(tls, vec![Some("outbound_.80_._.svc".to_string()), None]);
     }

@@ -28,11 +28,12 @@ use envoy_types::pb::envoy::config::listener::v3::{
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::DownstreamTlsContext;
 
 use super::convert::{ip_address, opt_duration, tls_context};
+pub use super::tls::DownstreamTls;
 use super::{FieldResult, invalid, join};
 
 mod network;
 
-pub use network::{Codec, HttpManager, RouteSource, TcpProxy, TcpTarget};
+pub use network::{Codec, ForwardClientCert, HttpManager, RouteSource, TcpProxy, TcpTarget, Xfcc};
 
 /// Envoy's default `listener_filters_timeout`.
 pub const DEFAULT_INSPECT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -87,7 +88,7 @@ pub struct FilterChain {
     pub matcher: ChainMatch,
     /// What serves the connection.
     pub filter: NetworkFilter,
-    /// TLS termination settings (kept; termination is not served yet).
+    /// TLS termination settings.
     pub tls: Option<DownstreamTls>,
 }
 
@@ -98,17 +99,6 @@ pub enum NetworkFilter {
     Http(Arc<HttpManager>),
     /// `envoy.filters.network.tcp_proxy`.
     Tcp(TcpProxy),
-}
-
-/// What a `DownstreamTlsContext` asks for.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DownstreamTls {
-    /// ALPN protocols offered.
-    pub alpn: Vec<String>,
-    /// SDS names of the certificates.
-    pub certificates: Vec<String>,
-    /// Whether clients must present a certificate.
-    pub require_client_certificate: bool,
 }
 
 /// A compiled `FilterChainMatch`, with list fields sorted so that two
@@ -446,16 +436,7 @@ fn transport_socket(t: &TransportSocket, at: &str) -> FieldResult<Option<Downstr
     let Some(ctx) = tls_context::<DownstreamTlsContext>(t, at)? else {
         return Ok(None);
     };
-    let common = ctx.common_tls_context.unwrap_or_default();
-    Ok(Some(DownstreamTls {
-        alpn: common.alpn_protocols,
-        certificates: common
-            .tls_certificate_sds_secret_configs
-            .into_iter()
-            .map(|s| s.name)
-            .collect(),
-        require_client_certificate: ctx.require_client_certificate.is_some_and(|b| b.value),
-    }))
+    super::tls::downstream(&ctx, &join(at, "typed_config")).map(Some)
 }
 
 fn chain_match(m: &FilterChainMatch, at: &str) -> FieldResult<ChainMatch> {

@@ -26,6 +26,7 @@ pub mod matcher;
 pub mod route;
 #[cfg(test)]
 mod test_support;
+pub mod tls;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -73,6 +74,8 @@ pub struct Runtime {
     pub routes: HashMap<String, Arc<RouteTable>>,
     /// Clusters by name, with their endpoints and load balancer.
     pub clusters: HashMap<String, Arc<Cluster>>,
+    /// Secrets (static and SDS over ADS) by name.
+    pub secrets: HashMap<String, tls::CompiledSecret>,
 }
 
 // === impl FieldError ===
@@ -122,6 +125,11 @@ impl Runtime {
     pub fn cluster(&self, name: &str) -> Option<&Arc<Cluster>> {
         self.clusters.get(name)
     }
+
+    /// The secret named `name` (static or from SDS over ADS).
+    pub fn secret(&self, name: &str) -> Option<&tls::CompiledSecret> {
+        self.secrets.get(name)
+    }
 }
 
 /// Validates one resource on its own.
@@ -140,8 +148,9 @@ pub fn check(resource: &Resource) -> Result<(), ConfigError> {
         Resource::Endpoint(e) => endpoint::Assignment::compile(e)
             .map(drop)
             .map_err(|err| err.into_config("ClusterLoadAssignment", name)),
-        // Secrets are consumed by TLS, which keeps them as they are.
-        Resource::Secret(_) => Ok(()),
+        Resource::Secret(s) => tls::secret(s)
+            .map(drop)
+            .map_err(|e| e.into_config("Secret", name)),
     }
 }
 
@@ -190,6 +199,16 @@ pub fn compile(resources: &Resources) -> Runtime {
             name.clone(),
             Arc::new(Cluster::new(config, assignment.unwrap_or_default())),
         );
+    }
+    for (name, entry) in &resources.secrets {
+        match tls::secret(&entry.resource) {
+            Ok(s) => {
+                runtime.secrets.insert(name.clone(), s);
+            }
+            Err(e) => {
+                tracing::warn!(secret = %name, error = %e.into_config("Secret", name), "secret left out")
+            }
+        }
     }
     runtime
 }

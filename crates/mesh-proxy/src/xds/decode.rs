@@ -10,7 +10,12 @@ use envoy_types::pb::envoy::config::listener::v3::{FilterChain, Listener, filter
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
-use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
+use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
+use envoy_types::pb::envoy::config::core::v3::{TransportSocket, transport_socket};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::ValidationContextType;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CommonTlsContext, DownstreamTlsContext, Secret, UpstreamTlsContext,
+};
 use envoy_types::pb::envoy::service::discovery::v3::Resource as ResourceWrapper;
 use envoy_types::pb::google::protobuf::Any;
 use mesh_api::xds::ResourceType;
@@ -137,6 +142,72 @@ fn chain_rds_names(chain: &FilterChain) -> impl Iterator<Item = String> + '_ {
             _ => None,
         }
     })
+}
+
+/// The SDS names a listener's filter chains ask the control plane for
+/// (those with an ADS `sds_config`; static secrets and the workload
+/// identity's are served locally).
+pub fn listener_sds_names(listener: &Listener) -> Vec<String> {
+    listener
+        .filter_chains
+        .iter()
+        .chain(listener.default_filter_chain.as_ref())
+        .filter_map(|c| c.transport_socket.as_ref())
+        .filter_map(typed::<DownstreamTlsContext>)
+        .flat_map(|ctx| ads_secret_names(ctx.common_tls_context.as_ref()))
+        .collect()
+}
+
+/// The SDS names a cluster's transport sockets ask the control plane for.
+pub fn cluster_sds_names(cluster: &Cluster) -> Vec<String> {
+    cluster
+        .transport_socket
+        .iter()
+        .chain(
+            cluster
+                .transport_socket_matches
+                .iter()
+                .filter_map(|m| m.transport_socket.as_ref()),
+        )
+        .filter_map(typed::<UpstreamTlsContext>)
+        .flat_map(|ctx| ads_secret_names(ctx.common_tls_context.as_ref()))
+        .collect()
+}
+
+fn typed<T: Message + Name + Default>(t: &TransportSocket) -> Option<T> {
+    let Some(transport_socket::ConfigType::TypedConfig(any)) = &t.config_type else {
+        return None;
+    };
+    (any.type_url == T::type_url())
+        .then(|| T::decode(any.value.as_slice()).ok())
+        .flatten()
+}
+
+fn ads_secret_names(common: Option<&CommonTlsContext>) -> Vec<String> {
+    let Some(common) = common else {
+        return Vec::new();
+    };
+    let validation = match &common.validation_context_type {
+        Some(ValidationContextType::ValidationContextSdsSecretConfig(s)) => Some(s),
+        Some(ValidationContextType::CombinedValidationContext(c)) => {
+            c.validation_context_sds_secret_config.as_ref()
+        }
+        _ => None,
+    };
+    common
+        .tls_certificate_sds_secret_configs
+        .iter()
+        .chain(validation)
+        .filter(|s| {
+            matches!(
+                s.sds_config
+                    .as_ref()
+                    .and_then(|c| c.config_source_specifier.as_ref()),
+                Some(ConfigSourceSpecifier::Ads(_))
+            )
+        })
+        .map(|s| s.name.clone())
+        .collect()
 }
 
 #[cfg(test)]

@@ -11,8 +11,10 @@
 //!
 //! Subscriptions follow from the resources held ([`XdsState::desired`]):
 //! CDS and LDS for every name, EDS for the EDS clusters, RDS for the route
-//! names of HTTP connection managers, LDS only once CDS has been answered
-//! (Envoy's order, so listeners never refer to clusters not yet known).
+//! names of HTTP connection managers, SDS for the secrets TLS contexts name
+//! with an ADS source (a gateway's `kubernetes://` credentials), LDS only
+//! once CDS has been answered (Envoy's order, so listeners never refer to
+//! clusters not yet known).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -150,8 +152,7 @@ impl XdsState {
             }
             ResourceType::Endpoint => named(self.eds_names()),
             ResourceType::Route => named(self.rds_names()),
-            // SDS names come with the certificate work; the type is ready.
-            ResourceType::Secret => None,
+            ResourceType::Secret => named(self.sds_names()),
         }
     }
 
@@ -161,6 +162,19 @@ impl XdsState {
             .values()
             .filter_map(|e| eds_name(&e.resource))
             .map(str::to_string)
+            .collect()
+    }
+
+    fn sds_names(&self) -> BTreeSet<String> {
+        let r = &*self.resources;
+        r.listeners
+            .values()
+            .flat_map(|e| decode::listener_sds_names(&e.resource))
+            .chain(
+                r.clusters
+                    .values()
+                    .flat_map(|e| decode::cluster_sds_names(&e.resource)),
+            )
             .collect()
     }
 
@@ -358,10 +372,15 @@ impl XdsState {
         refused.into_iter().map(|(e, _)| e).collect()
     }
 
-    /// Drops endpoints and routes no cluster or listener refers to any more.
+    /// Drops endpoints, routes and secrets no cluster or listener refers
+    /// to any more.
     fn prune(&mut self) -> bool {
         let mut changed = false;
-        for ty in [ResourceType::Endpoint, ResourceType::Route] {
+        for ty in [
+            ResourceType::Endpoint,
+            ResourceType::Route,
+            ResourceType::Secret,
+        ] {
             let wanted = match self.desired(ty) {
                 Some(Subscription::Names(n)) => n,
                 _ => BTreeSet::new(),

@@ -62,6 +62,7 @@ impl Proxy {
         let records = Arc::new(Records::default());
         let options = Options {
             observer: records.clone(),
+            ..Options::default()
         };
         let task = tokio::spawn(mesh_proxy::proxy::run_with(rx, watch, options));
         wait_listening(ready).await;

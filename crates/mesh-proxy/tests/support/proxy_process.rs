@@ -46,6 +46,8 @@ pub struct RunFlags {
     pub stats: SocketAddr,
     /// `--log-level`.
     pub log_level: &'static str,
+    /// More arguments, appended.
+    pub extra: Vec<String>,
 }
 
 /// The identity flags of a proxy in a pod.
@@ -134,6 +136,7 @@ impl RunFlags {
             health: free_addr(),
             stats: free_addr(),
             log_level: "info",
+            extra: Vec::new(),
         }
     }
 
@@ -186,6 +189,7 @@ impl RunFlags {
             "--log-level".into(),
             self.log_level.into(),
         ]);
+        args.extend(self.extra.iter().cloned());
         args
     }
 }

@@ -12,12 +12,13 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Body;
 use hyper_util::rt::TokioIo;
+use mesh_ca::tls::MeshTls;
 
 use super::body::{ProxyBody, ReplayBody, boxed, empty, full};
 use super::{HttpCtx, Matched, Outcome, is_upgrade, local, request_headers};
 use crate::proxy::pool::{UpstreamError, Wire};
 use crate::proxy::record::{RequestRecord, ResponseFlags};
-use crate::proxy::{ConnInfo, Generation, pick_endpoint};
+use crate::proxy::{ConnInfo, Generation, pick_endpoint, upstream_tls};
 use crate::runtime::Cluster;
 use crate::runtime::action::{Forward, HostRewrite, RetryOn, RetryPolicy, Target, WeightedTarget};
 use crate::runtime::cluster::UpstreamProtocol;
@@ -175,6 +176,7 @@ pub(super) async fn forward<'a>(
                 replay.as_ref(),
                 generation,
                 &ctx.conn,
+                ctx.shared.identity(),
                 timeout,
             );
         }
@@ -237,14 +239,27 @@ pub(super) async fn forward<'a>(
             (Some(d), Some(p)) => Some(d.min(p)),
             (d, p) => d.or(p),
         };
-        let send = pool.send(&address, wire, upstream_req);
-        let result = match limit {
-            None => send.await.map_err(Failure::Upstream),
-            Some(limit) => match tokio::time::timeout_at(limit.into(), send).await {
-                Ok(r) => r.map_err(Failure::Upstream),
-                Err(_) if deadline.is_some_and(|d| d <= limit) => Err(Failure::GlobalTimeout),
-                Err(_) => Err(Failure::PerTryTimeout),
-            },
+        let tls = upstream_tls(
+            generation,
+            ctx.shared.identity().as_ref(),
+            cluster,
+            endpoint.as_deref(),
+        );
+        let result = match tls {
+            Err(e) => Err(Failure::Upstream(e)),
+            Ok(tls) => {
+                let send = pool.send(&address, tls, wire, upstream_req);
+                match limit {
+                    None => send.await.map_err(Failure::Upstream),
+                    Some(limit) => match tokio::time::timeout_at(limit.into(), send).await {
+                        Ok(r) => r.map_err(Failure::Upstream),
+                        Err(_) if deadline.is_some_and(|d| d <= limit) => {
+                            Err(Failure::GlobalTimeout)
+                        }
+                        Err(_) => Err(Failure::PerTryTimeout),
+                    },
+                }
+            }
         };
         let retriable = match (&result, policy) {
             (_, None) => false,
@@ -560,6 +575,7 @@ fn spawn_mirror(
     body: Option<&ReplayBody>,
     generation: &Generation,
     conn: &Arc<ConnInfo>,
+    identity: Option<Arc<MeshTls>>,
     timeout: Option<Duration>,
 ) {
     let (Some(cluster), Some(pool)) = (
@@ -581,7 +597,14 @@ fn spawn_mirror(
     *head.headers_mut() = parts.headers.clone();
     let (head, ()) = head.into_parts();
     let whole = body.map(ReplayBody::share);
-    let conn = conn.clone();
+    let Some((address, endpoint)) =
+        pick_endpoint(&cluster, conn, None, Some(&head.headers), &[], false, 1)
+    else {
+        return;
+    };
+    let Ok(tls) = upstream_tls(generation, identity.as_ref(), &cluster, endpoint.as_deref()) else {
+        return;
+    };
     tokio::spawn(async move {
         let limit = timeout.unwrap_or(Duration::from_secs(15));
         let send = async {
@@ -592,14 +615,9 @@ fn spawn_mirror(
                     None => return,
                 },
             };
-            let Some((address, _)) =
-                pick_endpoint(&cluster, &conn, None, Some(&head.headers), &[], false, 1)
-            else {
-                return;
-            };
             let wire = wire_for(&cluster, head.version, false);
             let req = upstream_request(&head, body, wire, &host);
-            if let Ok(resp) = pool.send(&address, wire, req).await {
+            if let Ok(resp) = pool.send(&address, tls, wire, req).await {
                 // Read to the end so the connection goes back to the pool.
                 let _ = resp.into_body().collect().await;
             }

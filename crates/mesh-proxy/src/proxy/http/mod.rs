@@ -18,6 +18,7 @@ pub mod body;
 mod forward;
 mod idle;
 mod local;
+mod xfcc;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -30,6 +31,8 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpStream;
+
+use super::Stream;
 
 use crate::drain;
 use crate::proxy::record::{RequestRecord, ResponseFlags};
@@ -138,7 +141,7 @@ impl Limits {
 /// for the connection manager's idle timeout, or until a drain asks it to
 /// finish (HTTP/1 closes after the current response, HTTP/2 sends GOAWAY).
 pub(crate) async fn serve(
-    stream: TcpStream,
+    stream: Stream,
     conn: Arc<ConnInfo>,
     hcm: Arc<HttpManager>,
     shared: Arc<Shared>,
@@ -152,9 +155,17 @@ pub(crate) async fn serve(
         .max_request_headers_kb
         .unwrap_or(defaults.max_request_headers_kb)
         .clamp(1, MAX_REQUEST_HEADERS_KB);
-    let first = tokio::select! {
-        f = first_bytes(&stream, hcm.idle_timeout, headers_timeout) => f,
-        () = drain.signaled() => return,
+    let first = match &stream {
+        Stream::Tcp(tcp) => tokio::select! {
+            f = first_bytes(tcp, hcm.idle_timeout, headers_timeout) => f,
+            () = drain.signaled() => return,
+        },
+        // The handshake is done, so the client is there; ALPN says which
+        // protocol it speaks (hyper still detects a preface without it).
+        _ => match conn.session.as_ref().and_then(|s| s.alpn.as_deref()) {
+            Some("h2") => FirstBytes::Http2,
+            _ => FirstBytes::Other,
+        },
     };
     let h2 = match first {
         FirstBytes::Http2 => true,
@@ -621,8 +632,8 @@ async fn process(
     resp
 }
 
-/// `x-forwarded-for`, `x-forwarded-proto` and `x-request-id`, as Envoy
-/// sets them.
+/// `x-forwarded-for`, `x-forwarded-proto`, `x-forwarded-client-cert` and
+/// `x-request-id`, as Envoy sets them.
 fn normalise(req: &mut Request<ProxyBody>, ctx: &HttpCtx, rec: &mut RequestRecord) {
     let edge = ctx.hcm.use_remote_address;
     let headers = req.headers_mut();
@@ -636,6 +647,7 @@ fn normalise(req: &mut Request<ProxyBody>, ctx: &HttpCtx, rec: &mut RequestRecor
             headers.insert("x-forwarded-for", v);
         }
     }
+    xfcc::apply(headers, &ctx.hcm.xfcc, ctx.conn.session.as_ref());
     let scheme = if ctx.conn.tls { "https" } else { "http" };
     if edge || !headers.contains_key("x-forwarded-proto") {
         headers.insert("x-forwarded-proto", HeaderValue::from_static(scheme));

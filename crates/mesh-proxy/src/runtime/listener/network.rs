@@ -70,6 +70,37 @@ pub struct HttpManager {
     /// (or a reset once the response started) (`stream_idle_timeout`;
     /// Envoy's default 5 min, `None` when set to 0).
     pub stream_idle_timeout: Option<Duration>,
+    /// What happens to `x-forwarded-client-cert`.
+    pub xfcc: Xfcc,
+}
+
+/// `forward_client_cert_details` and `set_current_client_cert_details`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Xfcc {
+    /// The mode.
+    pub mode: ForwardClientCert,
+    /// Add the peer's subject.
+    pub subject: bool,
+    /// Add the peer's URI SANs.
+    pub uri: bool,
+    /// Add the peer's DNS SANs.
+    pub dns: bool,
+}
+
+/// `forward_client_cert_details`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ForwardClientCert {
+    /// Drop the header (Envoy's default).
+    #[default]
+    Sanitize,
+    /// Pass it on over mTLS, drop it otherwise.
+    ForwardOnly,
+    /// Over mTLS, append the current peer; drop it otherwise.
+    AppendForward,
+    /// Over mTLS, replace it with the current peer; drop it otherwise.
+    SanitizeSet,
+    /// Always pass it on unchanged.
+    AlwaysForwardOnly,
 }
 
 /// The codec of an HTTP connection manager.
@@ -132,6 +163,30 @@ pub(super) fn terminal(name: &str, any: &Any, at: &str) -> FieldResult<NetworkFi
             any.type_url
         ),
     )
+}
+
+fn xfcc(h: &HttpConnectionManager, at: &str) -> FieldResult<Xfcc> {
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::ForwardClientCertDetails as Mode;
+    let mode = match Mode::try_from(h.forward_client_cert_details) {
+        Ok(Mode::Sanitize) => ForwardClientCert::Sanitize,
+        Ok(Mode::ForwardOnly) => ForwardClientCert::ForwardOnly,
+        Ok(Mode::AppendForward) => ForwardClientCert::AppendForward,
+        Ok(Mode::SanitizeSet) => ForwardClientCert::SanitizeSet,
+        Ok(Mode::AlwaysForwardOnly) => ForwardClientCert::AlwaysForwardOnly,
+        Err(_) => {
+            return invalid(
+                join(at, "forward_client_cert_details"),
+                format!("unknown mode {}", h.forward_client_cert_details),
+            );
+        }
+    };
+    let set = h.set_current_client_cert_details.unwrap_or_default();
+    Ok(Xfcc {
+        mode,
+        subject: set.subject.is_some_and(|b| b.value),
+        uri: set.uri,
+        dns: set.dns,
+    })
 }
 
 fn http_manager(h: &HttpConnectionManager, at: &str) -> FieldResult<HttpManager> {
@@ -219,7 +274,9 @@ fn http_manager(h: &HttpConnectionManager, at: &str) -> FieldResult<HttpManager>
         u.upgrade_type.eq_ignore_ascii_case("websocket")
             && u.enabled.as_ref().is_none_or(|b| b.value)
     });
+    let xfcc = xfcc(h, at)?;
     Ok(HttpManager {
+        xfcc,
         stat_prefix: h.stat_prefix.clone(),
         codec,
         routes,

@@ -1,0 +1,245 @@
+//! The workload identity of the `mesh-proxy` binary: started with the
+//! mesh CA's address (mesh-control's embedded CA on its secure port, in
+//! this process), the mesh root and a token, it obtains its SVID and
+//! serves it wherever a config names the workload SDS secrets `default`
+//! and `ROOTCA` (Istio's `sds-grpc` source): a client of the mesh sees the
+//! proxy's SPIFFE identity and the proxy checks the client's. Without a
+//! token the CA accepts, the proxy has no certificate and refuses the
+//! handshakes instead of serving anything else.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh_api::SpiffeId;
+use mesh_ca::TrustBundle;
+use mesh_ca::client::{Backoff, CertClient, CertClientConfig, StaticToken};
+use mesh_ca::service::CaClient;
+use mesh_ca::tls::{MeshTls, PeerIdentities};
+use mesh_control::ads::AdsServer;
+use mesh_control::secure::{Secure, SecureConfig};
+use mesh_control::source::{DirSource, DirSourceConfig};
+use rustls::pki_types::ServerName;
+use support::proxy_process::{ProxyProcess, RunFlags};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+const GATEWAY: &str = "spiffe://cluster.local/ns/shop/sa/gateway";
+const CLIENT: &str = "spiffe://cluster.local/ns/web/sa/frontend";
+
+/// mesh-control's CA on a loopback port, with its files.
+struct Ca {
+    addr: SocketAddr,
+    dir: tempfile::TempDir,
+    secure: Arc<Secure>,
+    _stop: StopOnDrop,
+}
+
+impl Ca {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config_dir = dir.path().join("config");
+        std::fs::create_dir(&config_dir).unwrap();
+        let config = SecureConfig {
+            ca_dir: dir.path().join("ca"),
+            trust_domain: "cluster.local".into(),
+            extra_names: Vec::new(),
+        };
+        let secure = Arc::new(Secure::load(&config).unwrap());
+        std::fs::write(dir.path().join("root-cert.pem"), secure.root_pem()).unwrap();
+        let (_source, snapshot) = DirSource::load(DirSourceConfig::new(&config_dir)).unwrap();
+        let (_tx, snapshots) = watch::channel(Arc::new(snapshot));
+        let ads = AdsServer::with_default_generator(snapshots);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = StopOnDrop::default();
+        let metrics = mesh_control::secure::register_metrics(&mut Default::default());
+        // `serve` takes the CA by value: serve a second load of the same
+        // directory (same root, same token key).
+        let serving = Secure::load(&config).unwrap();
+        tokio::spawn(serving.serve(listener, ads, metrics, stop.until()));
+        Self {
+            addr,
+            dir,
+            secure,
+            _stop: stop,
+        }
+    }
+
+    fn root_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("root-cert.pem")
+    }
+
+    fn token_file(&self, identity: &str) -> std::path::PathBuf {
+        let token = self
+            .secure
+            .issue_token(&identity.parse().unwrap(), Duration::from_secs(3600))
+            .unwrap();
+        let path = self.dir.path().join(format!("token-{}", identity.len()));
+        std::fs::write(&path, token).unwrap();
+        path
+    }
+
+    /// A certificate for `identity`, as a workload's own client gets it.
+    async fn svid(&self, identity: &str) -> Arc<MeshTls> {
+        let bundle = TrustBundle::from_pem(&self.secure.root_pem()).unwrap();
+        let token = self
+            .secure
+            .issue_token(&identity.parse().unwrap(), Duration::from_secs(3600))
+            .unwrap();
+        let ca = CaClient::new(&format!("https://{}", self.addr), &bundle, "localhost").unwrap();
+        let (client, _watch) = CertClient::new(CertClientConfig {
+            identity: identity.parse().unwrap(),
+            ca,
+            token: Arc::new(StaticToken(token)),
+            bundle,
+            ttl: None,
+            backoff: Backoff::default(),
+        });
+        client.fetch().await.unwrap()
+    }
+
+    /// The proxy's identity flags.
+    fn flags(&self, token_file: &std::path::Path) -> Vec<String> {
+        vec![
+            "--ca-address".into(),
+            format!("https://{}", self.addr),
+            "--ca-server-name".into(),
+            "localhost".into(),
+            "--ca-root-cert".into(),
+            self.root_path().display().to_string(),
+            "--token-file".into(),
+            token_file.display().to_string(),
+            "--identity".into(),
+            GATEWAY.into(),
+        ]
+    }
+}
+
+/// A bootstrap with one listener on `addr` that terminates mesh mTLS with
+/// the workload SDS secrets and proxies TCP to `backend`.
+fn bootstrap(dir: &std::path::Path, addr: SocketAddr, backend: SocketAddr) -> std::path::PathBuf {
+    let sds = |name: &str| {
+        format!(
+            "{{name: {name}, sds_config: {{api_config_source: {{api_type: GRPC, transport_api_version: V3, grpc_services: [{{envoy_grpc: {{cluster_name: sds-grpc}}}}]}}, resource_api_version: V3}}}}"
+        )
+    };
+    let yaml = format!(
+        r#"
+static_resources:
+  listeners:
+  - name: mtls
+    address: {{socket_address: {{address: {ip}, port_value: {port}}}}}
+    filter_chains:
+    - transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          require_client_certificate: true
+          common_tls_context:
+            tls_certificate_sds_secret_configs: [{default}]
+            combined_validation_context:
+              default_validation_context:
+                match_subject_alt_names: [{{prefix: "spiffe://cluster.local/"}}]
+              validation_context_sds_secret_config: {rootca}
+      filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: mtls
+          cluster: backend
+  clusters:
+  - name: backend
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: backend
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: {bip}, port_value: {bport}}}}}}}}}]}}]
+"#,
+        ip = addr.ip(),
+        port = addr.port(),
+        bip = backend.ip(),
+        bport = backend.port(),
+        default = sds("default"),
+        rootca = sds("ROOTCA"),
+    );
+    let path = dir.join("bootstrap.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+/// One round trip over mesh mTLS to `addr` as `client`, expecting the
+/// server to be `server`: the echoed bytes, or why not.
+async fn round_trip(addr: SocketAddr, client: &MeshTls, server: &str) -> Result<Vec<u8>, String> {
+    let expected: SpiffeId = server.parse().unwrap();
+    let config = client
+        .client_config_for(PeerIdentities::one_of([expected]))
+        .unwrap();
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let mut tls = tokio_rustls::TlsConnector::from(config)
+        .connect(ServerName::try_from("mesh").unwrap(), tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    tls.write_all(b"ping").await.map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; 64];
+    let n = tls.read(&mut buf).await.map_err(|e| e.to_string())?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+#[tokio::test]
+async fn proxy_obtains_its_svid_and_serves_mesh_mtls() {
+    bounded(60, async {
+        let ca = Ca::start().await;
+        let backend = tcp_backend("app", None).await;
+        let addr = free_addr();
+        let file = bootstrap(ca.dir.path(), addr, backend);
+        let mut flags = RunFlags::bootstrap(&file);
+        flags.extra = ca.flags(&ca.token_file(GATEWAY));
+        let mut proxy = ProxyProcess::start(flags);
+        proxy.wait_live().await;
+
+        let client = ca.svid(CLIENT).await;
+        let echoed = eventually(Duration::from_secs(20), || async {
+            round_trip(addr, &client, GATEWAY).await.ok()
+        })
+        .await;
+        proxy.assert_running();
+        assert_eq!(
+            echoed.as_deref(),
+            Some(&b"app:ping"[..]),
+            "no mTLS round trip:\n{}",
+            proxy.log()
+        );
+        // The client insists on another identity: the proxy's is refused.
+        let wrong = round_trip(addr, &client, "spiffe://cluster.local/ns/shop/sa/other").await;
+        assert!(wrong.is_err(), "{wrong:?}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn without_a_certificate_the_proxy_refuses_handshakes() {
+    bounded(60, async {
+        let ca = Ca::start().await;
+        let backend = tcp_backend("app", None).await;
+        let addr = free_addr();
+        let file = bootstrap(ca.dir.path(), addr, backend);
+        // A token for another identity: the CA refuses the CSR.
+        let mut flags = RunFlags::bootstrap(&file);
+        flags.extra = ca.flags(&ca.token_file(CLIENT));
+        let mut proxy = ProxyProcess::start(flags);
+        proxy.wait_live().await;
+        let client = ca.svid(CLIENT).await;
+        let result = round_trip(addr, &client, GATEWAY).await;
+        assert!(result.is_err(), "{result:?}");
+        proxy.assert_running();
+    })
+    .await;
+}

@@ -1,0 +1,453 @@
+//! TLS on the data path, with real handshakes on loopback: termination
+//! on a listener's filter chain (server certificate inline or by SDS
+//! name, client certificates checked against the CA and SAN matchers,
+//! `x-forwarded-client-cert` for the app), and origination toward a
+//! cluster (the server checked against the CA and SANs, a client
+//! certificate presented, per-endpoint choice by transport socket match).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use mesh_proxy::resources::Resource;
+use mesh_test_support::certs::{Leaf, TestCa};
+use rcgen::ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use serde_json::{Value, json};
+use support::resources::*;
+use support::*;
+use tokio::net::{TcpListener, TcpStream};
+
+const SERVER_ID: &str = "spiffe://cluster.local/ns/shop/sa/gateway";
+const CLIENT_ID: &str = "spiffe://cluster.local/ns/web/sa/frontend";
+
+fn address(addr: SocketAddr) -> Value {
+    json!({"socketAddress": {"address": addr.ip().to_string(), "portValue": addr.port()}})
+}
+
+fn tls_socket(kind: &str, config: Value) -> Value {
+    let mut typed = config;
+    typed["@type"] = json!(format!(
+        "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.{kind}"
+    ));
+    json!({"name": "envoy.transport_sockets.tls", "typedConfig": typed})
+}
+
+fn inline_cert(leaf: &Leaf) -> Value {
+    json!({"certificateChain": {"inlineString": leaf.cert_pem}, "privateKey": {"inlineString": leaf.key_pem}})
+}
+
+/// A listener on `addr` terminating TLS with `downstream` (a
+/// `DownstreamTlsContext`) and routing everything to cluster `backend`
+/// through a connection manager with the `hcm_extra` fields.
+fn tls_listener(addr: SocketAddr, downstream: Value, hcm_extra: Value) -> Resource {
+    let mut config = json!({"routeConfig": {"name": "r", "virtualHosts": [{"name": "all", "domains": ["*"],
+        "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "backend"}}]}]}});
+    for (k, v) in hcm_extra.as_object().unwrap() {
+        config[k] = v.clone();
+    }
+    listener(json!({"name": "https", "address": address(addr),
+        "listenerFilters": [{"name": "envoy.filters.listener.tls_inspector",
+            "typedConfig": {"@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}}],
+        "filterChains": [{"filterChainMatch": {"transportProtocol": "tls"},
+            "transportSocket": tls_socket("DownstreamTlsContext", downstream),
+            "filters": [hcm(config)]}]}))
+}
+
+fn client_config(ca: &TestCa, cert: Option<&Leaf>) -> Arc<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    roots.add(ca.der()).unwrap();
+    let builder = ClientConfig::builder_with_provider(mesh_ca::crypto_provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    Arc::new(match cert {
+        Some(leaf) => builder
+            .with_client_auth_cert(leaf.chain.clone(), leaf.private_key())
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    })
+}
+
+/// GET `/` over TLS to `addr` with SNI `sni`: the status and body, or the
+/// handshake/request error.
+async fn https_get(
+    addr: SocketAddr,
+    sni: &str,
+    config: Arc<ClientConfig>,
+) -> Result<(u16, String), String> {
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let name = ServerName::try_from(sni.to_string()).unwrap();
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .map_err(|e| format!("http handshake: {e}"))?;
+    tokio::spawn(conn);
+    let req = http::Request::get("/")
+        .header("host", sni)
+        .header(
+            "x-forwarded-client-cert",
+            "URI=spiffe://cluster.local/ns/x/sa/forged",
+        )
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| format!("request: {e}"))?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((
+        status,
+        String::from_utf8_lossy(&body.to_bytes()).into_owned(),
+    ))
+}
+
+/// An HTTPS upstream presenting `leaf`, requiring a client certificate
+/// from `client_ca` when given; answers with what it saw of the
+/// handshake: `sni=<name> peer=<client URI SAN or ->`.
+async fn tls_backend(leaf: &Leaf, client_ca: Option<&TestCa>) -> SocketAddr {
+    let builder = ServerConfig::builder_with_provider(mesh_ca::crypto_provider())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let builder = match client_ca {
+        Some(ca) => {
+            let mut roots = RootCertStore::empty();
+            roots.add(ca.der()).unwrap();
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                mesh_ca::crypto_provider(),
+            )
+            .build()
+            .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let config = builder
+        .with_single_cert(leaf.chain.clone(), leaf.private_key())
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let conn = tls.get_ref().1;
+                let sni = conn.server_name().unwrap_or("-").to_string();
+                let peer = conn
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .map(|c| mesh_proxy::tls::PeerNames::of(c).uris.join(","))
+                    .unwrap_or_else(|| "-".into());
+                let answer = format!("sni={sni} peer={peer}");
+                let service = hyper::service::service_fn(move |_req| {
+                    let answer = answer.clone();
+                    async move {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                            http_body_util::Full::new(Bytes::from(answer)),
+                        ))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+fn echo_headers(body: &str) -> serde_json::Map<String, Value> {
+    let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    v["headers"].as_object().unwrap().clone()
+}
+
+#[tokio::test]
+async fn listener_terminates_tls_and_forwards_plaintext() {
+    bounded(30, async {
+        let ca = TestCa::new("gateway root");
+        let server = ca.leaf(&["shop.example.com"], ServerAuth);
+        let backend = echo("shop", "v1").await;
+        let addr = free_addr();
+        let _proxy = Proxy::start(
+            vec![
+                tls_listener(
+                    addr,
+                    json!({"commonTlsContext": {"tlsCertificates": [inline_cert(&server)],
+                        "alpnProtocols": ["h2", "http/1.1"]}}),
+                    json!({}),
+                ),
+                static_cluster("backend", &[backend.addr]),
+            ],
+            addr,
+        )
+        .await;
+        let (status, body) = https_get(addr, "shop.example.com", client_config(&ca, None))
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{body}");
+        let headers = echo_headers(&body);
+        assert_eq!(headers["x-forwarded-proto"], "https");
+        // Envoy's default (SANITIZE) never lets a client's own XFCC through.
+        assert!(
+            !headers.contains_key("x-forwarded-client-cert"),
+            "{headers:?}"
+        );
+
+        // A client that trusts another CA refuses the proxy's certificate.
+        let other = TestCa::new("other root");
+        let err = https_get(addr, "shop.example.com", client_config(&other, None))
+            .await
+            .unwrap_err();
+        assert!(err.contains("handshake"), "{err}");
+        // Plaintext HTTP matches no chain (transport_protocol tls): closed.
+        let reply = try_send(&h1(), http::Method::GET, addr, "shop.example.com", "/", &[]).await;
+        assert!(reply.is_err(), "{reply:?}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn mutual_tls_checks_the_client_and_tells_the_app_who_it_is() {
+    bounded(30, async {
+        let ca = TestCa::new("mesh root");
+        // The DNS name is for the test's client, which checks names.
+        let server = ca.leaf(&[SERVER_ID, "shop"], ServerAuth);
+        let backend = echo("shop", "v1").await;
+        let addr = free_addr();
+        let _proxy = Proxy::start(
+            vec![
+                tls_listener(
+                    addr,
+                    json!({"requireClientCertificate": true, "commonTlsContext": {
+                        "tlsCertificateSdsSecretConfigs": [{"name": "server-cert"}],
+                        "validationContext": {"trustedCa": {"inlineString": ca.pem()},
+                            "matchSubjectAltNames": [{"prefix": "spiffe://cluster.local/"}]}}}),
+                    json!({"forwardClientCertDetails": "APPEND_FORWARD",
+                        "setCurrentClientCertDetails": {"subject": true, "uri": true, "dns": true}}),
+                ),
+                static_cluster("backend", &[backend.addr]),
+                // The server certificate by SDS name, from the bootstrap's
+                // static secrets.
+                Resource::Secret(
+                    mesh_api::xds::json::from_json(&json!({"name": "server-cert",
+                        "tlsCertificate": inline_cert(&server)}))
+                    .unwrap(),
+                ),
+            ],
+            addr,
+        )
+        .await;
+        let client = ca.leaf(&[CLIENT_ID], ClientAuth);
+        let (status, body) = https_get(addr, "shop", client_config(&ca, Some(&client)))
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{body}");
+        let xfcc = echo_headers(&body)["x-forwarded-client-cert"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        // The client's own (forged) element is kept, as APPEND_FORWARD
+        // does; the proxy's element says who really connected.
+        let ours = xfcc.split(',').next_back().unwrap();
+        assert!(ours.starts_with(&format!("By={SERVER_ID};Hash=")), "{xfcc}");
+        assert!(ours.ends_with(&format!("URI={CLIENT_ID}")), "{xfcc}");
+
+        // No certificate, a certificate of another CA, or an identity
+        // outside the trust domain: refused at the handshake (TLS 1.3
+        // reports it on the first read, hence the request may fail too).
+        let other = TestCa::new("other root");
+        let stranger = other.leaf(&[CLIENT_ID], ClientAuth);
+        let outsider = ca.leaf(&["spiffe://evil.example/ns/web/sa/frontend"], ClientAuth);
+        for (what, config) in [
+            ("no certificate", client_config(&ca, None)),
+            ("another CA", client_config(&ca, Some(&stranger))),
+            ("another trust domain", client_config(&ca, Some(&outsider))),
+        ] {
+            let result = https_get(addr, "shop", config).await;
+            assert!(result.is_err(), "{what}: {result:?}");
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn cluster_originates_tls_and_checks_the_server() {
+    bounded(30, async {
+        let ca = TestCa::new("upstream root");
+        let backend_cert = ca.leaf(&["db.example.com"], ServerAuth);
+        let backend = tls_backend(&backend_cert, Some(&ca)).await;
+        let client = ca.leaf(&[CLIENT_ID], ClientAuth);
+        let upstream = |sans: &str| {
+            tls_socket(
+                "UpstreamTlsContext",
+                json!({"sni": "db.example.com", "commonTlsContext": {
+                    "tlsCertificates": [inline_cert(&client)],
+                    "validationContext": {"trustedCa": {"inlineString": ca.pem()},
+                        "matchTypedSubjectAltNames": [{"sanType": "DNS", "matcher": {"exact": sans}}]}}}),
+            )
+        };
+        let addr = free_addr();
+        let proxy = Proxy::start(
+            vec![
+                http_listener("http", addr, "routes"),
+                route_config(
+                    "routes",
+                    json!([
+                        {"match": {"prefix": "/good"}, "route": {"cluster": "good"}},
+                        {"match": {"prefix": "/wrong-san"}, "route": {"cluster": "wrong-san"}},
+                        {"match": {"prefix": "/plain"}, "route": {"cluster": "plain"}},
+                    ]),
+                ),
+                static_cluster_with(
+                    "good",
+                    &[backend],
+                    json!({"transportSocket": upstream("db.example.com")}),
+                ),
+                static_cluster_with(
+                    "wrong-san",
+                    &[backend],
+                    json!({"transportSocket": upstream("cache.example.com")}),
+                ),
+                static_cluster("plain", &[backend]),
+            ],
+            addr,
+        )
+        .await;
+        let client = h1();
+        let good = get(&client, addr, "db", "/good").await;
+        assert_eq!(good.status, 200);
+        assert_eq!(
+            String::from_utf8_lossy(&good.body),
+            format!("sni=db.example.com peer={CLIENT_ID}")
+        );
+        // A server whose certificate lacks the expected SAN is a
+        // connection failure (503, UF); plaintext gets nowhere either.
+        assert_eq!(get(&client, addr, "db", "/wrong-san").await.status, 503);
+        assert_ne!(get(&client, addr, "db", "/plain").await.status, 200);
+        let flags: Vec<String> = proxy
+            .records
+            .requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.cluster.as_deref() == Some("wrong-san"))
+            .map(|r| r.flags.to_string())
+            .collect();
+        assert_eq!(flags, vec!["UF".to_string()]);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn transport_socket_matches_choose_tls_per_endpoint() {
+    bounded(30, async {
+        let ca = TestCa::new("mesh root");
+        let meshed = tls_backend(&ca.leaf(&[SERVER_ID], ServerAuth), None).await;
+        let plain = echo("legacy", "v1").await;
+        let lb = |addr: SocketAddr, meta: Value| {
+            json!({"endpoint": {"address": address(addr)},
+                "metadata": {"filterMetadata": {"envoy.transport_socket_match": meta}}})
+        };
+        let addr = free_addr();
+        let _proxy = Proxy::start(
+            vec![
+                http_listener("http", addr, "routes"),
+                route_config(
+                    "routes",
+                    json!([{"match": {"prefix": "/"}, "route": {"cluster": "mixed"}}]),
+                ),
+                cluster(json!({"name": "mixed", "type": "STATIC", "connectTimeout": "1s",
+                    "loadAssignment": {"clusterName": "mixed", "endpoints": [{"lbEndpoints": [
+                        lb(meshed, json!({"tlsMode": "istio"})), lb(plain.addr, json!({}))]}]},
+                    "transportSocketMatches": [
+                        {"name": "tlsMode-istio", "match": {"tlsMode": "istio"},
+                         "transportSocket": tls_socket("UpstreamTlsContext", json!({
+                            "sni": "outbound_.80_._.shop.svc.cluster.local",
+                            "commonTlsContext": {"alpnProtocols": ["istio"],
+                                "validationContext": {"trustedCa": {"inlineString": ca.pem()},
+                                    "matchTypedSubjectAltNames": [{"sanType": "URI", "matcher": {"exact": SERVER_ID}}]}}}))},
+                        {"name": "tlsMode-disabled", "match": {},
+                         "transportSocket": {"name": "envoy.transport_sockets.raw_buffer",
+                            "typedConfig": {"@type": "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"}}}]})),
+            ],
+            addr,
+        )
+        .await;
+        let client = h1();
+        let mut answers = std::collections::BTreeSet::new();
+        for _ in 0..6 {
+            let reply = get(&client, addr, "shop", "/").await;
+            assert_eq!(reply.status, 200);
+            let body = String::from_utf8_lossy(&reply.body).into_owned();
+            answers.insert(if body.starts_with("sni=") {
+                body
+            } else {
+                "plaintext echo".to_string()
+            });
+        }
+        assert_eq!(
+            answers.into_iter().collect::<Vec<_>>(),
+            vec![
+                "plaintext echo".to_string(),
+                "sni=outbound_.80_._.shop.svc.cluster.local peer=-".to_string()
+            ]
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_secret_not_received_fails_connections_not_the_config() {
+    bounded(30, async {
+        let backend = echo("shop", "v1").await;
+        let addr = free_addr();
+        let _proxy = Proxy::start(
+            vec![
+                http_listener("http", addr, "routes"),
+                route_config(
+                    "routes",
+                    json!([
+                        {"match": {"prefix": "/tls"}, "route": {"cluster": "needs-secret"}},
+                        {"match": {"prefix": "/"}, "route": {"cluster": "plain"}},
+                    ]),
+                ),
+                static_cluster_with(
+                    "needs-secret",
+                    &[backend.addr],
+                    json!({"transportSocket": tls_socket("UpstreamTlsContext", json!({"commonTlsContext": {
+                        "tlsCertificateSdsSecretConfigs": [{"name": "kubernetes://absent", "sdsConfig": {"ads": {}, "resourceApiVersion": "V3"}}]}}))}),
+                ),
+                static_cluster("plain", &[backend.addr]),
+            ],
+            addr,
+        )
+        .await;
+        let client = h1();
+        assert_eq!(get(&client, addr, "shop", "/tls").await.status, 503);
+        assert_eq!(get(&client, addr, "shop", "/").await.status, 200);
+    })
+    .await;
+}
