@@ -49,6 +49,10 @@ pub const ROOT_CERT_CONFIGMAP: &str = "istio-ca-root-cert";
 pub const SDS_DEFAULT: &str = "default";
 /// SDS resource name of the trust bundle.
 pub const SDS_ROOTCA: &str = "ROOTCA";
+/// Bootstrap cluster of the proxy agent's SDS server, which serves
+/// [`SDS_DEFAULT`] and [`SDS_ROOTCA`] (Istio's name; the bootstrap, never
+/// CDS, defines it).
+pub const SDS_GRPC_CLUSTER: &str = "sds-grpc";
 /// ALPN marker a mesh proxy offers when originating Istio mTLS.
 pub const ALPN_ISTIO: &str = "istio";
 

@@ -10,10 +10,14 @@
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use mesh_api::SpiffeId;
+use mesh_api::wellknown::SDS_GRPC_CLUSTER;
 use mesh_ca::TrustBundle;
+use mesh_ca::client::{Backoff, CertClient, CertClientConfig, StaticToken};
+use mesh_ca::sds::SdsServer;
 use mesh_ca::service::CaClient;
 use mesh_test_support::envoy::{Envoy, http_get, router_bootstrap};
 use mesh_test_support::{free_port, wait_for, workspace_root};
@@ -119,10 +123,96 @@ fn tls_bootstrap(name: &str, port: u16, root: &Path) -> String {
     yaml
 }
 
+/// The gateway's agent: a certificate client of the embedded CA and the
+/// SDS server Envoy's `sds-grpc` cluster reaches on a Unix socket, serving
+/// `default` and `ROOTCA` (the workload certificates the translated
+/// clusters reference). Stopped with its runtime on drop.
+struct Agent {
+    _runtime: tokio::runtime::Runtime,
+    dir: tempfile::TempDir,
+}
+
+impl Agent {
+    fn start(cp: &Secure, identity: &str) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = TrustBundle::from_pem(&std::fs::read_to_string(cp.root()).unwrap()).unwrap();
+        let identity: SpiffeId = identity.parse().unwrap();
+        let token = cp.token(&identity.to_string());
+        let socket = dir.path().join("sds.sock");
+        let secure_port = cp.secure_port;
+        runtime.block_on(async {
+            let ca = CaClient::new(
+                &format!("https://127.0.0.1:{secure_port}"),
+                &bundle,
+                "istiod.istio-system.svc",
+            )
+            .unwrap();
+            let (client, watch) = CertClient::new(CertClientConfig {
+                identity,
+                ca,
+                token: Arc::new(StaticToken(token)),
+                bundle: bundle.clone(),
+                ttl: None,
+                backoff: Backoff {
+                    initial: Duration::from_millis(100),
+                    max: Duration::from_secs(1),
+                },
+            });
+            tokio::spawn(client.run());
+            let sds = SdsServer::new(&watch, bundle);
+            tokio::spawn(async move { sds.serve_uds(&socket, std::future::pending()).await });
+        });
+        let agent = Self {
+            _runtime: runtime,
+            dir,
+        };
+        assert!(
+            wait_for(WAIT, || agent.socket().exists().then_some(())).is_some(),
+            "the agent's SDS socket never appeared"
+        );
+        agent
+    }
+
+    fn socket(&self) -> std::path::PathBuf {
+        self.dir.path().join("sds.sock")
+    }
+}
+
+/// The bootstrap's `sds-grpc` cluster (Istio's), to the agent's socket;
+/// appended to the static clusters of [`router_bootstrap`].
+fn sds_cluster(socket: &Path) -> String {
+    format!(
+        r#"  - name: {SDS_GRPC_CLUSTER}
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}
+    load_assignment:
+      cluster_name: {SDS_GRPC_CLUSTER}
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{pipe: {{path: {}}}}}}}
+"#,
+        socket.display()
+    )
+}
+
 #[test]
 fn envoy_gets_its_config_over_tls_only_when_it_trusts_the_mesh_root() {
     let cp = Secure::start();
-    let envoy = Envoy::start(&tls_bootstrap("gw-trusting", cp.secure_port, &cp.root()));
+    // The translated clusters take their mTLS certificates from the agent
+    // (`sds-grpc`), as in Istio; without it they would never warm.
+    let agent = Agent::start(&cp, "spiffe://cluster.local/ns/istio-system/sa/gw-trusting");
+    let bootstrap =
+        tls_bootstrap("gw-trusting", cp.secure_port, &cp.root()) + &sds_cluster(&agent.socket());
+    let envoy = Envoy::start(&bootstrap);
     let synced = wait_for(WAIT, || {
         let status = cp.status_of("gw-trusting")?;
         (status["CDS"] == "SYNCED" && status["LDS"] == "SYNCED").then_some(status)

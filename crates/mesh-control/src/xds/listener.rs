@@ -51,6 +51,7 @@ use crate::snapshot::namespace_of;
 
 mod gateway;
 mod inbound;
+mod inbound_tls;
 mod tcp;
 
 pub(crate) use gateway::drop_unservable_chains;

@@ -20,8 +20,10 @@ use crate::snapshot::Snapshot;
 pub mod cluster;
 pub mod endpoint;
 pub mod listener;
+pub mod peer_auth;
 pub mod route;
 pub mod scope;
+pub(crate) mod sds_source;
 pub mod secret;
 pub mod shape;
 

@@ -7,7 +7,8 @@
 //! `sourceLabels` select it, on the DestinationRules whose
 //! `workloadSelector` selects it, and on its locality (locality load
 //! balancing weighs endpoints relative to it). Its inbound part depends only
-//! on the ports its workload serves. Every pod of a deployment therefore
+//! on the ports its workload serves and the PeerAuthentication modes of
+//! its workload (which read its labels and namespace). Every pod of a deployment therefore
 //! shares both parts, and usually every pod of a namespace shares the
 //! outbound part, which is almost all of the bytes.
 //!
@@ -25,6 +26,7 @@ use std::sync::Arc;
 use mesh_api::networking::destination_rule::TrafficPolicy;
 
 use super::cluster::{InboundPort, inbound_ports};
+use super::peer_auth::InboundMtls;
 use super::{Part, ProxyScope};
 use crate::model::Locality;
 use crate::proxy::{ProxyInfo, ProxyRole};
@@ -35,8 +37,9 @@ use crate::snapshot::{Snapshot, name_of, namespace_of};
 pub enum ShapeKey {
     /// A sidecar's outbound part.
     Outbound(OutboundShape),
-    /// A sidecar's inbound part.
-    Inbound(Vec<InboundPort>),
+    /// A sidecar's inbound part: its ports and the PeerAuthentication
+    /// modes that apply to them.
+    Inbound(Vec<InboundPort>, InboundMtls),
     /// Everything of a gateway (or of a proxy translated whole).
     Whole(WholeShape),
 }
@@ -79,7 +82,7 @@ impl ShapeKey {
         }
         let scope = ProxyScope::new(snapshot, proxy);
         match part {
-            Part::Inbound => Self::Inbound(inbound_ports(&scope)),
+            Part::Inbound => Self::Inbound(inbound_ports(&scope), InboundMtls::of(snapshot, proxy)),
             _ => Self::Outbound(OutboundShape::of(&scope)),
         }
     }

@@ -104,6 +104,20 @@ pub fn validate(resources: &ProxyResources, proxy: &str) -> Result<(), String> {
         },
         "loadAssignment": {"clusterName": "xds-grpc", "endpoints": [{"lbEndpoints": [{"endpoint": {"address": {"socketAddress": {"address": "127.0.0.1", "portValue": 15010}}}}]}]}
     }));
+    // Workload certificates come from the agent's SDS server through this
+    // bootstrap cluster, as in Istio's bootstrap.
+    clusters.push(json!({
+        "name": mesh_api::wellknown::SDS_GRPC_CLUSTER,
+        "type": "STATIC",
+        "connectTimeout": "1s",
+        "typedExtensionProtocolOptions": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicitHttpConfig": {"http2ProtocolOptions": {}}
+            }
+        },
+        "loadAssignment": {"clusterName": mesh_api::wellknown::SDS_GRPC_CLUSTER, "endpoints": [{"lbEndpoints": [{"endpoint": {"address": {"pipe": {"path": "./var/run/secrets/workload-spiffe-uds/socket"}}}}]}]}
+    }));
     let mut listeners: Vec<Value> = resources
         .listeners
         .iter()

@@ -215,13 +215,26 @@ fn listener_table_has_a_row_per_filter_chain() {
         ],
         ["0.0.0.0", "9080", "ALL", "Route: 9080"],
         ["0.0.0.0", "15001", "ALL", "PassthroughCluster"],
+        // PERMISSIVE by default: each inbound port takes mesh mTLS and
+        // plaintext, as istioctl shows Istio's chains.
         [
             "0.0.0.0",
             "15006",
-            "Addr: *:9080",
+            "Trans: tls; App: istio-peer-exchange,istio,istio-http/1.0,istio-http/1.1,istio-h2; Addr: *:9080",
             "Cluster: inbound|9080||",
         ],
-        ["0.0.0.0", "15006", "ALL", "InboundPassthroughCluster"],
+        [
+            "0.0.0.0",
+            "15006",
+            "Trans: raw_buffer; Addr: *:9080",
+            "Cluster: inbound|9080||",
+        ],
+        [
+            "0.0.0.0",
+            "15006",
+            "Trans: raw_buffer",
+            "InboundPassthroughCluster",
+        ],
     ] {
         assert!(
             rows.contains(&row.to_vec()),
@@ -244,7 +257,9 @@ fn listener_table_has_a_row_per_filter_chain() {
         port: Some(15006),
         ..Default::default()
     };
-    assert_eq!(listener::table(&dump.listeners(), &inbound).rows.len(), 2);
+    // Three passthrough chains (mesh TLS with and without ALPN, plaintext)
+    // and a TLS and a plaintext chain for port 9080.
+    assert_eq!(listener::table(&dump.listeners(), &inbound).rows.len(), 5);
 }
 
 #[test]

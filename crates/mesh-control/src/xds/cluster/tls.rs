@@ -27,6 +27,7 @@ use mesh_api::wellknown::{ALPN_ISTIO, SDS_DEFAULT, SDS_ROOTCA};
 use crate::model::{Location, Service};
 use crate::snapshot::namespace_of;
 use crate::xds::ProxyScope;
+use crate::xds::sds_source::workload_sds;
 
 /// Endpoint metadata key (under `envoy.transport_socket_match`) and value
 /// marking a workload that runs a mesh proxy.
@@ -180,6 +181,7 @@ fn ads() -> ConfigSource {
     }
 }
 
+/// A `kubernetes://` credential, served by the control plane over ADS.
 fn sds(name: &str) -> SdsSecretConfig {
     SdsSecretConfig {
         name: name.to_string(),
@@ -226,13 +228,13 @@ fn alpn(mesh: bool, http2: bool) -> Vec<String> {
 }
 
 /// ISTIO_MUTUAL: the workload certificate (`default`) and trust bundle
-/// (`ROOTCA`) from SDS over ADS, ALPN `istio`, the Istio SNI, and the
+/// (`ROOTCA`) from the agent's SDS server (`sds-grpc`), ALPN `istio`, the Istio SNI, and the
 /// destination's SPIFFE ids as accepted SANs.
 fn istio_mutual_context(sni: String, sans: &[String], http2: bool) -> UpstreamTlsContext {
     UpstreamTlsContext {
         sni,
         common_tls_context: Some(CommonTlsContext {
-            tls_certificate_sds_secret_configs: vec![sds(SDS_DEFAULT)],
+            tls_certificate_sds_secret_configs: vec![workload_sds(SDS_DEFAULT)],
             validation_context_type: Some(ValidationContextType::CombinedValidationContext(
                 CombinedCertificateValidationContext {
                     default_validation_context: Some(CertificateValidationContext {
@@ -242,7 +244,7 @@ fn istio_mutual_context(sni: String, sans: &[String], http2: bool) -> UpstreamTl
                             .collect(),
                         ..Default::default()
                     }),
-                    validation_context_sds_secret_config: Some(sds(SDS_ROOTCA)),
+                    validation_context_sds_secret_config: Some(workload_sds(SDS_ROOTCA)),
                     ..Default::default()
                 },
             )),

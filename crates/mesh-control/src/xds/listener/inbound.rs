@@ -6,14 +6,18 @@
 //! inspector recognises) and TCP, and the inspector runs for those ports
 //! only.
 //!
-//! TODO(mtls): inbound chains are plaintext for now; PeerAuthentication
-//! (STRICT/PERMISSIVE) adds TLS-matched chains with the workload's SVID in
-//! a later change.
+//! PeerAuthentication decides how each port's chains match TLS (see
+//! [`super::inbound_tls`]): STRICT ports terminate Istio mTLS only,
+//! PERMISSIVE ports take both, DISABLE ports plaintext. Traffic to ports no
+//! service declares passes through under the workload-level mode, or under
+//! a port-level mode a PeerAuthentication gives that port.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
-use envoy_types::pb::envoy::config::listener::v3::{FilterChain, FilterChainMatch, Listener};
+use envoy_types::pb::envoy::config::listener::v3::{
+    Filter, FilterChain, FilterChainMatch, Listener,
+};
 use envoy_types::pb::envoy::config::route::v3::{
     Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, route, route_action,
     route_match,
@@ -22,14 +26,29 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy;
 use envoy_types::pb::google::protobuf::{Duration as PbDuration, UInt32Value};
 
+use super::inbound_tls::{
+    ChainKind, ChainSpec, chain_specs, downstream_mtls_socket, forward_client_cert,
+    tls_inspector_for,
+};
 use super::{
-    INBOUND_CAPTURE_PORT, build_hcm, hcm_filter, http_inspector, original_dst, sniffed_http_match,
-    socket_address, tcp_proxy_filter,
+    INBOUND_CAPTURE_PORT, build_hcm, hcm_filter, http_inspector, original_dst, socket_address,
+    tcp_proxy_filter,
 };
 use crate::model::Protocol;
+use crate::xds::peer_auth::InboundMtls;
 use crate::xds::{
     INBOUND_PASSTHROUGH_CLUSTER, ProxyScope, VIRTUAL_INBOUND_LISTENER, inbound_cluster_name,
 };
+
+/// Where a chain sends its traffic.
+#[derive(Clone, Copy)]
+enum Upstream {
+    /// A service port of the workload: `inbound|<port>||`.
+    Port(u16),
+    /// `InboundPassthroughCluster`, for ports no service declares: on one
+    /// port (`Some`, a port-level PeerAuthentication) or any (`None`).
+    Passthrough(Option<u16>),
+}
 
 /// The workload ports this proxy serves, with their protocol: the same
 /// list the cluster builder uses, so every chain's cluster exists.
@@ -41,36 +60,53 @@ pub(crate) fn inbound_ports(scope: &ProxyScope<'_>) -> BTreeMap<u16, Protocol> {
 }
 
 pub(super) fn virtual_inbound(scope: &ProxyScope<'_>) -> Listener {
-    let ports = inbound_ports(scope);
-    let ports = ports
+    let mtls = InboundMtls::of(scope.snapshot, scope.proxy);
+    let trust_domain = scope.snapshot.mesh.trust_domain();
+    let ports: BTreeMap<u16, Protocol> = inbound_ports(scope)
         .into_iter()
-        .filter(|(port, _)| *port != INBOUND_CAPTURE_PORT);
-    let mut sniffed = BTreeSet::new();
+        .filter(|(port, _)| *port != INBOUND_CAPTURE_PORT)
+        .collect();
     let mut chains = Vec::new();
-    for (port, protocol) in ports {
-        if protocol == Protocol::Unsupported {
-            sniffed.insert(port);
-            let mut http = inbound_chain(port, Protocol::Http);
-            http.name = format!("0.0.0.0_{port}_http");
-            if let Some(m) = http.filter_chain_match.as_mut() {
-                m.application_protocols = sniffed_http_match().application_protocols;
-            }
-            chains.push(http);
-        }
-        chains.push(inbound_chain(port, protocol));
+    for (&port, &protocol) in &ports {
+        let specs = chain_specs(protocol, mtls.port(port));
+        chains.extend(
+            specs
+                .iter()
+                .map(|spec| chain(Upstream::Port(port), spec, trust_domain)),
+        );
     }
+    // A port-level mode on a port no service declares still applies to the
+    // traffic passing through to it (as in Istio).
+    let mut own_ports: BTreeSet<u16> = ports.keys().copied().collect();
+    for (&port, &mode) in &mtls.ports {
+        if ports.contains_key(&port) || port == INBOUND_CAPTURE_PORT || mode == mtls.workload {
+            continue;
+        }
+        own_ports.insert(port);
+        let specs = chain_specs(Protocol::Tcp, mode);
+        chains.extend(
+            specs
+                .iter()
+                .map(|spec| chain(Upstream::Passthrough(Some(port)), spec, trust_domain)),
+        );
+    }
+    let specs = chain_specs(Protocol::Tcp, mtls.workload);
+    chains.extend(
+        specs
+            .iter()
+            .map(|spec| chain(Upstream::Passthrough(None), spec, trust_domain)),
+    );
+    // TLS inspection first: the HTTP inspector leaves TLS alone.
     let mut listener_filters = vec![original_dst()];
+    listener_filters.extend(tls_inspector_for(&mtls, &own_ports));
+    let sniffed: BTreeSet<u16> = ports
+        .iter()
+        .filter(|(_, p)| **p == Protocol::Unsupported)
+        .map(|(port, _)| *port)
+        .collect();
     if !sniffed.is_empty() {
         listener_filters.push(http_inspector(&sniffed));
     }
-    chains.push(FilterChain {
-        name: VIRTUAL_INBOUND_LISTENER.into(),
-        filters: vec![tcp_proxy_filter(
-            INBOUND_PASSTHROUGH_CLUSTER,
-            tcp_proxy::ClusterSpecifier::Cluster(INBOUND_PASSTHROUGH_CLUSTER.into()),
-        )],
-        ..Default::default()
-    });
     // Not `use_original_dst`: that would hand inbound connections to the
     // outbound `0.0.0.0_<port>` listeners. The original_dst listener filter
     // restores the destination so chains can match its port, as Istio does.
@@ -84,30 +120,63 @@ pub(super) fn virtual_inbound(scope: &ProxyScope<'_>) -> Listener {
     }
 }
 
-fn inbound_chain(port: u16, protocol: Protocol) -> FilterChain {
-    let cluster = inbound_cluster_name(port);
-    let filter = if protocol.is_http() {
-        let hcm = build_hcm(
-            &format!("inbound_0.0.0.0_{port}"),
-            http_connection_manager::RouteSpecifier::RouteConfig(inbound_route_config(port)),
-            false,
-        );
-        hcm_filter(hcm)
-    } else {
-        tcp_proxy_filter(
-            &cluster,
-            tcp_proxy::ClusterSpecifier::Cluster(cluster.clone()),
-        )
+/// One chain: `0.0.0.0_<port><suffix>` for a port, `virtualInbound<suffix>`
+/// for the catch-all passthrough (whose plaintext chain keeps the plain
+/// name `virtualInbound`).
+fn chain(upstream: Upstream, spec: &ChainSpec, trust_domain: &str) -> FilterChain {
+    let (name, port) = match upstream {
+        Upstream::Port(port) | Upstream::Passthrough(Some(port)) => {
+            (format!("0.0.0.0_{port}{}", spec.suffix), Some(port))
+        }
+        Upstream::Passthrough(None) => {
+            let suffix = spec.suffix.replacen('_', "-", 1);
+            (format!("{VIRTUAL_INBOUND_LISTENER}{suffix}"), None)
+        }
+    };
+    let filter = match (upstream, spec.kind) {
+        (Upstream::Port(port), ChainKind::Http) => http_filter(port, spec.terminate),
+        (Upstream::Port(port), ChainKind::Tcp) => {
+            let cluster = inbound_cluster_name(port);
+            tcp_proxy_filter(
+                &cluster,
+                tcp_proxy::ClusterSpecifier::Cluster(cluster.clone()),
+            )
+        }
+        (Upstream::Passthrough(_), _) => tcp_proxy_filter(
+            INBOUND_PASSTHROUGH_CLUSTER,
+            tcp_proxy::ClusterSpecifier::Cluster(INBOUND_PASSTHROUGH_CLUSTER.into()),
+        ),
+    };
+    let filter_chain_match = FilterChainMatch {
+        destination_port: port.map(|p| UInt32Value { value: p.into() }),
+        transport_protocol: spec.transport.unwrap_or_default().into(),
+        application_protocols: spec.alpns.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
     };
     FilterChain {
-        name: format!("0.0.0.0_{port}"),
-        filter_chain_match: Some(FilterChainMatch {
-            destination_port: Some(UInt32Value { value: port.into() }),
-            ..Default::default()
-        }),
+        name,
+        filter_chain_match: (filter_chain_match != FilterChainMatch::default())
+            .then_some(filter_chain_match),
         filters: vec![filter],
+        transport_socket: spec
+            .terminate
+            .then(|| downstream_mtls_socket(trust_domain, spec.kind)),
         ..Default::default()
     }
+}
+
+/// The HTTP connection manager of a port's HTTP chain; chains terminating
+/// mTLS tell the application who the peer is.
+fn http_filter(port: u16, mtls: bool) -> Filter {
+    let mut hcm = build_hcm(
+        &format!("inbound_0.0.0.0_{port}"),
+        http_connection_manager::RouteSpecifier::RouteConfig(inbound_route_config(port)),
+        false,
+    );
+    if mtls {
+        forward_client_cert(&mut hcm);
+    }
+    hcm_filter(hcm)
 }
 
 /// The inline route of an inbound HTTP chain: everything to the local
@@ -141,3 +210,7 @@ fn inbound_route_config(port: u16) -> RouteConfiguration {
         ..Default::default()
     }
 }
+
+#[cfg(test)]
+#[path = "inbound_tests.rs"]
+mod tests;

@@ -123,19 +123,32 @@ fn sidecar_listeners() {
     );
     let vi = listener(&listeners, "virtualInbound");
     let chains = vi["filterChains"].as_array().unwrap();
-    assert_eq!(chains[0]["filterChainMatch"]["destinationPort"], 9080);
-    let inbound_hcm = &chains[0]["filters"][0]["typedConfig"];
+    let chain = |name: &str| {
+        chains
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no chain {name}"))
+    };
+    // No PeerAuthentication: PERMISSIVE, plaintext and mTLS chains per port.
+    let plain = chain("0.0.0.0_9080");
+    assert_eq!(plain["filterChainMatch"]["destinationPort"], 9080);
+    assert_eq!(plain["filterChainMatch"]["transportProtocol"], "raw_buffer");
+    let inbound_hcm = &plain["filters"][0]["typedConfig"];
     assert_eq!(inbound_hcm["routeConfig"]["name"], "inbound|9080||");
     assert_eq!(
         inbound_hcm["routeConfig"]["virtualHosts"][0]["routes"][0]["route"]["cluster"],
         "inbound|9080||"
     );
     assert_eq!(
-        chains[1]["filters"][0]["typedConfig"]["cluster"],
+        chain("0.0.0.0_9080_mtls")["filterChainMatch"]["transportProtocol"],
+        "tls"
+    );
+    assert_eq!(
+        chain("0.0.0.0_9999")["filters"][0]["typedConfig"]["cluster"],
         "inbound|9999||"
     );
     assert_eq!(
-        chains[2]["filters"][0]["typedConfig"]["cluster"],
+        chain("virtualInbound")["filters"][0]["typedConfig"]["cluster"],
         "InboundPassthroughCluster"
     );
 }
