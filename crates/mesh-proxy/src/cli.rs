@@ -52,6 +52,10 @@ pub enum Command {
     /// Install (or with --cleanup remove) Istio's traffic-capture rules in
     /// the current network namespace.
     Iptables(crate::iptables::Args),
+    /// Run only the workload-certificate agent: fetch and rotate the SVID
+    /// and serve it over SDS on a Unix socket, for a stock Envoy sidecar
+    /// (Istio's pilot-agent role).
+    Agent(crate::agent::AgentArgs),
     /// Print the version.
     Version,
 }
@@ -143,7 +147,17 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Cli {
     let first = args.get(1).and_then(|a| a.to_str());
     let explicit = matches!(
         first,
-        Some("run" | "iptables" | "version" | "help" | "-h" | "--help" | "-V" | "--version")
+        Some(
+            "run"
+                | "iptables"
+                | "agent"
+                | "version"
+                | "help"
+                | "-h"
+                | "--help"
+                | "-V"
+                | "--version"
+        )
     );
     if !explicit {
         args.insert(1.min(args.len()), "run".into());
@@ -159,6 +173,11 @@ pub fn main(cli: Cli) -> ExitCode {
             Ok(())
         }
         Command::Iptables(args) => crate::iptables::run(&args).map_err(anyhow::Error::from),
+        Command::Agent(args) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")
+            .and_then(|rt| rt.block_on(crate::agent::run(args))),
         Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(args.concurrency.max(1))
             .enable_all()
@@ -201,7 +220,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 
 /// Installs the global subscriber with a reloadable filter; the control
 /// `/logging` uses.
-fn init_logging(format: LogFormat, level: &str) -> anyhow::Result<LogControl> {
+pub(crate) fn init_logging(format: LogFormat, level: &str) -> anyhow::Result<LogControl> {
     let filter = EnvFilter::try_new(level)
         .with_context(|| format!("--log-level {level:?} is not a valid filter"))?;
     let (filter, handle) = reload::Layer::new(filter);
@@ -275,6 +294,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let registry = Arc::new(RwLock::new(Registry::default()));
     let telemetry = crate::telemetry::Telemetry::start(&args.telemetry, &node, &registry)?;
     args.http_limits.apply();
+    let identity = crate::tls::identity::start(
+        &args.identity,
+        args.pod_namespace.as_deref(),
+        args.service_account.as_deref(),
+    )?;
     let state = AdminState {
         config: config.clone(),
         bootstrap: Arc::new(bootstrap),
@@ -282,6 +306,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         logging,
         lifecycle: lifecycle.clone(),
         started,
+        identity: identity.clone(),
     };
 
     // Servers stop when `stop` flips; the data path stops through the drain.
@@ -315,11 +340,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         tokio::spawn(xds::run(config, publisher, stopped()))
     });
 
-    let identity = crate::tls::identity::start(
-        &args.identity,
-        args.pod_namespace.as_deref(),
-        args.service_account.as_deref(),
-    )?;
     let (trigger, drain_watch) = drain::channel();
     let mut data_path = tokio::spawn(serve_data_path(
         config.runtime.clone(),
@@ -327,7 +347,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         drain_watch,
         crate::proxy::Options {
             observer: telemetry,
-            identity,
+            identity: identity.map(|started| started.certs),
         },
     ));
     let mut trigger = Some(trigger);
@@ -431,7 +451,7 @@ async fn serve_data_path(
 }
 
 /// SIGTERM and SIGINT, registered once so none is missed between waits.
-struct Signals {
+pub(crate) struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
 }
@@ -439,7 +459,7 @@ struct Signals {
 // === impl Signals ===
 
 impl Signals {
-    fn new() -> anyhow::Result<Self> {
+    pub(crate) fn new() -> anyhow::Result<Self> {
         use tokio::signal::unix::{SignalKind, signal};
         Ok(Self {
             term: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
@@ -448,7 +468,7 @@ impl Signals {
     }
 
     /// Resolves on the next SIGTERM or SIGINT.
-    async fn next(&mut self) {
+    pub(crate) async fn next(&mut self) {
         tokio::select! {
             _ = self.term.recv() => {}
             _ = self.int.recv() => {}

@@ -12,6 +12,7 @@
 //! config they started with.
 
 pub mod admin;
+pub mod agent;
 pub mod bootstrap;
 pub mod cli;
 pub mod drain;

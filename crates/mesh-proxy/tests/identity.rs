@@ -3,9 +3,11 @@
 //! this process), the mesh root and a token, it obtains its SVID and
 //! serves it wherever a config names the workload SDS secrets `default`
 //! and `ROOTCA` (Istio's `sds-grpc` source): a client of the mesh sees the
-//! proxy's SPIFFE identity and the proxy checks the client's. Without a
-//! token the CA accepts, the proxy has no certificate and refuses the
-//! handshakes instead of serving anything else.
+//! proxy's SPIFFE identity and the proxy checks the client's, and the
+//! admin API shows the certificate (`/certs`, `/config_dump`). Without a
+//! token the CA accepts, the proxy has no certificate, is not ready and
+//! refuses the handshakes instead of serving anything else. `mesh-proxy
+//! agent` does the same for a stock Envoy over SDS on a Unix socket.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -24,7 +26,7 @@ use mesh_control::ads::AdsServer;
 use mesh_control::secure::{Secure, SecureConfig};
 use mesh_control::source::{DirSource, DirSourceConfig};
 use rustls::pki_types::ServerName;
-use support::proxy_process::{ProxyProcess, RunFlags};
+use support::proxy_process::{self, ProxyProcess, RunFlags};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -125,6 +127,38 @@ impl Ca {
 /// A bootstrap with one listener on `addr` that terminates mesh mTLS with
 /// the workload SDS secrets and proxies TCP to `backend`.
 fn bootstrap(dir: &std::path::Path, addr: SocketAddr, backend: SocketAddr) -> std::path::PathBuf {
+    let path = dir.join("bootstrap.yaml");
+    std::fs::write(&path, bootstrap_yaml(addr, backend, None)).unwrap();
+    path
+}
+
+/// The bootstrap text; with `agent`, also the node and admin a stock Envoy
+/// needs and the `sds-grpc` cluster on the agent's socket (as Istio's).
+fn bootstrap_yaml(
+    addr: SocketAddr,
+    backend: SocketAddr,
+    agent: Option<&std::path::Path>,
+) -> String {
+    let envoy = agent.map_or(String::new(), |socket| {
+        format!(
+            r#"
+  - name: sds-grpc
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}
+    load_assignment:
+      cluster_name: sds-grpc
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{pipe: {{path: {socket}}}}}}}}}]}}]
+node: {{id: sidecar~127.0.0.1~gateway.shop~shop.svc.cluster.local, cluster: gateway.shop}}
+admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {{admin_port}}}}}}
+"#,
+            socket = socket.display()
+        )
+    });
     let sds = |name: &str| {
         format!(
             "{{name: {name}, sds_config: {{api_config_source: {{api_type: GRPC, transport_api_version: V3, grpc_services: [{{envoy_grpc: {{cluster_name: sds-grpc}}}}]}}, resource_api_version: V3}}}}"
@@ -169,9 +203,7 @@ static_resources:
         default = sds("default"),
         rootca = sds("ROOTCA"),
     );
-    let path = dir.join("bootstrap.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    path
+    yaml + &envoy
 }
 
 /// One round trip over mesh mTLS to `addr` as `client`, expecting the
@@ -220,6 +252,26 @@ async fn proxy_obtains_its_svid_and_serves_mesh_mtls() {
         // The client insists on another identity: the proxy's is refused.
         let wrong = round_trip(addr, &client, "spiffe://cluster.local/ns/shop/sa/other").await;
         assert!(wrong.is_err(), "{wrong:?}");
+
+        // The admin API shows the SVID and the roots as Envoy shows what
+        // its agent served, the key redacted.
+        let admin = proxy.flags.admin;
+        let (_, certs) = admin_get(admin, "/certs").await.unwrap();
+        assert!(certs.contains(GATEWAY), "{certs}");
+        let dump = config_dump(admin, "").await;
+        let secrets = dump_section(&dump, "SecretsConfigDump");
+        let names: Vec<&str> = secrets["dynamic_active_secrets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s["name"].as_str())
+            .collect();
+        assert_eq!(names, ["default", "ROOTCA"], "{secrets:#}");
+        let text = secrets.to_string();
+        assert!(
+            text.contains("[redacted]") && !text.contains("PRIVATE KEY"),
+            "{text}"
+        );
     })
     .await;
 }
@@ -235,11 +287,61 @@ async fn without_a_certificate_the_proxy_refuses_handshakes() {
         let mut flags = RunFlags::bootstrap(&file);
         flags.extra = ca.flags(&ca.token_file(CLIENT));
         let mut proxy = ProxyProcess::start(flags);
-        proxy.wait_live().await;
+        // Not ready: its config is in but its certificate is not.
+        let health = proxy.flags.health;
+        let waiting = eventually(Duration::from_secs(20), || async {
+            admin_get(health, "/healthz/ready")
+                .await
+                .filter(|(_, body)| body.contains("certificate"))
+        })
+        .await;
+        assert_eq!(waiting.map(|(code, _)| code), Some(503), "{}", proxy.log());
         let client = ca.svid(CLIENT).await;
         let result = round_trip(addr, &client, GATEWAY).await;
         assert!(result.is_err(), "{result:?}");
         proxy.assert_running();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_agent_serves_the_svid_to_a_stock_envoy_over_sds() {
+    bounded(90, async {
+        let ca = Ca::start().await;
+        let backend = tcp_backend("app", None).await;
+        let socket = ca.dir.path().join("sds/socket");
+        let mut agent = mesh_test_support::process::Process::spawn(
+            std::process::Command::new(proxy_process::BINARY)
+                .arg("agent")
+                .arg("--sds-socket")
+                .arg(&socket)
+                .args(ca.flags(&ca.token_file(GATEWAY)))
+                .stderr(std::process::Stdio::null()),
+        );
+        let addr = free_addr();
+        let envoy =
+            mesh_test_support::envoy::Envoy::start(&bootstrap_yaml(addr, backend, Some(&socket)));
+        let client = ca.svid(CLIENT).await;
+        let echoed = eventually(Duration::from_secs(30), || async {
+            round_trip(addr, &client, GATEWAY).await.ok()
+        })
+        .await;
+        assert!(agent.exited().is_none(), "the agent exited");
+        assert_eq!(
+            echoed.as_deref(),
+            Some(&b"app:ping"[..]),
+            "no mTLS round trip through Envoy:\n{}",
+            envoy.log()
+        );
+        // Envoy shows the workload certificate it got, as with Istio's agent.
+        let certs = envoy.admin("/certs").unwrap_or_default();
+        assert!(certs.contains(GATEWAY), "{certs}");
+        agent.signal("-TERM");
+        let gone = eventually(Duration::from_secs(10), || async {
+            (!socket.exists()).then_some(())
+        })
+        .await;
+        assert!(gone.is_some(), "the agent left its socket behind");
     })
     .await;
 }

@@ -18,7 +18,7 @@ use envoy_types::pb::envoy::admin::v3::{
 };
 use envoy_types::pb::envoy::config::core::v3::DataSource;
 use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
-use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::secret;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{Secret, secret};
 use envoy_types::pb::google::protobuf::Timestamp;
 use x509_parser::extensions::GeneralName;
 use x509_parser::pem::Pem;
@@ -33,7 +33,16 @@ const INLINE: &str = "<inline>";
 /// Serves `/certs`.
 pub(super) async fn handler(State(state): State<AdminState>) -> Response {
     let resources = state.config.resources.borrow().clone();
-    let certs = certificates(&resources, SystemTime::now());
+    let now = SystemTime::now();
+    let mut certs = certificates(&resources, now);
+    // The workload's own SVID and roots, as Envoy lists the SDS secrets an
+    // agent gave it.
+    certs.certificates.extend(
+        state
+            .workload_secrets()
+            .iter()
+            .filter_map(|s| certificate(s, now)),
+    );
     match envoy_json(&certs, true) {
         Ok(json) => (
             [(header::CONTENT_TYPE, "application/json")],
@@ -47,29 +56,36 @@ pub(super) async fn handler(State(state): State<AdminState>) -> Response {
 /// The certificates of `resources`' secrets, their expiry counted from
 /// `now`.
 pub fn certificates(resources: &Resources, now: SystemTime) -> Certificates {
-    let mut out = Certificates::default();
-    for (name, entry) in &resources.secrets {
-        let mut cert = Certificate::default();
-        match &entry.resource.r#type {
-            Some(secret::Type::TlsCertificate(t)) => {
-                // Envoy describes the chain by its leaf.
-                cert.cert_chain = details(t.certificate_chain.as_ref(), now)
-                    .into_iter()
-                    .take(1)
-                    .collect();
-            }
-            Some(secret::Type::ValidationContext(v)) => {
-                cert.ca_cert = details(v.trusted_ca.as_ref(), now);
-            }
-            _ => continue,
-        }
-        if cert.cert_chain.is_empty() && cert.ca_cert.is_empty() {
-            tracing::debug!(secret = %name, "no readable certificate in the secret");
-            continue;
-        }
-        out.certificates.push(cert);
+    Certificates {
+        certificates: resources
+            .secrets
+            .values()
+            .filter_map(|entry| certificate(&entry.resource, now))
+            .collect(),
     }
-    out
+}
+
+/// The certificates of one secret; `None` for a secret without any.
+fn certificate(secret: &Secret, now: SystemTime) -> Option<Certificate> {
+    let mut cert = Certificate::default();
+    match &secret.r#type {
+        Some(secret::Type::TlsCertificate(t)) => {
+            // Envoy describes the chain by its leaf.
+            cert.cert_chain = details(t.certificate_chain.as_ref(), now)
+                .into_iter()
+                .take(1)
+                .collect();
+        }
+        Some(secret::Type::ValidationContext(v)) => {
+            cert.ca_cert = details(v.trusted_ca.as_ref(), now);
+        }
+        _ => return None,
+    }
+    if cert.cert_chain.is_empty() && cert.ca_cert.is_empty() {
+        tracing::debug!(secret = %secret.name, "no readable certificate in the secret");
+        return None;
+    }
+    Some(cert)
 }
 
 /// Every certificate in the PEM `source` holds.

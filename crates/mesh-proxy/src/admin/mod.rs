@@ -73,6 +73,8 @@ pub struct AdminState {
     pub lifecycle: Lifecycle,
     /// When the process started, for uptime and static `last_updated`.
     pub started: (Instant, SystemTime),
+    /// The workload identity, when the proxy gets its SVID from a CA.
+    pub identity: Option<crate::tls::identity::Started>,
 }
 
 /// Why a server could not start.
@@ -122,16 +124,37 @@ impl Lifecycle {
 // === impl AdminState ===
 
 impl AdminState {
-    /// Envoy's server state: `LIVE` once the first complete config is in,
-    /// `PRE_INITIALIZING` before, `DRAINING` once a drain began.
+    /// Envoy's server state: `LIVE` once the first complete config is in
+    /// (and, with a CA, the workload certificate: Envoy's listeners wait
+    /// for their SDS secrets the same way), `PRE_INITIALIZING` before,
+    /// `DRAINING` once a drain began.
     pub fn server_state(&self) -> server_info::State {
         if self.lifecycle.is_draining() {
             server_info::State::Draining
-        } else if self.config.is_ready() {
+        } else if self.config.is_ready() && self.has_certificate() {
             server_info::State::Live
         } else {
             server_info::State::PreInitializing
         }
+    }
+}
+
+impl AdminState {
+    /// Whether the workload certificate is in, or none is needed.
+    fn has_certificate(&self) -> bool {
+        self.identity
+            .as_ref()
+            .is_none_or(crate::tls::identity::Started::has_certificate)
+    }
+
+    /// The workload SDS secrets (`default`, `ROOTCA`) the proxy holds.
+    pub fn workload_secrets(
+        &self,
+    ) -> Vec<envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret> {
+        self.identity
+            .as_ref()
+            .map(crate::tls::identity::Started::secrets)
+            .unwrap_or_default()
     }
 }
 
@@ -224,6 +247,11 @@ async fn healthz(State(state): State<AdminState>) -> Response {
         server_info::State::Draining => {
             (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
         }
+        _ if state.config.is_ready() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "waiting for the workload certificate from the CA\n",
+        )
+            .into_response(),
         _ => (
             StatusCode::SERVICE_UNAVAILABLE,
             "waiting for the first configuration\n",

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use mesh_api::spiffe::SpiffeId;
+use mesh_api::xds::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use mesh_ca::TrustBundle;
 use mesh_ca::client::{Backoff, CertClient, CertClientConfig, CertWatch, TokenFile};
 use mesh_ca::service::CaClient;
@@ -53,13 +54,44 @@ pub struct IdentityArgs {
     pub cert_ttl: Option<mesh_api::Duration>,
 }
 
+/// A started workload identity: the certificate kept current by the
+/// client, and the mesh roots it trusts.
+#[derive(Clone, Debug)]
+pub struct Started {
+    /// The current SVID (none until the CA first answers).
+    pub certs: CertWatch,
+    /// The mesh roots from `--ca-root-cert` (what `ROOTCA` serves).
+    pub roots: TrustBundle,
+}
+
+// === impl Started ===
+
+impl Started {
+    /// The workload's SDS secrets as an agent would serve them, for the
+    /// admin API: `default` once the CA has answered, and `ROOTCA`.
+    pub fn secrets(&self) -> Vec<Secret> {
+        let leaf = self
+            .certs
+            .current()
+            .and_then(|tls| mesh_ca::sds::workload_secret(&tls, &self.roots));
+        leaf.into_iter()
+            .chain([mesh_ca::sds::root_secret(&self.roots)])
+            .collect()
+    }
+
+    /// Whether the workload certificate has been obtained.
+    pub fn has_certificate(&self) -> bool {
+        self.certs.current().is_some()
+    }
+}
+
 /// Starts the certificate client when a CA is configured; `namespace` and
 /// `service_account` make the default identity.
 pub fn start(
     args: &IdentityArgs,
     namespace: Option<&str>,
     service_account: Option<&str>,
-) -> anyhow::Result<Option<CertWatch>> {
+) -> anyhow::Result<Option<Started>> {
     let Some(address) = &args.ca_address else {
         return Ok(None);
     };
@@ -93,13 +125,16 @@ pub fn start(
         identity: identity.clone(),
         ca,
         token: Arc::new(TokenFile(args.token_file.clone())),
-        bundle,
+        bundle: bundle.clone(),
         ttl: args.cert_ttl.map(|d| d.0),
         backoff: Backoff::default(),
     });
     tracing::info!(%identity, ca = %address, "requesting the workload certificate");
     tokio::spawn(client.run());
-    Ok(Some(watch))
+    Ok(Some(Started {
+        certs: watch,
+        roots: bundle,
+    }))
 }
 
 /// The host of `https://host:port` (brackets removed from IPv6).

@@ -57,6 +57,7 @@ impl XdsProxy {
             logging,
             lifecycle: lifecycle.clone(),
             started: (Instant::now(), SystemTime::now()),
+            identity: None,
         };
         let admin_listener = admin::bind("admin", "127.0.0.1:0".parse().unwrap())
             .await
