@@ -304,6 +304,15 @@ fn shifting_end_to_end(up_args: &[&str], proxy_program: &str) {
     let pod = echo["name"].as_str().unwrap();
     let logs = text(&mesh.meshctl(&["logs", pod]).stdout);
     assert!(logs.contains("GET /hello host=reviews:9080"), "{logs}");
+    // The sidecars spoke mutual TLS with certificates from mesh-control's
+    // CA (auto mTLS): the app sees the caller's SPIFFE id.
+    let xfcc = echo["headers"]["x-forwarded-client-cert"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        xfcc.contains("URI=spiffe://cluster.local/ns/default/sa/default"),
+        "no client identity in X-Forwarded-Client-Cert: {echo}"
+    );
 
     // 90/10 as the VirtualService says, within the 99.9 % binomial interval.
     let n = 1000;
@@ -329,6 +338,34 @@ fn shifting_end_to_end(up_args: &[&str], proxy_program: &str) {
     });
     assert!(drained.is_some(), "v1 still answers after the edit");
     assert!(mesh.versions(100).iter().all(|v| v == "v2"));
+
+    // PERMISSIVE by default: a caller outside the mesh (this host) still
+    // reaches a pod in plaintext. STRICT refuses it, while mesh traffic
+    // goes on.
+    let pod_ip = mesh.state()["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "reviews-v2-0")
+        .and_then(|p| p["ip"].as_str().map(str::to_string))
+        .unwrap();
+    let from_host = || {
+        run_bounded(
+            Command::new("curl").args(["-s", "--max-time", "3", &format!("http://{pod_ip}:9080/")]),
+            LIMIT,
+        )
+        .status
+        .success()
+    };
+    assert!(from_host(), "plaintext refused under PERMISSIVE");
+    std::fs::write(
+        mesh.config.path().join("strict.yaml"),
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: default}\nspec: {mtls: {mode: STRICT}}\n",
+    )
+    .unwrap();
+    let refused = wait_for(Duration::from_secs(20), || (!from_host()).then_some(()));
+    assert!(refused.is_some(), "plaintext still accepted under STRICT");
+    assert!(mesh.versions(20).iter().all(|v| v == "v2"));
 
     let state = mesh.state();
     let down = mesh.meshctl(&["down"]);

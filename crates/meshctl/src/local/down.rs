@@ -1,6 +1,7 @@
 //! `meshctl local down`: stops every process the run state names (by PID,
 //! after checking the PID still runs our program), removes every pod
-//! namespace, link, hosts file and host rule, the bridge, and the state.
+//! namespace, link, hosts file and host rule, the bridge, the pods'
+//! credentials and the state.
 //! Logs stay in the run directory for a post-mortem.
 
 use std::path::Path;
@@ -66,7 +67,11 @@ pub fn teardown(state: &State, run_dir: &Path) -> Vec<String> {
     {
         errors.push(e);
     }
-    for leftover in [run_dir.join("pods"), State::path(run_dir)] {
+    for leftover in [
+        run_dir.join("pods"),
+        run_dir.join("secrets"),
+        State::path(run_dir),
+    ] {
         let removed = if leftover.is_dir() {
             std::fs::remove_dir_all(&leftover)
         } else if leftover.exists() {
@@ -96,6 +101,9 @@ fn stop_pod(pod: &PodState) {
     }
     if let Some(pid) = pod.proxy_pid {
         stop(pid, &pod.proxy_program);
+    }
+    if let Some(pid) = pod.agent_pid {
+        stop(pid, "mesh-proxy");
     }
 }
 

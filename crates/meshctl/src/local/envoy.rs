@@ -8,10 +8,10 @@
 //! either data plane.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use mesh_api::wellknown::{PROXY_ADMIN_PORT, PROXY_HEALTH_PORT};
+use mesh_api::wellknown::{PROXY_ADMIN_PORT, PROXY_HEALTH_PORT, SDS_GRPC_CLUSTER};
 use serde_json::json;
 
 use super::manifest::LocalPod;
@@ -45,8 +45,9 @@ pub fn find(explicit: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
     )
 }
 
-/// The bootstrap (JSON) of `pod`'s Envoy sidecar.
-pub fn bootstrap(pod: &LocalPod, ip: Ipv4Addr, xds: SocketAddr) -> serde_json::Value {
+/// The bootstrap (JSON) of `pod`'s Envoy sidecar; `sds` is the socket of
+/// its certificate agent (Istio's `sds-grpc` cluster).
+pub fn bootstrap(pod: &LocalPod, ip: Ipv4Addr, xds: SocketAddr, sds: &Path) -> serde_json::Value {
     let node_id = format!(
         "sidecar~{ip}~{}.{}~{}.svc.cluster.local",
         pod.name, pod.namespace, pod.namespace
@@ -108,6 +109,16 @@ pub fn bootstrap(pod: &LocalPod, ip: Ipv4Addr, xds: SocketAddr) -> serde_json::V
                     "load_assignment": {
                         "cluster_name": "xds-grpc",
                         "endpoints": [{"lb_endpoints": [{"endpoint": {"address": socket(xds.ip().to_string(), xds.port())}}]}]
+                    }
+                },
+                {
+                    "name": SDS_GRPC_CLUSTER,
+                    "type": "STATIC",
+                    "connect_timeout": "1s",
+                    "typed_extension_protocol_options": http2,
+                    "load_assignment": {
+                        "cluster_name": SDS_GRPC_CLUSTER,
+                        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": sds}}}}]}]
                     }
                 },
                 {

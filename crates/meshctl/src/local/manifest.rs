@@ -17,6 +17,7 @@ use k8s_openapi::api::core::v1::{Container, PodSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use mesh_api::MeshObject;
 use mesh_api::object::{config_files, load_str};
+use mesh_api::wellknown::LABEL_TLS_MODE;
 use serde_json::json;
 
 /// A pod to start.
@@ -218,11 +219,13 @@ pub fn hosts_file(
 }
 
 /// The Pod object mesh-control reads for a started pod: the user's labels
-/// and service account, the address it got, Running and Ready. Not (yet)
-/// the sidecar-injected marks (`security.istio.io/tlsMode: istio`), which
-/// would make peers' clusters originate Istio mTLS to it: the local mesh
-/// has no workload certificates until the proxy gets them from the CA.
+/// and service account, the address it got, Running and Ready, and the
+/// mark injection puts on a pod with a sidecar
+/// (`security.istio.io/tlsMode: istio`), so its peers' sidecars send it
+/// mutual TLS (auto mTLS).
 pub fn running_pod(pod: &LocalPod, ip: Ipv4Addr) -> serde_json::Value {
+    let mut labels = pod.labels.clone();
+    labels.insert(LABEL_TLS_MODE.into(), "istio".into());
     let ports: Vec<_> = pod
         .ports
         .iter()
@@ -234,7 +237,7 @@ pub fn running_pod(pod: &LocalPod, ip: Ipv4Addr) -> serde_json::Value {
         "metadata": {
             "name": pod.name,
             "namespace": pod.namespace,
-            "labels": pod.labels,
+            "labels": labels,
         },
         "spec": {
             "serviceAccountName": pod.service_account,

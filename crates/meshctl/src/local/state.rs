@@ -60,6 +60,10 @@ pub struct PodState {
     pub app_pid: Option<u32>,
     /// The sidecar's PID.
     pub proxy_pid: Option<u32>,
+    /// The certificate agent's PID (`mesh-proxy agent`, beside an Envoy
+    /// sidecar).
+    #[serde(default)]
+    pub agent_pid: Option<u32>,
     /// The sidecar's program (`mesh-proxy`, or `envoy` with `--data-plane envoy`).
     #[serde(default = "default_proxy_program")]
     pub proxy_program: String,

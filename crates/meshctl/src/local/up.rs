@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use mesh_api::wellknown::{
-    CONTROL_MONITORING_PORT, PROXY_GID, PROXY_HEALTH_PORT, PROXY_UID, XDS_PLAINTEXT_PORT,
-    XDS_TLS_PORT,
+    CONTROL_MONITORING_PORT, DEFAULT_TRUST_DOMAIN, PROXY_GID, PROXY_HEALTH_PORT, PROXY_UID,
+    XDS_PLAINTEXT_PORT, XDS_TLS_PORT,
 };
 
 use super::manifest::{EnvVar, LocalPod, Plan, hosts_file, running_pod};
@@ -23,6 +23,10 @@ use super::process::{
 };
 use super::state::{PodState, State};
 use super::{down, envoy, net, status};
+
+/// Lifetime of the pods' tokens: the proxy presents its token at every
+/// renewal, so it outlives any local session.
+const TOKEN_TTL: &str = "720h";
 
 /// Flags of `meshctl local up`.
 #[derive(Debug, clap::Args)]
@@ -64,7 +68,10 @@ pub enum DataPlane {
 
 /// The programs a pod's sidecar is made of.
 struct Sidecar<'a> {
-    /// `mesh-proxy`, for the capture rules (and the sidecar itself).
+    /// `mesh-control`, which issues each pod's token with the CA's key.
+    control: &'a Path,
+    /// `mesh-proxy`, for the capture rules (and the sidecar itself, or the
+    /// certificate agent beside Envoy).
     mesh_proxy: &'a Path,
     /// Envoy, when it is the sidecar.
     envoy: Option<&'a Path>,
@@ -174,6 +181,7 @@ pub fn run(args: &Args, out: &mut dyn std::io::Write) -> anyhow::Result<i32> {
     let control = mesh_binary("mesh-control")?;
     let (proxy, envoy) = sidecar_binaries(args)?;
     let sidecar = Sidecar {
+        control: &control,
         mesh_proxy: &proxy,
         envoy: envoy.as_deref(),
     };
@@ -351,6 +359,7 @@ fn start_pod(
         host_veth: host_veth.clone(),
         app_pid: None,
         proxy_pid: None,
+        agent_pid: None,
         proxy_program: if sidecar.envoy.is_some() {
             "envoy".into()
         } else {
@@ -378,18 +387,45 @@ fn start_pod(
     }
 
     let logs = run_dir.join("logs");
-    let mut command = in_netns(&netns, "setpriv");
-    command
-        .arg(format!("--reuid={PROXY_UID}"))
-        .arg(format!("--regid={PROXY_GID}"))
-        .arg("--clear-groups")
-        .arg("--");
+    let secrets = pod_secrets(sidecar.control, run_dir, pod)?;
+    let gateway = state.gateway.context("no gateway")?;
+    let identity = identity_flags(gateway, &secrets);
+    let as_proxy_user = || {
+        let mut command = in_netns(&netns, "setpriv");
+        command
+            .arg(format!("--reuid={PROXY_UID}"))
+            .arg(format!("--regid={PROXY_GID}"))
+            .arg("--clear-groups")
+            .arg("--");
+        command
+    };
+    let mut command = as_proxy_user();
     match sidecar.envoy {
         Some(envoy) => {
+            // Istio's pilot-agent part: the SVID over SDS on a socket only
+            // the proxy's user can open.
+            let socket = secrets.join("sds.sock");
+            let mut agent = as_proxy_user();
+            agent
+                .arg(proxy)
+                .arg("agent")
+                .arg("--sds-socket")
+                .arg(&socket)
+                .args(["--pod-namespace", &pod.namespace])
+                .args(["--service-account", &pod.service_account])
+                .args(&identity);
+            let agent_pid = spawn_detached(
+                agent,
+                &logs.join(format!("{}.{}.agent.log", pod.name, pod.namespace)),
+            )?;
+            if let Some(p) = state.pods.last_mut() {
+                p.agent_pid = Some(agent_pid);
+            }
+            state.save(run_dir)?;
             // Inline (`--config-yaml`; JSON is YAML): the run directory may
             // be private to root, and Envoy runs as the proxy's UID. A copy
             // stays in the run directory for reading.
-            let bootstrap = serde_json::to_string(&envoy::bootstrap(pod, ip, xds))?;
+            let bootstrap = serde_json::to_string(&envoy::bootstrap(pod, ip, xds, &socket))?;
             let file = run_dir
                 .join("envoy")
                 .join(format!("{}.{}.json", pod.name, pod.namespace));
@@ -417,7 +453,8 @@ fn start_pod(
                 ])
                 .args(["--pod-name", &pod.name, "--pod-namespace", &pod.namespace])
                 .args(["--instance-ip", &ip.to_string()])
-                .args(["--service-account", &pod.service_account]);
+                .args(["--service-account", &pod.service_account])
+                .args(&identity);
             for (key, value) in &pod.labels {
                 command.arg("--label").arg(format!("{key}={value}"));
             }
@@ -482,6 +519,73 @@ fn start_pod(
     Ok(())
 }
 
+/// Where pod `namespace/name`'s credentials live.
+fn secrets_dir(run_dir: &Path, namespace: &str, name: &str) -> PathBuf {
+    run_dir.join("secrets").join(format!("{namespace}.{name}"))
+}
+
+/// Writes the pod's credentials as Kubernetes mounts them for Istio's
+/// sidecar: a token proving the pod's service account (Istio's projected
+/// `istio-token`; here signed with the local CA's key by `mesh-control
+/// --issue-token`) and the mesh root (`root-cert.pem`). The directory
+/// belongs to the proxy's user and is private to it; the directories
+/// above it only let that user pass through.
+fn pod_secrets(control: &Path, run_dir: &Path, pod: &LocalPod) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = secrets_dir(run_dir, &pod.namespace, &pod.name);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let identity = format!(
+        "spiffe://{DEFAULT_TRUST_DOMAIN}/ns/{}/sa/{}",
+        pod.namespace, pod.service_account
+    );
+    let output = output_bounded(
+        std::process::Command::new(control)
+            .arg("--ca-dir")
+            .arg(run_dir.join("ca"))
+            .args(["--issue-token", &identity, "--token-ttl", TOKEN_TTL]),
+        Duration::from_secs(20),
+    )?;
+    if !output.status.success() {
+        bail!(
+            "mesh-control --issue-token {identity}: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    let token = dir.join("istio-token");
+    std::fs::write(&token, String::from_utf8_lossy(&output.stdout).trim())
+        .with_context(|| format!("writing {}", token.display()))?;
+    let root = dir.join("root-cert.pem");
+    std::fs::copy(run_dir.join("ca").join("root-cert.pem"), &root)
+        .with_context(|| format!("writing {}", root.display()))?;
+    for file in [&token, &root] {
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600))?;
+        std::os::unix::fs::chown(file, Some(PROXY_UID), Some(PROXY_GID))
+            .with_context(|| format!("chown {}", file.display()))?;
+    }
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    std::os::unix::fs::chown(&dir, Some(PROXY_UID), Some(PROXY_GID))
+        .with_context(|| format!("chown {}", dir.display()))?;
+    for above in [run_dir.to_path_buf(), run_dir.join("secrets")] {
+        let mode = std::fs::metadata(&above)?.permissions().mode();
+        std::fs::set_permissions(&above, std::fs::Permissions::from_mode(mode | 0o001))
+            .with_context(|| format!("chmod o+x {}", above.display()))?;
+    }
+    Ok(dir)
+}
+
+/// The sidecar's (or agent's) flags for its SVID: mesh-control's CA on
+/// the bridge, the pod's token and the mesh root.
+fn identity_flags(gateway: Ipv4Addr, secrets: &Path) -> Vec<String> {
+    vec![
+        "--ca-address".into(),
+        format!("https://{}", SocketAddr::from((gateway, XDS_TLS_PORT))),
+        "--ca-root-cert".into(),
+        secrets.join("root-cert.pem").display().to_string(),
+        "--token-file".into(),
+        secrets.join("istio-token").display().to_string(),
+    ]
+}
+
 /// `up` on the directory the running mesh serves: starts the pods added
 /// to it, stops and removes the pods gone from it, and rewrites every
 /// pod's hosts file (Services may have changed). Routing edits need none
@@ -493,8 +597,10 @@ fn reconcile(
     args: &Args,
     out: &mut dyn std::io::Write,
 ) -> anyhow::Result<i32> {
+    let control = mesh_binary("mesh-control")?;
     let (proxy, envoy) = sidecar_binaries(args)?;
     let sidecar = Sidecar {
+        control: &control,
         mesh_proxy: &proxy,
         envoy: envoy.as_deref(),
     };
@@ -510,6 +616,7 @@ fn reconcile(
     state.pods = kept;
     for pod in &gone {
         let _ = std::fs::remove_file(pods_dir.join(format!("{}.{}.json", pod.namespace, pod.name)));
+        let _ = std::fs::remove_dir_all(secrets_dir(run_dir, &pod.namespace, &pod.name));
         for e in down::remove_pod(pod) {
             writeln!(out, "warning: {e}")?;
         }
@@ -581,7 +688,7 @@ fn print_next_steps(
                 "{me} local exec {} -- curl -s http://{}{port}/",
                 client.name, svc.name
             ),
-            "a request through both sidecars",
+            "a request through both sidecars (mutual TLS: see x-forwarded-client-cert)",
         ));
     }
     steps.push((format!("{me} local status"), "pods, addresses, sync state"));
