@@ -3,7 +3,9 @@
 //! name, client certificates checked against the CA and SAN matchers,
 //! `x-forwarded-client-cert` for the app), and origination toward a
 //! cluster (the server checked against the CA and SANs, a client
-//! certificate presented, per-endpoint choice by transport socket match).
+//! certificate presented, per-endpoint choice by transport socket match),
+//! and the RBAC filters that judge the verified identity (per request on
+//! HTTP, per connection on TCP).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -448,6 +450,134 @@ async fn a_secret_not_received_fails_connections_not_the_config() {
         let client = h1();
         assert_eq!(get(&client, addr, "shop", "/tls").await.status, 503);
         assert_eq!(get(&client, addr, "shop", "/").await.status, 200);
+    })
+    .await;
+}
+
+/// `envoy.filters.http.rbac` with Istio's shape: a DENY filter, then an
+/// ALLOW filter, matched on the verified client identity and the request.
+fn rbac_filters() -> Value {
+    let rbac = |action: &str, policies: Value| {
+        json!({"name": "envoy.filters.http.rbac", "typedConfig": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+            "rules": {"action": action, "policies": policies}}})
+    };
+    json!([
+        rbac("DENY", json!({"ns[web]-policy[no-admin]-rule[0]": {
+            "permissions": [{"urlPath": {"path": {"prefix": "/admin"}}}],
+            "principals": [{"any": true}]}})),
+        rbac("ALLOW", json!({"ns[shop]-policy[frontend]-rule[0]": {
+            "permissions": [{"header": {"name": ":method", "stringMatch": {"exact": "GET"}}}],
+            "principals": [{"authenticated": {"principalName": {"exact": CLIENT_ID}}}]}})),
+        {"name": "envoy.filters.http.router", "typedConfig": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
+    ])
+}
+
+#[tokio::test]
+async fn rbac_admits_by_verified_identity_and_request() {
+    bounded(30, async {
+        let ca = TestCa::new("mesh root");
+        let server = ca.leaf(&[SERVER_ID, "shop"], ServerAuth);
+        let backend = echo("shop", "v1").await;
+        let addr = free_addr();
+        let _proxy = Proxy::start(
+            vec![
+                tls_listener(
+                    addr,
+                    json!({"requireClientCertificate": true, "commonTlsContext": {
+                        "tlsCertificates": [inline_cert(&server)],
+                        "validationContext": {"trustedCa": {"inlineString": ca.pem()}}}}),
+                    json!({"httpFilters": rbac_filters()}),
+                ),
+                static_cluster("backend", &[backend.addr]),
+            ],
+            addr,
+        )
+        .await;
+        let frontend = client_config(&ca, Some(&ca.leaf(&[CLIENT_ID], ClientAuth)));
+        let other = client_config(
+            &ca,
+            Some(&ca.leaf(&["spiffe://cluster.local/ns/web/sa/other"], ClientAuth)),
+        );
+        let (status, body) = https_get(addr, "shop", frontend.clone()).await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        // Another workload of the mesh: no ALLOW policy names it.
+        let (status, body) = https_get(addr, "shop", other).await.unwrap();
+        assert_eq!((status, body.as_str()), (403, "RBAC: access denied"));
+        // DENY comes first, even for the allowed identity.
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let tls = tokio_rustls::TlsConnector::from(frontend)
+            .connect(ServerName::try_from("shop").unwrap(), tcp)
+            .await
+            .unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let resp = sender
+            .send_request(
+                http::Request::get("/admin/users")
+                    .header("host", "shop")
+                    .body(Empty::<Bytes>::new())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 403);
+    })
+    .await;
+}
+
+/// Writes `data` to `addr` and reads one answer (bounded).
+async fn tcp_round_trip(addr: SocketAddr, data: &[u8]) -> Result<Vec<u8>, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    s.write_all(data).await.map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; 64];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .map_err(|_| "no answer".to_string())?
+        .map_err(|e| e.to_string())?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+#[tokio::test]
+async fn network_rbac_closes_connections_it_refuses() {
+    bounded(30, async {
+        let backend = tcp_backend("db", None).await;
+        for (action, prefix, admitted) in [
+            ("DENY", "127.0.0.0", false),
+            ("DENY", "10.0.0.0", true),
+            ("ALLOW", "127.0.0.0", true),
+            ("ALLOW", "10.0.0.0", false),
+        ] {
+            let addr = free_addr();
+            let rbac = json!({"name": "envoy.filters.network.rbac", "typedConfig": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC",
+                "statPrefix": "tcp.",
+                "rules": {"action": action, "policies": {"p": {
+                    "permissions": [{"destinationPort": addr.port()}],
+                    "principals": [{"directRemoteIp": {"addressPrefix": prefix, "prefixLen": 8}}]}}}}});
+            let tcp_proxy = json!({"name": "envoy.filters.network.tcp_proxy", "typedConfig": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                "statPrefix": "db", "cluster": "backend"}});
+            let _proxy = Proxy::start(
+                vec![
+                    listener(json!({"name": "db", "address": address(addr),
+                        "filterChains": [{"filters": [rbac, tcp_proxy]}]})),
+                    static_cluster("backend", &[backend]),
+                ],
+                addr,
+            )
+            .await;
+            let echoed = tcp_round_trip(addr, b"ping").await;
+            assert_eq!(
+                echoed.as_deref().ok() == Some(&b"db:ping"[..]),
+                admitted,
+                "{action} {prefix}: {echoed:?}"
+            );
+        }
     })
     .await;
 }

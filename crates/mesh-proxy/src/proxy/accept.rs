@@ -153,6 +153,23 @@ async fn serve(
         tls: session.is_some(),
         session,
     });
+    if !chain.rbac.is_empty() {
+        let input = crate::runtime::rbac::Input {
+            direct_remote: peer,
+            remote: peer.ip(),
+            destination,
+            server_name: conn.server_name.as_deref(),
+            peer: conn.session.as_ref().and_then(|s| s.peer.as_ref()),
+            request: None,
+        };
+        if let crate::runtime::rbac::Verdict::Denied(policy) =
+            crate::runtime::rbac::check(&chain.rbac, &input)
+        {
+            // Envoy's network RBAC closes the connection without a word.
+            tracing::debug!(%peer, chain = %chain.name, policy = policy.as_deref().unwrap_or("none"), "connection refused by RBAC");
+            return;
+        }
+    }
     match &chain.filter {
         NetworkFilter::Http(hcm) => http::serve(stream, conn, hcm.clone(), shared, drain).await,
         NetworkFilter::Tcp(proxy) => {

@@ -28,6 +28,7 @@ use envoy_types::pb::envoy::config::listener::v3::{
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::DownstreamTlsContext;
 
 use super::convert::{ip_address, opt_duration, tls_context};
+use super::rbac::Rbac;
 pub use super::tls::DownstreamTls;
 use super::{FieldResult, invalid, join};
 
@@ -90,6 +91,9 @@ pub struct FilterChain {
     pub filter: NetworkFilter,
     /// TLS termination settings.
     pub tls: Option<DownstreamTls>,
+    /// Network RBAC filters, checked once per connection before the
+    /// terminal filter.
+    pub rbac: Vec<Arc<Rbac>>,
 }
 
 /// The terminal network filter of a chain.
@@ -424,11 +428,13 @@ fn filter_chain(c: &PbFilterChain, at: &str) -> FieldResult<FilterChain> {
         .map(|t| transport_socket(t, &join(at, "transport_socket")))
         .transpose()?
         .flatten();
+    let (rbac, filter) = network_filters(&c.filters, &join(at, "filters"))?;
     Ok(FilterChain {
         name: c.name.clone(),
         matcher,
-        filter: network_filters(&c.filters, &join(at, "filters"))?,
+        filter,
         tls,
+        rbac,
     })
 }
 
@@ -497,36 +503,50 @@ fn chain_match(m: &FilterChainMatch, at: &str) -> FieldResult<ChainMatch> {
     })
 }
 
-fn network_filters(filters: &[Filter], at: &str) -> FieldResult<NetworkFilter> {
+/// The RBAC filters (in order) and the terminal filter of a chain.
+fn network_filters(filters: &[Filter], at: &str) -> FieldResult<(Vec<Arc<Rbac>>, NetworkFilter)> {
     let Some((last, rest)) = filters.split_last() else {
         return invalid(
             at,
             "a filter chain needs a terminal filter: http_connection_manager or tcp_proxy",
         );
     };
+    let mut rbac = Vec::new();
     for (i, f) in rest.iter().enumerate() {
-        // Istio's telemetry filters observe and change nothing on the path.
-        if !matches!(f.name.as_str(), "istio.metadata_exchange" | "istio.stats") {
-            return invalid(
-                format!("{at}[{i}].name"),
-                format!(
-                    "network filter {:?} is not supported before the terminal filter",
-                    f.name
-                ),
-            );
+        match f.name.as_str() {
+            // Istio's telemetry filters observe and change nothing on the path.
+            "istio.metadata_exchange" | "istio.stats" => {}
+            network::RBAC_NETWORK_FILTER => {
+                let field = format!("{at}[{i}].typed_config");
+                let Some(ConfigType::TypedConfig(any)) = &f.config_type else {
+                    return invalid(field, "is required");
+                };
+                rbac.extend(network::network_rbac(any, &field)?.map(Arc::new));
+            }
+            other => {
+                return invalid(
+                    format!("{at}[{i}].name"),
+                    format!(
+                        "network filter {other:?} is not supported before the terminal filter (supported: rbac)"
+                    ),
+                );
+            }
         }
     }
     let at = format!("{at}[{}]", filters.len() - 1);
     let Some(ConfigType::TypedConfig(any)) = &last.config_type else {
         return invalid(join(&at, "typed_config"), "is required");
     };
-    network::terminal(&last.name, any, &join(&at, "typed_config"))
+    Ok((
+        rbac,
+        network::terminal(&last.name, any, &join(&at, "typed_config"))?,
+    ))
 }
 
 // === impl Cidr ===
 
 impl Cidr {
-    fn compile(r: &CidrRange, field: &str) -> FieldResult<Self> {
+    pub(crate) fn compile(r: &CidrRange, field: &str) -> FieldResult<Self> {
         let Ok(addr) = r.address_prefix.parse::<IpAddr>() else {
             return invalid(
                 join(field, "address_prefix"),

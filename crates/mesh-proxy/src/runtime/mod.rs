@@ -23,6 +23,7 @@ pub mod filters;
 pub mod lb;
 pub mod listener;
 pub mod matcher;
+pub mod rbac;
 pub mod route;
 #[cfg(test)]
 mod test_support;

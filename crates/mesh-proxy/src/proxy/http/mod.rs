@@ -329,6 +329,60 @@ fn codec_error(e: &(dyn std::error::Error + 'static)) -> Option<(StatusCode, &'s
     }
 }
 
+/// The connection manager's RBAC filters on this request: `Some(403)` when
+/// one refuses it (Envoy's body and response code details).
+fn authorize<B>(
+    req: &Request<B>,
+    authority: &str,
+    ctx: &HttpCtx,
+    rec: &mut RequestRecord,
+) -> Option<Response<ProxyBody>> {
+    use crate::runtime::rbac::{Input, Verdict, check};
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let peer = ctx.conn.peer;
+    // Without use_remote_address the client is the last x-forwarded-for
+    // entry, as Envoy takes it (no trusted hops).
+    let remote = if ctx.hcm.use_remote_address {
+        peer.ip()
+    } else {
+        req.headers()
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .last()
+            .and_then(|ip| ip.trim().parse().ok())
+            .unwrap_or(peer.ip())
+    };
+    let input = Input {
+        direct_remote: peer,
+        remote,
+        destination: ctx.conn.destination,
+        server_name: ctx.conn.server_name.as_deref(),
+        peer: ctx.conn.session.as_ref().and_then(|s| s.peer.as_ref()),
+        request: Some(RequestView {
+            method: req.method(),
+            scheme: if ctx.conn.tls { "https" } else { "http" },
+            authority,
+            path,
+            headers: req.headers(),
+        }),
+    };
+    match check(&ctx.hcm.rbac, &input) {
+        Verdict::Allowed(_) => None,
+        Verdict::Denied(policy) => {
+            tracing::debug!(%peer, path, policy = policy.as_deref().unwrap_or("none"), "request refused by RBAC");
+            Some(local::error(
+                rec,
+                StatusCode::FORBIDDEN,
+                ResponseFlags::default(),
+                "rbac_access_denied",
+                "RBAC: access denied",
+            ))
+        }
+    }
+}
+
 async fn handle(req: Request<Incoming>, ctx: Arc<HttpCtx>) -> Response<ProxyBody> {
     let started = Instant::now();
     let generation = ctx.shared.current();
@@ -476,6 +530,11 @@ async fn process(
         authority = strip_port(&authority).to_string();
     }
     normalise(&mut req, ctx, rec);
+    if !ctx.hcm.rbac.is_empty()
+        && let Some(denied) = authorize(&req, &authority, ctx, rec)
+    {
+        return denied;
+    }
     let table = match &ctx.hcm.routes {
         RouteSource::Inline(t) => t.clone(),
         RouteSource::Rds(name) => match generation.runtime.route_table(name) {

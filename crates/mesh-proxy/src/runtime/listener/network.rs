@@ -13,11 +13,14 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy as PbTcpProxy;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::ClusterSpecifier;
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
+use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as PbHttpRbac;
+use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as PbNetworkRbac;
 use envoy_types::pb::google::protobuf::Any;
 use prost::Name;
 
 use super::super::action::{self, CORS_FILTER, FAULT_FILTER, Fault};
 use super::super::convert::{decode_any, opt_duration};
+use super::super::rbac::{self, Rbac};
 use super::super::route::{self, RouteTable};
 use super::super::{FieldError, FieldResult, invalid, join};
 use super::NetworkFilter;
@@ -72,6 +75,8 @@ pub struct HttpManager {
     pub stream_idle_timeout: Option<Duration>,
     /// What happens to `x-forwarded-client-cert`.
     pub xfcc: Xfcc,
+    /// The RBAC filters, in order (each request is checked against all).
+    pub rbac: Vec<Arc<Rbac>>,
 }
 
 /// `forward_client_cert_details` and `set_current_client_cert_details`.
@@ -144,6 +149,23 @@ pub enum TcpTarget {
     Cluster(String),
     /// A weighted choice: `(cluster, weight)`, weights > 0.
     Weighted(Vec<(String, u32)>),
+}
+
+/// Name of the HTTP RBAC filter.
+pub const RBAC_HTTP_FILTER: &str = "envoy.filters.http.rbac";
+/// Name of the network RBAC filter.
+pub const RBAC_NETWORK_FILTER: &str = "envoy.filters.network.rbac";
+
+/// Compiles a network RBAC filter's config found at `at`.
+pub(super) fn network_rbac(any: &Any, at: &str) -> FieldResult<Option<Rbac>> {
+    let pb: PbNetworkRbac = decode_any(any, at)?;
+    if pb.shadow_rules.is_some() || pb.matcher.is_some() || pb.shadow_matcher.is_some() {
+        return invalid(
+            at,
+            "only `rules` is supported (not matcher, shadow_rules, shadow_matcher)",
+        );
+    }
+    rbac::compile(pb.rules.as_ref(), at)
 }
 
 /// Compiles the terminal filter `name` configured by `any`, at `at`.
@@ -227,6 +249,7 @@ fn http_manager(h: &HttpConnectionManager, at: &str) -> FieldResult<HttpManager>
     let mut fault = None;
     let mut cors = false;
     let mut router = false;
+    let mut rbac = Vec::new();
     for (i, f) in h.http_filters.iter().enumerate() {
         let field = join(at, &format!("http_filters[{i}]"));
         if router {
@@ -248,6 +271,21 @@ fn http_manager(h: &HttpConnectionManager, at: &str) -> FieldResult<HttpManager>
                 }));
             }
             CORS_FILTER => cors = true,
+            RBAC_HTTP_FILTER => {
+                let at = join(&field, "typed_config");
+                let Some(any) = typed else {
+                    return invalid(at, "is required");
+                };
+                let pb: PbHttpRbac = decode_any(any, &at)?;
+                if pb.shadow_rules.is_some() || pb.matcher.is_some() || pb.shadow_matcher.is_some()
+                {
+                    return invalid(
+                        at,
+                        "only `rules` is supported (not matcher, shadow_rules, shadow_matcher)",
+                    );
+                }
+                rbac.extend(rbac::compile(pb.rules.as_ref(), &at)?.map(Arc::new));
+            }
             // Istio's telemetry and ALPN filters change nothing on this path.
             "istio.alpn"
             | "istio.metadata_exchange"
@@ -258,7 +296,7 @@ fn http_manager(h: &HttpConnectionManager, at: &str) -> FieldResult<HttpManager>
                 return invalid(
                     join(&field, "name"),
                     format!(
-                        "HTTP filter {other:?} is not supported (supported: router, fault, cors)"
+                        "HTTP filter {other:?} is not supported (supported: router, fault, cors, rbac)"
                     ),
                 );
             }
@@ -277,6 +315,7 @@ fn http_manager(h: &HttpConnectionManager, at: &str) -> FieldResult<HttpManager>
     let xfcc = xfcc(h, at)?;
     Ok(HttpManager {
         xfcc,
+        rbac,
         stat_prefix: h.stat_prefix.clone(),
         codec,
         routes,
