@@ -4,7 +4,8 @@
 //! serves it wherever a config names the workload SDS secrets `default`
 //! and `ROOTCA` (Istio's `sds-grpc` source): a client of the mesh sees the
 //! proxy's SPIFFE identity and the proxy checks the client's, and the
-//! admin API shows the certificate (`/certs`, `/config_dump`). Without a
+//! admin API shows the certificate (`/certs`, `/config_dump`); renewals
+//! leave open connections alone. Without a
 //! token the CA accepts, the proxy has no certificate, is not ready and
 //! refuses the handshakes instead of serving anything else. `mesh-proxy
 //! agent` does the same for a stock Envoy over SDS on a Unix socket.
@@ -342,6 +343,72 @@ async fn the_agent_serves_the_svid_to_a_stock_envoy_over_sds() {
         })
         .await;
         assert!(gone.is_some(), "the agent left its socket behind");
+    })
+    .await;
+}
+
+/// The serial of the proxy's own certificate in `/certs`.
+async fn own_serial(admin: SocketAddr) -> Option<String> {
+    let (_, body) = admin_get(admin, "/certs").await?;
+    let certs: serde_json::Value = serde_json::from_str(&body).ok()?;
+    certs["certificates"].as_array()?.iter().find_map(|c| {
+        c["cert_chain"][0]["serial_number"]
+            .as_str()
+            .map(String::from)
+    })
+}
+
+#[tokio::test]
+async fn the_svid_rotates_without_dropping_connections() {
+    bounded(60, async {
+        let ca = Ca::start().await;
+        let backend = tcp_backend("app", None).await;
+        let addr = free_addr();
+        let file = bootstrap(ca.dir.path(), addr, backend);
+        let mut flags = RunFlags::bootstrap(&file);
+        flags.extra = ca.flags(&ca.token_file(GATEWAY));
+        // Renewed at half life: every 2 seconds.
+        flags
+            .extra
+            .extend(["--cert-ttl".to_string(), "4s".to_string()]);
+        let mut proxy = ProxyProcess::start(flags);
+        proxy.wait_live().await;
+        let admin = proxy.flags.admin;
+        let first = own_serial(admin).await.expect("no certificate in /certs");
+
+        // A connection opened on the first certificate.
+        let client = ca.svid(CLIENT).await;
+        let config = client
+            .client_config_for(PeerIdentities::one_of([GATEWAY
+                .parse::<SpiffeId>()
+                .unwrap()]))
+            .unwrap();
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let mut open = tokio_rustls::TlsConnector::from(config)
+            .connect(ServerName::try_from("mesh").unwrap(), tcp)
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 64];
+        open.write_all(b"one").await.unwrap();
+        let n = open.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"app:one");
+
+        let rotated = eventually(Duration::from_secs(20), || async {
+            own_serial(admin).await.filter(|s| *s != first)
+        })
+        .await;
+        assert!(
+            rotated.is_some(),
+            "the certificate was not renewed:\n{}",
+            proxy.log()
+        );
+        // The open connection goes on; new ones handshake with the new one.
+        open.write_all(b"two").await.unwrap();
+        let n = open.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"app:two");
+        let fresh = round_trip(addr, &client, GATEWAY).await;
+        assert_eq!(fresh.as_deref(), Ok(&b"app:ping"[..]));
+        proxy.assert_running();
     })
     .await;
 }
