@@ -7,8 +7,9 @@
 //! `sourceLabels` select it, on the DestinationRules whose
 //! `workloadSelector` selects it, and on its locality (locality load
 //! balancing weighs endpoints relative to it). Its inbound part depends only
-//! on the ports its workload serves and the PeerAuthentication modes of
-//! its workload (which read its labels and namespace). Every pod of a deployment therefore
+//! on the ports its workload serves and on the PeerAuthentication modes and
+//! AuthorizationPolicies that apply to its workload (which read its labels
+//! and namespace). Every pod of a deployment therefore
 //! shares both parts, and usually every pod of a namespace shares the
 //! outbound part, which is almost all of the bytes.
 //!
@@ -25,6 +26,7 @@ use std::sync::Arc;
 
 use mesh_api::networking::destination_rule::TrafficPolicy;
 
+use super::authz::AppliedPolicies;
 use super::cluster::{InboundPort, inbound_ports};
 use super::peer_auth::InboundMtls;
 use super::{Part, ProxyScope};
@@ -37,9 +39,9 @@ use crate::snapshot::{Snapshot, name_of, namespace_of};
 pub enum ShapeKey {
     /// A sidecar's outbound part.
     Outbound(OutboundShape),
-    /// A sidecar's inbound part: its ports and the PeerAuthentication
-    /// modes that apply to them.
-    Inbound(Vec<InboundPort>, InboundMtls),
+    /// A sidecar's inbound part: its ports, the PeerAuthentication modes
+    /// that apply to them and the AuthorizationPolicies that apply to it.
+    Inbound(Vec<InboundPort>, InboundMtls, AppliedPolicies),
     /// Everything of a gateway (or of a proxy translated whole).
     Whole(WholeShape),
 }
@@ -82,7 +84,11 @@ impl ShapeKey {
         }
         let scope = ProxyScope::new(snapshot, proxy);
         match part {
-            Part::Inbound => Self::Inbound(inbound_ports(&scope), InboundMtls::of(snapshot, proxy)),
+            Part::Inbound => Self::Inbound(
+                inbound_ports(&scope),
+                InboundMtls::of(snapshot, proxy),
+                AppliedPolicies::of(snapshot, proxy),
+            ),
             _ => Self::Outbound(OutboundShape::of(&scope)),
         }
     }

@@ -11,6 +11,10 @@
 //! PERMISSIVE ports take both, DISABLE ports plaintext. Traffic to ports no
 //! service declares passes through under the workload-level mode, or under
 //! a port-level mode a PeerAuthentication gives that port.
+//!
+//! AuthorizationPolicy puts RBAC filters (see [`crate::xds::authz`]) in
+//! front of every chain: first among an HTTP chain's HTTP filters, before
+//! `tcp_proxy` in TCP and passthrough chains.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -22,7 +26,9 @@ use envoy_types::pb::envoy::config::route::v3::{
     Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, route, route_action,
     route_match,
 };
-use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpFilter, http_connection_manager,
+};
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy;
 use envoy_types::pb::google::protobuf::{Duration as PbDuration, UInt32Value};
 
@@ -35,6 +41,7 @@ use super::{
     tcp_proxy_filter,
 };
 use crate::model::Protocol;
+use crate::xds::authz::InboundRbac;
 use crate::xds::peer_auth::InboundMtls;
 use crate::xds::{
     INBOUND_PASSTHROUGH_CLUSTER, ProxyScope, VIRTUAL_INBOUND_LISTENER, inbound_cluster_name,
@@ -61,6 +68,7 @@ pub(crate) fn inbound_ports(scope: &ProxyScope<'_>) -> BTreeMap<u16, Protocol> {
 
 pub(super) fn virtual_inbound(scope: &ProxyScope<'_>) -> Listener {
     let mtls = InboundMtls::of(scope.snapshot, scope.proxy);
+    let rbac = InboundRbac::of(scope.snapshot, scope.proxy);
     let trust_domain = scope.snapshot.mesh.trust_domain();
     let ports: BTreeMap<u16, Protocol> = inbound_ports(scope)
         .into_iter()
@@ -72,7 +80,7 @@ pub(super) fn virtual_inbound(scope: &ProxyScope<'_>) -> Listener {
         chains.extend(
             specs
                 .iter()
-                .map(|spec| chain(Upstream::Port(port), spec, trust_domain)),
+                .map(|spec| chain(Upstream::Port(port), spec, trust_domain, &rbac)),
         );
     }
     // A port-level mode on a port no service declares still applies to the
@@ -87,14 +95,14 @@ pub(super) fn virtual_inbound(scope: &ProxyScope<'_>) -> Listener {
         chains.extend(
             specs
                 .iter()
-                .map(|spec| chain(Upstream::Passthrough(Some(port)), spec, trust_domain)),
+                .map(|spec| chain(Upstream::Passthrough(Some(port)), spec, trust_domain, &rbac)),
         );
     }
     let specs = chain_specs(Protocol::Tcp, mtls.workload);
     chains.extend(
         specs
             .iter()
-            .map(|spec| chain(Upstream::Passthrough(None), spec, trust_domain)),
+            .map(|spec| chain(Upstream::Passthrough(None), spec, trust_domain, &rbac)),
     );
     // TLS inspection first: the HTTP inspector leaves TLS alone.
     let mut listener_filters = vec![original_dst()];
@@ -122,8 +130,13 @@ pub(super) fn virtual_inbound(scope: &ProxyScope<'_>) -> Listener {
 
 /// One chain: `0.0.0.0_<port><suffix>` for a port, `virtualInbound<suffix>`
 /// for the catch-all passthrough (whose plaintext chain keeps the plain
-/// name `virtualInbound`).
-fn chain(upstream: Upstream, spec: &ChainSpec, trust_domain: &str) -> FilterChain {
+/// name `virtualInbound`). `rbac` goes in front of the chain's filters.
+fn chain(
+    upstream: Upstream,
+    spec: &ChainSpec,
+    trust_domain: &str,
+    rbac: &InboundRbac,
+) -> FilterChain {
     let (name, port) = match upstream {
         Upstream::Port(port) | Upstream::Passthrough(Some(port)) => {
             (format!("0.0.0.0_{port}{}", spec.suffix), Some(port))
@@ -133,18 +146,26 @@ fn chain(upstream: Upstream, spec: &ChainSpec, trust_domain: &str) -> FilterChai
             (format!("{VIRTUAL_INBOUND_LISTENER}{suffix}"), None)
         }
     };
-    let filter = match (upstream, spec.kind) {
-        (Upstream::Port(port), ChainKind::Http) => http_filter(port, spec.terminate),
+    let filters = match (upstream, spec.kind) {
+        (Upstream::Port(port), ChainKind::Http) => {
+            vec![http_filter(port, spec.terminate, &rbac.http)]
+        }
         (Upstream::Port(port), ChainKind::Tcp) => {
             let cluster = inbound_cluster_name(port);
-            tcp_proxy_filter(
-                &cluster,
-                tcp_proxy::ClusterSpecifier::Cluster(cluster.clone()),
+            tcp_filters(
+                rbac,
+                tcp_proxy_filter(
+                    &cluster,
+                    tcp_proxy::ClusterSpecifier::Cluster(cluster.clone()),
+                ),
             )
         }
-        (Upstream::Passthrough(_), _) => tcp_proxy_filter(
-            INBOUND_PASSTHROUGH_CLUSTER,
-            tcp_proxy::ClusterSpecifier::Cluster(INBOUND_PASSTHROUGH_CLUSTER.into()),
+        (Upstream::Passthrough(_), _) => tcp_filters(
+            rbac,
+            tcp_proxy_filter(
+                INBOUND_PASSTHROUGH_CLUSTER,
+                tcp_proxy::ClusterSpecifier::Cluster(INBOUND_PASSTHROUGH_CLUSTER.into()),
+            ),
         ),
     };
     let filter_chain_match = FilterChainMatch {
@@ -157,7 +178,7 @@ fn chain(upstream: Upstream, spec: &ChainSpec, trust_domain: &str) -> FilterChai
         name,
         filter_chain_match: (filter_chain_match != FilterChainMatch::default())
             .then_some(filter_chain_match),
-        filters: vec![filter],
+        filters,
         transport_socket: spec
             .terminate
             .then(|| downstream_mtls_socket(trust_domain, spec.kind)),
@@ -165,14 +186,21 @@ fn chain(upstream: Upstream, spec: &ChainSpec, trust_domain: &str) -> FilterChai
     }
 }
 
-/// The HTTP connection manager of a port's HTTP chain; chains terminating
-/// mTLS tell the application who the peer is.
-fn http_filter(port: u16, mtls: bool) -> Filter {
+/// A TCP chain's filters: the network RBAC filters, then `tcp_proxy`.
+fn tcp_filters(rbac: &InboundRbac, tcp_proxy: Filter) -> Vec<Filter> {
+    rbac.network.iter().cloned().chain([tcp_proxy]).collect()
+}
+
+/// The HTTP connection manager of a port's HTTP chain, with `rbac` first
+/// among its HTTP filters; chains terminating mTLS tell the application
+/// who the peer is.
+fn http_filter(port: u16, mtls: bool, rbac: &[HttpFilter]) -> Filter {
     let mut hcm = build_hcm(
         &format!("inbound_0.0.0.0_{port}"),
         http_connection_manager::RouteSpecifier::RouteConfig(inbound_route_config(port)),
         false,
     );
+    hcm.http_filters.splice(0..0, rbac.iter().cloned());
     if mtls {
         forward_client_cert(&mut hcm);
     }

@@ -229,3 +229,81 @@ spec:
         json!({"destinationPortRange": {"start": 9080, "end": 9081}})
     );
 }
+
+fn filter_names(filters: &Value) -> Vec<&str> {
+    filters
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect()
+}
+
+#[test]
+fn authorization_policies_put_rbac_in_front_of_every_chain() {
+    let vi = virtual_inbound(
+        "
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-admin, namespace: default}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {paths: [/admin*]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: productpage, namespace: default}
+spec:
+  selector: {matchLabels: {app: productpage}}
+  rules: [{from: [{source: {namespaces: [default]}}]}]
+",
+    );
+    for name in chain_names(&vi) {
+        let filters = &chain(&vi, &name)["filters"];
+        if name.starts_with("0.0.0.0_9080") {
+            let hcm = &filters[0]["typedConfig"];
+            assert_eq!(
+                filter_names(&hcm["httpFilters"]),
+                [
+                    "envoy.filters.http.rbac",
+                    "envoy.filters.http.rbac",
+                    "envoy.filters.http.cors",
+                    "envoy.filters.http.fault",
+                    "envoy.filters.http.router"
+                ],
+                "{name}"
+            );
+            assert_eq!(
+                hcm["httpFilters"][0]["typedConfig"]["rules"]["action"],
+                "DENY"
+            );
+            assert!(
+                hcm["httpFilters"][1]["typedConfig"]["rules"]
+                    .get("action")
+                    .is_none()
+            );
+        } else {
+            // TCP ports and the passthrough chains.
+            assert_eq!(
+                filter_names(filters),
+                [
+                    "envoy.filters.network.rbac",
+                    "envoy.filters.network.rbac",
+                    "envoy.filters.network.tcp_proxy"
+                ],
+                "{name}"
+            );
+            assert_eq!(filters[0]["typedConfig"]["statPrefix"], "tcp.");
+        }
+    }
+}
+
+#[test]
+fn without_authorization_policies_chains_have_no_rbac() {
+    let vi = virtual_inbound("");
+    for name in chain_names(&vi) {
+        let text = chain(&vi, &name).to_string();
+        assert!(!text.contains("rbac"), "{name}");
+    }
+}
