@@ -39,7 +39,7 @@ use crate::proxy::record::{RequestRecord, ResponseFlags};
 use crate::proxy::{ConnInfo, Generation, Shared};
 use crate::runtime::action::{Action, WeightedTarget};
 use crate::runtime::convert::HeaderOps;
-use crate::runtime::listener::{Codec, HttpManager, RouteSource};
+use crate::runtime::listener::{Codec, HttpManager, NetworkFilter, RouteSource};
 use crate::runtime::matcher::RequestView;
 use crate::runtime::route::{Route, RouteTable, TlsRequirement, VirtualHost, strip_port};
 use body::{Counted, Finish, Observed, ProxyBody, boxed};
@@ -383,9 +383,44 @@ fn authorize<B>(
     }
 }
 
+/// The request's context with the connection manager its filter chain has
+/// in the newest configuration: a change of routes or policies (an
+/// AuthorizationPolicy above all) applies to the next request on an open
+/// keep-alive connection, not only to new connections. A chain that is
+/// gone, unnamed or no longer HTTP keeps the connection's own.
+fn current_ctx(ctx: Arc<HttpCtx>, generation: &Generation) -> Arc<HttpCtx> {
+    if ctx.conn.chain.is_empty() {
+        return ctx;
+    }
+    let newest = generation
+        .runtime
+        .listeners
+        .get(&ctx.conn.listener.name)
+        .and_then(|l| {
+            l.filter_chains
+                .iter()
+                .chain(l.default_chain.as_ref())
+                .find(|c| c.name == ctx.conn.chain)
+        })
+        .and_then(|c| match &c.filter {
+            NetworkFilter::Http(hcm) => Some(hcm),
+            NetworkFilter::Tcp(_) => None,
+        });
+    match newest {
+        Some(hcm) if !Arc::ptr_eq(hcm, &ctx.hcm) => Arc::new(HttpCtx {
+            conn: ctx.conn.clone(),
+            hcm: hcm.clone(),
+            shared: ctx.shared.clone(),
+            activity: ctx.activity.clone(),
+        }),
+        _ => ctx,
+    }
+}
+
 async fn handle(req: Request<Incoming>, ctx: Arc<HttpCtx>) -> Response<ProxyBody> {
     let started = Instant::now();
     let generation = ctx.shared.current();
+    let ctx = current_ctx(ctx, &generation);
     let received = Arc::new(AtomicU64::new(0));
     let mut rec = record(&ctx, &req);
     let req = req.map(|b| boxed(Counted::new(boxed(b), received.clone())));
