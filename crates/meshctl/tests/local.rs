@@ -214,6 +214,29 @@ fn traffic_shifting_sample_runs_with_stock_envoy_sidecars() {
     );
 }
 
+/// An ALLOW policy for GETs from the client's identity and a DENY policy
+/// for `/private/`, on the reviews workloads.
+const AUTHZ: &str = "\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: reviews-readers, namespace: default}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  action: ALLOW
+  rules:
+  - from: [{source: {principals: [cluster.local/ns/default/sa/default]}}]
+    to: [{operation: {methods: [GET]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-private, namespace: default}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  action: DENY
+  rules:
+  - to: [{operation: {paths: [/private/*]}}]
+";
+
 fn shifting_end_to_end(up_args: &[&str], proxy_program: &str) {
     let mesh = Mesh::new();
     let up = mesh.up_with(up_args);
@@ -313,6 +336,18 @@ fn shifting_end_to_end(up_args: &[&str], proxy_program: &str) {
         xfcc.contains("URI=spiffe://cluster.local/ns/default/sa/default"),
         "no client identity in X-Forwarded-Client-Cert: {echo}"
     );
+    // proxy-config secret shows the SVID and the roots the sidecar holds,
+    // read from its admin API (mesh-proxy's own, or Envoy's from the agent).
+    let secrets = text(&mesh.command(&["proxy-config", "secret", "client"]).stdout);
+    for (name, kind) in [("default", "Cert Chain"), ("ROOTCA", "CA")] {
+        assert!(
+            secrets.lines().any(|l| {
+                let words = l.split_whitespace().collect::<Vec<_>>().join(" ");
+                words.starts_with(&format!("{name} {kind} ACTIVE true "))
+            }),
+            "{name} missing from:\n{secrets}"
+        );
+    }
 
     // 90/10 as the VirtualService says, within the 99.9 % binomial interval.
     let n = 1000;
@@ -366,6 +401,27 @@ fn shifting_end_to_end(up_args: &[&str], proxy_program: &str) {
     let refused = wait_for(Duration::from_secs(20), || (!from_host()).then_some(()));
     assert!(refused.is_some(), "plaintext still accepted under STRICT");
     assert!(mesh.versions(20).iter().all(|v| v == "v2"));
+
+    // Authorization: reviews takes only GETs from the client's identity,
+    // and never serves /private/.
+    std::fs::write(mesh.config.path().join("authz.yaml"), AUTHZ).unwrap();
+    let status = |method: &str, path: &str| {
+        mesh.in_client(&format!(
+            "curl -s -o /dev/null -w '%{{http_code}}' --max-time 5 -X {method} http://reviews:9080{path}"
+        ))
+    };
+    let enforced = wait_for(Duration::from_secs(20), || {
+        (status("POST", "/") == "403").then_some(())
+    });
+    assert!(
+        enforced.is_some(),
+        "POST still allowed: {}",
+        status("POST", "/")
+    );
+    assert_eq!(status("GET", "/"), "200");
+    assert_eq!(status("GET", "/private/key"), "403");
+    let body = mesh.in_client("curl -s -X POST --max-time 5 http://reviews:9080/");
+    assert_eq!(body.trim(), "RBAC: access denied");
 
     let state = mesh.state();
     let down = mesh.meshctl(&["down"]);
