@@ -581,3 +581,45 @@ async fn network_rbac_closes_connections_it_refuses() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_new_policy_applies_to_open_keep_alive_connections() {
+    bounded(30, async {
+        let backend = echo("shop", "v1").await;
+        let addr = free_addr();
+        let resources = |filters: Option<Value>| {
+            let mut config = json!({"routeConfig": {"name": "r", "virtualHosts": [{"name": "all",
+                "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "backend"}}]}]}});
+            if let Some(f) = filters {
+                config["httpFilters"] = f;
+            }
+            vec![
+                listener(json!({"name": "http", "address": address(addr),
+                    "filterChains": [{"name": "inbound-http", "filters": [hcm(config)]}]})),
+                static_cluster("backend", &[backend.addr]),
+            ]
+        };
+        let proxy = Proxy::start(resources(None), addr).await;
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let get = || {
+            http::Request::get("/admin/x")
+                .header("host", "shop")
+                .body(Empty::<Bytes>::new())
+                .unwrap()
+        };
+        assert_eq!(sender.send_request(get()).await.unwrap().status(), 200);
+        // A DENY for /admin arrives while the connection stays open.
+        proxy.update(resources(Some(rbac_filters())));
+        let denied = eventually(std::time::Duration::from_secs(5), || {
+            let resp = sender.send_request(get());
+            async move { resp.await.ok().filter(|r| r.status() == 403) }
+        })
+        .await;
+        assert!(denied.is_some(), "the open connection still bypasses the new policy");
+    })
+    .await;
+}
