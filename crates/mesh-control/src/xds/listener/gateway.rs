@@ -12,7 +12,7 @@ use envoy_types::pb::envoy::config::core::v3::{
 };
 use envoy_types::pb::envoy::config::listener::v3::{FilterChain, FilterChainMatch, Listener};
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-    Rds, http_connection_manager,
+    HttpConnectionManager, Rds, http_connection_manager,
 };
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
@@ -26,12 +26,13 @@ use mesh_api::xds::pack_any;
 use prost::Message;
 
 use super::{
-    ads_config_source, build_hcm, hcm_filter, l4_destinations, socket_address, tcp_proxy_filter,
-    tls_inspector,
+    HCM_FILTER, ads_config_source, build_hcm, hcm_filter, l4_destinations, socket_address,
+    tcp_proxy_filter, tls_inspector,
 };
 use crate::model::Protocol;
 use crate::snapshot::{name_of, namespace_of};
 use crate::xds::ProxyScope;
+use crate::xds::authz::InboundRbac;
 use crate::xds::route::source_matches;
 use crate::xds::scope::host_matches;
 
@@ -107,6 +108,14 @@ pub(crate) fn hosts_intersect(server_hosts: &[String], hosts: &[String]) -> bool
 }
 
 pub(super) fn gateway_listeners(scope: &ProxyScope<'_>) -> Vec<Listener> {
+    // AuthorizationPolicies selecting the gateway's workload (Istio applies
+    // them to ingress gateways as to sidecars): HTTP RBAC first in every
+    // connection manager, network RBAC before every TCP proxy.
+    let rbac = InboundRbac::of(scope.snapshot, scope.proxy);
+    let hcm_filter = |mut hcm: HttpConnectionManager| {
+        hcm.http_filters.splice(0..0, rbac.http.iter().cloned());
+        hcm_filter(hcm)
+    };
     let mut by_name: BTreeMap<String, (String, u16, Vec<FilterChain>)> = BTreeMap::new();
     let mut plain_http: BTreeSet<String> = BTreeSet::new();
     for gw in scope.gateways() {
@@ -177,7 +186,12 @@ pub(super) fn gateway_listeners(scope: &ProxyScope<'_>) -> Vec<Listener> {
         .into_iter()
         .filter(|(_, (_, _, chains))| !chains.is_empty())
         .map(|(name, (ip, port, chains))| {
-            let chains = dedupe_chains(&name, chains);
+            let mut chains = dedupe_chains(&name, chains);
+            for chain in &mut chains {
+                if chain.filters.iter().all(|f| f.name != HCM_FILTER) {
+                    chain.filters.splice(0..0, rbac.network.iter().cloned());
+                }
+            }
             let needs_tls_inspector = chains.iter().any(|c| {
                 c.filter_chain_match
                     .as_ref()

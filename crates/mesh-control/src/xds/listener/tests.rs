@@ -304,3 +304,48 @@ fn inline_routes(mut l: Listener, routes: &[RouteConfiguration]) -> Listener {
     }
     l
 }
+
+#[test]
+fn authorization_policies_apply_to_gateways() {
+    let policy = r#"
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: edge-allow, namespace: istio-system}
+spec:
+  selector: {matchLabels: {istio: ingressgateway}}
+  action: ALLOW
+  rules:
+  - from: [{source: {ipBlocks: [10.0.0.0/8]}}]
+"#;
+    let (listeners, _, _) = translate(&format!("{MESH}{GATEWAY}{policy}"), &router());
+    // Every HTTP connection manager starts with the ALLOW filter ...
+    let http = listener(&listeners, "127.0.0.1_18080");
+    let filters = &http["filterChains"][0]["filters"][0]["typedConfig"]["httpFilters"];
+    assert_eq!(filters[0]["name"], "envoy.filters.http.rbac");
+    // ALLOW is the proto default, so proto JSON leaves it out.
+    assert!(
+        filters[0]["typedConfig"]["rules"].get("action").is_none(),
+        "{filters}"
+    );
+    let https = listener(&listeners, "0.0.0.0_8443");
+    let filters = &https["filterChains"][0]["filters"][0]["typedConfig"]["httpFilters"];
+    assert_eq!(filters[0]["name"], "envoy.filters.http.rbac");
+    // ... and every TCP chain (TLS passthrough here) with the network one.
+    let passthrough = listener(&listeners, "0.0.0.0_8444");
+    for chain in passthrough["filterChains"].as_array().unwrap() {
+        assert_eq!(
+            chain["filters"][0]["name"], "envoy.filters.network.rbac",
+            "{chain}"
+        );
+        assert_eq!(
+            chain["filters"][1]["name"],
+            "envoy.filters.network.tcp_proxy"
+        );
+    }
+    // Without a policy for it the gateway has none.
+    let (listeners, _, _) = translate(&format!("{MESH}{GATEWAY}"), &router());
+    let http = listener(&listeners, "127.0.0.1_18080");
+    let filters = &http["filterChains"][0]["filters"][0]["typedConfig"]["httpFilters"];
+    assert_ne!(filters[0]["name"], "envoy.filters.http.rbac");
+}
