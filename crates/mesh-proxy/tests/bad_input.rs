@@ -188,8 +188,8 @@ async fn oversized_headers_get_431_at_the_listeners_limit_or_envoys_default() {
         }
         let r = proxy.records.requests.lock().unwrap().clone();
         assert!(
-            r.iter()
-                .any(|r| r.response_code == 431 && r.details == Some("http1.headers_too_large")),
+            r.iter().any(|r| r.response_code == 431
+                && r.details.as_deref() == Some("http1.headers_too_large")),
             "{r:#?}"
         );
     })

@@ -480,7 +480,7 @@ async fn rbac_admits_by_verified_identity_and_request() {
         let server = ca.leaf(&[SERVER_ID, "shop"], ServerAuth);
         let backend = echo("shop", "v1").await;
         let addr = free_addr();
-        let _proxy = Proxy::start(
+        let proxy = Proxy::start(
             vec![
                 tls_listener(
                     addr,
@@ -524,6 +524,12 @@ async fn rbac_admits_by_verified_identity_and_request() {
             .await
             .unwrap();
         assert_eq!(resp.status(), 403);
+        // The access log names the policy that refused it, as Envoy's
+        // response code details do.
+        assert_eq!(
+            proxy.last_request().await.details.as_deref(),
+            Some("rbac_access_denied_matched_policy[ns[web]-policy[no-admin]-rule[0]]")
+        );
     })
     .await;
 }

@@ -422,6 +422,30 @@ fn shifting_end_to_end(up_args: &[&str], proxy_program: &str) {
     assert_eq!(status("GET", "/private/key"), "403");
     let body = mesh.in_client("curl -s -X POST --max-time 5 http://reviews:9080/");
     assert_eq!(body.trim(), "RBAC: access denied");
+    // Counted by either proxy (traffic goes to v2 now); Envoy's own tag
+    // extraction splits the dotted prefix into the name, ours keeps
+    // `envoy_http_rbac_denied{envoy_http_conn_manager_prefix=...}`.
+    let stats = mesh.meshctl(&[
+        "exec",
+        "reviews-v2-0",
+        "--",
+        "curl",
+        "-s",
+        "127.0.0.1:15000/stats/prometheus",
+    ]);
+    let stats = text(&stats.stdout);
+    assert!(
+        stats.lines().any(|l| l.starts_with("envoy_http_")
+            && l.contains("rbac_denied")
+            && l.contains("9080")
+            && !l.ends_with(" 0")),
+        "no RBAC denial counted:\n{}",
+        stats
+            .lines()
+            .filter(|l| l.contains("rbac"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 
     let state = mesh.state();
     let down = mesh.meshctl(&["down"]);

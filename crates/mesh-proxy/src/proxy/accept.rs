@@ -162,9 +162,10 @@ async fn serve(
             peer: conn.session.as_ref().and_then(|s| s.peer.as_ref()),
             request: None,
         };
-        if let crate::runtime::rbac::Verdict::Denied(policy) =
-            crate::runtime::rbac::check(&chain.rbac, &input)
-        {
+        let verdict = crate::runtime::rbac::check(&chain.rbac, &input);
+        let allowed = matches!(verdict, crate::runtime::rbac::Verdict::Allowed(_));
+        shared.observer.rbac(None, allowed);
+        if let crate::runtime::rbac::Verdict::Denied(policy) = verdict {
             // Envoy's network RBAC closes the connection without a word.
             tracing::debug!(%peer, chain = %chain.name, policy = policy.as_deref().unwrap_or("none"), "connection refused by RBAC");
             return;

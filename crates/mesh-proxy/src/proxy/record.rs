@@ -25,6 +25,12 @@ pub trait Observer: Send + Sync + 'static {
     fn connection(&self, record: &TcpRecord) {
         let _ = record;
     }
+
+    /// An RBAC decision: on an HTTP connection manager (`http` with its
+    /// stat prefix) or on a connection (`http` is `None`).
+    fn rbac(&self, http: Option<&str>, allowed: bool) {
+        let _ = (http, allowed);
+    }
 }
 
 /// Envoy's response flags, as a set.
@@ -93,7 +99,7 @@ pub struct RequestRecord {
     /// Envoy's `%RESPONSE_CODE_DETAILS%` for local replies
     /// (`route_not_found`, `no_healthy_upstream`, ...); `None` for a
     /// response that came from upstream (`via_upstream`).
-    pub details: Option<&'static str>,
+    pub details: Option<std::borrow::Cow<'static, str>>,
 }
 
 /// One TCP-proxied connection.

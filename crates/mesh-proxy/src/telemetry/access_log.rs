@@ -201,6 +201,7 @@ fn protocol(v: Version) -> &'static str {
 /// `%RESPONSE_CODE_DETAILS%`: the local reply's reason, or `via_upstream`.
 fn details(r: &RequestRecord) -> Option<&str> {
     r.details
+        .as_deref()
         .or_else(|| r.upstream_service_time.map(|_| "via_upstream"))
 }
 
@@ -407,7 +408,7 @@ mod tests {
              outbound|9080||reviews.default.svc.cluster.local - 10.96.0.5:9080 10.0.0.1:40000 - default\n"
         );
         let mut nr = request(404, ResponseFlags::NO_ROUTE_FOUND, None);
-        nr.details = Some("route_not_found");
+        nr.details = Some("route_not_found".into());
         nr.protocol = Version::HTTP_2;
         let line = request_text(&nr);
         assert!(

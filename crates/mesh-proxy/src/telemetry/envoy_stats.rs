@@ -247,3 +247,75 @@ mod tests {
         }
     }
 }
+
+/// Envoy's RBAC counters: per HTTP connection manager
+/// (`envoy_http_rbac_allowed{envoy_http_conn_manager_prefix=...}`), and for
+/// the network filter under Istio's `tcp.` stat prefix
+/// (`envoy_tcp_rbac_allowed`).
+#[derive(Clone, Debug, Default)]
+pub struct RbacStats {
+    http_allowed: Family<HcmLabels, EnvoyCounter>,
+    http_denied: Family<HcmLabels, EnvoyCounter>,
+    tcp_allowed: EnvoyCounter,
+    tcp_denied: EnvoyCounter,
+}
+
+/// `envoy_http_conn_manager_prefix`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct HcmLabels {
+    prefix: Arc<str>,
+}
+
+impl EncodeLabelSet for HcmLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> Result<(), std::fmt::Error> {
+        ("envoy_http_conn_manager_prefix", &*self.prefix).encode(encoder.encode_label())
+    }
+}
+
+// === impl RbacStats ===
+
+impl RbacStats {
+    /// Registers every counter in `registry`.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "envoy_http_rbac_allowed",
+            "Requests the RBAC filters let through",
+            self.http_allowed.clone(),
+        );
+        registry.register(
+            "envoy_http_rbac_denied",
+            "Requests the RBAC filters refused (403)",
+            self.http_denied.clone(),
+        );
+        registry.register(
+            "envoy_tcp_rbac_allowed",
+            "Connections the network RBAC filters let through",
+            self.tcp_allowed.clone(),
+        );
+        registry.register(
+            "envoy_tcp_rbac_denied",
+            "Connections the network RBAC filters closed",
+            self.tcp_denied.clone(),
+        );
+    }
+
+    /// Counts one decision (see [`crate::proxy::record::Observer::rbac`]).
+    pub fn decision(&self, http: Option<&str>, allowed: bool) {
+        match (http, allowed) {
+            (Some(prefix), allowed) => {
+                let family = if allowed {
+                    &self.http_allowed
+                } else {
+                    &self.http_denied
+                };
+                family
+                    .get_or_create(&HcmLabels {
+                        prefix: prefix.into(),
+                    })
+                    .inc();
+            }
+            (None, true) => self.tcp_allowed.inc(),
+            (None, false) => self.tcp_denied.inc(),
+        }
+    }
+}

@@ -19,7 +19,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use super::envoy_stats::ClusterStats;
+use super::envoy_stats::{ClusterStats, RbacStats};
 use super::labels::{LocalIdentity, PeerCache, PeerLabels};
 use crate::proxy::record::{RequestRecord, ResponseFlags, TcpRecord};
 
@@ -48,6 +48,7 @@ pub struct Metrics {
     tcp_sent: Family<TcpLabels, Counter>,
     tcp_received: Family<TcpLabels, Counter>,
     clusters: ClusterStats,
+    rbac: RbacStats,
 }
 
 /// The labels of the HTTP metrics.
@@ -85,6 +86,7 @@ impl Metrics {
             tcp_sent: Family::default(),
             tcp_received: Family::default(),
             clusters: ClusterStats::default(),
+            rbac: RbacStats::default(),
         }
     }
 
@@ -131,6 +133,12 @@ impl Metrics {
             self.tcp_received.clone(),
         );
         self.clusters.register(registry);
+        self.rbac.register(registry);
+    }
+
+    /// Counts an RBAC decision.
+    pub fn rbac(&self, http: Option<&str>, allowed: bool) {
+        self.rbac.decision(http, allowed);
     }
 
     /// Counts a finished HTTP request.

@@ -118,6 +118,12 @@ impl Observer for Telemetry {
             log.connection(record);
         }
     }
+
+    fn rbac(&self, http: Option<&str>, allowed: bool) {
+        if let Some(m) = &self.metrics {
+            m.rbac(http, allowed);
+        }
+    }
 }
 
 /// Records for unit tests.

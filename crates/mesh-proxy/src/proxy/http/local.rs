@@ -39,7 +39,7 @@ pub(crate) fn error(
     text: &str,
 ) -> Response<ProxyBody> {
     rec.flags.insert(flags);
-    rec.details = Some(details);
+    rec.details = Some(details.into());
     let mut resp = reply(status, text);
     resp.extensions_mut().insert(LocalReply);
     resp

@@ -247,7 +247,7 @@ pub(crate) async fn serve(
                 let mut rec = base_record(&conn);
                 rec.response_code = status.as_u16();
                 rec.flags.insert(ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR);
-                rec.details = Some(details);
+                rec.details = Some(details.into());
                 observer.request(&rec);
             }
             None => tracing::debug!(error = %e, "downstream connection ended with an error"),
@@ -368,17 +368,27 @@ fn authorize<B>(
             headers: req.headers(),
         }),
     };
-    match check(&ctx.hcm.rbac, &input) {
-        Verdict::Allowed(_) => None,
+    let verdict = check(&ctx.hcm.rbac, &input);
+    let observer = &ctx.shared.observer;
+    match verdict {
+        Verdict::Allowed(_) => {
+            observer.rbac(Some(&ctx.hcm.stat_prefix), true);
+            None
+        }
         Verdict::Denied(policy) => {
-            tracing::debug!(%peer, path, policy = policy.as_deref().unwrap_or("none"), "request refused by RBAC");
-            Some(local::error(
+            observer.rbac(Some(&ctx.hcm.stat_prefix), false);
+            let policy = policy.as_deref().unwrap_or("none");
+            tracing::debug!(%peer, path, policy, "request refused by RBAC");
+            let resp = local::error(
                 rec,
                 StatusCode::FORBIDDEN,
                 ResponseFlags::default(),
                 "rbac_access_denied",
                 "RBAC: access denied",
-            ))
+            );
+            // Envoy's details name the policy, so the access log does.
+            rec.details = Some(format!("rbac_access_denied_matched_policy[{policy}]").into());
+            Some(resp)
         }
     }
 }
@@ -671,11 +681,11 @@ async fn process(
     let mut weighted: Option<&WeightedTarget> = None;
     let mut resp = match &route.action {
         Action::Direct(d) => {
-            rec.details = Some("direct_response");
+            rec.details = Some("direct_response".into());
             local::direct(d)
         }
         Action::Redirect(r) => {
-            rec.details = Some("direct_response");
+            rec.details = Some("direct_response".into());
             local::redirect(r, "http", &authority, &path, route)
         }
         Action::Forward(f) => {
@@ -701,7 +711,7 @@ async fn process(
                     && fraction.sample()
                 {
                     rec.flags.insert(ResponseFlags::FAULT_INJECTED);
-                    rec.details = Some("fault_filter_abort");
+                    rec.details = Some("fault_filter_abort".into());
                     return local::abort(abort);
                 }
             }
