@@ -24,27 +24,12 @@ use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use serde_json::{Value, json};
 use support::resources::*;
+use support::tls::*;
 use support::*;
 use tokio::net::{TcpListener, TcpStream};
 
 const SERVER_ID: &str = "spiffe://cluster.local/ns/shop/sa/gateway";
 const CLIENT_ID: &str = "spiffe://cluster.local/ns/web/sa/frontend";
-
-fn address(addr: SocketAddr) -> Value {
-    json!({"socketAddress": {"address": addr.ip().to_string(), "portValue": addr.port()}})
-}
-
-fn tls_socket(kind: &str, config: Value) -> Value {
-    let mut typed = config;
-    typed["@type"] = json!(format!(
-        "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.{kind}"
-    ));
-    json!({"name": "envoy.transport_sockets.tls", "typedConfig": typed})
-}
-
-fn inline_cert(leaf: &Leaf) -> Value {
-    json!({"certificateChain": {"inlineString": leaf.cert_pem}, "privateKey": {"inlineString": leaf.key_pem}})
-}
 
 /// A listener on `addr` terminating TLS with `downstream` (a
 /// `DownstreamTlsContext`) and routing everything to cluster `backend`
@@ -61,21 +46,6 @@ fn tls_listener(addr: SocketAddr, downstream: Value, hcm_extra: Value) -> Resour
         "filterChains": [{"filterChainMatch": {"transportProtocol": "tls"},
             "transportSocket": tls_socket("DownstreamTlsContext", downstream),
             "filters": [hcm(config)]}]}))
-}
-
-fn client_config(ca: &TestCa, cert: Option<&Leaf>) -> Arc<ClientConfig> {
-    let mut roots = RootCertStore::empty();
-    roots.add(ca.der()).unwrap();
-    let builder = ClientConfig::builder_with_provider(mesh_ca::crypto_provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots);
-    Arc::new(match cert {
-        Some(leaf) => builder
-            .with_client_auth_cert(leaf.chain.clone(), leaf.private_key())
-            .unwrap(),
-        None => builder.with_no_client_auth(),
-    })
 }
 
 /// GET `/` over TLS to `addr` with SNI `sni`: the status and body, or the

@@ -15,6 +15,7 @@
 //! - [`proxy_process`]: the `mesh-proxy` binary as a child process;
 //! - [`backends`]: mesh-echo and other upstreams, on loopback or inside a
 //!   network namespace;
+//! - [`tls`]: TLS transport sockets and a client trusting a test CA;
 //! - [`clients`]: hyper clients (pooled, or one connection dialled by the
 //!   test), `curl`, and the admin API's JSON.
 //!
@@ -37,6 +38,7 @@ pub mod data_plane;
 pub mod protos;
 pub mod proxy_process;
 pub mod resources;
+pub mod tls;
 pub mod xds_proxy;
 
 use std::time::Duration;
