@@ -11,6 +11,7 @@
 
 pub mod certs;
 pub mod envoy;
+pub mod jwt;
 pub mod netns;
 pub mod process;
 pub mod tls;

@@ -161,6 +161,7 @@ async fn serve(
             server_name: conn.server_name.as_deref(),
             peer: conn.session.as_ref().and_then(|s| s.peer.as_ref()),
             request: None,
+            metadata: None,
         };
         let verdict = crate::runtime::rbac::check(&chain.rbac, &input);
         let allowed = matches!(verdict, crate::runtime::rbac::Verdict::Allowed(_));

@@ -20,9 +20,11 @@ pub mod cluster;
 pub mod convert;
 pub mod endpoint;
 pub mod filters;
+pub mod jwt;
 pub mod lb;
 pub mod listener;
 pub mod matcher;
+pub mod metadata;
 pub mod rbac;
 pub mod route;
 #[cfg(test)]

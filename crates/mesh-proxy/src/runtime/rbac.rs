@@ -12,9 +12,10 @@
 //! Conditions this proxy cannot evaluate are refused at compile time with
 //! the field named (CEL `condition`s, custom matchers), never ignored: a
 //! policy that silently matched less would open a hole. Metadata matchers
-//! (Istio's `request.auth.*` from JWT authentication) match absent
-//! metadata only: no filter here produces any yet, so a JWT principal never
-//! matches and an inverted one always does, as in Envoy without a token.
+//! read the request's dynamic metadata: the payload of a token the JWT
+//! filter verified (Istio's `requestPrincipals`, `request.auth.*`). The
+//! network filter sees no metadata, so there they match as on a request
+//! without a token.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -28,6 +29,7 @@ use envoy_types::pb::envoy::r#type::matcher::v3::path_matcher;
 
 use super::listener::Cidr;
 use super::matcher::{HeaderMatcher, RequestView, StringMatcher};
+use super::metadata::{Metadata, MetadataMatcher};
 use super::{FieldResult, invalid, join};
 
 /// Nesting allowed in one permission or principal; deeper is refused so a
@@ -73,8 +75,7 @@ enum Permission {
     DestinationPort(u16),
     DestinationPortRange(i32, i32),
     RequestedServerName(StringMatcher),
-    /// A metadata matcher: the value it matches without metadata.
-    Metadata(bool),
+    Metadata(MetadataMatcher),
 }
 
 #[derive(Clone, Debug)]
@@ -89,8 +90,7 @@ enum Principal {
     RemoteIp(Cidr),
     Header(HeaderMatcher),
     UrlPath(StringMatcher),
-    /// A metadata matcher: the value it matches without metadata.
-    Metadata(bool),
+    Metadata(MetadataMatcher),
 }
 
 /// What the policies look at: the connection, and the request on the HTTP
@@ -111,6 +111,8 @@ pub struct Input<'a> {
     pub peer: Option<&'a crate::tls::PeerNames>,
     /// The request.
     pub request: Option<RequestView<'a>>,
+    /// The request's dynamic metadata (`None` on the network filter).
+    pub metadata: Option<&'a Metadata>,
 }
 
 /// The outcome of one filter.
@@ -192,10 +194,6 @@ fn cidr(r: &CidrRange, at: &str) -> FieldResult<Cidr> {
     Cidr::compile(r, at)
 }
 
-fn metadata(m: &envoy_types::pb::envoy::r#type::matcher::v3::MetadataMatcher) -> bool {
-    m.invert
-}
-
 fn compile_permission(p: &PbPermission, at: &str, depth: usize) -> FieldResult<Permission> {
     use permission::Rule;
     depth_check(at, depth)?;
@@ -240,7 +238,9 @@ fn compile_permission(p: &PbPermission, at: &str, depth: usize) -> FieldResult<P
         ),
         // Deprecated in Envoy for `sourced_metadata`, still what Istio sends.
         #[allow(deprecated)]
-        Some(Rule::Metadata(m)) => Permission::Metadata(metadata(m)),
+        Some(Rule::Metadata(m)) => {
+            Permission::Metadata(MetadataMatcher::compile(m, &join(at, "metadata"))?)
+        }
         Some(Rule::Matcher(_)) => return invalid(join(at, "matcher"), "is not supported"),
         Some(Rule::UriTemplate(_)) => {
             return invalid(
@@ -294,7 +294,9 @@ fn compile_principal(p: &PbPrincipal, at: &str, depth: usize) -> FieldResult<Pri
         }
         Some(Identifier::UrlPath(m)) => Principal::UrlPath(path_matcher(m, &join(at, "url_path"))?),
         #[allow(deprecated)]
-        Some(Identifier::Metadata(m)) => Principal::Metadata(metadata(m)),
+        Some(Identifier::Metadata(m)) => {
+            Principal::Metadata(MetadataMatcher::compile(m, &join(at, "metadata"))?)
+        }
         Some(Identifier::FilterState(_)) => {
             return invalid(join(at, "filter_state"), "is not supported");
         }
@@ -378,7 +380,7 @@ impl Permission {
                 port >= *start && port < *end
             }
             Self::RequestedServerName(m) => m.matches(input.server_name.unwrap_or("")),
-            Self::Metadata(without) => *without,
+            Self::Metadata(m) => m.matches(input.metadata),
         }
     }
 }
@@ -410,7 +412,7 @@ impl Principal {
             Self::RemoteIp(c) => c.contains(input.remote),
             Self::Header(h) => input.request.is_some_and(|r| h.matches(&r)),
             Self::UrlPath(m) => url_path(input).is_some_and(|p| m.matches(p)),
-            Self::Metadata(without) => *without,
+            Self::Metadata(m) => m.matches(input.metadata),
         }
     }
 }

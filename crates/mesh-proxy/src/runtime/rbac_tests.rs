@@ -49,6 +49,7 @@ fn input<'a>(peer: Option<&'a PeerNames>, r: Option<&'a Req>) -> Input<'a> {
             path: r.path,
             headers: &r.headers,
         }),
+        metadata: None,
     }
 }
 
@@ -170,15 +171,39 @@ fn ip_blocks_and_destination() {
 }
 
 #[test]
-fn jwt_metadata_never_matches_without_a_token() {
+fn jwt_metadata_matches_the_verified_payload() {
+    use crate::runtime::metadata::Metadata;
     let f = filter(
         "ALLOW",
         principal_policy(
-            json!([{"metadata": {"filter": "istio_authn", "path": [{"key": "request.auth.principal"}], "value": {"stringMatch": {"exact": "issuer/subject"}}}}]),
+            json!([{"metadata": {"filter": "envoy.filters.http.jwt_authn", "path": [{"key": "payload"}, {"key": "sub"}], "value": {"stringMatch": {"exact": "alice"}}}}]),
         ),
     );
     let r = req(Method::GET, "/");
+    // No token verified: nothing to match.
     assert_eq!(f.evaluate(&input(None, Some(&r))), Verdict::Denied(None));
+    let mut md = Metadata::default();
+    md.insert(
+        "envoy.filters.http.jwt_authn",
+        "payload",
+        json!({"sub": "alice"}),
+    );
+    let with = Input {
+        metadata: Some(&md),
+        ..input(None, Some(&r))
+    };
+    assert_eq!(f.evaluate(&with), Verdict::Allowed(Some("p".into())));
+    let mut other = Metadata::default();
+    other.insert(
+        "envoy.filters.http.jwt_authn",
+        "payload",
+        json!({"sub": "mallory"}),
+    );
+    let with = Input {
+        metadata: Some(&other),
+        ..input(None, Some(&r))
+    };
+    assert_eq!(f.evaluate(&with), Verdict::Denied(None));
 }
 
 #[test]

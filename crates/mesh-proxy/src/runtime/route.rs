@@ -432,7 +432,7 @@ fn route(
     })
 }
 
-fn route_match(m: &PbRouteMatch, at: &str) -> FieldResult<RouteMatch> {
+pub(crate) fn route_match(m: &PbRouteMatch, at: &str) -> FieldResult<RouteMatch> {
     let case_sensitive = m.case_sensitive.as_ref().is_none_or(|b| b.value);
     let fold = |s: &str| {
         if case_sensitive {

@@ -1,6 +1,7 @@
 //! The HTTP connection manager: serves HTTP/1.1 and HTTP/2 (prior
 //! knowledge) on one connection, and runs each request through the
 //! pipeline: request normalisation (`x-request-id`, `x-forwarded-*`) ->
+//! JWT authentication -> RBAC (reading what JWT verified) ->
 //! virtual host and route match -> CORS -> fault injection -> the route's
 //! action (direct response, redirect, or forwarding upstream) -> response
 //! header changes. Every request ends with a [`RequestRecord`] handed to
@@ -39,8 +40,10 @@ use crate::proxy::record::{RequestRecord, ResponseFlags};
 use crate::proxy::{ConnInfo, Generation, Shared};
 use crate::runtime::action::{Action, WeightedTarget};
 use crate::runtime::convert::HeaderOps;
+use crate::runtime::jwt::JwtAuthn;
 use crate::runtime::listener::{Codec, HttpManager, NetworkFilter, RouteSource};
 use crate::runtime::matcher::RequestView;
+use crate::runtime::metadata::Metadata;
 use crate::runtime::route::{Route, RouteTable, TlsRequirement, VirtualHost, strip_port};
 use body::{Counted, Finish, Observed, ProxyBody, boxed};
 
@@ -329,12 +332,68 @@ fn codec_error(e: &(dyn std::error::Error + 'static)) -> Option<(StatusCode, &'s
     }
 }
 
+/// The connection manager's JWT filter on this request: the metadata of
+/// the tokens it verified (the request's headers changed as the providers
+/// say), or Envoy's local reply (401, or 403 for an audience not allowed).
+fn authenticate<B>(
+    jwt: &JwtAuthn,
+    req: &mut Request<B>,
+    authority: &str,
+    ctx: &HttpCtx,
+    rec: &mut RequestRecord,
+) -> Result<Metadata, Box<Response<ProxyBody>>> {
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let view = RequestView {
+        method: req.method(),
+        scheme: if ctx.conn.tls { "https" } else { "http" },
+        authority,
+        path,
+        headers: req.headers(),
+    };
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    match jwt.authenticate(&view, now) {
+        Ok(passed) => {
+            passed.apply(req.headers_mut());
+            Ok(passed.metadata)
+        }
+        Err(refused) => {
+            tracing::debug!(peer = %ctx.conn.peer, path, reason = %refused.error, "request refused by JWT authentication");
+            let body = if refused.strip_body {
+                String::new()
+            } else {
+                refused.error.to_string()
+            };
+            let mut resp = local::error(
+                rec,
+                refused.error.status(),
+                ResponseFlags::default(),
+                "jwt_authn_access_denied",
+                &body,
+            );
+            // Envoy's details carry the reason, spaces as underscores.
+            rec.details = Some(
+                format!(
+                    "jwt_authn_access_denied{{{}}}",
+                    refused.error.to_string().replace(' ', "_")
+                )
+                .into(),
+            );
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, refused.www_authenticate);
+            Err(Box::new(resp))
+        }
+    }
+}
+
 /// The connection manager's RBAC filters on this request: `Some(403)` when
 /// one refuses it (Envoy's body and response code details).
 fn authorize<B>(
     req: &Request<B>,
     authority: &str,
     ctx: &HttpCtx,
+    metadata: Option<&Metadata>,
     rec: &mut RequestRecord,
 ) -> Option<Response<ProxyBody>> {
     use crate::runtime::rbac::{Input, Verdict, check};
@@ -367,6 +426,7 @@ fn authorize<B>(
             path,
             headers: req.headers(),
         }),
+        metadata,
     };
     let verdict = check(&ctx.hcm.rbac, &input);
     let observer = &ctx.shared.observer;
@@ -575,8 +635,15 @@ async fn process(
         authority = strip_port(&authority).to_string();
     }
     normalise(&mut req, ctx, rec);
+    let metadata = match &ctx.hcm.jwt {
+        Some(jwt) => match authenticate(jwt, &mut req, &authority, ctx, rec) {
+            Ok(metadata) => Some(metadata),
+            Err(refused) => return *refused,
+        },
+        None => None,
+    };
     if !ctx.hcm.rbac.is_empty()
-        && let Some(denied) = authorize(&req, &authority, ctx, rec)
+        && let Some(denied) = authorize(&req, &authority, ctx, metadata.as_ref(), rec)
     {
         return denied;
     }

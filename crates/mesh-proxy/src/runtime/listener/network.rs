@@ -13,6 +13,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy as PbTcpProxy;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::ClusterSpecifier;
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
+use envoy_types::pb::envoy::extensions::filters::http::jwt_authn::v3::JwtAuthentication;
 use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as PbHttpRbac;
 use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as PbNetworkRbac;
 use envoy_types::pb::google::protobuf::Any;
@@ -20,6 +21,7 @@ use prost::Name;
 
 use super::super::action::{self, CORS_FILTER, FAULT_FILTER, Fault};
 use super::super::convert::{decode_any, opt_duration};
+use super::super::jwt::{self, JWT_AUTHN_FILTER, JwtAuthn};
 use super::super::rbac::{self, Rbac};
 use super::super::route::{self, RouteTable};
 use super::super::{FieldError, FieldResult, invalid, join};
@@ -75,6 +77,9 @@ pub struct HttpManager {
     pub stream_idle_timeout: Option<Duration>,
     /// What happens to `x-forwarded-client-cert`.
     pub xfcc: Xfcc,
+    /// The JWT filter: runs before the RBAC filters, which read the
+    /// payloads it verified.
+    pub jwt: Option<Arc<JwtAuthn>>,
     /// The RBAC filters, in order (each request is checked against all).
     pub rbac: Vec<Arc<Rbac>>,
 }
@@ -250,6 +255,7 @@ fn http_manager(h: &HttpConnectionManager, at: &str) -> FieldResult<HttpManager>
     let mut cors = false;
     let mut router = false;
     let mut rbac = Vec::new();
+    let mut jwt = None;
     for (i, f) in h.http_filters.iter().enumerate() {
         let field = join(at, &format!("http_filters[{i}]"));
         if router {
@@ -271,6 +277,23 @@ fn http_manager(h: &HttpConnectionManager, at: &str) -> FieldResult<HttpManager>
                 }));
             }
             CORS_FILTER => cors = true,
+            JWT_AUTHN_FILTER => {
+                let at = join(&field, "typed_config");
+                // The proxy runs authentication before authorization; a
+                // config asking for the other order (or two JWT filters)
+                // would be enforced differently than written.
+                if !rbac.is_empty() || jwt.is_some() {
+                    return invalid(
+                        join(&field, "name"),
+                        "envoy.filters.http.jwt_authn must come once, before every envoy.filters.http.rbac",
+                    );
+                }
+                let Some(any) = typed else {
+                    return invalid(at, "is required");
+                };
+                let pb: JwtAuthentication = decode_any(any, &at)?;
+                jwt = Some(Arc::new(jwt::compile(&pb, &at)?));
+            }
             RBAC_HTTP_FILTER => {
                 let at = join(&field, "typed_config");
                 let Some(any) = typed else {
@@ -296,7 +319,7 @@ fn http_manager(h: &HttpConnectionManager, at: &str) -> FieldResult<HttpManager>
                 return invalid(
                     join(&field, "name"),
                     format!(
-                        "HTTP filter {other:?} is not supported (supported: router, fault, cors, rbac)"
+                        "HTTP filter {other:?} is not supported (supported: router, fault, cors, jwt_authn, rbac)"
                     ),
                 );
             }
@@ -315,6 +338,7 @@ fn http_manager(h: &HttpConnectionManager, at: &str) -> FieldResult<HttpManager>
     let xfcc = xfcc(h, at)?;
     Ok(HttpManager {
         xfcc,
+        jwt,
         rbac,
         stat_prefix: h.stat_prefix.clone(),
         codec,
