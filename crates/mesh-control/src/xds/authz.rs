@@ -32,8 +32,10 @@
 //! rules) are not supported yet: they are skipped with a warning.
 //!
 //! Request-authentication attributes (`requestPrincipals`,
-//! `request.auth.*`) match the dynamic metadata Istio's `istio_authn`
-//! filter would set from a JWT. Nothing sets it yet, so they never match.
+//! `request.auth.*`) match the payload Envoy's `jwt_authn` filter writes
+//! to dynamic metadata once it verified a token (see
+//! [`crate::xds::authn`]); Istio's principal `<iss>/<sub>` is matched on
+//! the two claims (see `rule`), so both data planes enforce it natively.
 
 use std::collections::BTreeMap;
 
@@ -45,6 +47,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 };
 use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
 use envoy_types::pb::google::protobuf::Any;
+use mesh_api::common::WorkloadSelector;
 use mesh_api::security::AuthorizationPolicy;
 use mesh_api::security::authorization_policy::Action;
 use prost::{Message, Name};
@@ -103,7 +106,10 @@ pub struct AppliedPolicies(Vec<usize>);
 /// The RBAC filters every chain of a sidecar's `virtualInbound` starts with.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct InboundRbac {
-    /// For each HTTP chain, first in its connection manager.
+    /// For each HTTP chain, first in its connection manager: JWT
+    /// authentication (see [`crate::xds::authn`]) when a
+    /// RequestAuthentication applies, then the RBAC filters, which read
+    /// what it verified.
     pub http: Vec<HttpFilter>,
     /// For each TCP chain, before `tcp_proxy`.
     pub network: Vec<Filter>,
@@ -148,14 +154,34 @@ impl AppliedPolicies {
 
 fn applies(policy: &AuthorizationPolicy, root: &str, proxy: &ProxyInfo) -> bool {
     let spec = &policy.spec;
-    if spec.target_ref.is_some() || !spec.target_refs.is_empty() {
+    let targeted = spec.target_ref.is_some() || !spec.target_refs.is_empty();
+    selects(
+        namespace_of(policy),
+        spec.selector.as_ref(),
+        targeted,
+        root,
+        proxy,
+    )
+}
+
+/// Whether a security policy (AuthorizationPolicy, RequestAuthentication)
+/// in `namespace` with `selector` applies to `proxy`'s workload: without
+/// selector to its whole namespace (the whole mesh from the root
+/// namespace), with one to the workloads carrying its labels, in its own
+/// namespace or, from the root namespace, everywhere (Istio's
+/// `ShouldAttachPolicy`). `targeted` policies (`targetRef(s)`) pick
+/// Gateways, Services or ServiceEntries instead, never a workload here.
+pub(crate) fn selects(
+    namespace: &str,
+    selector: Option<&WorkloadSelector>,
+    targeted: bool,
+    root: &str,
+    proxy: &ProxyInfo,
+) -> bool {
+    if targeted || (namespace != root && namespace != proxy.namespace) {
         return false;
     }
-    let ns = namespace_of(policy);
-    if ns != root && ns != proxy.namespace {
-        return false;
-    }
-    spec.selector.as_ref().is_none_or(|s| {
+    selector.is_none_or(|s| {
         s.match_labels
             .iter()
             .all(|(k, v)| proxy.labels.get(k) == Some(v))
@@ -169,7 +195,11 @@ impl InboundRbac {
     pub fn of(snapshot: &Snapshot, proxy: &ProxyInfo) -> Self {
         let applied = AppliedPolicies::of(snapshot, proxy);
         let policies: Vec<&AuthorizationPolicy> = applied.policies(snapshot).collect();
-        Self::build(&policies)
+        let mut filters = Self::build(&policies);
+        if let Some(jwt) = crate::xds::authn::jwt_filter(snapshot, proxy) {
+            filters.http.insert(0, jwt);
+        }
+        filters
     }
 
     /// The filters for `policies`, all of which apply to the workload.

@@ -420,15 +420,78 @@ fn ip_blocks_are_cidr_ranges_of_the_peer_or_the_client() {
     );
 }
 
+/// The RBAC metadata principal on claim `path` of the verified payload.
+fn claim(path: &[&str], value: Value) -> Value {
+    let mut keys = vec![json!({"key": "payload"})];
+    keys.extend(path.iter().map(|k| json!({"key": k})));
+    json!({"metadata": {"filter": "envoy.filters.http.jwt_authn", "path": keys, "value": value}})
+}
+
+fn exact(v: &str) -> Value {
+    json!({"stringMatch": {"exact": v}})
+}
+
+fn and(ids: Vec<Value>) -> Value {
+    json!({"andIds": {"ids": ids}})
+}
+
 #[test]
-fn request_principals_match_authentication_metadata() {
+fn request_principals_match_issuer_and_subject_at_every_split() {
+    // No '/': no issuer/subject pair can make it.
+    assert_eq!(
+        principal_of("{requestPrincipals: [\"nobody\"]}"),
+        json!({"notId": {"any": true}})
+    );
+    // One '/': one split.
+    assert_eq!(
+        principal_of("{requestPrincipals: [\"issuer/sub\"]}"),
+        and(vec![
+            claim(&["iss"], exact("issuer")),
+            claim(&["sub"], exact("sub"))
+        ])
+    );
+    // An issuer URL has slashes of its own: every split is an alternative.
     assert_eq!(
         principal_of("{requestPrincipals: [\"https://issuer/sub\"]}"),
-        json!({"metadata": {
-            "filter": "istio_authn",
-            "path": [{"key": "request.auth.principal"}],
-            "value": {"stringMatch": {"exact": "https://issuer/sub"}}
-        }})
+        json!({"orIds": {"ids": [
+            and(vec![claim(&["iss"], exact("https:")), claim(&["sub"], exact("/issuer/sub"))]),
+            and(vec![claim(&["iss"], exact("https:/")), claim(&["sub"], exact("issuer/sub"))]),
+            and(vec![claim(&["iss"], exact("https://issuer")), claim(&["sub"], exact("sub"))]),
+        ]}})
+    );
+}
+
+#[test]
+fn request_principal_wildcards() {
+    let present = json!({"presentMatch": true});
+    assert_eq!(
+        principal_of("{requestPrincipals: [\"*\"]}"),
+        and(vec![
+            claim(&["iss"], present.clone()),
+            claim(&["sub"], present.clone())
+        ])
+    );
+    assert_eq!(
+        principal_of("{requestPrincipals: [\"iss/a*\"]}"),
+        json!({"orIds": {"ids": [
+            and(vec![claim(&["iss"], json!({"stringMatch": {"prefix": "iss/a"}})), claim(&["sub"], present.clone())]),
+            and(vec![claim(&["iss"], exact("iss")), claim(&["sub"], json!({"stringMatch": {"prefix": "a"}}))]),
+        ]}})
+    );
+    // A trailing '/' leaves an empty subject prefix: any subject.
+    assert_eq!(
+        principal_of("{requestPrincipals: [\"iss/*\"]}")["orIds"]["ids"][1],
+        and(vec![
+            claim(&["iss"], exact("iss")),
+            claim(&["sub"], present.clone())
+        ])
+    );
+    assert_eq!(
+        principal_of("{requestPrincipals: [\"*s/alice\"]}"),
+        json!({"orIds": {"ids": [
+            and(vec![claim(&["iss"], present.clone()), claim(&["sub"], json!({"stringMatch": {"suffix": "s/alice"}}))]),
+            and(vec![claim(&["iss"], json!({"stringMatch": {"suffix": "s"}})), claim(&["sub"], exact("alice"))]),
+        ]}})
     );
 }
 
@@ -518,21 +581,24 @@ fn conditions_on_the_source_are_principals() {
         when_principal("source.principal", "td/ns/a/sa/b"),
         authenticated(json!({"exact": "spiffe://td/ns/a/sa/b"}))
     );
+    let admin = exact("admin");
     assert_eq!(
-        when_principal("request.auth.claims[groups][0]", "admin"),
-        json!({"metadata": {
-            "filter": "istio_authn",
-            "path": [{"key": "request.auth.claims"}, {"key": "groups"}, {"key": "0"}],
-            "value": {"listMatch": {"oneOf": {"stringMatch": {"exact": "admin"}}}}
-        }})
+        when_principal("request.auth.claims[org][groups]", "admin"),
+        json!({"orIds": {"ids": [
+            claim(&["org", "groups"], admin.clone()),
+            claim(&["org", "groups"], json!({"listMatch": {"oneOf": admin}})),
+        ]}})
     );
     assert_eq!(
         when_principal("request.auth.audiences", "web"),
-        json!({"metadata": {
-            "filter": "istio_authn",
-            "path": [{"key": "request.auth.audiences"}],
-            "value": {"stringMatch": {"exact": "web"}}
-        }})
+        json!({"orIds": {"ids": [
+            claim(&["aud"], exact("web")),
+            claim(&["aud"], json!({"listMatch": {"oneOf": exact("web")}})),
+        ]}})
+    );
+    assert_eq!(
+        when_principal("request.auth.presenter", "spa"),
+        claim(&["azp"], exact("spa"))
     );
 }
 

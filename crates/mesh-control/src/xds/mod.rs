@@ -17,6 +17,7 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use crate::proxy::ProxyInfo;
 use crate::snapshot::Snapshot;
 
+pub mod authn;
 pub mod authz;
 pub mod cluster;
 pub mod endpoint;

@@ -26,6 +26,7 @@ use std::sync::Arc;
 
 use mesh_api::networking::destination_rule::TrafficPolicy;
 
+use super::authn::AppliedAuthn;
 use super::authz::AppliedPolicies;
 use super::cluster::{InboundPort, inbound_ports};
 use super::peer_auth::InboundMtls;
@@ -40,8 +41,9 @@ pub enum ShapeKey {
     /// A sidecar's outbound part.
     Outbound(OutboundShape),
     /// A sidecar's inbound part: its ports, the PeerAuthentication modes
-    /// that apply to them and the AuthorizationPolicies that apply to it.
-    Inbound(Vec<InboundPort>, InboundMtls, AppliedPolicies),
+    /// that apply to them and the AuthorizationPolicies and
+    /// RequestAuthentications that apply to it.
+    Inbound(Vec<InboundPort>, InboundMtls, AppliedPolicies, AppliedAuthn),
     /// Everything of a gateway (or of a proxy translated whole).
     Whole(WholeShape),
 }
@@ -88,6 +90,7 @@ impl ShapeKey {
                 inbound_ports(&scope),
                 InboundMtls::of(snapshot, proxy),
                 AppliedPolicies::of(snapshot, proxy),
+                AppliedAuthn::of(snapshot, proxy),
             ),
             _ => Self::Outbound(OutboundShape::of(&scope)),
         }

@@ -420,3 +420,7 @@ impl Principal {
 #[cfg(test)]
 #[path = "rbac_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "rbac_istio_tests.rs"]
+mod istio_tests;

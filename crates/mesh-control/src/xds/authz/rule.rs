@@ -9,7 +9,7 @@ use envoy_types::pb::envoy::config::rbac::v3::{
     Permission, Policy, Principal, permission, principal, rbac,
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::{
-    PathMatcher, StringMatcher, path_matcher, string_matcher,
+    PathMatcher, StringMatcher, ValueMatcher, path_matcher, string_matcher, value_matcher,
 };
 use mesh_api::security::AuthorizationPolicy;
 use mesh_api::security::authorization_policy::{Condition, Operation, Rule, Source};
@@ -20,10 +20,8 @@ use super::matcher::{
     regex, string, string_value, wildcard_regex,
 };
 use crate::snapshot::{name_of, namespace_of};
+use crate::xds::authn::{JWT_AUTHN_FILTER, JWT_PAYLOAD_KEY};
 
-/// The dynamic metadata namespace Istio's authentication filter writes
-/// JWT attributes to.
-const AUTHN_FILTER: &str = "istio_authn";
 const SPIFFE_PREFIX: &str = "spiffe://";
 
 /// Every rule of `policies` as an RBAC policy, by Istio's name.
@@ -316,8 +314,9 @@ enum PrincipalAttr<'a> {
     SourceIp,
     /// `request.headers[<name>]`.
     Header(&'a str),
-    /// `request.auth.audiences`, `.presenter`, `.claims[..]..`: a path in
-    /// the authentication metadata, whether the value there is a list.
+    /// `request.auth.audiences`, `.presenter`, `.claims[..]..`: a claim
+    /// path in the verified payload, and whether the claim may be a list
+    /// (then a list holding the value matches too).
     Jwt(Vec<&'a str>, bool),
 }
 
@@ -340,12 +339,9 @@ impl<'a> Attribute<'a> {
             "source.trustDomain" => Self::Principal(Princ::TrustDomain),
             "source.principal" => Self::Principal(Princ::Principal),
             "request.auth.principal" => Self::Principal(Princ::RequestPrincipal),
-            "request.auth.audiences" => {
-                Self::Principal(Princ::Jwt(vec!["request.auth.audiences"], false))
-            }
-            "request.auth.presenter" => {
-                Self::Principal(Princ::Jwt(vec!["request.auth.presenter"], false))
-            }
+            // `aud` is a string or a list of strings.
+            "request.auth.audiences" => Self::Principal(Princ::Jwt(vec!["aud"], true)),
+            "request.auth.presenter" => Self::Principal(Princ::Jwt(vec!["azp"], false)),
             k => {
                 if let Some(rest) = k.strip_prefix("request.headers") {
                     let names = bracketed(rest).ok_or_else(bad)?;
@@ -354,9 +350,7 @@ impl<'a> Attribute<'a> {
                     };
                     Self::Principal(Princ::Header(name))
                 } else if let Some(rest) = k.strip_prefix("request.auth.claims") {
-                    let mut path = vec!["request.auth.claims"];
-                    path.extend(bracketed(rest).ok_or_else(bad)?);
-                    Self::Principal(Princ::Jwt(path, true))
+                    Self::Principal(Princ::Jwt(bracketed(rest).ok_or_else(bad)?, true))
                 } else if let Some(rest) = k.strip_prefix("experimental.") {
                     let (filter, key) = rest
                         .strip_suffix(']')
@@ -459,28 +453,108 @@ impl Attr for PrincipalAttr<'_> {
             Self::SourceIp => Identifier::DirectRemoteIp(cidr(value)?),
             Self::RemoteIp => Identifier::RemoteIp(cidr(value)?),
             Self::Header(name) => Identifier::Header(header(name, value)),
-            // Deprecated in Envoy for `sourced_metadata`, which mesh-proxy
-            // does not read; Istio sends this form too.
-            #[allow(deprecated)]
-            Self::RequestPrincipal => Identifier::Metadata(metadata(
-                AUTHN_FILTER,
-                &["request.auth.principal"],
-                string_value(string(value, "", false)),
-            )),
-            #[allow(deprecated)]
+            Self::RequestPrincipal => return Ok(request_principal(value)),
             Self::Jwt(path, list) => {
                 let m = string(value, "", false);
-                let value = if *list {
-                    list_value(m)
-                } else {
-                    string_value(m)
-                };
-                Identifier::Metadata(metadata(AUTHN_FILTER, path, value))
+                let scalar = jwt_claim(path, string_value(m.clone()));
+                if !*list {
+                    return Ok(scalar);
+                }
+                return Ok(Principal::or(vec![scalar, jwt_claim(path, list_value(m))]));
             }
         };
         Ok(Principal {
             identifier: Some(id),
         })
+    }
+}
+
+/// A match on the claim at `path` of the payload the JWT filter verified.
+fn jwt_claim(path: &[&str], value: ValueMatcher) -> Principal {
+    let mut full = vec![JWT_PAYLOAD_KEY];
+    full.extend_from_slice(path);
+    // Deprecated in Envoy for `sourced_metadata`, which mesh-proxy does not
+    // read; Istio sends this form too.
+    #[allow(deprecated)]
+    let id = principal::Identifier::Metadata(metadata(JWT_AUTHN_FILTER, &full, value));
+    Principal {
+        identifier: Some(id),
+    }
+}
+
+/// Istio's request principal `<iss>/<sub>`, matched on the two claims.
+/// The issuer may contain `/` itself, so every way of splitting the value
+/// at a `/` is an alternative: `a/b/c` is issuer `a` and subject `b/c`, or
+/// issuer `a/b` and subject `c`. `*` is any verified token; `P*` a
+/// principal starting with P (an issuer starting with P, or a split of P
+/// whose subject starts with the rest); `*S` one ending with S,
+/// symmetrically. A value without `/` or wildcard matches nothing.
+fn request_principal(value: &str) -> Principal {
+    use string_matcher::MatchPattern as P;
+    let claim = |name: &str, pattern: Option<P>| {
+        let value = match pattern {
+            Some(p) => string_value(matcher_of(p, false)),
+            None => present(),
+        };
+        jwt_claim(&[name], value)
+    };
+    // An empty prefix or suffix (which Envoy refuses) is just presence.
+    let prefix = |s: &str| (!s.is_empty()).then(|| P::Prefix(s.into()));
+    let suffix = |s: &str| (!s.is_empty()).then(|| P::Suffix(s.into()));
+    let exact = |s: &str| Some(P::Exact(s.into()));
+    let splits = |s: &str| -> Vec<(usize, usize)> {
+        s.match_indices('/').map(|(i, _)| (i, i + 1)).collect()
+    };
+    let alternatives: Vec<Principal> = if value == "*" {
+        vec![Principal::and(vec![claim("iss", None), claim("sub", None)])]
+    } else if let Some(s) = value.strip_prefix('*') {
+        let mut alts = vec![Principal::and(vec![
+            claim("iss", None),
+            claim("sub", suffix(s)),
+        ])];
+        alts.extend(splits(s).into_iter().map(|(i, j)| {
+            Principal::and(vec![
+                claim("iss", suffix(&s[..i])),
+                claim("sub", exact(&s[j..])),
+            ])
+        }));
+        alts
+    } else if let Some(p) = value.strip_suffix('*') {
+        let mut alts = vec![Principal::and(vec![
+            claim("iss", prefix(p)),
+            claim("sub", None),
+        ])];
+        alts.extend(splits(p).into_iter().map(|(i, j)| {
+            Principal::and(vec![
+                claim("iss", exact(&p[..i])),
+                claim("sub", prefix(&p[j..])),
+            ])
+        }));
+        alts
+    } else {
+        splits(value)
+            .into_iter()
+            .map(|(i, j)| {
+                Principal::and(vec![
+                    claim("iss", exact(&value[..i])),
+                    claim("sub", exact(&value[j..])),
+                ])
+            })
+            .collect()
+    };
+    match alternatives.len() {
+        0 => Principal::any().not(),
+        1 => alternatives
+            .into_iter()
+            .next()
+            .unwrap_or_else(Principal::any),
+        _ => Principal::or(alternatives),
+    }
+}
+
+fn present() -> ValueMatcher {
+    ValueMatcher {
+        match_pattern: Some(value_matcher::MatchPattern::PresentMatch(true)),
     }
 }
 

@@ -12,7 +12,8 @@
 use std::str::FromStr;
 
 use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::alphabet::URL_SAFE;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::{Map, Value};
@@ -76,6 +77,15 @@ pub enum JwtError {
     #[error("Jwt verification fails")]
     VerificationFails,
 }
+
+/// base64url as Envoy decodes JWT sections: padding optional, stray
+/// trailing bits ignored.
+const BASE64URL: GeneralPurpose = GeneralPurpose::new(
+    &URL_SAFE,
+    GeneralPurposeConfig::new()
+        .with_decode_allow_trailing_bits(true)
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
 
 /// A parsed, not yet verified token.
 #[derive(Debug)]
@@ -151,6 +161,11 @@ pub fn parse(raw: &str) -> Result<Token<'_>, JwtError> {
     else {
         return Err(JwtError::BadFormat);
     };
+    // Envoy: an empty section (an unsigned `alg: none` token ends with a
+    // dot) is not a JWT at all.
+    if header.is_empty() || payload.is_empty() || signature.is_empty() {
+        return Err(JwtError::BadFormat);
+    }
     let header = object(header, JwtError::HeaderBadBase64, JwtError::HeaderBadJson)?;
     let alg = match header.get("alg") {
         Some(Value::String(alg)) => {
@@ -169,10 +184,7 @@ pub fn parse(raw: &str) -> Result<Token<'_>, JwtError> {
         JwtError::PayloadBadJson,
     )?;
     check_claim_types(&claims)?;
-    if URL_SAFE_NO_PAD
-        .decode(signature.trim_end_matches('='))
-        .is_err()
-    {
+    if BASE64URL.decode(signature).is_err() {
         return Err(JwtError::SignatureBadBase64);
     }
     let signing_input = &raw[..header_len(raw, payload)];
@@ -196,10 +208,7 @@ fn object(
     bad_base64: JwtError,
     bad_json: JwtError,
 ) -> Result<Map<String, Value>, JwtError> {
-    // Padding is not part of base64url in JWTs, but Envoy tolerates it.
-    let bytes = URL_SAFE_NO_PAD
-        .decode(section.trim_end_matches('='))
-        .map_err(|_| bad_base64)?;
+    let bytes = BASE64URL.decode(section).map_err(|_| bad_base64)?;
     match serde_json::from_slice(&bytes) {
         Ok(Value::Object(map)) => Ok(map),
         _ => Err(bad_json),

@@ -47,9 +47,10 @@ fn each_attack_is_refused_with_envoys_reason() {
     let mut big = issuer.claims("alice");
     big["pad"] = json!("x".repeat(40_000));
     let cases: Vec<(&str, String, JwtError)> = vec![
+        ("alg none", tj::unsigned(&claims), JwtError::BadFormat),
         (
-            "alg none",
-            tj::unsigned(&claims),
+            "alg none with a signature",
+            format!("{}c2ln", tj::unsigned(&claims)),
             JwtError::HeaderUnsupportedAlg,
         ),
         (
