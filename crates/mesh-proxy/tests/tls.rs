@@ -247,16 +247,28 @@ async fn mutual_tls_checks_the_client_and_tells_the_app_who_it_is() {
         assert!(ours.starts_with(&format!("By={SERVER_ID};Hash=")), "{xfcc}");
         assert!(ours.ends_with(&format!("URI={CLIENT_ID}")), "{xfcc}");
 
-        // No certificate, a certificate of another CA, or an identity
-        // outside the trust domain: refused at the handshake (TLS 1.3
-        // reports it on the first read, hence the request may fail too).
+        // No certificate, a certificate of another CA, an identity
+        // outside the trust domain, an expired or self-signed certificate,
+        // or one claiming two SPIFFE ids (an SVID has exactly one, and the
+        // matcher would accept it for the good one): refused at the
+        // handshake (TLS 1.3 reports it on the first read, hence the
+        // request may fail too).
         let other = TestCa::new("other root");
         let stranger = other.leaf(&[CLIENT_ID], ClientAuth);
         let outsider = ca.leaf(&["spiffe://evil.example/ns/web/sa/frontend"], ClientAuth);
+        let expired = ca.leaf_valid(&[CLIENT_ID], ClientAuth, (2020, 1, 1), (2021, 1, 1));
+        let self_signed = Leaf::self_signed(&[CLIENT_ID], ClientAuth);
+        let two_ids = ca.leaf(
+            &[CLIENT_ID, "spiffe://cluster.local/ns/shop/sa/admin"],
+            ClientAuth,
+        );
         for (what, config) in [
             ("no certificate", client_config(&ca, None)),
             ("another CA", client_config(&ca, Some(&stranger))),
             ("another trust domain", client_config(&ca, Some(&outsider))),
+            ("expired", client_config(&ca, Some(&expired))),
+            ("self-signed", client_config(&ca, Some(&self_signed))),
+            ("two SPIFFE ids", client_config(&ca, Some(&two_ids))),
         ] {
             let result = https_get(addr, "shop", config).await;
             assert!(result.is_err(), "{what}: {result:?}");

@@ -3,6 +3,12 @@
 //! the configured SAN matchers only (never against the SNI or hostname),
 //! a missing validation context verifies nothing, and a client
 //! certificate is checked against the CAs and the SAN matchers.
+//!
+//! One check is ours, not Envoy's: a certificate with a `spiffe://` URI
+//! SAN must be an X.509 SVID, which carries exactly one URI SAN. Envoy
+//! accepts a certificate if any SAN matches, so one certificate naming two
+//! workloads would pass a matcher for either and hand RBAC the other;
+//! certificates without SPIFFE ids keep Envoy's behaviour.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -36,12 +42,23 @@ pub struct PeerNames {
     pub subject: String,
 }
 
-/// Why a peer certificate is refused after its chain verified.
+/// Why a peer certificate is refused after its chain verified: no SAN
+/// matches the configured matchers.
 #[derive(Debug, thiserror::Error)]
 #[error("no subject alternative name of the peer certificate matches the configured matchers")]
 struct SanMismatch;
 
-/// Checks a server: chain to `roots` (if any), then the SAN matchers.
+/// Why a peer certificate is refused after its chain verified: it claims
+/// a SPIFFE id but is no SVID, having more than one URI SAN.
+#[derive(Debug, thiserror::Error)]
+#[error("not a SPIFFE SVID: {uri_sans} URI SANs")]
+struct NotAnSvid {
+    /// How many URI SANs the certificate carries.
+    uri_sans: usize,
+}
+
+/// Checks a server: chain to `roots` (if any), then that a SPIFFE id
+/// comes as an SVID, then the SAN matchers (nothing without either).
 #[derive(Debug)]
 pub(super) struct ServerVerifier {
     pub roots: Option<Arc<RootCertStore>>,
@@ -49,7 +66,8 @@ pub(super) struct ServerVerifier {
     pub provider: Arc<CryptoProvider>,
 }
 
-/// Checks a client: webpki client verification, then the SAN matchers.
+/// Checks a client: webpki client verification, then that a SPIFFE id
+/// comes as an SVID, then the SAN matchers.
 #[derive(Debug)]
 pub(super) struct ClientVerifier {
     pub inner: Arc<dyn ClientCertVerifier>,
@@ -110,13 +128,32 @@ impl PeerNames {
     }
 }
 
-fn check_sans(cert: &CertificateDer<'_>, sans: &[SanMatcher]) -> Result<(), rustls::Error> {
-    if sans.is_empty() || PeerNames::of(cert).accepted_by(sans) {
-        return Ok(());
+/// The checks after the chain verified: a certificate claiming a SPIFFE id
+/// is an SVID, then the SAN matchers accept it.
+fn check_names(cert: &CertificateDer<'_>, sans: &[SanMatcher]) -> Result<(), rustls::Error> {
+    let names = PeerNames::of(cert);
+    // The scheme is compared as URI schemes are, without case, so that
+    // `SPIFFE://` cannot slip a second identity past the check.
+    let claims_spiffe = names.uris.iter().any(|u| {
+        u.get(..SPIFFE_SCHEME.len())
+            .is_some_and(|s| s.eq_ignore_ascii_case(SPIFFE_SCHEME))
+    });
+    if claims_spiffe && names.uris.len() > 1 {
+        return Err(refused(NotAnSvid {
+            uri_sans: names.uris.len(),
+        }));
     }
-    Err(rustls::Error::InvalidCertificate(CertificateError::Other(
-        OtherError(Arc::new(SanMismatch)),
-    )))
+    if names.accepted_by(sans) {
+        Ok(())
+    } else {
+        Err(refused(SanMismatch))
+    }
+}
+
+const SPIFFE_SCHEME: &str = "spiffe://";
+
+fn refused(why: impl std::error::Error + Send + Sync + 'static) -> rustls::Error {
+    rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(why))))
 }
 
 // === impl ServerVerifier ===
@@ -130,6 +167,11 @@ impl ServerCertVerifier for ServerVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        if self.roots.is_none() && self.sans.is_empty() {
+            // No validation context: Envoy verifies nothing, and neither
+            // do we (a certificate nobody vouches for names nobody).
+            return Ok(ServerCertVerified::assertion());
+        }
         if let Some(roots) = &self.roots {
             let cert = ParsedCertificate::try_from(end_entity)?;
             rustls::client::verify_server_cert_signed_by_trust_anchor(
@@ -140,7 +182,7 @@ impl ServerCertVerifier for ServerVerifier {
                 self.provider.signature_verification_algorithms.all,
             )?;
         }
-        check_sans(end_entity, &self.sans)?;
+        check_names(end_entity, &self.sans)?;
         Ok(ServerCertVerified::assertion())
     }
 
@@ -198,7 +240,7 @@ impl ClientCertVerifier for ClientVerifier {
     ) -> Result<ClientCertVerified, rustls::Error> {
         self.inner
             .verify_client_cert(end_entity, intermediates, now)?;
-        check_sans(end_entity, &self.sans)?;
+        check_names(end_entity, &self.sans)?;
         Ok(ClientCertVerified::assertion())
     }
 
@@ -222,5 +264,103 @@ impl ClientCertVerifier for ClientVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.inner.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use mesh_test_support::certs::TestCa;
+    use rcgen::ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
+    use rustls::server::WebPkiClientVerifier;
+    use test_case::test_case;
+
+    use super::*;
+
+    const ID: &str = "spiffe://cluster.local/ns/web/sa/frontend";
+
+    fn roots(ca: &TestCa) -> Arc<RootCertStore> {
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.der()).unwrap();
+        Arc::new(roots)
+    }
+
+    /// Why a verifier refused, as its error says.
+    fn reason(result: Result<(), rustls::Error>) -> Result<(), String> {
+        result.map_err(|e| match e {
+            rustls::Error::InvalidCertificate(CertificateError::Other(why)) => why.0.to_string(),
+            other => other.to_string(),
+        })
+    }
+
+    fn as_server(ca: &TestCa, sans: &[&str]) -> Result<(), String> {
+        let verifier = ServerVerifier {
+            roots: Some(roots(ca)),
+            sans: Vec::new(),
+            provider: mesh_ca::crypto_provider(),
+        };
+        let leaf = ca.leaf(sans, ServerAuth);
+        reason(
+            verifier
+                .verify_server_cert(
+                    &leaf.chain[0],
+                    &[],
+                    &ServerName::try_from("shop").unwrap(),
+                    &[],
+                    UnixTime::now(),
+                )
+                .map(|_| ()),
+        )
+    }
+
+    fn as_client(ca: &TestCa, sans: &[&str]) -> Result<(), String> {
+        let inner =
+            WebPkiClientVerifier::builder_with_provider(roots(ca), mesh_ca::crypto_provider())
+                .build()
+                .unwrap();
+        let verifier = ClientVerifier {
+            inner,
+            sans: Vec::new(),
+        };
+        let leaf = ca.leaf(sans, ClientAuth);
+        reason(
+            verifier
+                .verify_client_cert(&leaf.chain[0], &[], UnixTime::now())
+                .map(|_| ()),
+        )
+    }
+
+    #[test_case(&[ID] => Ok(()); "an SVID")]
+    #[test_case(&[ID, "shop.example.com"] => Ok(()); "an SVID with a DNS name")]
+    #[test_case(&[ID, "spiffe://cluster.local/ns/shop/sa/admin"]
+        => Err("not a SPIFFE SVID: 2 URI SANs".into()); "two SPIFFE ids")]
+    #[test_case(&[ID, "https://example.com/x", "ftp://files.example/y"]
+        => Err("not a SPIFFE SVID: 3 URI SANs".into()); "a SPIFFE id among other URIs")]
+    #[test_case(&["SPIFFE://cluster.local/ns/web/sa/x", "https://example.com/x"]
+        => Err("not a SPIFFE SVID: 2 URI SANs".into()); "the scheme in capitals")]
+    #[test_case(&["https://a.example/", "https://b.example/"] => Ok(()); "URIs without SPIFFE ids, as Envoy")]
+    fn only_an_svid_may_claim_a_spiffe_id(sans: &[&str]) -> Result<(), String> {
+        let ca = TestCa::new("mesh root");
+        let server = as_server(&ca, sans);
+        assert_eq!(as_client(&ca, sans), server, "client and server disagree");
+        server
+    }
+
+    #[test]
+    fn without_a_validation_context_nothing_is_verified() {
+        let ca = TestCa::new("anyone");
+        let leaf = ca.leaf(&[ID, "spiffe://cluster.local/ns/shop/sa/admin"], ServerAuth);
+        let verifier = ServerVerifier {
+            roots: None,
+            sans: Vec::new(),
+            provider: mesh_ca::crypto_provider(),
+        };
+        let verified = verifier.verify_server_cert(
+            &leaf.chain[0],
+            &[],
+            &ServerName::try_from("shop").unwrap(),
+            &[],
+            UnixTime::now(),
+        );
+        assert!(verified.is_ok(), "{verified:?}");
     }
 }
