@@ -14,6 +14,7 @@ use tokio::sync::watch;
 
 use crate::ads::metrics::Metrics;
 use crate::ads::{self, AdsServer, DEFAULT_PUSH_CONCURRENCY};
+use crate::jwks::{JwksResolver, JwksSettings};
 use crate::secure::{Secure, SecureConfig};
 use crate::source::{ConfigStatus, DirSource, DirSourceConfig};
 
@@ -128,8 +129,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .next()
         .ok_or_else(|| anyhow::anyhow!("--config-dir is required"))?;
     let config = dirs.fold(DirSourceConfig::new(first), |c, d| c.with_dir(d));
-    let (source, snapshot) = DirSource::load(config)
+    let (mut source, _) = DirSource::load(config)
         .map_err(|e| anyhow::anyhow!("cannot read the configuration: {e}"))?;
+    // RequestAuthentication jwksUris are fetched here and sent inline.
+    let jwks = JwksResolver::new(JwksSettings::default());
+    let snapshot = source.with_jwks(jwks.clone());
     let status: Arc<Mutex<ConfigStatus>> = source.status_handle();
     tracing::info!(
         dirs = ?args.config_dir,
@@ -141,6 +145,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let source_task = tokio::spawn(source.run(snapshots_tx, shutdown_signal(stop_rx.clone())));
+    let jwks_task = tokio::spawn(jwks.run(shutdown_signal(stop_rx.clone())));
     let mut metrics = Metrics::new();
     let ca_metrics = crate::secure::register_metrics(metrics.registry_mut());
     let server = AdsServer::with_options(snapshots_rx, Arc::new(metrics), DEFAULT_PUSH_CONCURRENCY);
@@ -188,6 +193,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     let _ = stop_tx.send(true);
     let _ = source_task.await;
+    let _ = jwks_task.await;
     let _ = monitoring_task.await;
     if let Some(task) = secure_task {
         let _ = task.await;

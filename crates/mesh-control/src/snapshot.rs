@@ -48,6 +48,8 @@ pub struct Snapshot {
     pub telemetries: Vec<Arc<Telemetry>>,
     /// Secrets (gateway `credentialName` certificates).
     pub secrets: Vec<Arc<Secret>>,
+    /// Key sets fetched for RequestAuthentication `jwksUri`s, by URI.
+    pub jwks: Arc<std::collections::BTreeMap<String, String>>,
     /// Registry endpoints by address, built on first use: every proxy's
     /// inbound ports and locality are looked up by its IPs.
     pub by_ip: IpIndex,
@@ -151,6 +153,7 @@ impl Snapshot {
             && self.authorization_policies == older.authorization_policies
             && self.telemetries == older.telemetries
             && self.secrets == older.secrets
+            && self.jwks == older.jwks
             && self.registry.services == older.registry.services;
         if !same_policy {
             return Change::Full;
@@ -209,6 +212,17 @@ impl Snapshot {
             let ep = self.registry.endpoints.get(host)?.get(*i)?;
             Some((host.as_str(), ep))
         })
+    }
+
+    /// The `jwksUri`s of RequestAuthentication rules without inline
+    /// `jwks`: what the control plane must fetch.
+    pub fn jwks_uris(&self) -> std::collections::BTreeSet<String> {
+        self.request_authentications
+            .iter()
+            .flat_map(|p| &p.spec.jwt_rules)
+            .filter(|r| r.jwks.is_none())
+            .filter_map(|r| r.jwks_uri.clone())
+            .collect()
     }
 
     /// The mesh root namespace.

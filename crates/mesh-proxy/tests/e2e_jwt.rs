@@ -27,11 +27,13 @@ use support::proxy_process::{ProxyProcess, RunFlags};
 use support::*;
 
 const ISS: &str = "https://issuer.example";
+/// An issuer whose keys the control plane fetches from its jwksUri.
+const FETCHED_ISS: &str = "https://fetched.example";
 const HOST: &str = "shop.example.com";
 const WAIT: Duration = Duration::from_secs(30);
 
 /// Service, pod, gateway and routing, plus the security policies.
-fn config(issuer: &Issuer, backend_port: u16, gateway_port: u16) -> String {
+fn config(issuer: &Issuer, jwks_uri: &str, backend_port: u16, gateway_port: u16) -> String {
     let jwks = serde_json::to_string(&issuer.jwks()).unwrap();
     format!(
         r#"
@@ -87,6 +89,10 @@ spec:
     jwks: {jwks}
     outputClaimToHeaders:
     - {{header: x-jwt-sub, claim: sub}}
+  - issuer: {FETCHED_ISS}
+    jwksUri: {jwks_uri}
+    outputClaimToHeaders:
+    - {{header: x-jwt-sub, claim: sub}}
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -96,7 +102,7 @@ spec:
   action: ALLOW
   rules:
   - to: [{{operation: {{paths: ["/public*"]}}}}]
-  - from: [{{source: {{requestPrincipals: ["{ISS}/*"]}}}}]
+  - from: [{{source: {{requestPrincipals: ["{ISS}/*", "{FETCHED_ISS}/*"]}}}}]
     to: [{{operation: {{paths: ["/private*"]}}}}]
     when:
     - key: request.auth.claims[groups]
@@ -123,7 +129,7 @@ struct Case {
     status: u16,
 }
 
-fn cases(issuer: &Issuer) -> Vec<Case> {
+fn cases(issuer: &Issuer, fetched: &Issuer) -> Vec<Case> {
     let now = tj::now();
     let claims = |sub: &str, groups: &[&str]| {
         let mut c = issuer.claims(sub);
@@ -132,6 +138,8 @@ fn cases(issuer: &Issuer) -> Vec<Case> {
         c
     };
     let admin = claims("alice", &["admin", "dev"]);
+    let mut fetched_admin = fetched.claims("fred");
+    fetched_admin["groups"] = json!(["admin"]);
     let with = |mut c: Value, k: &str, v: Value| {
         c[k] = v;
         c
@@ -225,6 +233,12 @@ fn cases(issuer: &Issuer) -> Vec<Case> {
             Some(tj::tampered(&issuer.rs256(&admin), &big)),
             401,
         ),
+        case(
+            "token of the issuer whose keys were fetched",
+            "/private/a",
+            Some(fetched.es256(&fetched_admin)),
+            200,
+        ),
         // Envoy answers an audience it does not accept with 403.
         case(
             "wrong audience",
@@ -299,6 +313,8 @@ async fn wait_routing(gateway: SocketAddr) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_are_judged_alike_by_mesh_proxy_and_stock_envoy() {
     let issuer = Issuer::new(ISS);
+    let fetched = Issuer::new(FETCHED_ISS);
+    let jwks_uri = serve_jwks(fetched.jwks()).await;
     let backend_port = free_port();
     let _backend = Backend::serve(
         bind(None, &format!("127.0.31.1:{backend_port}")),
@@ -309,17 +325,22 @@ async fn tokens_are_judged_alike_by_mesh_proxy_and_stock_envoy() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("shop.yaml"),
-        config(&issuer, backend_port, gateway.port()),
+        config(&issuer, &jwks_uri, backend_port, gateway.port()),
     )
     .unwrap();
     let cp = ControlPlane::serve_loopback(dir.path());
     assert_eq!(cp.config_errors(), 0);
-    let table = cases(&issuer);
+    let table = cases(&issuer, &fetched);
+    let fetched_case = table
+        .iter()
+        .position(|c| c.name.contains("fetched"))
+        .unwrap();
 
     let ours = {
         let proxy = ProxyProcess::start(RunFlags::gateway(cp.addr));
         cp.wait_synced(&proxy.flags.node_id(), WAIT).await;
         wait_routing(gateway).await;
+        wait_admitted(gateway, &table[fetched_case]).await;
         let answers = answers(gateway, &table).await;
         drop(proxy);
         answers
@@ -354,6 +375,7 @@ async fn tokens_are_judged_alike_by_mesh_proxy_and_stock_envoy() {
     ));
     assert!(envoy.wait_ready(WAIT), "envoy not ready: {}", envoy.log());
     wait_routing(gateway).await;
+    wait_admitted(gateway, &table[fetched_case]).await;
     let theirs = answers(gateway, &table).await;
     for ((case, ours), theirs) in table.iter().zip(&ours).zip(&theirs) {
         assert_eq!(
@@ -378,4 +400,31 @@ async fn wait_until_free(addr: SocketAddr) {
     })
     .await;
     assert!(free.is_some(), "{addr} still in use");
+}
+
+/// Serves `jwks` on a loopback port, as an identity provider's key
+/// endpoint; the URI.
+async fn serve_jwks(jwks: String) -> String {
+    let app = axum::Router::new().route(
+        "/.well-known/jwks.json",
+        axum::routing::get(move || {
+            let jwks = jwks.clone();
+            async move { jwks }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}/.well-known/jwks.json")
+}
+
+/// Waits until `case` gets its expected status (the control plane has
+/// fetched the key set and the proxy has it).
+async fn wait_admitted(gateway: SocketAddr, case: &Case) {
+    let client = h1();
+    let ok = eventually(WAIT, || async {
+        (ask(&client, gateway, case).await.status == case.status).then_some(())
+    })
+    .await;
+    assert!(ok.is_some(), "{}: never {}", case.name, case.status);
 }

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
 
 use super::store::{ConfigStatus, ConfigStore};
+use crate::jwks::JwksResolver;
 use crate::snapshot::Snapshot;
 
 /// Settings of the directory source.
@@ -61,6 +62,12 @@ pub struct DirSource {
     seen: Fingerprint,
     version: u64,
     status: Arc<Mutex<ConfigStatus>>,
+    /// Where `jwksUri` key sets come from, when the control plane fetches
+    /// them.
+    jwks: Option<JwksResolver>,
+    /// Its change notifications, subscribed when it was given so that no
+    /// fetch finishing before [`Self::run`] starts is missed.
+    jwks_changed: Option<watch::Receiver<u64>>,
 }
 
 impl DirSource {
@@ -73,10 +80,21 @@ impl DirSource {
             seen: Fingerprint::new(),
             version: 0,
             status: Arc::new(Mutex::new(ConfigStatus::default())),
+            jwks: None,
+            jwks_changed: None,
         };
         source.rescan()?;
         let snapshot = source.snapshot();
         Ok((source, snapshot))
+    }
+
+    /// Takes `jwksUri` key sets from `resolver` (telling it which URIs the
+    /// policies name) and builds a new snapshot whenever they change.
+    /// Returns the current snapshot with the keys it has.
+    pub fn with_jwks(&mut self, resolver: JwksResolver) -> Snapshot {
+        self.jwks_changed = Some(resolver.changed());
+        self.jwks = Some(resolver);
+        self.snapshot()
     }
 
     /// Shared status for `/debug/configz`.
@@ -146,11 +164,16 @@ impl DirSource {
             status.pending = false;
         }
         let objects = self.store.objects();
-        Snapshot::build(
+        let mut snapshot = Snapshot::build(
             self.version,
             objects.iter().copied(),
             self.store.mesh_config(),
-        )
+        );
+        if let Some(jwks) = &self.jwks {
+            jwks.want(snapshot.jwks_uris());
+            snapshot.jwks = jwks.keys();
+        }
+        snapshot
     }
 
     /// Watches the directory until `shutdown` resolves, publishing a new
@@ -163,10 +186,21 @@ impl DirSource {
         tokio::pin!(shutdown);
         let mut pending_since: Option<Instant> = None;
         let mut last_change = Instant::now();
+        let mut jwks_changed = self.jwks_changed.take();
         loop {
             tokio::select! {
                 _ = &mut shutdown => return,
                 _ = tokio::time::sleep(self.config.poll_interval.min(self.config.debounce_quiet)) => {}
+                Some(Ok(())) = async {
+                    match &mut jwks_changed {
+                        Some(rx) => Some(rx.changed().await),
+                        None => None,
+                    }
+                } => {
+                    // Fetched keys are config too: publish them like a file change.
+                    last_change = Instant::now();
+                    pending_since.get_or_insert(last_change);
+                }
             }
             match self.rescan() {
                 Ok(true) => {

@@ -20,11 +20,12 @@
 //! `presence: REQUIRED` the "no token" alternative is left out; mixed
 //! presence is treated as OPTIONAL.
 //!
-//! Key sets: `jwks` inline. `jwksUri` is not fetched yet: such a rule gets
-//! a well-formed key set nobody holds the private key of, so its tokens
-//! are refused (fail closed, as istiod does when a fetch fails), and a
-//! warning names the policy. A `jwks` that is not a key set is treated the
-//! same way rather than sent to be NACKed.
+//! Key sets go inline: `jwks` as written, `jwksUri` as the control plane
+//! fetched it (see [`crate::jwks`], carried in the snapshot). A `jwksUri`
+//! not fetched (yet) gets a well-formed key set nobody holds the private
+//! key of, so its tokens are refused (fail closed, as istiod does when a
+//! fetch fails), and a warning names the policy. A `jwks` that is not a
+//! key set is treated the same way rather than sent to be NACKed.
 
 use envoy_types::pb::envoy::config::core::v3::{DataSource, data_source};
 use envoy_types::pb::envoy::config::route::v3::{RouteMatch, route_match};
@@ -113,7 +114,7 @@ pub fn jwt_filter(snapshot: &Snapshot, proxy: &ProxyInfo) -> Option<HttpFilter> 
         .enumerate()
         .map(|(i, (policy, rule))| ProviderEntry {
             name: format!("origins-{i}"),
-            provider: Some(provider(policy, rule)),
+            provider: Some(provider(snapshot, policy, rule)),
         })
         .collect();
     let mut requirements: Vec<JwtRequirement> = providers
@@ -157,7 +158,7 @@ pub fn jwt_filter(snapshot: &Snapshot, proxy: &ProxyInfo) -> Option<HttpFilter> 
     })
 }
 
-fn provider(policy: &RequestAuthentication, rule: &JwtRule) -> JwtProvider {
+fn provider(snapshot: &Snapshot, policy: &RequestAuthentication, rule: &JwtRule) -> JwtProvider {
     let id = format!("{}/{}", namespace_of(policy), name_of(policy));
     let jwks = match (&rule.jwks, &rule.jwks_uri) {
         (Some(jwks), _) if is_key_set(jwks) => jwks.clone(),
@@ -165,10 +166,13 @@ fn provider(policy: &RequestAuthentication, rule: &JwtRule) -> JwtProvider {
             tracing::warn!(policy = %id, field = "jwtRules[].jwks", "not a JSON Web Key Set; tokens of this issuer are refused");
             UNUSABLE_JWKS.into()
         }
-        (None, Some(uri)) => {
-            tracing::warn!(policy = %id, jwks_uri = %uri, "jwksUri is not fetched yet; tokens of this issuer are refused until the keys are given inline (jwks)");
-            UNUSABLE_JWKS.into()
-        }
+        (None, Some(uri)) => match snapshot.jwks.get(uri) {
+            Some(jwks) => jwks.clone(),
+            None => {
+                tracing::warn!(policy = %id, jwks_uri = %uri, "jwksUri not fetched (yet); tokens of this issuer are refused until its keys are");
+                UNUSABLE_JWKS.into()
+            }
+        },
         (None, None) => {
             tracing::warn!(policy = %id, "jwtRule without jwks or jwksUri; tokens of this issuer are refused");
             UNUSABLE_JWKS.into()

@@ -61,11 +61,15 @@ impl ControlPlane {
     /// Serves the config directory `dir` on `listener` (a bound std
     /// listener, e.g. from `Namespace::run_in`).
     pub fn serve(dir: &Path, listener: std::net::TcpListener) -> Self {
-        let (source, snapshot) = DirSource::load(DirSourceConfig::new(dir)).unwrap();
+        let (mut source, _) = DirSource::load(DirSourceConfig::new(dir)).unwrap();
+        // As the binary: jwksUris are fetched and sent inline.
+        let jwks = mesh_control::jwks::JwksResolver::new(Default::default());
+        let snapshot = source.with_jwks(jwks.clone());
         let status = source.status_handle();
         let (snapshots_tx, snapshots_rx) = watch::channel(Arc::new(snapshot));
         let stop = StopOnDrop::default();
         tokio::spawn(source.run(snapshots_tx, stop.until()));
+        tokio::spawn(jwks.run(stop.until()));
         let server = AdsServer::with_default_generator(snapshots_rx);
         listener.set_nonblocking(true).unwrap();
         let listener = tokio::net::TcpListener::from_std(listener).unwrap();

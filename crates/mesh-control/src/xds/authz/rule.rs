@@ -485,10 +485,14 @@ fn jwt_claim(path: &[&str], value: ValueMatcher) -> Principal {
 /// Istio's request principal `<iss>/<sub>`, matched on the two claims.
 /// The issuer may contain `/` itself, so every way of splitting the value
 /// at a `/` is an alternative: `a/b/c` is issuer `a` and subject `b/c`, or
-/// issuer `a/b` and subject `c`. `*` is any verified token; `P*` a
+/// issuer `a/b` and subject `c`. `*` is any verified token with both
+/// claims (presence, where Istio's `*` elsewhere means non-empty); `P*` a
 /// principal starting with P (an issuer starting with P, or a split of P
 /// whose subject starts with the rest); `*S` one ending with S,
-/// symmetrically. A value without `/` or wildcard matches nothing.
+/// symmetrically. Istio builds the principal only when the token has both
+/// `iss` and `sub`, so the alternative that constrains one claim alone
+/// also requires the other to be present. A value without `/` or wildcard
+/// matches nothing (`NOT any`).
 fn request_principal(value: &str) -> Principal {
     use string_matcher::MatchPattern as P;
     let claim = |name: &str, pattern: Option<P>| {
@@ -542,13 +546,11 @@ fn request_principal(value: &str) -> Principal {
             })
             .collect()
     };
-    match alternatives.len() {
-        0 => Principal::any().not(),
-        1 => alternatives
-            .into_iter()
-            .next()
-            .unwrap_or_else(Principal::any),
-        _ => Principal::or(alternatives),
+    match <[Principal; 1]>::try_from(alternatives) {
+        Ok([only]) => only,
+        // No split: never matches (Istio would need an issuer and a subject).
+        Err(none) if none.is_empty() => Principal::any().not(),
+        Err(alternatives) => Principal::or(alternatives),
     }
 }
 
