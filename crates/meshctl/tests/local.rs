@@ -18,6 +18,7 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use mesh_test_support::jwt::Issuer;
 use mesh_test_support::netns::{require_program, require_root, run_bounded};
 use mesh_test_support::{binomial_bounds, wait_for, workspace_root};
 
@@ -237,6 +238,38 @@ spec:
   - to: [{operation: {paths: [/private/*]}}]
 ";
 
+const JWT_ISSUER: &str = "https://login.example.com";
+
+/// A RequestAuthentication of the test issuer on the reviews workloads,
+/// and DENY policies keeping `/jwt/` for its tokens with group `admin`.
+fn jwt_policies(issuer: &Issuer) -> String {
+    format!(
+        "\
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: reviews-jwt, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: reviews}}}}
+  jwtRules:
+  - issuer: {JWT_ISSUER}
+    jwks: '{jwks}'
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: jwt-admins, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: reviews}}}}
+  action: DENY
+  rules:
+  - from: [{{source: {{notRequestPrincipals: [\"{JWT_ISSUER}/*\"]}}}}]
+    to: [{{operation: {{paths: [/jwt/*]}}}}]
+  - to: [{{operation: {{paths: [/jwt/*]}}}}]
+    when: [{{key: \"request.auth.claims[groups]\", notValues: [admin]}}]
+",
+        jwks = issuer.jwks()
+    )
+}
+
 fn shifting_end_to_end(up_args: &[&str], proxy_program: &str) {
     let mesh = Mesh::new();
     let up = mesh.up_with(up_args);
@@ -445,6 +478,44 @@ fn shifting_end_to_end(up_args: &[&str], proxy_program: &str) {
             .filter(|l| l.contains("rbac"))
             .collect::<Vec<_>>()
             .join("\n")
+    );
+
+    // End-user authentication: reviews verifies JWTs of a test issuer
+    // and serves /jwt/ only to its admins.
+    let issuer = Issuer::new(JWT_ISSUER);
+    std::fs::write(mesh.config.path().join("jwt.yaml"), jwt_policies(&issuer)).unwrap();
+    let with_token = |token: Option<&str>| {
+        let auth = token.map_or(String::new(), |t| format!("-H 'Authorization: Bearer {t}'"));
+        mesh.in_client(&format!(
+            "curl -s -o /dev/null -w '%{{http_code}}' --max-time 5 {auth} http://reviews:9080/jwt/report"
+        ))
+    };
+    let enforced = wait_for(Duration::from_secs(20), || {
+        (with_token(None) == "403").then_some(())
+    });
+    assert!(
+        enforced.is_some(),
+        "/jwt/ without a token: {}",
+        with_token(None)
+    );
+    let mut admin = issuer.claims("alice");
+    admin["groups"] = serde_json::json!(["admin"]);
+    assert_eq!(
+        with_token(Some(&issuer.rs256(&admin))),
+        "200",
+        "admin token"
+    );
+    assert_eq!(
+        with_token(Some(&issuer.token("bob"))),
+        "403",
+        "token without the group"
+    );
+    let forged = mesh_test_support::jwt::tampered(&issuer.token("bob"), &admin);
+    assert_eq!(with_token(Some(&forged)), "401", "tampered token");
+    assert_eq!(
+        with_token(Some(&mesh_test_support::jwt::unsigned(&admin))),
+        "401",
+        "alg none"
     );
 
     let state = mesh.state();
