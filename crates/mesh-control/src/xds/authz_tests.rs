@@ -435,63 +435,111 @@ fn and(ids: Vec<Value>) -> Value {
     json!({"andIds": {"ids": ids}})
 }
 
-#[test]
-fn request_principals_match_issuer_and_subject_at_every_split() {
-    // No '/': no issuer/subject pair can make it.
-    assert_eq!(
-        principal_of("{requestPrincipals: [\"nobody\"]}"),
-        json!({"notId": {"any": true}})
-    );
-    // One '/': one split.
-    assert_eq!(
-        principal_of("{requestPrincipals: [\"issuer/sub\"]}"),
-        and(vec![
-            claim(&["iss"], exact("issuer")),
-            claim(&["sub"], exact("sub"))
-        ])
-    );
-    // An issuer URL has slashes of its own: every split is an alternative.
-    assert_eq!(
-        principal_of("{requestPrincipals: [\"https://issuer/sub\"]}"),
-        json!({"orIds": {"ids": [
-            and(vec![claim(&["iss"], exact("https:")), claim(&["sub"], exact("/issuer/sub"))]),
-            and(vec![claim(&["iss"], exact("https:/")), claim(&["sub"], exact("issuer/sub"))]),
-            and(vec![claim(&["iss"], exact("https://issuer")), claim(&["sub"], exact("sub"))]),
-        ]}})
-    );
+fn or(ids: Vec<Value>) -> Value {
+    json!({"orIds": {"ids": ids}})
+}
+
+fn prefix(v: &str) -> Value {
+    json!({"stringMatch": {"prefix": v}})
+}
+
+fn suffix(v: &str) -> Value {
+    json!({"stringMatch": {"suffix": v}})
+}
+
+/// `iss` and `sub` matching `iss` and `sub`.
+fn principal(iss: Value, sub: Value) -> Value {
+    and(vec![claim(&["iss"], iss), claim(&["sub"], sub)])
 }
 
 #[test]
-fn request_principal_wildcards() {
+fn request_principals_match_issuer_and_subject_at_every_split() {
+    let present = || json!({"presentMatch": true});
+    let table: Vec<(&str, Value)> = vec![
+        // No '/': no issuer/subject pair can make it.
+        ("nobody", json!({"notId": {"any": true}})),
+        // One '/': one split.
+        ("issuer/sub", principal(exact("issuer"), exact("sub"))),
+        // Two: the issuer or the subject may hold the middle part.
+        (
+            "a/b/c",
+            or(vec![
+                principal(exact("a"), exact("b/c")),
+                principal(exact("a/b"), exact("c")),
+            ]),
+        ),
+        // An issuer URL has slashes of its own: every split is an alternative.
+        (
+            "https://issuer.example/alice",
+            or(vec![
+                principal(exact("https:"), exact("/issuer.example/alice")),
+                principal(exact("https:/"), exact("issuer.example/alice")),
+                principal(exact("https://issuer.example"), exact("alice")),
+            ]),
+        ),
+        // `*`: any verified token with both claims.
+        ("*", principal(present(), present())),
+        // Prefix: an issuer starting with it, or a split whose subject
+        // starts with the rest.
+        (
+            "iss/a*",
+            or(vec![
+                principal(prefix("iss/a"), present()),
+                principal(exact("iss"), prefix("a")),
+            ]),
+        ),
+        ("acc*", principal(prefix("acc"), present())),
+        // A trailing '/' leaves an empty subject prefix: any subject.
+        (
+            "iss/*",
+            or(vec![
+                principal(prefix("iss/"), present()),
+                principal(exact("iss"), present()),
+            ]),
+        ),
+        // Suffix, symmetrically.
+        (
+            "*s/alice",
+            or(vec![
+                principal(present(), suffix("s/alice")),
+                principal(suffix("s"), exact("alice")),
+            ]),
+        ),
+        ("*alice", principal(present(), suffix("alice"))),
+        // A leading '/' leaves an empty issuer suffix: any issuer.
+        (
+            "*/alice",
+            or(vec![
+                principal(present(), suffix("/alice")),
+                principal(present(), exact("alice")),
+            ]),
+        ),
+    ];
+    for (value, want) in table {
+        assert_eq!(
+            principal_of(&format!("{{requestPrincipals: [\"{value}\"]}}")),
+            want,
+            "requestPrincipals {value}"
+        );
+        assert_eq!(
+            when_principal("request.auth.principal", value),
+            want,
+            "request.auth.principal {value}"
+        );
+    }
+}
+
+#[test]
+fn not_request_principals_negate_the_alternatives() {
+    let p =
+        http_policy("{rules: [{from: [{source: {notRequestPrincipals: [\"*\", \"iss/bob\"]}}]}]}");
     let present = json!({"presentMatch": true});
     assert_eq!(
-        principal_of("{requestPrincipals: [\"*\"]}"),
-        and(vec![
-            claim(&["iss"], present.clone()),
-            claim(&["sub"], present.clone())
-        ])
-    );
-    assert_eq!(
-        principal_of("{requestPrincipals: [\"iss/a*\"]}"),
-        json!({"orIds": {"ids": [
-            and(vec![claim(&["iss"], json!({"stringMatch": {"prefix": "iss/a"}})), claim(&["sub"], present.clone())]),
-            and(vec![claim(&["iss"], exact("iss")), claim(&["sub"], json!({"stringMatch": {"prefix": "a"}}))]),
-        ]}})
-    );
-    // A trailing '/' leaves an empty subject prefix: any subject.
-    assert_eq!(
-        principal_of("{requestPrincipals: [\"iss/*\"]}")["orIds"]["ids"][1],
-        and(vec![
-            claim(&["iss"], exact("iss")),
-            claim(&["sub"], present.clone())
-        ])
-    );
-    assert_eq!(
-        principal_of("{requestPrincipals: [\"*s/alice\"]}"),
-        json!({"orIds": {"ids": [
-            and(vec![claim(&["iss"], present.clone()), claim(&["sub"], json!({"stringMatch": {"suffix": "s/alice"}}))]),
-            and(vec![claim(&["iss"], json!({"stringMatch": {"suffix": "s"}})), claim(&["sub"], exact("alice"))]),
-        ]}})
+        p["principals"][0]["andIds"]["ids"],
+        json!([{"notId": or(vec![
+            principal(present.clone(), present),
+            principal(exact("iss"), exact("bob")),
+        ])}])
     );
 }
 
