@@ -190,9 +190,7 @@ impl JwksResolver {
                 .map_err(|_| FetchError::NotKeySet)?
                 .to_bytes();
             let text = String::from_utf8(body.to_vec()).map_err(|_| FetchError::NotKeySet)?;
-            let value: serde_json::Value =
-                serde_json::from_str(&text).map_err(|_| FetchError::NotKeySet)?;
-            if !value.get("keys").is_some_and(serde_json::Value::is_array) {
+            if !is_key_set(&text) {
                 return Err(FetchError::NotKeySet);
             }
             Ok(text)
@@ -224,6 +222,16 @@ impl JwksResolver {
         }
         Arc::make_mut(&mut keys).retain(|k, _| wanted.contains(k));
     }
+}
+
+/// Whether `jwks` is JSON with a `keys` list: what Envoy needs to accept a
+/// provider's inline key set (the keys themselves are the data plane's to
+/// judge). Inline `jwks` and fetched bodies are checked alike.
+pub(crate) fn is_key_set(jwks: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(jwks)
+        .ok()
+        .and_then(|v| v.get("keys").map(serde_json::Value::is_array))
+        .unwrap_or(false)
 }
 
 /// TLS towards identity providers: the system's root certificates (none

@@ -42,6 +42,7 @@ use mesh_api::security::request_authentication::{JwtPresence, JwtRule};
 use prost::{Message, Name};
 
 use super::authz::selects;
+use crate::jwks::is_key_set;
 use crate::proxy::ProxyInfo;
 use crate::snapshot::{Snapshot, name_of, namespace_of};
 
@@ -221,15 +222,6 @@ fn provider(snapshot: &Snapshot, policy: &RequestAuthentication, rule: &JwtRule)
         })),
         ..Default::default()
     }
-}
-
-/// Whether `jwks` is JSON with a `keys` list (what Envoy needs to accept
-/// the provider; the keys themselves are the data plane's to judge).
-fn is_key_set(jwks: &str) -> bool {
-    serde_json::from_str::<serde_json::Value>(jwks)
-        .ok()
-        .and_then(|v| v.get("keys").map(serde_json::Value::is_array))
-        .unwrap_or(false)
 }
 
 /// `JwtAuthentication` as it goes on the wire, providers in name order (a
