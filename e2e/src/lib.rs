@@ -6,3 +6,4 @@
 pub mod bench;
 pub mod echo;
 pub mod envoy;
+pub mod ext_authz;

@@ -9,10 +9,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use super::{ConnInfo, Shared, Stream, http, inspect, tcp};
+use super::{ConnInfo, Generation, Shared, Stream, ext_authz, http, inspect, tcp};
 use crate::drain;
 use crate::runtime::Runtime;
-use crate::runtime::listener::{ConnectionInfo, Listener, NetworkFilter};
+use crate::runtime::listener::{
+    ConnectionInfo, FilterChain, Listener, NetworkAuthz, NetworkFilter,
+};
+use crate::runtime::metadata::Metadata;
 
 /// How long a client has to complete a TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -153,24 +156,8 @@ async fn serve(
         tls: session.is_some(),
         session,
     });
-    if !chain.rbac.is_empty() {
-        let input = crate::runtime::rbac::Input {
-            direct_remote: peer,
-            remote: peer.ip(),
-            destination,
-            server_name: conn.server_name.as_deref(),
-            peer: conn.session.as_ref().and_then(|s| s.peer.as_ref()),
-            request: None,
-            metadata: None,
-        };
-        let verdict = crate::runtime::rbac::check(&chain.rbac, &input);
-        let allowed = matches!(verdict, crate::runtime::rbac::Verdict::Allowed(_));
-        shared.observer.rbac(None, allowed);
-        if let crate::runtime::rbac::Verdict::Denied(policy) = verdict {
-            // Envoy's network RBAC closes the connection without a word.
-            tracing::debug!(%peer, chain = %chain.name, policy = policy.as_deref().unwrap_or("none"), "connection refused by RBAC");
-            return;
-        }
+    if !chain.authz.is_empty() && !connection_allowed(chain, &conn, &generation, &shared).await {
+        return;
     }
     match &chain.filter {
         NetworkFilter::Http(hcm) => http::serve(stream, conn, hcm.clone(), shared, drain).await,
@@ -178,6 +165,92 @@ async fn serve(
             tcp::proxy(stream, conn, proxy, generation.clone(), shared).await
         }
     }
+}
+
+/// Runs the chain's network authorization filters in order on a new
+/// connection: whether it may go on. Refused connections are closed
+/// without a word, as Envoy's network RBAC and ext_authz filters do.
+async fn connection_allowed(
+    chain: &FilterChain,
+    conn: &Arc<ConnInfo>,
+    generation: &Generation,
+    shared: &Shared,
+) -> bool {
+    use crate::proxy::record::AuthzEvent;
+    use crate::runtime::rbac::{Input, Verdict};
+    let mut metadata = Metadata::default();
+    let mut enforced = false;
+    for filter in &chain.authz {
+        match filter {
+            NetworkAuthz::Rbac(f) => {
+                let (verdict, shadow) = {
+                    let input = Input {
+                        direct_remote: conn.peer,
+                        remote: conn.peer.ip(),
+                        destination: conn.destination,
+                        server_name: conn.server_name.as_deref(),
+                        peer: conn.session.as_ref().and_then(|s| s.peer.as_ref()),
+                        request: None,
+                        metadata: None,
+                    };
+                    (
+                        f.rules.as_ref().map(|r| r.evaluate(&input)),
+                        f.shadow(&input),
+                    )
+                };
+                if let (Some(result), Some(rules)) = (shadow, &f.shadow) {
+                    shared
+                        .observer
+                        .authz(None, AuthzEvent::Shadow(&rules.prefix, result.allowed));
+                    f.record_shadow(&result, "envoy.filters.network.rbac", &mut metadata);
+                }
+                enforced |= verdict.is_some();
+                if let Some(Verdict::Denied(policy)) = verdict {
+                    shared.observer.rbac(None, false);
+                    tracing::debug!(peer = %conn.peer, chain = %chain.name, policy = policy.as_deref().unwrap_or("none"), "connection refused by RBAC");
+                    return false;
+                }
+            }
+            NetworkAuthz::ExtAuthz(f) => {
+                if !f.applies(&metadata) {
+                    shared.observer.authz(None, AuthzEvent::ExtAuthzDisabled);
+                    continue;
+                }
+                let subject = ext_authz::Subject {
+                    conn,
+                    request: None,
+                    metadata: None,
+                    include_tls_session: f.include_tls_session,
+                };
+                let decision =
+                    ext_authz::check_grpc(&f.target, subject, generation, shared.identity()).await;
+                let event = match decision {
+                    ext_authz::Decision::Allowed(_) => AuthzEvent::ExtAuthzOk,
+                    ext_authz::Decision::Denied(_) => AuthzEvent::ExtAuthzDenied,
+                    ext_authz::Decision::Error(why) => {
+                        tracing::debug!(peer = %conn.peer, chain = %chain.name, error = %why, "external authorization check failed");
+                        if f.failure_mode_allow {
+                            AuthzEvent::ExtAuthzFailureModeAllowed
+                        } else {
+                            AuthzEvent::ExtAuthzError
+                        }
+                    }
+                };
+                shared.observer.authz(None, event);
+                if matches!(
+                    event,
+                    AuthzEvent::ExtAuthzDenied | AuthzEvent::ExtAuthzError
+                ) {
+                    tracing::debug!(peer = %conn.peer, chain = %chain.name, "connection refused by external authorization");
+                    return false;
+                }
+            }
+        }
+    }
+    if enforced {
+        shared.observer.rbac(None, true);
+    }
+    true
 }
 
 /// The listener a `use_original_dst` listener hands a connection to: the

@@ -21,6 +21,7 @@
 
 mod accept;
 pub mod dns;
+mod ext_authz;
 pub mod http;
 mod inspect;
 mod io;

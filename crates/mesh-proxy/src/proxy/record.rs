@@ -31,6 +31,32 @@ pub trait Observer: Send + Sync + 'static {
     fn rbac(&self, http: Option<&str>, allowed: bool) {
         let _ = (http, allowed);
     }
+
+    /// An authorization event other than an enforced RBAC decision: shadow
+    /// rules evaluated, or an external authorization check (on an HTTP
+    /// connection manager, `http` with its stat prefix, or on a
+    /// connection).
+    fn authz(&self, http: Option<&str>, event: AuthzEvent<'_>) {
+        let _ = (http, event);
+    }
+}
+
+/// See [`Observer::authz`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthzEvent<'a> {
+    /// Shadow rules with this stat prefix would have allowed (`true`) or
+    /// denied.
+    Shadow(&'a str, bool),
+    /// The external authorization service allowed.
+    ExtAuthzOk,
+    /// It denied.
+    ExtAuthzDenied,
+    /// The check failed and the request was refused.
+    ExtAuthzError,
+    /// The check failed and `failure_mode_allow` let the request through.
+    ExtAuthzFailureModeAllowed,
+    /// The filter did not apply to the request.
+    ExtAuthzDisabled,
 }
 
 /// Envoy's response flags, as a set.
@@ -173,6 +199,9 @@ flags! {
     DELAY_INJECTED = 9, "DI";
     /// A fault abort was injected.
     FAULT_INJECTED = 10, "FI";
+    /// The external authorization service refused the request (or could
+    /// not be asked).
+    UNAUTHORIZED_EXTERNAL_SERVICE = 12, "UAEX";
     /// The client went away.
     DOWNSTREAM_CONNECTION_TERMINATION = 14, "DC";
     /// Retries were exhausted.

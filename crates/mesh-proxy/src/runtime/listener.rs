@@ -28,13 +28,16 @@ use envoy_types::pb::envoy::config::listener::v3::{
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::DownstreamTlsContext;
 
 use super::convert::{ip_address, opt_duration, tls_context};
-use super::rbac::Rbac;
+use super::ext_authz::{EXT_AUTHZ_NETWORK_FILTER, NetworkExtAuthz};
+use super::rbac::RbacFilter;
 pub use super::tls::DownstreamTls;
 use super::{FieldResult, invalid, join};
 
 mod network;
 
-pub use network::{Codec, ForwardClientCert, HttpManager, RouteSource, TcpProxy, TcpTarget, Xfcc};
+pub use network::{
+    Codec, ForwardClientCert, HttpAuthz, HttpManager, RouteSource, TcpProxy, TcpTarget, Xfcc,
+};
 
 /// Envoy's default `listener_filters_timeout`.
 pub const DEFAULT_INSPECT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -91,9 +94,18 @@ pub struct FilterChain {
     pub filter: NetworkFilter,
     /// TLS termination settings.
     pub tls: Option<DownstreamTls>,
-    /// Network RBAC filters, checked once per connection before the
-    /// terminal filter.
-    pub rbac: Vec<Arc<Rbac>>,
+    /// Network authorization filters (RBAC, external authorization), run
+    /// in order once per connection before the terminal filter.
+    pub authz: Vec<NetworkAuthz>,
+}
+
+/// One authorization filter of a filter chain.
+#[derive(Clone, Debug)]
+pub enum NetworkAuthz {
+    /// `envoy.filters.network.rbac`.
+    Rbac(Arc<RbacFilter>),
+    /// `envoy.filters.network.ext_authz`.
+    ExtAuthz(Arc<NetworkExtAuthz>),
 }
 
 /// The terminal network filter of a chain.
@@ -428,13 +440,13 @@ fn filter_chain(c: &PbFilterChain, at: &str) -> FieldResult<FilterChain> {
         .map(|t| transport_socket(t, &join(at, "transport_socket")))
         .transpose()?
         .flatten();
-    let (rbac, filter) = network_filters(&c.filters, &join(at, "filters"))?;
+    let (authz, filter) = network_filters(&c.filters, &join(at, "filters"))?;
     Ok(FilterChain {
         name: c.name.clone(),
         matcher,
         filter,
         tls,
-        rbac,
+        authz,
     })
 }
 
@@ -503,31 +515,42 @@ fn chain_match(m: &FilterChainMatch, at: &str) -> FieldResult<ChainMatch> {
     })
 }
 
-/// The RBAC filters (in order) and the terminal filter of a chain.
-fn network_filters(filters: &[Filter], at: &str) -> FieldResult<(Vec<Arc<Rbac>>, NetworkFilter)> {
+/// The authorization filters (in order) and the terminal filter of a chain.
+fn network_filters(
+    filters: &[Filter],
+    at: &str,
+) -> FieldResult<(Vec<NetworkAuthz>, NetworkFilter)> {
     let Some((last, rest)) = filters.split_last() else {
         return invalid(
             at,
             "a filter chain needs a terminal filter: http_connection_manager or tcp_proxy",
         );
     };
-    let mut rbac = Vec::new();
+    let mut authz = Vec::new();
     for (i, f) in rest.iter().enumerate() {
+        let field = format!("{at}[{i}].typed_config");
+        let typed = || match &f.config_type {
+            Some(ConfigType::TypedConfig(any)) => Ok(any),
+            _ => invalid(field.clone(), "is required"),
+        };
         match f.name.as_str() {
             // Istio's telemetry filters observe and change nothing on the path.
             "istio.metadata_exchange" | "istio.stats" => {}
             network::RBAC_NETWORK_FILTER => {
-                let field = format!("{at}[{i}].typed_config");
-                let Some(ConfigType::TypedConfig(any)) = &f.config_type else {
-                    return invalid(field, "is required");
-                };
-                rbac.extend(network::network_rbac(any, &field)?.map(Arc::new));
+                let filter = network::network_rbac(typed()?, &field)?;
+                if filter.rules.is_some() || filter.shadow.is_some() {
+                    authz.push(NetworkAuthz::Rbac(Arc::new(filter)));
+                }
+            }
+            EXT_AUTHZ_NETWORK_FILTER => {
+                let filter = network::network_ext_authz(typed()?, &field)?;
+                authz.push(NetworkAuthz::ExtAuthz(Arc::new(filter)));
             }
             other => {
                 return invalid(
                     format!("{at}[{i}].name"),
                     format!(
-                        "network filter {other:?} is not supported before the terminal filter (supported: rbac)"
+                        "network filter {other:?} is not supported before the terminal filter (supported: rbac, ext_authz)"
                     ),
                 );
             }
@@ -538,7 +561,7 @@ fn network_filters(filters: &[Filter], at: &str) -> FieldResult<(Vec<Arc<Rbac>>,
         return invalid(join(&at, "typed_config"), "is required");
     };
     Ok((
-        rbac,
+        authz,
         network::terminal(&last.name, any, &join(&at, "typed_config"))?,
     ))
 }

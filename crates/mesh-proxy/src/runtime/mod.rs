@@ -19,6 +19,7 @@ pub mod action;
 pub mod cluster;
 pub mod convert;
 pub mod endpoint;
+pub mod ext_authz;
 pub mod filters;
 pub mod jwt;
 pub mod lb;

@@ -319,22 +319,117 @@ impl Rbac {
             .map(|(name, _)| name.as_str())
     }
 
-    /// This filter's decision on `input`.
-    pub fn evaluate(&self, input: &Input<'_>) -> Verdict {
+    /// This filter's decision on `input`, without the audit log line.
+    fn evaluate_quiet(&self, input: &Input<'_>) -> Verdict {
         let matched = self.matching(input).map(str::to_string);
         match (self.action, matched) {
             (Action::Allow, Some(name)) => Verdict::Allowed(Some(name)),
             (Action::Allow, None) => Verdict::Denied(None),
             (Action::Deny, Some(name)) => Verdict::Denied(Some(name)),
-            (Action::Deny, None) => Verdict::Allowed(None),
-            (Action::Log, matched) => {
-                if let Some(name) = &matched {
-                    tracing::info!(policy = %name, peer = %input.direct_remote, "RBAC audit: policy matched");
-                }
-                Verdict::Allowed(matched)
-            }
+            (Action::Deny, None) | (Action::Log, None) => Verdict::Allowed(None),
+            (Action::Log, Some(name)) => Verdict::Allowed(Some(name)),
         }
     }
+
+    /// This filter's decision on `input`.
+    pub fn evaluate(&self, input: &Input<'_>) -> Verdict {
+        let verdict = self.evaluate_quiet(input);
+        if self.action == Action::Log
+            && let Verdict::Allowed(Some(name)) = &verdict
+        {
+            tracing::info!(policy = %name, peer = %input.direct_remote, "RBAC audit: policy matched");
+        }
+        verdict
+    }
+}
+
+/// An HTTP RBAC filter: its enforced `rules` and its `shadow_rules`,
+/// which are only evaluated and reported (Istio's dry-run policies, and the
+/// CUSTOM policies choosing which requests the external authorizer sees).
+#[derive(Clone, Debug)]
+pub struct RbacFilter {
+    /// Enforced (`None`: everything passes).
+    pub rules: Option<Rbac>,
+    /// Evaluated, never enforced.
+    pub shadow: Option<ShadowRules>,
+}
+
+/// `shadow_rules` with their `shadow_rules_stat_prefix`.
+#[derive(Clone, Debug)]
+pub struct ShadowRules {
+    /// The rules.
+    pub rules: Rbac,
+    /// Prefix of the metadata keys and counters.
+    pub prefix: String,
+}
+
+/// The outcome of a filter's shadow rules: written into the request's
+/// dynamic metadata as Envoy does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShadowResult {
+    /// The matched policy, if any (`<prefix>shadow_effective_policy_id`).
+    pub policy: Option<String>,
+    /// What the rules would have decided (`<prefix>shadow_engine_result`).
+    pub allowed: bool,
+}
+
+impl RbacFilter {
+    /// The shadow rules' outcome on `input`, if there are shadow rules.
+    pub fn shadow(&self, input: &Input<'_>) -> Option<ShadowResult> {
+        let shadow = self.shadow.as_ref()?;
+        let (allowed, policy) = match shadow.rules.evaluate_quiet(input) {
+            Verdict::Allowed(p) => (true, p),
+            Verdict::Denied(p) => (false, p),
+        };
+        Some(ShadowResult { policy, allowed })
+    }
+
+    /// Writes `result` into `metadata` under `namespace`, Envoy's keys.
+    pub fn record_shadow(&self, result: &ShadowResult, namespace: &str, metadata: &mut Metadata) {
+        let Some(shadow) = &self.shadow else {
+            return;
+        };
+        if let Some(policy) = &result.policy {
+            metadata.insert(
+                namespace,
+                &format!("{}shadow_effective_policy_id", shadow.prefix),
+                serde_json::Value::String(policy.clone()),
+            );
+        }
+        let engine = if result.allowed { "allowed" } else { "denied" };
+        metadata.insert(
+            namespace,
+            &format!("{}shadow_engine_result", shadow.prefix),
+            serde_json::Value::String(engine.to_string()),
+        );
+    }
+}
+
+/// Compiles an RBAC filter's `rules` and `shadow_rules` found at `at`.
+pub(crate) fn compile_filter(
+    rules: Option<&PbRbac>,
+    shadow: Option<&PbRbac>,
+    shadow_prefix: &str,
+    at: &str,
+) -> FieldResult<RbacFilter> {
+    let rules = compile(rules, at)?;
+    let shadow = match shadow {
+        None => None,
+        Some(s) => {
+            compile(Some(s), &join(at, "shadow_rules"))
+                .map_err(|mut e| {
+                    // `compile` names fields under `rules`; these are the
+                    // shadow rules.
+                    e.field = e.field.replacen("shadow_rules.rules.", "shadow_rules.", 1);
+                    e
+                })?
+                .map(|rules| ShadowRules {
+                    rules,
+                    prefix: shadow_prefix.to_string(),
+                })
+        }
+    };
+    Ok(RbacFilter { rules, shadow })
 }
 
 /// Runs `filters` in order: the first refusal, or allowed.

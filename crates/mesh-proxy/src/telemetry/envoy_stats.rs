@@ -19,7 +19,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
-use crate::proxy::record::{RequestRecord, ResponseFlags, TcpRecord};
+use crate::proxy::record::{AuthzEvent, RequestRecord, ResponseFlags, TcpRecord};
 
 /// A monotonic counter exposed under its exact name (no `_total` added).
 #[derive(Clone, Debug, Default)]
@@ -258,6 +258,42 @@ pub struct RbacStats {
     http_denied: Family<HcmLabels, EnvoyCounter>,
     tcp_allowed: EnvoyCounter,
     tcp_denied: EnvoyCounter,
+    /// Shadow rules, by connection manager (`tcp` for connections) and
+    /// `shadow_rules_stat_prefix`, and outcome.
+    shadow: Family<ShadowLabels, EnvoyCounter>,
+    /// External authorization outcomes by connection manager (`tcp` for
+    /// connections) and Envoy's counter name.
+    ext_authz: Family<ExtAuthzLabels, EnvoyCounter>,
+}
+
+/// Labels of a shadow-rules counter.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct ShadowLabels {
+    prefix: Arc<str>,
+    rules: Arc<str>,
+    result: &'static str,
+}
+
+impl EncodeLabelSet for ShadowLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> Result<(), std::fmt::Error> {
+        ("envoy_http_conn_manager_prefix", &*self.prefix).encode(encoder.encode_label())?;
+        ("shadow_rules_prefix", &*self.rules).encode(encoder.encode_label())?;
+        ("result", self.result).encode(encoder.encode_label())
+    }
+}
+
+/// Labels of an external authorization counter.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct ExtAuthzLabels {
+    prefix: Arc<str>,
+    outcome: &'static str,
+}
+
+impl EncodeLabelSet for ExtAuthzLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> Result<(), std::fmt::Error> {
+        ("envoy_http_conn_manager_prefix", &*self.prefix).encode(encoder.encode_label())?;
+        ("outcome", self.outcome).encode(encoder.encode_label())
+    }
 }
 
 /// `envoy_http_conn_manager_prefix`.
@@ -297,6 +333,42 @@ impl RbacStats {
             "Connections the network RBAC filters closed",
             self.tcp_denied.clone(),
         );
+        registry.register(
+            "envoy_rbac_shadow",
+            "Decisions RBAC shadow rules (dry-run and CUSTOM policies) would have made, by result",
+            self.shadow.clone(),
+        );
+        registry.register(
+            "envoy_ext_authz",
+            "External authorization outcomes (ok, denied, error, failure_mode_allowed, disabled)",
+            self.ext_authz.clone(),
+        );
+    }
+
+    /// Counts an authorization event (see
+    /// [`crate::proxy::record::Observer::authz`]).
+    pub fn event(&self, http: Option<&str>, event: AuthzEvent<'_>) {
+        let prefix: Arc<str> = http.unwrap_or("tcp").into();
+        let outcome = match event {
+            AuthzEvent::Shadow(rules, allowed) => {
+                self.shadow
+                    .get_or_create(&ShadowLabels {
+                        prefix,
+                        rules: rules.into(),
+                        result: if allowed { "allowed" } else { "denied" },
+                    })
+                    .inc();
+                return;
+            }
+            AuthzEvent::ExtAuthzOk => "ok",
+            AuthzEvent::ExtAuthzDenied => "denied",
+            AuthzEvent::ExtAuthzError => "error",
+            AuthzEvent::ExtAuthzFailureModeAllowed => "failure_mode_allowed",
+            AuthzEvent::ExtAuthzDisabled => "disabled",
+        };
+        self.ext_authz
+            .get_or_create(&ExtAuthzLabels { prefix, outcome })
+            .inc();
     }
 
     /// Counts one decision (see [`crate::proxy::record::Observer::rbac`]).

@@ -141,6 +141,11 @@ impl Metrics {
         self.rbac.decision(http, allowed);
     }
 
+    /// Counts an authorization event other than an RBAC decision.
+    pub fn authz(&self, http: Option<&str>, event: crate::proxy::record::AuthzEvent<'_>) {
+        self.rbac.event(http, event);
+    }
+
     /// Counts a finished HTTP request.
     pub fn request(&self, r: &RequestRecord) {
         let peer = self.peers.get(

@@ -124,6 +124,12 @@ impl Observer for Telemetry {
             m.rbac(http, allowed);
         }
     }
+
+    fn authz(&self, http: Option<&str>, event: crate::proxy::record::AuthzEvent<'_>) {
+        if let Some(m) = &self.metrics {
+            m.authz(http, event);
+        }
+    }
 }
 
 /// Records for unit tests.

@@ -435,7 +435,7 @@ fn grpc_timeout(headers: &HeaderMap, f: &Forward) -> Option<Duration> {
     Some(if max.is_zero() { d } else { d.min(max) })
 }
 
-fn wire_for(cluster: &Cluster, downstream: Version, upgrade: bool) -> Wire {
+pub(crate) fn wire_for(cluster: &Cluster, downstream: Version, upgrade: bool) -> Wire {
     if upgrade {
         return Wire::Http1;
     }

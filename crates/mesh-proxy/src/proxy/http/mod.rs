@@ -15,8 +15,10 @@
 //! these stays on its own connection; nothing in it can panic the proxy.
 //! Connection and stream idle timeouts are kept by [`idle`].
 
+mod authz;
 pub mod body;
 mod forward;
+pub(crate) use forward::wire_for;
 mod idle;
 mod local;
 mod xfcc;
@@ -97,6 +99,9 @@ pub(crate) struct HttpCtx {
 pub(crate) struct Outcome {
     pub deadline: Option<Instant>,
     pub guards: Vec<Box<dyn Send>>,
+    /// Added to the response (an external authorizer's
+    /// `allowed_client_headers_on_success`).
+    pub response_headers: Vec<(header::HeaderName, HeaderValue)>,
 }
 
 /// The route a request matched, with where it was found.
@@ -387,72 +392,6 @@ fn authenticate<B>(
     }
 }
 
-/// The connection manager's RBAC filters on this request: `Some(403)` when
-/// one refuses it (Envoy's body and response code details).
-fn authorize<B>(
-    req: &Request<B>,
-    authority: &str,
-    ctx: &HttpCtx,
-    metadata: Option<&Metadata>,
-    rec: &mut RequestRecord,
-) -> Option<Response<ProxyBody>> {
-    use crate::runtime::rbac::{Input, Verdict, check};
-    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    let peer = ctx.conn.peer;
-    // Without use_remote_address the client is the last x-forwarded-for
-    // entry, as Envoy takes it (no trusted hops).
-    let remote = if ctx.hcm.use_remote_address {
-        peer.ip()
-    } else {
-        req.headers()
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .last()
-            .and_then(|ip| ip.trim().parse().ok())
-            .unwrap_or(peer.ip())
-    };
-    let input = Input {
-        direct_remote: peer,
-        remote,
-        destination: ctx.conn.destination,
-        server_name: ctx.conn.server_name.as_deref(),
-        peer: ctx.conn.session.as_ref().and_then(|s| s.peer.as_ref()),
-        request: Some(RequestView {
-            method: req.method(),
-            scheme: if ctx.conn.tls { "https" } else { "http" },
-            authority,
-            path,
-            headers: req.headers(),
-        }),
-        metadata,
-    };
-    let verdict = check(&ctx.hcm.rbac, &input);
-    let observer = &ctx.shared.observer;
-    match verdict {
-        Verdict::Allowed(_) => {
-            observer.rbac(Some(&ctx.hcm.stat_prefix), true);
-            None
-        }
-        Verdict::Denied(policy) => {
-            observer.rbac(Some(&ctx.hcm.stat_prefix), false);
-            let policy = policy.as_deref().unwrap_or("none");
-            tracing::debug!(%peer, path, policy, "request refused by RBAC");
-            let resp = local::error(
-                rec,
-                StatusCode::FORBIDDEN,
-                ResponseFlags::default(),
-                "rbac_access_denied",
-                "RBAC: access denied",
-            );
-            // Envoy's details name the policy, so the access log does.
-            rec.details = Some(format!("rbac_access_denied_matched_policy[{policy}]").into());
-            Some(resp)
-        }
-    }
-}
-
 /// The request's context with the connection manager its filter chain has
 /// in the newest configuration: a change of routes or policies (an
 /// AuthorizationPolicy above all) applies to the next request on an open
@@ -509,6 +448,10 @@ async fn handle(req: Request<Incoming>, ctx: Arc<HttpCtx>) -> Response<ProxyBody
             "stream timeout",
         ),
     };
+    let mut resp = resp;
+    for (name, value) in std::mem::take(&mut out.response_headers) {
+        resp.headers_mut().append(name, value);
+    }
     rec.response_code = resp.status().as_u16();
     // A trailers-only gRPC response carries its status in the headers;
     // otherwise the trailers will (read by the observed body).
@@ -635,17 +578,18 @@ async fn process(
         authority = strip_port(&authority).to_string();
     }
     normalise(&mut req, ctx, rec);
-    let metadata = match &ctx.hcm.jwt {
+    let mut metadata = match &ctx.hcm.jwt {
         Some(jwt) => match authenticate(jwt, &mut req, &authority, ctx, rec) {
-            Ok(metadata) => Some(metadata),
+            Ok(metadata) => metadata,
             Err(refused) => return *refused,
         },
-        None => None,
+        None => Metadata::default(),
     };
-    if !ctx.hcm.rbac.is_empty()
-        && let Some(denied) = authorize(&req, &authority, ctx, metadata.as_ref(), rec)
-    {
-        return denied;
+    if !ctx.hcm.authz.is_empty() {
+        match authz::authorize(&mut req, &authority, ctx, generation, &mut metadata, rec).await {
+            Ok(added) => out.response_headers = added,
+            Err(refused) => return *refused,
+        }
     }
     let table = match &ctx.hcm.routes {
         RouteSource::Inline(t) => t.clone(),

@@ -13,16 +13,19 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy as PbTcpProxy;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::ClusterSpecifier;
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
+use envoy_types::pb::envoy::extensions::filters::http::ext_authz::v3::ExtAuthz as PbExtAuthz;
 use envoy_types::pb::envoy::extensions::filters::http::jwt_authn::v3::JwtAuthentication;
 use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as PbHttpRbac;
+use envoy_types::pb::envoy::extensions::filters::network::ext_authz::v3::ExtAuthz as PbNetworkExtAuthz;
 use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as PbNetworkRbac;
 use envoy_types::pb::google::protobuf::Any;
 use prost::Name;
 
 use super::super::action::{self, CORS_FILTER, FAULT_FILTER, Fault};
 use super::super::convert::{decode_any, opt_duration};
+use super::super::ext_authz::{self, EXT_AUTHZ_HTTP_FILTER, ExtAuthz, NetworkExtAuthz};
 use super::super::jwt::{self, JWT_AUTHN_FILTER, JwtAuthn};
-use super::super::rbac::{self, Rbac};
+use super::super::rbac::{self, RbacFilter};
 use super::super::route::{self, RouteTable};
 use super::super::{FieldError, FieldResult, invalid, join};
 use super::NetworkFilter;
@@ -80,8 +83,18 @@ pub struct HttpManager {
     /// The JWT filter: runs before the RBAC filters, which read the
     /// payloads it verified.
     pub jwt: Option<Arc<JwtAuthn>>,
-    /// The RBAC filters, in order (each request is checked against all).
-    pub rbac: Vec<Arc<Rbac>>,
+    /// The authorization filters (RBAC, external authorization), in
+    /// order: the first refusal wins.
+    pub authz: Vec<HttpAuthz>,
+}
+
+/// One authorization filter of an HTTP connection manager.
+#[derive(Clone, Debug)]
+pub enum HttpAuthz {
+    /// `envoy.filters.http.rbac`.
+    Rbac(Arc<RbacFilter>),
+    /// `envoy.filters.http.ext_authz`.
+    ExtAuthz(Arc<ExtAuthz>),
 }
 
 /// `forward_client_cert_details` and `set_current_client_cert_details`.
@@ -162,15 +175,26 @@ pub const RBAC_HTTP_FILTER: &str = "envoy.filters.http.rbac";
 pub const RBAC_NETWORK_FILTER: &str = "envoy.filters.network.rbac";
 
 /// Compiles a network RBAC filter's config found at `at`.
-pub(super) fn network_rbac(any: &Any, at: &str) -> FieldResult<Option<Rbac>> {
+pub(super) fn network_rbac(any: &Any, at: &str) -> FieldResult<RbacFilter> {
     let pb: PbNetworkRbac = decode_any(any, at)?;
-    if pb.shadow_rules.is_some() || pb.matcher.is_some() || pb.shadow_matcher.is_some() {
+    if pb.matcher.is_some() || pb.shadow_matcher.is_some() {
         return invalid(
             at,
-            "only `rules` is supported (not matcher, shadow_rules, shadow_matcher)",
+            "only `rules` and `shadow_rules` are supported (not matcher, shadow_matcher)",
         );
     }
-    rbac::compile(pb.rules.as_ref(), at)
+    rbac::compile_filter(
+        pb.rules.as_ref(),
+        pb.shadow_rules.as_ref(),
+        &pb.shadow_rules_stat_prefix,
+        at,
+    )
+}
+
+/// Compiles a network `ExtAuthz` found at `at`.
+pub(super) fn network_ext_authz(any: &Any, at: &str) -> FieldResult<NetworkExtAuthz> {
+    let pb: PbNetworkExtAuthz = decode_any(any, at)?;
+    ext_authz::compile_network(&pb, at)
 }
 
 /// Compiles the terminal filter `name` configured by `any`, at `at`.
@@ -254,7 +278,7 @@ fn http_manager(h: &HttpConnectionManager, at: &str) -> FieldResult<HttpManager>
     let mut fault = None;
     let mut cors = false;
     let mut router = false;
-    let mut rbac = Vec::new();
+    let mut authz = Vec::new();
     let mut jwt = None;
     for (i, f) in h.http_filters.iter().enumerate() {
         let field = join(at, &format!("http_filters[{i}]"));
@@ -282,10 +306,10 @@ fn http_manager(h: &HttpConnectionManager, at: &str) -> FieldResult<HttpManager>
                 // The proxy runs authentication before authorization; a
                 // config asking for the other order (or two JWT filters)
                 // would be enforced differently than written.
-                if !rbac.is_empty() || jwt.is_some() {
+                if !authz.is_empty() || jwt.is_some() {
                     return invalid(
                         join(&field, "name"),
-                        "envoy.filters.http.jwt_authn must come once, before every envoy.filters.http.rbac",
+                        "envoy.filters.http.jwt_authn must come once, before every envoy.filters.http.rbac and envoy.filters.http.ext_authz",
                     );
                 }
                 let Some(any) = typed else {
@@ -300,14 +324,29 @@ fn http_manager(h: &HttpConnectionManager, at: &str) -> FieldResult<HttpManager>
                     return invalid(at, "is required");
                 };
                 let pb: PbHttpRbac = decode_any(any, &at)?;
-                if pb.shadow_rules.is_some() || pb.matcher.is_some() || pb.shadow_matcher.is_some()
-                {
+                if pb.matcher.is_some() || pb.shadow_matcher.is_some() {
                     return invalid(
                         at,
-                        "only `rules` is supported (not matcher, shadow_rules, shadow_matcher)",
+                        "only `rules` and `shadow_rules` are supported (not matcher, shadow_matcher)",
                     );
                 }
-                rbac.extend(rbac::compile(pb.rules.as_ref(), &at)?.map(Arc::new));
+                let filter = rbac::compile_filter(
+                    pb.rules.as_ref(),
+                    pb.shadow_rules.as_ref(),
+                    &pb.shadow_rules_stat_prefix,
+                    &at,
+                )?;
+                if filter.rules.is_some() || filter.shadow.is_some() {
+                    authz.push(HttpAuthz::Rbac(Arc::new(filter)));
+                }
+            }
+            EXT_AUTHZ_HTTP_FILTER => {
+                let at = join(&field, "typed_config");
+                let Some(any) = typed else {
+                    return invalid(at, "is required");
+                };
+                let pb: PbExtAuthz = decode_any(any, &at)?;
+                authz.push(HttpAuthz::ExtAuthz(Arc::new(ext_authz::compile(&pb, &at)?)));
             }
             // Istio's telemetry and ALPN filters change nothing on this path.
             "istio.alpn"
@@ -319,7 +358,7 @@ fn http_manager(h: &HttpConnectionManager, at: &str) -> FieldResult<HttpManager>
                 return invalid(
                     join(&field, "name"),
                     format!(
-                        "HTTP filter {other:?} is not supported (supported: router, fault, cors, jwt_authn, rbac)"
+                        "HTTP filter {other:?} is not supported (supported: router, fault, cors, jwt_authn, rbac, ext_authz)"
                     ),
                 );
             }
@@ -339,7 +378,7 @@ fn http_manager(h: &HttpConnectionManager, at: &str) -> FieldResult<HttpManager>
     Ok(HttpManager {
         xfcc,
         jwt,
-        rbac,
+        authz,
         stat_prefix: h.stat_prefix.clone(),
         codec,
         routes,
