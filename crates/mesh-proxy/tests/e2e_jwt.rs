@@ -75,6 +75,10 @@ spec:
   hosts: ["*"]
   gateways: [istio-system/shop-gateway]
   http:
+  - match: [{{headers: {{"@request.auth.claims.groups": {{exact: admin}}}}}}]
+    headers: {{request: {{set: {{x-route: admins}}}}}}
+    route:
+    - destination: {{host: shop}}
   - route:
     - destination: {{host: shop}}
 ---
@@ -239,6 +243,13 @@ fn cases(issuer: &Issuer, fetched: &Issuer) -> Vec<Case> {
             Some(fetched.es256(&fetched_admin)),
             200,
         ),
+        // Routing on a claim: a list claim holding the value.
+        case(
+            "dev token on a public path",
+            "/public/b",
+            Some(issuer.rs256(&claims("bob", &["dev"]))),
+            200,
+        ),
         // Envoy answers an audience it does not accept with 403.
         case(
             "wrong audience",
@@ -257,6 +268,9 @@ struct Answer {
     body: String,
     sub_header: Option<String>,
     authorization_forwarded: bool,
+    /// `x-route`, set by the VirtualService route matching on the
+    /// `groups` claim.
+    route: Option<String>,
 }
 
 async fn ask(client: &HttpClient, gateway: SocketAddr, case: &Case) -> Answer {
@@ -274,6 +288,7 @@ async fn ask(client: &HttpClient, gateway: SocketAddr, case: &Case) -> Answer {
             body: String::new(),
             sub_header: echo.headers.get("x-jwt-sub").cloned(),
             authorization_forwarded: echo.headers.contains_key("authorization"),
+            route: echo.headers.get("x-route").cloned(),
         }
     } else {
         Answer {
@@ -281,6 +296,7 @@ async fn ask(client: &HttpClient, gateway: SocketAddr, case: &Case) -> Answer {
             body: reply.text(),
             sub_header: None,
             authorization_forwarded: false,
+            route: None,
         }
     }
 }
@@ -292,22 +308,6 @@ async fn answers(gateway: SocketAddr, table: &[Case]) -> Vec<Answer> {
         out.push(ask(&client, gateway, case).await);
     }
     out
-}
-
-/// Waits until the gateway answers the public path.
-async fn wait_routing(gateway: SocketAddr) {
-    let client = h1();
-    let ok = eventually(WAIT, || async {
-        try_send(&client, Method::GET, gateway, HOST, "/public/ready", &[])
-            .await
-            .ok()
-            .filter(|r| r.status == 200)
-    })
-    .await;
-    assert!(
-        ok.is_some(),
-        "the gateway at {gateway} never routed /public"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -339,7 +339,7 @@ async fn tokens_are_judged_alike_by_mesh_proxy_and_stock_envoy() {
     let ours = {
         let proxy = ProxyProcess::start(RunFlags::gateway(cp.addr));
         cp.wait_synced(&proxy.flags.node_id(), WAIT).await;
-        wait_routing(gateway).await;
+        wait_routing(gateway, HOST, "/public/ready").await;
         wait_admitted(gateway, &table[fetched_case]).await;
         let answers = answers(gateway, &table).await;
         drop(proxy);
@@ -359,6 +359,17 @@ async fn tokens_are_judged_alike_by_mesh_proxy_and_stock_envoy() {
         "claim copied to x-jwt-sub"
     );
     assert!(!admin.authorization_forwarded, "the token is not forwarded");
+    assert_eq!(
+        admin.route.as_deref(),
+        Some("admins"),
+        "routed on the groups claim"
+    );
+    let dev = table
+        .iter()
+        .position(|c| c.name == "dev token on a public path")
+        .unwrap();
+    assert_eq!(ours[dev].route, None, "no admin claim, default route");
+    assert_eq!(ours[0].route, None, "no token, default route");
     assert_eq!(ours[1].body, "RBAC: access denied");
     assert_eq!(ours[9].body, "Jwt is expired");
     assert_eq!(
@@ -374,16 +385,22 @@ async fn tokens_are_judged_alike_by_mesh_proxy_and_stock_envoy() {
         cp.addr.port(),
     ));
     assert!(envoy.wait_ready(WAIT), "envoy not ready: {}", envoy.log());
-    wait_routing(gateway).await;
+    wait_routing(gateway, HOST, "/public/ready").await;
     wait_admitted(gateway, &table[fetched_case]).await;
     let theirs = answers(gateway, &table).await;
     for ((case, ours), theirs) in table.iter().zip(&ours).zip(&theirs) {
         assert_eq!(
-            (ours.status, &ours.sub_header, ours.authorization_forwarded),
+            (
+                ours.status,
+                &ours.sub_header,
+                ours.authorization_forwarded,
+                &ours.route
+            ),
             (
                 theirs.status,
                 &theirs.sub_header,
-                theirs.authorization_forwarded
+                theirs.authorization_forwarded,
+                &theirs.route
             ),
             "{}: mesh-proxy {ours:?}, Envoy {theirs:?}",
             case.name
@@ -391,15 +408,6 @@ async fn tokens_are_judged_alike_by_mesh_proxy_and_stock_envoy() {
         // The reasons agree too (Envoy's RBAC and JWT bodies).
         assert_eq!(ours.body, theirs.body, "{}", case.name);
     }
-}
-
-/// Waits until nothing listens on `addr` any more.
-async fn wait_until_free(addr: SocketAddr) {
-    let free = eventually(WAIT, || async {
-        std::net::TcpListener::bind(addr).ok().map(drop)
-    })
-    .await;
-    assert!(free.is_some(), "{addr} still in use");
 }
 
 /// Serves `jwks` on a loopback port, as an identity provider's key

@@ -204,6 +204,9 @@ fn provider(snapshot: &Snapshot, policy: &RequestAuthentication, rule: &JwtRule)
         from_cookies: rule.from_cookies.clone(),
         forward_payload_header: rule.output_payload_to_header.clone().unwrap_or_default(),
         payload_in_metadata: JWT_PAYLOAD_KEY.into(),
+        // The route is chosen again once the payload is known, so
+        // VirtualService matches on `@request.auth.claims` see it.
+        clear_route_cache: true,
         normalize_payload_in_metadata: Some(jwt_provider::NormalizePayload {
             space_delimited_claims: space_delimited,
         }),

@@ -114,6 +114,7 @@ fn a_rule_becomes_a_provider_and_any_or_none_is_required() {
             "payloadInMetadata": "payload",
             "normalizePayloadInMetadata": {"spaceDelimitedClaims": ["scope", "permission", "roles"]},
             "claimToHeaders": [{"headerName": "x-sub", "claimName": "sub"}],
+            "clearRouteCache": true,
         })
     );
     // No locations given: Envoy's defaults (Authorization, access_token).

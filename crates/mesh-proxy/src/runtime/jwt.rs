@@ -384,7 +384,8 @@ impl JwtAuthn {
         if self.bypass_cors_preflight && is_cors_preflight(view) {
             return Ok(untouched());
         }
-        let Some((_, Some(requirement))) = self.rules.iter().find(|(m, _)| m.matches(view)) else {
+        let Some((_, Some(requirement))) = self.rules.iter().find(|(m, _)| m.matches(view, None))
+        else {
             return Ok(untouched());
         };
         let mut check = Check {

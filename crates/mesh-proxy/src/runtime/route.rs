@@ -24,6 +24,7 @@ use regex::Regex;
 use super::action::{self, Action, FilterConfigs, Mirror, RetryPolicy};
 use super::convert::{Fraction, HeaderOps, header_name, runtime_fraction};
 use super::matcher::{HeaderMatcher, QueryMatcher, RequestView, full_regex};
+use super::metadata::{Metadata, MetadataMatcher};
 use super::{FieldResult, invalid, join};
 
 /// A compiled `RouteConfiguration`.
@@ -106,6 +107,9 @@ pub struct RouteMatch {
     grpc: bool,
     connect: bool,
     fraction: Option<Fraction>,
+    /// Against the request's dynamic metadata (the payload the JWT filter
+    /// verified: Istio's `@request.auth.claims` header matches).
+    metadata: Vec<MetadataMatcher>,
 }
 
 #[derive(Debug)]
@@ -350,8 +354,10 @@ fn virtual_host(
 
 impl VirtualHost {
     /// The first route matching the request.
-    pub fn route(&self, req: &RequestView<'_>) -> Option<&Route> {
-        self.routes.iter().find(|r| r.matcher.matches(req))
+    pub fn route(&self, req: &RequestView<'_>, metadata: Option<&Metadata>) -> Option<&Route> {
+        self.routes
+            .iter()
+            .find(|r| r.matcher.matches(req, metadata))
     }
 }
 
@@ -475,7 +481,6 @@ pub(crate) fn route_match(m: &PbRouteMatch, at: &str) -> FieldResult<RouteMatch>
     };
     for (field, unsupported) in [
         ("tls_context", m.tls_context.is_some()),
-        ("dynamic_metadata", !m.dynamic_metadata.is_empty()),
         ("filter_state", !m.filter_state.is_empty()),
         ("cookies", !m.cookies.is_empty()),
     ] {
@@ -504,12 +509,18 @@ pub(crate) fn route_match(m: &PbRouteMatch, at: &str) -> FieldResult<RouteMatch>
             .runtime_fraction
             .as_ref()
             .map(|f| runtime_fraction(Some(f), Fraction::ALWAYS)),
+        metadata: m
+            .dynamic_metadata
+            .iter()
+            .enumerate()
+            .map(|(i, d)| MetadataMatcher::compile(d, &join(at, &format!("dynamic_metadata[{i}]"))))
+            .collect::<FieldResult<_>>()?,
     })
 }
 
 impl RouteMatch {
-    /// Whether the request matches.
-    pub fn matches(&self, req: &RequestView<'_>) -> bool {
+    /// Whether the request (with its dynamic metadata) matches.
+    pub fn matches(&self, req: &RequestView<'_>, metadata: Option<&Metadata>) -> bool {
         let (path, query) = req.path.split_once('?').unwrap_or((req.path, ""));
         let eq = |a: &str, b: &str| {
             if self.case_sensitive {
@@ -547,6 +558,7 @@ impl RouteMatch {
         }
         self.headers.iter().all(|h| h.matches(req))
             && self.query.iter().all(|q| q.matches(query))
+            && self.metadata.iter().all(|m| m.matches(metadata))
             && self.fraction.is_none_or(|f| f.sample())
     }
 }

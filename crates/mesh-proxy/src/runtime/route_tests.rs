@@ -96,7 +96,7 @@ fn matched<'a>(
     };
     t.virtual_host("x")
         .unwrap()
-        .route(&view)
+        .route(&view, None)
         .map(|r| r.name.as_str())
 }
 

@@ -317,3 +317,24 @@ impl CurlReply {
             .unwrap_or_else(|e| panic!("not an echo answer ({e}): {} {}", self.status, self.body))
     }
 }
+
+/// Waits (bounded) until `gateway` answers `path` for `host` with 200.
+pub async fn wait_routing(gateway: SocketAddr, host: &str, path: &str) {
+    let ok = mesh_test_support::eventually(Duration::from_secs(30), || async {
+        try_send(&h1(), Method::GET, gateway, host, path, &[])
+            .await
+            .ok()
+            .filter(|r| r.status == 200)
+    })
+    .await;
+    assert!(ok.is_some(), "the gateway at {gateway} never routed {path}");
+}
+
+/// Waits (bounded) until nothing listens on `addr` any more.
+pub async fn wait_until_free(addr: SocketAddr) {
+    let free = mesh_test_support::eventually(Duration::from_secs(30), || async {
+        std::net::TcpListener::bind(addr).ok().map(drop)
+    })
+    .await;
+    assert!(free.is_some(), "{addr} still in use");
+}

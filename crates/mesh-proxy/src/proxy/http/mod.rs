@@ -630,7 +630,7 @@ async fn process(
         path: &path,
         headers: req.headers(),
     };
-    let Some(route) = vh.route(&view) else {
+    let Some(route) = vh.route(&view, Some(&metadata)) else {
         return local::error(
             rec,
             StatusCode::NOT_FOUND,
