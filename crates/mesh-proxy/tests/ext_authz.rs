@@ -667,6 +667,7 @@ async fn custom_authorization_is_enforced_the_same_by_mesh_proxy_and_envoy() {
         proxy.assert_running();
         assert!(up.is_some(), "mesh-proxy never served\n{}", proxy.log());
         let mesh = run_table("mesh-proxy", &ours, &seen, &|| proxy.log()).await;
+        let (_, prometheus) = admin_get(proxy.flags.admin, "/stats/prometheus").await.unwrap();
 
         let theirs = Ports::pick();
         let envoy = Envoy::start(&bootstrap(theirs, backend.addr, http_addr, grpc_addr));
@@ -687,6 +688,24 @@ async fn custom_authorization_is_enforced_the_same_by_mesh_proxy_and_envoy() {
         .await;
         assert!(up.is_some(), "Envoy never served\n{}", envoy.log());
         let stock = run_table("Envoy", &theirs, &seen, &|| envoy.log()).await;
+        // The outcomes are counted alike (Envoy:
+        // http.<prefix>.ext_authz.<outcome>).
+        for prefix in ["authz_http", "authz_grpc", "authz_open", "authz_closed"] {
+            for outcome in ["ok", "denied", "error", "failure_mode_allowed"] {
+                let ours = sample(
+                    &prometheus,
+                    &format!(
+                        "envoy_ext_authz{{envoy_http_conn_manager_prefix=\"{prefix}\",outcome=\"{outcome}\"}}"
+                    ),
+                );
+                let theirs = envoy.stat(&format!("http.{prefix}.ext_authz.{outcome}"));
+                assert_eq!(
+                    ours,
+                    theirs.unwrap_or(0),
+                    "{prefix} {outcome}: mesh-proxy vs Envoy\n{prometheus}"
+                );
+            }
+        }
 
         for ((case, ours), theirs) in cases().iter().zip(&mesh).zip(&stock) {
             assert_eq!(
@@ -704,4 +723,13 @@ async fn custom_authorization_is_enforced_the_same_by_mesh_proxy_and_envoy() {
         g.abort();
     })
     .await;
+}
+
+/// The value of the Prometheus sample `series` (name and labels exactly as
+/// printed), 0 when absent.
+fn sample(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }

@@ -224,23 +224,28 @@ async fn connection_allowed(
                 };
                 let decision =
                     ext_authz::check_grpc(&f.target, subject, generation, shared.identity()).await;
-                let event = match decision {
-                    ext_authz::Decision::Allowed(_) => AuthzEvent::ExtAuthzOk,
-                    ext_authz::Decision::Denied(_) => AuthzEvent::ExtAuthzDenied,
+                let refused = match decision {
+                    ext_authz::Decision::Allowed(_) => {
+                        shared.observer.authz(None, AuthzEvent::ExtAuthzOk);
+                        false
+                    }
+                    ext_authz::Decision::Denied(_) => {
+                        shared.observer.authz(None, AuthzEvent::ExtAuthzDenied);
+                        true
+                    }
                     ext_authz::Decision::Error(why) => {
                         tracing::debug!(peer = %conn.peer, chain = %chain.name, error = %why, "external authorization check failed");
+                        // Counted as an error either way, as Envoy counts it.
+                        shared.observer.authz(None, AuthzEvent::ExtAuthzError);
                         if f.failure_mode_allow {
-                            AuthzEvent::ExtAuthzFailureModeAllowed
-                        } else {
-                            AuthzEvent::ExtAuthzError
+                            shared
+                                .observer
+                                .authz(None, AuthzEvent::ExtAuthzFailureModeAllowed);
                         }
+                        !f.failure_mode_allow
                     }
                 };
-                shared.observer.authz(None, event);
-                if matches!(
-                    event,
-                    AuthzEvent::ExtAuthzDenied | AuthzEvent::ExtAuthzError
-                ) {
+                if refused {
                     tracing::debug!(peer = %conn.peer, chain = %chain.name, "connection refused by external authorization");
                     return false;
                 }

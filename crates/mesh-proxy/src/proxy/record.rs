@@ -57,6 +57,8 @@ pub enum AuthzEvent<'a> {
     ExtAuthzFailureModeAllowed,
     /// The filter did not apply to the request.
     ExtAuthzDisabled,
+    /// The JWT filter let the request through (`true`) or refused it.
+    Jwt(bool),
 }
 
 /// Envoy's response flags, as a set.

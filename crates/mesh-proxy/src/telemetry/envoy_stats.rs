@@ -264,6 +264,8 @@ pub struct RbacStats {
     /// External authorization outcomes by connection manager (`tcp` for
     /// connections) and Envoy's counter name.
     ext_authz: Family<ExtAuthzLabels, EnvoyCounter>,
+    jwt_allowed: Family<HcmLabels, EnvoyCounter>,
+    jwt_denied: Family<HcmLabels, EnvoyCounter>,
 }
 
 /// Labels of a shadow-rules counter.
@@ -339,6 +341,16 @@ impl RbacStats {
             self.shadow.clone(),
         );
         registry.register(
+            "envoy_http_jwt_authn_allowed",
+            "Requests the JWT filter let through",
+            self.jwt_allowed.clone(),
+        );
+        registry.register(
+            "envoy_http_jwt_authn_denied",
+            "Requests the JWT filter refused (401, or 403 for an audience not allowed)",
+            self.jwt_denied.clone(),
+        );
+        registry.register(
             "envoy_ext_authz",
             "External authorization outcomes (ok, denied, error, failure_mode_allowed, disabled)",
             self.ext_authz.clone(),
@@ -358,6 +370,15 @@ impl RbacStats {
                         result: if allowed { "allowed" } else { "denied" },
                     })
                     .inc();
+                return;
+            }
+            AuthzEvent::Jwt(allowed) => {
+                let family = if allowed {
+                    &self.jwt_allowed
+                } else {
+                    &self.jwt_denied
+                };
+                family.get_or_create(&HcmLabels { prefix }).inc();
                 return;
             }
             AuthzEvent::ExtAuthzOk => "ok",

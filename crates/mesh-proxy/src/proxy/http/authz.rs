@@ -273,6 +273,8 @@ async fn external(
         }
         Decision::Error(why) => {
             tracing::debug!(peer = %ctx.conn.peer, path, error = %why, "external authorization check failed");
+            // Counted as an error either way, as Envoy counts it.
+            observer.authz(prefix, AuthzEvent::ExtAuthzError);
             if filter.failure_mode_allow {
                 observer.authz(prefix, AuthzEvent::ExtAuthzFailureModeAllowed);
                 if filter.failure_mode_allow_header_add {
@@ -283,7 +285,6 @@ async fn external(
                 }
                 return Ok(Vec::new());
             }
-            observer.authz(prefix, AuthzEvent::ExtAuthzError);
             let resp = local::error(
                 rec,
                 filter.status_on_error,

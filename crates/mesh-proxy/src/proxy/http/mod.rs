@@ -358,7 +358,12 @@ fn authenticate<B>(
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    match jwt.authenticate(&view, now) {
+    let outcome = jwt.authenticate(&view, now);
+    ctx.shared.observer.authz(
+        Some(&ctx.hcm.stat_prefix),
+        crate::proxy::record::AuthzEvent::Jwt(outcome.is_ok()),
+    );
+    match outcome {
         Ok(passed) => {
             passed.apply(req.headers_mut());
             Ok(passed.metadata)
