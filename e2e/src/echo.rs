@@ -47,6 +47,11 @@ pub fn print_requests() {
     PRINT_REQUESTS.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
+/// Whether [`print_requests`] was called.
+pub(crate) fn printing() -> bool {
+    PRINT_REQUESTS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Requests seen by an echo server: `(host, path)` in arrival order.
 pub type RequestLog = Arc<std::sync::Mutex<Vec<(String, String)>>>;
 

@@ -84,7 +84,15 @@ impl Seen {
         }
     }
 
-    fn push(&self, check: Check) {
+    fn push(&self, check: Check, verdict: Verdict) {
+        if crate::echo::printing() {
+            let what = if check.connection_only {
+                format!("connection from {}", check.source_principal)
+            } else {
+                format!("{} {} host={}", check.method, check.path, check.host)
+            };
+            println!("ext_authz {} check: {what} -> {verdict:?}", check.protocol);
+        }
         if let Ok(mut c) = self.0.lock() {
             c.push(check);
         }
@@ -151,18 +159,21 @@ async fn http_check(req: http::Request<Incoming>, seen: &Seen) -> http::Response
         .or_else(|| headers.get("host").cloned())
         .unwrap_or_default();
     let echoed = headers.get(OVERRIDE_HEADER).cloned();
-    seen.push(Check {
-        protocol: "http",
-        method: parts.method.to_string(),
-        path: parts
-            .uri
-            .path_and_query()
-            .map_or_else(|| "/".to_string(), |p| p.to_string()),
-        host,
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-        ..Check::default()
-    });
+    seen.push(
+        Check {
+            protocol: "http",
+            method: parts.method.to_string(),
+            path: parts
+                .uri
+                .path_and_query()
+                .map_or_else(|| "/".to_string(), |p| p.to_string()),
+            host,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+            ..Check::default()
+        },
+        decision,
+    );
     let mut resp = http::Response::builder();
     let body = match decision {
         Verdict::Allow => {
@@ -241,18 +252,21 @@ impl Authorization for GrpcAuthz {
             .map(|m| m.filter_metadata.into_keys().collect())
             .unwrap_or_default();
         metadata_namespaces.sort();
-        self.seen.push(Check {
-            protocol: "grpc",
-            method: http.method,
-            path: http.path,
-            host: http.host,
-            headers,
-            body: http.body,
-            source_principal: source.principal,
-            source_address,
-            metadata_namespaces,
-            connection_only,
-        });
+        self.seen.push(
+            Check {
+                protocol: "grpc",
+                method: http.method,
+                path: http.path,
+                host: http.host,
+                headers,
+                body: http.body,
+                source_principal: source.principal,
+                source_address,
+                metadata_namespaces,
+                connection_only,
+            },
+            decision,
+        );
         let header = |k: &str, v: &str| HeaderValueOption {
             header: Some(HeaderValue {
                 key: k.to_string(),

@@ -31,6 +31,15 @@ struct Args {
     /// Delay before every answer, e.g. `250ms`.
     #[arg(long)]
     delay: Option<mesh_api::Duration>,
+    /// Serve the sample external authorizer (`e2e::ext_authz`: allows
+    /// requests with `x-ext-authz: allow`) over Envoy's HTTP protocol on
+    /// this port; repeatable.
+    #[arg(long = "ext-authz-http")]
+    ext_authz_http: Vec<u16>,
+    /// Serve the sample external authorizer over Envoy's gRPC protocol
+    /// (`envoy.service.auth.v3.Authorization`) on this port; repeatable.
+    #[arg(long = "ext-authz-grpc")]
+    ext_authz_grpc: Vec<u16>,
 }
 
 #[tokio::main]
@@ -56,6 +65,26 @@ async fn main() -> anyhow::Result<()> {
             listener.local_addr()?
         );
         tasks.push(tokio::spawn(e2e::echo::serve(listener, config.clone())));
+    }
+    let seen = e2e::ext_authz::Seen::default();
+    for (port, grpc) in args
+        .ext_authz_http
+        .iter()
+        .map(|p| (*p, false))
+        .chain(args.ext_authz_grpc.iter().map(|p| (*p, true)))
+    {
+        let listener = tokio::net::TcpListener::bind(SocketAddr::new(args.bind, port)).await?;
+        let protocol = if grpc { "gRPC" } else { "HTTP" };
+        eprintln!(
+            "mesh-echo {} serving external authorization ({protocol}) on {}",
+            config.name,
+            listener.local_addr()?
+        );
+        tasks.push(if grpc {
+            tokio::spawn(e2e::ext_authz::serve_grpc(listener, seen.clone()))
+        } else {
+            tokio::spawn(e2e::ext_authz::serve_http(listener, seen.clone()))
+        });
     }
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
