@@ -1,7 +1,9 @@
 //! Golden tests of translation: each directory under `tests/golden/` holds
-//! `config/` (Istio and Kubernetes YAML) and `proxies.yaml` (the proxies to
-//! translate for); `<proxy>.json` is the expected Envoy configuration in
-//! proto3 JSON, as Envoy's `/config_dump` would show it.
+//! `config/` (Istio and Kubernetes YAML, with the MeshConfig, if any, as
+//! Istio keeps it: the `mesh` key of a ConfigMap named `istio`) and
+//! `proxies.yaml` (the proxies to translate for); `<proxy>.json` is the
+//! expected Envoy configuration in proto3 JSON, as Envoy's `/config_dump`
+//! would show it.
 //!
 //! `UPDATE_GOLDEN=1 cargo test -p mesh-control --test golden` rewrites the
 //! expected files; review the diff like code.
@@ -12,7 +14,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use mesh_api::mesh_config::MeshConfig;
+use mesh_api::MeshObject;
+use mesh_api::mesh_config::{MeshConfig, parse_mesh_config};
+use mesh_api::object::Loaded;
 use mesh_api::xds::json::to_json;
 use mesh_control::proxy::ProxyInfo;
 use mesh_control::snapshot::Snapshot;
@@ -89,10 +93,35 @@ fn load_case(dir: &Path) -> (Snapshot, Vec<ProxySpec>) {
             l.report.diagnostics
         );
     }
-    let snapshot = Snapshot::build(1, &loaded, MeshConfig::default());
+    let snapshot = Snapshot::build(1, &loaded, mesh_config(dir, &loaded));
     let proxies_text = std::fs::read_to_string(dir.join("proxies.yaml")).unwrap();
     let proxies: Vec<ProxySpec> = serde_saphyr::from_str(&proxies_text).unwrap();
     (snapshot, proxies)
+}
+
+/// The case's MeshConfig: the `mesh` key of its ConfigMap `istio`, which
+/// must be valid; defaults without one.
+fn mesh_config(dir: &Path, loaded: &[Loaded]) -> MeshConfig {
+    for l in loaded {
+        let Some(MeshObject::ConfigMap(cm)) = &l.object else {
+            continue;
+        };
+        let Some(text) = cm.data.as_ref().and_then(|d| d.get("mesh")) else {
+            continue;
+        };
+        if l.header.name != "istio" {
+            continue;
+        }
+        let (mesh, report) = parse_mesh_config(text);
+        assert!(
+            !report.has_errors(),
+            "{}: MeshConfig has errors: {:?}",
+            dir.display(),
+            report.diagnostics
+        );
+        return mesh.unwrap();
+    }
+    MeshConfig::default()
 }
 
 fn cases() -> Vec<PathBuf> {

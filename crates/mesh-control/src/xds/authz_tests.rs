@@ -220,22 +220,16 @@ fn deny_and_audit_without_rules_do_nothing() {
 }
 
 #[test]
-fn custom_policies_are_skipped() {
+fn custom_and_dry_run_policies_apply_like_the_others() {
+    // Their filters are tested in `authz/ext_authz_tests.rs` and
+    // `authz/dry_run_tests.rs`; they count for the shape (a change
+    // re-translates).
     let yaml = ap(
         "apps",
         "ext",
         "{action: CUSTOM, provider: {name: opa}, rules: [{}]}",
-    );
-    assert_eq!(filters(&yaml), (vec![], vec![]));
-    // The policy still counts for the shape (a change re-translates).
-    assert_eq!(applied(&yaml, &web()), ["apps/ext"]);
-}
-
-#[test]
-fn dry_run_policies_are_not_enforced() {
-    let yaml = "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: try, namespace: apps, annotations: {istio.io/dry-run: \"true\"}}\nspec: {action: DENY, rules: [{}]}\n";
-    assert_eq!(filters(yaml), (vec![], vec![]));
-    assert_eq!(applied(yaml, &web()), ["apps/try"]);
+    ) + "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: try, namespace: apps, annotations: {istio.io/dry-run: \"true\"}}\nspec: {action: DENY, rules: [{}]}\n";
+    assert_eq!(applied(&yaml, &web()), ["apps/ext", "apps/try"]);
 }
 
 #[test]

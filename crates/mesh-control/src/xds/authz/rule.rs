@@ -24,17 +24,20 @@ use crate::xds::authn::{JWT_AUTHN_FILTER, JWT_PAYLOAD_KEY};
 
 const SPIFFE_PREFIX: &str = "spiffe://";
 
-/// Every rule of `policies` as an RBAC policy, by Istio's name.
+/// Every rule of `policies` as an RBAC policy, by Istio's name:
+/// `<prefix>ns[<ns>]-policy[<name>]-rule[<i>]`, the prefix empty except
+/// for CUSTOM policies (`istio-ext-authz-<provider>-`).
 pub(super) fn policies_for(
     action: rbac::Action,
     policies: &[&AuthorizationPolicy],
     tcp: bool,
+    prefix: &str,
 ) -> BTreeMap<String, Policy> {
     let mut out = BTreeMap::new();
     for &p in policies {
         let (ns, name) = (namespace_of(p), name_of(p));
         for (i, rule) in p.spec.rules.iter().enumerate() {
-            let id = format!("ns[{ns}]-policy[{name}]-rule[{i}]");
+            let id = format!("{prefix}ns[{ns}]-policy[{name}]-rule[{i}]");
             let ctx = RuleContext {
                 id: &id,
                 namespace: ns,
@@ -53,7 +56,7 @@ pub(super) fn policies_for(
 
 /// What one rule is translated for.
 struct RuleContext<'a> {
-    /// `ns[..]-policy[..]-rule[..]`, for logs.
+    /// `[<prefix>]ns[..]-policy[..]-rule[..]`, for logs.
     id: &'a str,
     /// The policy's namespace (the default of `serviceAccounts`).
     namespace: &'a str,

@@ -109,8 +109,10 @@ pub(crate) fn hosts_intersect(server_hosts: &[String], hosts: &[String]) -> bool
 
 pub(super) fn gateway_listeners(scope: &ProxyScope<'_>) -> Vec<Listener> {
     // AuthorizationPolicies selecting the gateway's workload (Istio applies
-    // them to ingress gateways as to sidecars): HTTP RBAC first in every
-    // connection manager, network RBAC before every TCP proxy.
+    // them to ingress gateways as to sidecars, CUSTOM and dry-run ones
+    // included): the HTTP authorization filters (CUSTOM's RBAC + ext_authz,
+    // JWT, RBAC) first in every connection manager, the network ones before
+    // every TCP proxy.
     let rbac = InboundRbac::of(scope.snapshot, scope.proxy);
     let hcm_filter = |mut hcm: HttpConnectionManager| {
         hcm.http_filters.splice(0..0, rbac.http.iter().cloned());

@@ -12,9 +12,9 @@
 //! service declares passes through under the workload-level mode, or under
 //! a port-level mode a PeerAuthentication gives that port.
 //!
-//! AuthorizationPolicy puts RBAC filters (see [`crate::xds::authz`]) in
-//! front of every chain: first among an HTTP chain's HTTP filters, before
-//! `tcp_proxy` in TCP and passthrough chains.
+//! AuthorizationPolicy puts RBAC and ext_authz filters (see
+//! [`crate::xds::authz`]) in front of every chain: first among an HTTP
+//! chain's HTTP filters, before `tcp_proxy` in TCP and passthrough chains.
 
 use std::collections::{BTreeMap, BTreeSet};
 
