@@ -506,7 +506,7 @@ fn compile_and_use(list: Vec<Resource>, req: &Req) {
     };
     for table in rt.routes.values() {
         if let Some(vh) = table.virtual_host(host) {
-            let _ = vh.route(&view);
+            let _ = vh.route(&view, None);
         }
     }
     for cluster in rt.clusters.values() {

@@ -1,5 +1,6 @@
 //! The local mesh, end to end through the real binaries: `meshctl local up`
-//! on the bundled traffic-shifting sample (mesh-control, three pods as
+//! on the bundled traffic-shifting sample (mesh-control, three pods, plus
+//! the sample external authorizer in the security scenario, as
 //! network namespaces with mesh-echo or `sleep` and a mesh-proxy sidecar
 //! behind iptables capture), requests by service name from inside the
 //! client pod, the observed split, a live edit of the weights, then `local
@@ -238,6 +239,73 @@ spec:
   - to: [{operation: {paths: [/private/*]}}]
 ";
 
+/// The sample external authorizer as a workload (mesh-echo serving
+/// Envoy's HTTP and gRPC authorization protocols), and MeshConfig naming
+/// it as extension providers, as Istio's samples/extauthz is installed.
+const EXT_AUTHZ_APP: &str = "\
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: istio, namespace: istio-system}
+data:
+  mesh: |
+    extensionProviders:
+    - name: sample-ext-authz-grpc
+      envoyExtAuthzGrpc: {service: ext-authz.default.svc.cluster.local, port: 9000}
+    - name: sample-ext-authz-http
+      envoyExtAuthzHttp:
+        service: ext-authz.default.svc.cluster.local
+        port: 8000
+        includeRequestHeadersInCheck: [x-ext-authz]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: ext-authz, namespace: default}
+spec:
+  clusterIP: 10.96.0.30
+  selector: {app: ext-authz}
+  ports:
+  - {name: http, port: 8000, targetPort: 8000}
+  - {name: grpc, port: 9000, targetPort: 9000}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: ext-authz, namespace: default, labels: {app: ext-authz}}
+spec:
+  containers:
+  - name: ext-authz
+    image: ghcr.io/example/mesh-echo:latest
+    command: [mesh-echo, --ext-authz-http, \"8000\", --ext-authz-grpc, \"9000\"]
+";
+
+/// A CUSTOM policy sending requests for `/ext/` on the reviews workloads
+/// to the sample authorizer over gRPC.
+const CUSTOM: &str = "\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: ext-authz, namespace: default}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  action: CUSTOM
+  provider: {name: sample-ext-authz-grpc}
+  rules:
+  - to: [{operation: {paths: [/ext/*]}}]
+";
+
+/// A DENY policy for `/dry/` on reviews, in dry-run mode.
+const DRY_RUN: &str = "\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: deny-dry
+  namespace: default
+  annotations: {istio.io/dry-run: \"true\"}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  action: DENY
+  rules:
+  - to: [{operation: {paths: [/dry/*]}}]
+";
+
 const JWT_ISSUER: &str = "https://login.example.com";
 
 /// A RequestAuthentication of the test issuer on the reviews workloads,
@@ -272,6 +340,7 @@ spec:
 
 fn shifting_end_to_end(up_args: &[&str], proxy_program: &str) {
     let mesh = Mesh::new();
+    std::fs::write(mesh.config.path().join("ext-authz.yaml"), EXT_AUTHZ_APP).unwrap();
     let up = mesh.up_with(up_args);
     assert!(
         up.status.success(),
@@ -288,14 +357,15 @@ fn shifting_end_to_end(up_args: &[&str], proxy_program: &str) {
         "reviews-v1-0.default",
         "reviews-v2-0.default",
         "client.default",
+        "ext-authz.default",
     ] {
         assert!(shown.contains(pod), "{pod} missing from:\n{shown}");
     }
 
     // Status: every sidecar connected and in sync.
     let status = text(&mesh.meshctl(&["status"]).stdout);
-    assert_eq!(status.matches("SYNCED").count(), 3, "{status}");
-    assert_eq!(status.matches("running").count(), 1 + 3 * 2, "{status}");
+    assert_eq!(status.matches("SYNCED").count(), 4, "{status}");
+    assert_eq!(status.matches("running").count(), 1 + 4 * 2, "{status}");
 
     // proxy-status: mesh-control's view of every sidecar.
     let synced = text(&mesh.command(&["proxy-status"]).stdout);
@@ -516,6 +586,78 @@ fn shifting_end_to_end(up_args: &[&str], proxy_program: &str) {
         with_token(Some(&mesh_test_support::jwt::unsigned(&admin))),
         "401",
         "alg none"
+    );
+
+    // External authorization (CUSTOM): reviews asks the ext-authz pod,
+    // over mTLS through both sidecars, about every request for /ext/.
+    std::fs::write(mesh.config.path().join("custom.yaml"), CUSTOM).unwrap();
+    let ext = |decision: &str| {
+        let header = if decision.is_empty() {
+            String::new()
+        } else {
+            format!("-H 'x-ext-authz: {decision}'")
+        };
+        mesh.in_client(&format!(
+            "curl -s -w ' %{{http_code}}' --max-time 5 {header} http://reviews:9080/ext/report"
+        ))
+    };
+    let denied = wait_for(Duration::from_secs(20), || {
+        ext("").ends_with(" 403").then_some(())
+    });
+    assert!(
+        denied.is_some(),
+        "/ext/ without the header: {}\n{}",
+        ext(""),
+        mesh.log("reviews-v2-0.default.proxy.log")
+    );
+    assert!(
+        ext("").starts_with("denied by ext_authz"),
+        "the authorizer's body: {}",
+        ext("")
+    );
+    assert!(ext("allow").ends_with(" 200"), "allowed: {}", ext("allow"));
+    assert!(
+        ext("fail").ends_with(" 403"),
+        "failing authorizer: {}",
+        ext("fail")
+    );
+    assert!(
+        mesh.versions(5).iter().all(|v| v == "v2"),
+        "paths outside the policy are not checked"
+    );
+
+    // A dry-run DENY (istio.io/dry-run): /dry/ keeps answering, and the
+    // sidecar counts what the policy would have denied.
+    std::fs::write(mesh.config.path().join("dry-run.yaml"), DRY_RUN).unwrap();
+    let dry_stats = || {
+        let out = mesh.meshctl(&[
+            "exec",
+            "reviews-v2-0",
+            "--",
+            "curl",
+            "-s",
+            "127.0.0.1:15000/stats/prometheus",
+        ]);
+        text(&out.stdout)
+    };
+    let counted = wait_for(Duration::from_secs(20), || {
+        let code = mesh.in_client(
+            "curl -s -o /dev/null -w '%{http_code}' --max-time 5 http://reviews:9080/dry/run",
+        );
+        assert_eq!(code, "200", "a dry-run policy refused a request");
+        dry_stats()
+            .lines()
+            .any(|l| l.contains("dry_run_deny") && l.contains("denied") && !l.ends_with(" 0"))
+            .then_some(())
+    });
+    assert!(
+        counted.is_some(),
+        "no dry-run denial counted:\n{}",
+        dry_stats()
+            .lines()
+            .filter(|l| l.contains("shadow"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
 
     let state = mesh.state();

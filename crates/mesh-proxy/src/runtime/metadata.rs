@@ -82,6 +82,18 @@ impl Metadata {
         Some(value)
     }
 
+    /// Adds every namespace of `other` (replacing keys present in both).
+    pub fn merge(&mut self, other: Metadata) {
+        for (namespace, value) in other.0 {
+            match (self.0.get_mut(&namespace), value) {
+                (Some(Value::Object(mine)), Value::Object(theirs)) => mine.extend(theirs),
+                (_, value) => {
+                    self.0.insert(namespace, value);
+                }
+            }
+        }
+    }
+
     /// Whether nothing was written.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()

@@ -246,3 +246,57 @@ fn unsupported_conditions_are_refused_with_their_field() {
 fn missing_rules_mean_no_filter() {
     assert!(compile(None, "x").unwrap().is_none());
 }
+
+#[test]
+fn shadow_rules_are_reported_never_enforced() {
+    let shadow: PbRbac = mesh_api::xds::json::from_json(&json!({
+        "action": "DENY",
+        "policies": {"ns[default]-policy[dry]-rule[0]": {
+            "permissions": [{"urlPath": {"path": {"prefix": "/admin"}}}],
+            "principals": [{"any": true}],
+        }},
+    }))
+    .unwrap();
+    let f = compile_filter(None, Some(&shadow), "istio_dry_run_deny_", "typed_config").unwrap();
+    assert!(f.rules.is_none(), "nothing enforced");
+    let admin = req(Method::GET, "/admin/x");
+    let other = req(Method::GET, "/");
+    let would_deny = f.shadow(&input(None, Some(&admin))).unwrap();
+    assert_eq!(
+        would_deny,
+        ShadowResult {
+            policy: Some("ns[default]-policy[dry]-rule[0]".into()),
+            allowed: false
+        }
+    );
+    let mut metadata = Metadata::default();
+    f.record_shadow(&would_deny, "envoy.filters.http.rbac", &mut metadata);
+    assert_eq!(
+        metadata.as_json()["envoy.filters.http.rbac"],
+        json!({
+            "istio_dry_run_deny_shadow_effective_policy_id": "ns[default]-policy[dry]-rule[0]",
+            "istio_dry_run_deny_shadow_engine_result": "denied",
+        })
+    );
+    // No match: allowed, and no policy id written (Envoy writes the id only
+    // for a matched policy).
+    let passes = f.shadow(&input(None, Some(&other))).unwrap();
+    assert_eq!(
+        passes,
+        ShadowResult {
+            policy: None,
+            allowed: true
+        }
+    );
+    let mut metadata = Metadata::default();
+    f.record_shadow(&passes, "envoy.filters.http.rbac", &mut metadata);
+    assert_eq!(
+        metadata.as_json()["envoy.filters.http.rbac"],
+        json!({"istio_dry_run_deny_shadow_engine_result": "allowed"})
+    );
+    // An ALLOW shadow engine with no match would deny.
+    let allow: PbRbac =
+        mesh_api::xds::json::from_json(&json!({"action": "ALLOW", "policies": {}})).unwrap();
+    let f = compile_filter(None, Some(&allow), "istio_dry_run_allow_", "typed_config").unwrap();
+    assert!(!f.shadow(&input(None, Some(&other))).unwrap().allowed);
+}

@@ -1,8 +1,9 @@
-//! The connection manager's authorization filters on one request, in
-//! their configured order: RBAC filters (enforced rules, and shadow rules
-//! whose outcome goes into the request's dynamic metadata) and external
-//! authorization filters (which read that metadata to decide whether they
-//! apply). The first refusal answers the request.
+//! The connection manager's authentication and authorization filters on
+//! one request, in their configured order: JWT filters (the verified
+//! payload goes into the request's dynamic metadata), RBAC filters
+//! (enforced rules, and shadow rules whose outcome goes into the metadata
+//! too) and external authorization filters (which read the metadata to
+//! decide whether they apply). The first refusal answers the request.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -43,6 +44,10 @@ pub(super) async fn authorize(
     let mut enforced = false;
     for filter in &ctx.hcm.authz {
         let step = match filter {
+            HttpAuthz::Jwt(f) => super::authenticate(f, req, authority, ctx, rec).map(|verified| {
+                metadata.merge(verified);
+                Vec::new()
+            }),
             HttpAuthz::Rbac(f) => {
                 enforced |= f.rules.is_some();
                 rbac(f, req, authority, ctx, metadata, rec).map(|()| Vec::new())

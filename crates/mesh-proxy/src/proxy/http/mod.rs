@@ -340,7 +340,7 @@ fn codec_error(e: &(dyn std::error::Error + 'static)) -> Option<(StatusCode, &'s
 /// The connection manager's JWT filter on this request: the metadata of
 /// the tokens it verified (the request's headers changed as the providers
 /// say), or Envoy's local reply (401, or 403 for an audience not allowed).
-fn authenticate<B>(
+pub(super) fn authenticate<B>(
     jwt: &JwtAuthn,
     req: &mut Request<B>,
     authority: &str,
@@ -583,13 +583,7 @@ async fn process(
         authority = strip_port(&authority).to_string();
     }
     normalise(&mut req, ctx, rec);
-    let mut metadata = match &ctx.hcm.jwt {
-        Some(jwt) => match authenticate(jwt, &mut req, &authority, ctx, rec) {
-            Ok(metadata) => metadata,
-            Err(refused) => return *refused,
-        },
-        None => Metadata::default(),
-    };
+    let mut metadata = Metadata::default();
     if !ctx.hcm.authz.is_empty() {
         match authz::authorize(&mut req, &authority, ctx, generation, &mut metadata, rec).await {
             Ok(added) => out.response_headers = added,

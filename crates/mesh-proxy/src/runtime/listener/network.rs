@@ -80,17 +80,20 @@ pub struct HttpManager {
     pub stream_idle_timeout: Option<Duration>,
     /// What happens to `x-forwarded-client-cert`.
     pub xfcc: Xfcc,
-    /// The JWT filter: runs before the RBAC filters, which read the
-    /// payloads it verified.
-    pub jwt: Option<Arc<JwtAuthn>>,
-    /// The authorization filters (RBAC, external authorization), in
-    /// order: the first refusal wins.
+    /// The authentication and authorization filters (JWT, RBAC, external
+    /// authorization), in their configured order: the first refusal wins,
+    /// and each reads the dynamic metadata the earlier ones wrote (RBAC
+    /// the payload JWT verified, ext_authz the outcome of RBAC shadow
+    /// rules).
     pub authz: Vec<HttpAuthz>,
 }
 
-/// One authorization filter of an HTTP connection manager.
+/// One authentication or authorization filter of an HTTP connection
+/// manager.
 #[derive(Clone, Debug)]
 pub enum HttpAuthz {
+    /// `envoy.filters.http.jwt_authn`.
+    Jwt(Arc<JwtAuthn>),
     /// `envoy.filters.http.rbac`.
     Rbac(Arc<RbacFilter>),
     /// `envoy.filters.http.ext_authz`.
@@ -279,7 +282,6 @@ fn http_manager(h: &HttpConnectionManager, at: &str) -> FieldResult<HttpManager>
     let mut cors = false;
     let mut router = false;
     let mut authz = Vec::new();
-    let mut jwt = None;
     for (i, f) in h.http_filters.iter().enumerate() {
         let field = join(at, &format!("http_filters[{i}]"));
         if router {
@@ -303,20 +305,11 @@ fn http_manager(h: &HttpConnectionManager, at: &str) -> FieldResult<HttpManager>
             CORS_FILTER => cors = true,
             JWT_AUTHN_FILTER => {
                 let at = join(&field, "typed_config");
-                // The proxy runs authentication before authorization; a
-                // config asking for the other order (or two JWT filters)
-                // would be enforced differently than written.
-                if !authz.is_empty() || jwt.is_some() {
-                    return invalid(
-                        join(&field, "name"),
-                        "envoy.filters.http.jwt_authn must come once, before every envoy.filters.http.rbac and envoy.filters.http.ext_authz",
-                    );
-                }
                 let Some(any) = typed else {
                     return invalid(at, "is required");
                 };
                 let pb: JwtAuthentication = decode_any(any, &at)?;
-                jwt = Some(Arc::new(jwt::compile(&pb, &at)?));
+                authz.push(HttpAuthz::Jwt(Arc::new(jwt::compile(&pb, &at)?)));
             }
             RBAC_HTTP_FILTER => {
                 let at = join(&field, "typed_config");
@@ -377,7 +370,6 @@ fn http_manager(h: &HttpConnectionManager, at: &str) -> FieldResult<HttpManager>
     let xfcc = xfcc(h, at)?;
     Ok(HttpManager {
         xfcc,
-        jwt,
         authz,
         stat_prefix: h.stat_prefix.clone(),
         codec,
