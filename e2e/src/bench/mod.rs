@@ -1,5 +1,5 @@
-//! Benchmarks behind `mesh-bench`: each area (`ca`, `control`, `proxy`
-//! now; `chaos` later) measures, then writes a markdown table and a PNG plot under
+//! Benchmarks behind `mesh-bench`: each area (`ca`, `control`, `proxy`,
+//! `security` now; `chaos` later) measures, then writes a markdown table and a PNG plot under
 //! `docs/benchmarks/`. Numbers are printed and written, never asserted: tests
 //! must not depend on wall-clock speed.
 //!
@@ -12,6 +12,7 @@ use std::time::Duration;
 pub mod ca;
 pub mod control;
 pub mod proxy;
+pub mod security;
 
 /// The machine a run happened on, as the reports print it.
 #[derive(Debug, Clone)]

@@ -103,6 +103,42 @@ enum Area {
         #[arg(long)]
         no_pin: bool,
     },
+    /// Zero trust: added latency and CPU per request with mTLS on both
+    /// hops (a pair of mesh-proxy sidecars against a pair of Envoy
+    /// sidecars), full handshakes per second, and the cost of a 20-rule
+    /// AuthorizationPolicy. Needs root (network namespaces, iptables).
+    Security {
+        /// Seconds of each measured window.
+        #[arg(long, default_value_t = 5.0)]
+        duration_secs: f64,
+        /// Requests per second of the latency phase.
+        #[arg(long, default_value_t = 1000.0)]
+        rate: f64,
+        /// Windows per path and phase (paths alternate).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Short smoke run: 1 s windows, 1 round, 0.3 s warm-up.
+        #[arg(long)]
+        quick: bool,
+        /// Keep-alive connections of the application in the latency phase.
+        #[arg(long, default_value_t = 16)]
+        connections: usize,
+        /// New connections in flight in the handshake phase.
+        #[arg(long, default_value_t = 16)]
+        handshake_connections: usize,
+        /// Worker threads of each load generator.
+        #[arg(long, default_value_t = 1)]
+        load_threads: usize,
+        /// Do not run the stock Envoy peer.
+        #[arg(long)]
+        no_envoy: bool,
+        /// Do not pin the sidecars and the bench to separate CPUs.
+        #[arg(long)]
+        no_pin: bool,
+        /// Nice value of the bench and the sidecars (0 leaves them alone).
+        #[arg(long, default_value_t = -10, allow_negative_numbers = true)]
+        nice: i32,
+    },
     /// Internal: the simulated proxies of `control`, run as its child.
     #[command(hide = true)]
     ControlClients {
@@ -119,10 +155,68 @@ enum Area {
     },
 }
 
+/// Writes `<area>.md` and `<area>.png` (drawn by `plot`, labelled when a
+/// font was found) into `out_dir`.
+fn write_report(
+    out_dir: &Path,
+    area: &str,
+    markdown: &str,
+    plot: impl FnOnce(&Path, bool) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let md = out_dir.join(format!("{area}.md"));
+    std::fs::write(&md, markdown).with_context(|| format!("writing {}", md.display()))?;
+    let png = out_dir.join(format!("{area}.png"));
+    let labelled = bench::register_plot_font();
+    if !labelled {
+        eprintln!("warning: no TrueType font found (set MESH_BENCH_FONT); plot has no labels");
+    }
+    plot(&png, labelled).with_context(|| format!("plotting {}", png.display()))?;
+    println!("wrote {} and {}", md.display(), png.display());
+    Ok(())
+}
+
+/// The index one level up from `out_dir` (`docs/benchmarks.md` for the
+/// default `--out-dir`) carries each data-plane run's targets table:
+/// `update` rewrites `area`'s section there, if it has one.
+fn update_index(
+    out_dir: &Path,
+    area: &str,
+    update: impl FnOnce(&Path) -> std::io::Result<bool>,
+) -> anyhow::Result<()> {
+    if let Some(index) = out_dir.parent().map(|d| d.join("benchmarks.md"))
+        && update(&index).with_context(|| format!("updating {}", index.display()))?
+    {
+        println!("updated the {area} section of {}", index.display());
+    }
+    Ok(())
+}
+
+/// Window length, warm-up and rounds: as given, or a short smoke run
+/// (`--quick`: 1 s windows after 0.3 s of warm-up, one round).
+fn windows(
+    quick: bool,
+    duration_secs: f64,
+    rounds: usize,
+) -> anyhow::Result<(Duration, Duration, usize)> {
+    let (duration_secs, warmup_secs, rounds) = if quick {
+        (1.0, 0.3, 1)
+    } else {
+        (duration_secs, 1.0, rounds)
+    };
+    let duration = Duration::try_from_secs_f64(duration_secs)
+        .context("--duration-secs must be a positive number of seconds")?;
+    Ok((duration, Duration::from_secs_f64(warmup_secs), rounds))
+}
+
+/// The workspace this binary was built from.
+fn workspace() -> PathBuf {
+    let e2e = Path::new(env!("CARGO_MANIFEST_DIR"));
+    e2e.parent().unwrap_or(e2e).to_path_buf()
+}
+
 /// `docs/benchmarks` of the workspace this binary was built from.
 fn default_out_dir() -> PathBuf {
-    let e2e = Path::new(env!("CARGO_MANIFEST_DIR"));
-    e2e.parent().unwrap_or(e2e).join("docs").join("benchmarks")
+    workspace().join("docs").join("benchmarks")
 }
 
 fn main() -> anyhow::Result<()> {
@@ -165,19 +259,12 @@ fn main() -> anyhow::Result<()> {
                 calls,
                 ..bench::ca::Params::default()
             })?;
-            let md = args.out_dir.join("ca.md");
-            std::fs::write(&md, bench::ca::markdown(&report))
-                .with_context(|| format!("writing {}", md.display()))?;
-            let png = args.out_dir.join("ca.png");
-            let labelled = bench::register_plot_font();
-            if !labelled {
-                eprintln!(
-                    "warning: no TrueType font found (set MESH_BENCH_FONT); plot has no labels"
-                );
-            }
-            bench::ca::plot(&report, &png, labelled)
-                .with_context(|| format!("plotting {}", png.display()))?;
-            println!("wrote {} and {}", md.display(), png.display());
+            write_report(
+                &args.out_dir,
+                "ca",
+                &bench::ca::markdown(&report),
+                |png, labelled| bench::ca::plot(&report, png, labelled),
+            )?;
         }
         Area::Control {
             services,
@@ -228,7 +315,6 @@ fn main() -> anyhow::Result<()> {
                 Duration::try_from_secs_f64(s)
                     .with_context(|| format!("{flag} must be a positive number of seconds"))
             };
-            let e2e = Path::new(env!("CARGO_MANIFEST_DIR"));
             let report = bench::control::run(bench::control::Params {
                 services,
                 clients,
@@ -238,21 +324,14 @@ fn main() -> anyhow::Result<()> {
                 timeout: secs(timeout_secs, "--timeout-secs")?,
                 settle: Duration::from_secs(1),
                 envoy: !no_envoy,
-                workspace: e2e.parent().unwrap_or(e2e).to_path_buf(),
+                workspace: workspace(),
             })?;
-            let md = args.out_dir.join("control.md");
-            std::fs::write(&md, bench::control::markdown(&report))
-                .with_context(|| format!("writing {}", md.display()))?;
-            let png = args.out_dir.join("control.png");
-            let labelled = bench::register_plot_font();
-            if !labelled {
-                eprintln!(
-                    "warning: no TrueType font found (set MESH_BENCH_FONT); plot has no labels"
-                );
-            }
-            bench::control::plot(&report, &png, labelled)
-                .with_context(|| format!("plotting {}", png.display()))?;
-            println!("wrote {} and {}", md.display(), png.display());
+            write_report(
+                &args.out_dir,
+                "control",
+                &bench::control::markdown(&report),
+                |png, labelled| bench::control::plot(&report, png, labelled),
+            )?;
         }
         Area::Proxy {
             duration_secs,
@@ -266,17 +345,10 @@ fn main() -> anyhow::Result<()> {
             no_envoy,
             no_pin,
         } => {
-            let (duration_secs, rounds, warmup_secs) = if quick {
-                (1.0, 1, 0.3)
-            } else {
-                (duration_secs, rounds, 1.0)
-            };
-            let duration = Duration::try_from_secs_f64(duration_secs)
-                .context("--duration-secs must be a positive number of seconds")?;
-            let e2e = Path::new(env!("CARGO_MANIFEST_DIR"));
+            let (duration, warmup, rounds) = windows(quick, duration_secs, rounds)?;
             let report = bench::proxy::run(bench::proxy::Params {
                 duration,
-                warmup: Duration::from_secs_f64(warmup_secs),
+                warmup,
                 rounds,
                 rate,
                 open_connections: 16,
@@ -286,32 +358,57 @@ fn main() -> anyhow::Result<()> {
                 load_threads,
                 envoy: !no_envoy,
                 pin: !no_pin,
-                workspace: e2e.parent().unwrap_or(e2e).to_path_buf(),
+                workspace: workspace(),
             })?;
             println!("\n{}", bench::proxy::summary(&report));
-            let md = args.out_dir.join("proxy.md");
-            std::fs::write(&md, bench::proxy::markdown(&report))
-                .with_context(|| format!("writing {}", md.display()))?;
-            let png = args.out_dir.join("proxy.png");
-            let labelled = bench::register_plot_font();
-            if !labelled {
-                eprintln!(
-                    "warning: no TrueType font found (set MESH_BENCH_FONT); plot has no labels"
-                );
-            }
-            bench::proxy::plot(&report, &png, labelled)
-                .with_context(|| format!("plotting {}", png.display()))?;
-            println!("wrote {} and {}", md.display(), png.display());
-            // The index one level up (docs/benchmarks.md for the default
-            // --out-dir) carries this run's targets table.
-            if let Some(index) = args.out_dir.parent().map(|d| d.join("benchmarks.md")) {
-                let section = bench::proxy::section(&report);
-                if bench::proxy::update_index(&index, &section)
-                    .with_context(|| format!("updating {}", index.display()))?
-                {
-                    println!("updated the proxy section of {}", index.display());
-                }
-            }
+            write_report(
+                &args.out_dir,
+                "proxy",
+                &bench::proxy::markdown(&report),
+                |png, labelled| bench::proxy::plot(&report, png, labelled),
+            )?;
+            let section = bench::proxy::section(&report);
+            update_index(&args.out_dir, "proxy", |index| {
+                bench::proxy::update_index(index, &section)
+            })?;
+        }
+        Area::Security {
+            duration_secs,
+            rate,
+            rounds,
+            quick,
+            connections,
+            handshake_connections,
+            load_threads,
+            no_envoy,
+            no_pin,
+            nice,
+        } => {
+            let (duration, warmup, rounds) = windows(quick, duration_secs, rounds)?;
+            let report = bench::security::run(bench::security::Params {
+                duration,
+                warmup,
+                rounds,
+                rate,
+                connections,
+                handshake_connections,
+                load_threads,
+                envoy: !no_envoy,
+                pin: !no_pin,
+                nice,
+                workspace: workspace(),
+            })?;
+            println!("\n{}", bench::security::summary(&report));
+            write_report(
+                &args.out_dir,
+                "security",
+                &bench::security::markdown(&report),
+                |png, labelled| bench::security::plot(&report, png, labelled),
+            )?;
+            let section = bench::security::section(&report);
+            update_index(&args.out_dir, "security", |index| {
+                bench::security::update_index(index, &section)
+            })?;
         }
         Area::ControlClients { .. } => {}
     }

@@ -17,7 +17,14 @@
 //! Traffic starts `warmup` before the measured window; only requests
 //! scheduled (open loop) or completed (closed loop) inside the window
 //! count. Every request has a timeout and counts as an error past it.
+//!
+//! Where requests go is a [`Dest`]: the address connected to and the
+//! authority and path of every request (the proxy bench sends `GET /` for
+//! [`HOST`]; the security bench names each service). The closed loop
+//! runs any [`Exchange`], so a bench with its own kind of request (a new
+//! TLS connection each time) reuses its timing and counting.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -46,6 +53,23 @@ pub enum Protocol {
     Http1,
     /// HTTP/2 over cleartext (prior knowledge), many streams per connection.
     Http2,
+}
+
+/// Where a load goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dest {
+    /// The address connected to.
+    pub addr: SocketAddr,
+    /// `Host` / `:authority` of every request.
+    pub host: &'static str,
+    /// Path of every request.
+    pub path: &'static str,
+}
+
+/// One slot of a closed loop: each call is one measured exchange.
+pub trait Exchange: Send + 'static {
+    /// One exchange; `Ok` when it succeeded. Called again at once.
+    fn exchange(&mut self) -> impl Future<Output = Result<(), String>> + Send;
 }
 
 /// The measured interval; traffic starts earlier (warm-up).
@@ -113,10 +137,36 @@ pub struct Quantiles {
     pub max: Duration,
 }
 
-/// One client connection.
-enum Sender {
+/// One client connection and where its requests go.
+struct Sender {
+    conn: Conn,
+    dest: Dest,
+}
+
+enum Conn {
     H1(http1::SendRequest<Empty<Bytes>>),
     H2(http2::SendRequest<Empty<Bytes>>),
+}
+
+/// A closed-loop slot of [`closed_loop`]: a connection (or HTTP/2
+/// stream slot), reopened after an HTTP/1.1 error.
+struct Slot {
+    sender: Option<Sender>,
+    dest: Dest,
+    protocol: Protocol,
+}
+
+// === impl Dest ===
+
+impl Dest {
+    /// `GET /` for [`HOST`] at `addr`.
+    pub const fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            host: HOST,
+            path: "/",
+        }
+    }
 }
 
 // === impl Protocol ===
@@ -204,7 +254,8 @@ pub const REPORTED: [&str; 4] = ["p50", "p90", "p99", "p99.9"];
 // === impl Sender ===
 
 impl Sender {
-    async fn connect(addr: SocketAddr, protocol: Protocol) -> Result<Self, String> {
+    async fn connect(dest: Dest, protocol: Protocol) -> Result<Self, String> {
+        let addr = dest.addr;
         let setup = async {
             let stream = TcpStream::connect(addr)
                 .await
@@ -222,7 +273,7 @@ impl Sender {
                     tokio::spawn(async move {
                         let _ = conn.await;
                     });
-                    Ok(Self::H1(sender))
+                    Ok(Conn::H1(sender))
                 }
                 Protocol::Http2 => {
                     let (sender, conn) = http2::handshake(TokioExecutor::new(), io)
@@ -231,57 +282,51 @@ impl Sender {
                     tokio::spawn(async move {
                         let _ = conn.await;
                     });
-                    Ok(Self::H2(sender))
+                    Ok(Conn::H2(sender))
                 }
             }
         };
-        tokio::time::timeout(CONNECT_TIMEOUT, setup)
+        let conn = tokio::time::timeout(CONNECT_TIMEOUT, setup)
             .await
-            .unwrap_or_else(|_| Err(format!("connecting to {addr} timed out")))
+            .unwrap_or_else(|_| Err(format!("connecting to {addr} timed out")))?;
+        Ok(Self { conn, dest })
     }
 
     /// Another handle on the same HTTP/2 connection (HTTP/1.1: `None`).
     fn clone_h2(&self) -> Option<Self> {
-        match self {
-            Self::H1(_) => None,
-            Self::H2(s) => Some(Self::H2(s.clone())),
+        match &self.conn {
+            Conn::H1(_) => None,
+            Conn::H2(s) => Some(Self {
+                conn: Conn::H2(s.clone()),
+                dest: self.dest,
+            }),
         }
     }
 
     /// One GET, bounded by [`REQUEST_TIMEOUT`]; `Ok` for a 200 whose body
     /// was read to the end.
     async fn get(&mut self) -> Result<(), String> {
+        let Dest { host, path, .. } = self.dest;
         let exchange = async {
-            let response = match self {
-                Self::H1(s) => {
+            let response = match &mut self.conn {
+                Conn::H1(s) => {
                     s.ready().await.map_err(|e| format!("connection: {e}"))?;
-                    let request = Request::get("/")
-                        .header(http::header::HOST, HOST)
+                    let request = Request::get(path)
+                        .header(http::header::HOST, host)
                         .body(Empty::new())
                         .map_err(|e| e.to_string())?;
                     s.send_request(request).await
                 }
-                Self::H2(s) => {
+                Conn::H2(s) => {
                     s.ready().await.map_err(|e| format!("connection: {e}"))?;
-                    let request = Request::get(format!("http://{HOST}/"))
+                    let request = Request::get(format!("http://{host}{path}"))
                         .body(Empty::new())
                         .map_err(|e| e.to_string())?;
                     s.send_request(request).await
                 }
             }
             .map_err(|e| format!("request: {e}"))?;
-            let status = response.status();
-            let body = response
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| format!("response body: {e}"))?;
-            if status != StatusCode::OK {
-                let body = body.to_bytes();
-                let text = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
-                return Err(format!("status {status}: {text}"));
-            }
-            Ok(())
+            check_ok(response).await
         };
         tokio::time::timeout(REQUEST_TIMEOUT, exchange)
             .await
@@ -289,22 +334,39 @@ impl Sender {
     }
 }
 
-/// One request on a fresh connection: `Ok` once `addr` answers 200 over
+/// `Ok` for a 200 whose body was read to the end; else the status and
+/// the start of the body.
+pub async fn check_ok<B>(response: http::Response<B>) -> Result<(), String>
+where
+    B: hyper::body::Body,
+    B::Error: std::fmt::Display,
+{
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("response body: {e}"))?;
+    if status != StatusCode::OK {
+        let body = body.to_bytes();
+        let text = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
+        return Err(format!("status {status}: {text}"));
+    }
+    Ok(())
+}
+
+/// One request on a fresh connection: `Ok` once `dest` answers 200 over
 /// `protocol` (the readiness check before measuring).
-pub async fn probe(addr: SocketAddr, protocol: Protocol) -> Result<(), String> {
-    let mut sender = Sender::connect(addr, protocol).await?;
+pub async fn probe(dest: Dest, protocol: Protocol) -> Result<(), String> {
+    let mut sender = Sender::connect(dest, protocol).await?;
     sender.get().await
 }
 
 /// Polls [`probe`] until it succeeds or `timeout` passes; the last error.
-pub async fn wait_serving(
-    addr: SocketAddr,
-    protocol: Protocol,
-    timeout: Duration,
-) -> Result<(), String> {
+pub async fn wait_serving(dest: Dest, protocol: Protocol, timeout: Duration) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
     loop {
-        match probe(addr, protocol).await {
+        match probe(dest, protocol).await {
             Ok(()) => return Ok(()),
             Err(e) if Instant::now() >= deadline => return Err(e),
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
@@ -312,9 +374,9 @@ pub async fn wait_serving(
     }
 }
 
-/// Runs a fixed-rate load against `addr`.
+/// Runs a fixed-rate load against `dest`.
 pub async fn open_loop(
-    addr: SocketAddr,
+    dest: Dest,
     protocol: Protocol,
     plan: OpenLoop,
 ) -> anyhow::Result<LoadResult> {
@@ -325,7 +387,7 @@ pub async fn open_loop(
     let mut senders = Vec::with_capacity(plan.connections);
     for _ in 0..plan.connections {
         senders.push(
-            Sender::connect(addr, protocol)
+            Sender::connect(dest, protocol)
                 .await
                 .map_err(anyhow::Error::msg)?,
         );
@@ -361,7 +423,7 @@ pub async fn open_loop(
                         out.record(counted(scheduled), scheduled.elapsed(), outcome.clone());
                         if outcome.is_err() {
                             // The connection may be broken; start a new one.
-                            sender = Sender::connect(addr, protocol).await.ok();
+                            sender = Sender::connect(dest, protocol).await.ok();
                         }
                     }
                     out
@@ -430,9 +492,9 @@ fn spawn_schedule(
         .context("starting the schedule thread")
 }
 
-/// Runs a saturating load against `addr`.
+/// Runs a saturating load against `dest`.
 pub async fn closed_loop(
-    addr: SocketAddr,
+    dest: Dest,
     protocol: Protocol,
     plan: ClosedLoop,
 ) -> anyhow::Result<LoadResult> {
@@ -440,41 +502,50 @@ pub async fn closed_loop(
         plan.connections > 0 && plan.streams > 0,
         "closed loop needs at least one connection and one stream"
     );
-    let window = plan.window;
     let mut senders = Vec::with_capacity(plan.connections);
     for _ in 0..plan.connections {
         senders.push(
-            Sender::connect(addr, protocol)
+            Sender::connect(dest, protocol)
                 .await
                 .map_err(anyhow::Error::msg)?,
         );
     }
-    let slots: Vec<Sender> = match protocol {
+    let slots: Vec<Slot> = match protocol {
         Protocol::Http1 => senders,
         Protocol::Http2 => senders
             .iter()
             .flat_map(|s| (0..plan.streams).filter_map(|_| s.clone_h2()))
             .collect(),
-    };
+    }
+    .into_iter()
+    .map(|sender| Slot {
+        sender: Some(sender),
+        dest,
+        protocol,
+    })
+    .collect();
+    closed_loop_with(slots, plan.window).await
+}
+
+/// Runs every slot's exchanges back to back until the window ends; counts
+/// those that complete inside it, latency from start to end of each.
+pub async fn closed_loop_with<E: Exchange>(
+    slots: Vec<E>,
+    window: Window,
+) -> anyhow::Result<LoadResult> {
+    anyhow::ensure!(!slots.is_empty(), "closed loop needs at least one slot");
     let mut workers = JoinSet::new();
-    for sender in slots {
+    for mut slot in slots {
         workers.spawn(async move {
             let mut out = LoadResult::default();
-            let mut sender = Some(sender);
             while Instant::now() < window.end {
                 let sent = Instant::now();
-                let outcome = match sender.as_mut() {
-                    Some(s) => s.get().await,
-                    None => Err("no connection".to_string()),
-                };
+                let outcome = slot.exchange().await;
                 let done = Instant::now();
                 let counted = done >= window.start && done <= window.end;
                 let failed = outcome.is_err();
                 out.record(counted, done - sent, outcome);
                 if failed {
-                    if protocol == Protocol::Http1 {
-                        sender = Sender::connect(addr, protocol).await.ok();
-                    }
                     // Do not spin on a failing target.
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
@@ -487,6 +558,21 @@ pub async fn closed_loop(
         result.merge(done.context("a load worker panicked")?);
     }
     Ok(result)
+}
+
+// === impl Slot ===
+
+impl Exchange for Slot {
+    async fn exchange(&mut self) -> Result<(), String> {
+        let outcome = match self.sender.as_mut() {
+            Some(s) => s.get().await,
+            None => Err("no connection".to_string()),
+        };
+        if outcome.is_err() && self.protocol == Protocol::Http1 {
+            self.sender = Sender::connect(self.dest, self.protocol).await.ok();
+        }
+        outcome
+    }
 }
 
 #[cfg(test)]
@@ -515,17 +601,17 @@ mod tests {
             .unwrap();
         rt.block_on(async {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap();
+            let dest = Dest::new(listener.local_addr().unwrap());
             let server = tokio::spawn(super::super::backend::serve(listener));
             for protocol in Protocol::ALL {
-                probe(addr, protocol).await.unwrap();
+                probe(dest, protocol).await.unwrap();
                 let start = Instant::now() + Duration::from_millis(100);
                 let window = Window {
                     start,
                     end: start + Duration::from_millis(300),
                 };
                 let open = open_loop(
-                    addr,
+                    dest,
                     protocol,
                     OpenLoop {
                         rate: 200.0,
@@ -543,7 +629,7 @@ mod tests {
 
                 let start = Instant::now() + Duration::from_millis(50);
                 let closed = closed_loop(
-                    addr,
+                    dest,
                     protocol,
                     ClosedLoop {
                         connections: 2,

@@ -108,7 +108,7 @@ spec:
 /// Loads `yaml` and builds the snapshot, failing on any object the loader
 /// rejects (the bench would measure something else then).
 pub fn snapshot(yaml: &str) -> anyhow::Result<Snapshot> {
-    let loaded = mesh_api::load_str("bench-proxy.yaml", yaml);
+    let loaded = mesh_api::load_str("bench.yaml", yaml);
     if let Some(bad) = loaded.iter().find(|l| l.object.is_none()) {
         bail!(
             "bench object {:?} did not load: {:?}",
@@ -131,11 +131,17 @@ pub fn node_id(pod: &str) -> String {
 impl ControlPlane {
     /// Serves `snapshot` on a loopback port, on the current runtime.
     pub async fn start(snapshot: Snapshot) -> anyhow::Result<Self> {
-        let (publish, snapshots) = watch::channel(Arc::new(snapshot));
-        let server = AdsServer::with_default_generator(snapshots);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .context("binding the ADS listener")?;
+        Self::serve(listener, snapshot)
+    }
+
+    /// Serves `snapshot` on `listener` (which may belong to another
+    /// network namespace), on the current runtime.
+    pub fn serve(listener: tokio::net::TcpListener, snapshot: Snapshot) -> anyhow::Result<Self> {
+        let (publish, snapshots) = watch::channel(Arc::new(snapshot));
+        let server = AdsServer::with_default_generator(snapshots);
         let addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(serve_listener(listener, server.clone(), async {
@@ -147,6 +153,12 @@ impl ControlPlane {
             _publish: publish,
             stop: Some(stop),
         })
+    }
+
+    /// The ADS server, to serve on another listener too (e.g. beside the
+    /// CA on a TLS port).
+    pub fn ads(&self) -> AdsServer {
+        self.server.clone()
     }
 
     /// `Ok` when `node_id` ACKed the newest CDS, EDS, LDS and RDS it was

