@@ -196,6 +196,13 @@ impl Report {
         super::proxy::added_us(self.latency(path)?, self.latency(Path::DIRECT)?)
     }
 
+    /// p99 `path` adds over the direct path, each the median of its
+    /// rounds' p99, µs: one window disturbed by the machine moves it less
+    /// than the pooled p99 of [`Report::added`].
+    pub fn added_p99_median(&self, path: Path) -> Option<f64> {
+        Some(median_p99_us(self.latency(path)?)? - median_p99_us(self.latency(Path::DIRECT)?)?)
+    }
+
     /// Latency the policy adds in `kind`'s sidecars, per percentile, µs.
     pub fn policy_added(&self, kind: Kind) -> Option<[f64; 4]> {
         let with = self.latency(Path { kind, authz: true })?;
@@ -208,6 +215,30 @@ impl Report {
         let with = self.latency(Path { kind, authz: true })?.cpu_ms_per_1k()?;
         let without = self.latency(Path { kind, authz: false })?.cpu_ms_per_1k()?;
         Some(with - without)
+    }
+}
+
+/// The p99 of each window of `series`, in the order they ran, µs.
+pub fn round_p99s_us(series: &Series) -> Vec<f64> {
+    series
+        .windows
+        .iter()
+        .filter_map(|w| {
+            let mut latencies = w.load.latencies.clone();
+            Some(load::Quantiles::of(&mut latencies)?.p99.as_secs_f64() * 1e6)
+        })
+        .collect()
+}
+
+/// The median of [`round_p99s_us`].
+pub fn median_p99_us(series: &Series) -> Option<f64> {
+    let mut p99 = round_p99s_us(series);
+    p99.sort_by(f64::total_cmp);
+    let n = p99.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(p99[n / 2]),
+        _ => Some((p99[n / 2 - 1] + p99[n / 2]) / 2.0),
     }
 }
 
@@ -639,4 +670,43 @@ fn check_security(bed: &Bed, client: &MtlsClient, kinds: &[Kind]) -> anyhow::Res
         ));
     }
     Ok(checks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::proxy::WindowResult;
+    use super::super::proxy::load::LoadResult;
+    use super::*;
+
+    fn window(latencies_us: &[u64]) -> WindowResult {
+        WindowResult {
+            load: LoadResult {
+                ok: latencies_us.len() as u64,
+                latencies: latencies_us
+                    .iter()
+                    .map(|&u| Duration::from_micros(u))
+                    .collect(),
+                ..LoadResult::default()
+            },
+            elapsed: Duration::from_secs(1),
+            proxy_cpu: None,
+            bench_cpu: None,
+            other_cpu: None,
+            steal_cpu: None,
+            rss_max_kb: 0,
+        }
+    }
+
+    #[test]
+    fn the_median_of_the_rounds_p99_ignores_one_bad_round() {
+        let mut series = Series::default();
+        assert_eq!(median_p99_us(&series), None);
+        for p99 in [300, 90_000, 200] {
+            series.windows.push(window(&[100, p99]));
+        }
+        assert_eq!(round_p99s_us(&series), [300.0, 90_000.0, 200.0]);
+        assert_eq!(median_p99_us(&series), Some(300.0));
+        series.windows.push(window(&[400]));
+        assert_eq!(median_p99_us(&series), Some(350.0));
+    }
 }
