@@ -530,26 +530,15 @@ impl Call<'_> {
         } else {
             super::http::wire_for(&cluster, Version::HTTP_11, false)
         };
-        let mut req = Request::new(full(self.body));
-        *req.method_mut() = self.method;
-        *req.headers_mut() = self.headers;
-        match wire {
-            Wire::Http1 => {
-                *req.version_mut() = Version::HTTP_11;
-                *req.uri_mut() = self
-                    .path
-                    .parse()
-                    .map_err(|_| "bad check path".to_string())?;
-                let host = HeaderValue::from_str(self.authority).map_err(|e| e.to_string())?;
-                req.headers_mut().insert(header::HOST, host);
-            }
-            Wire::Http2 => {
-                *req.version_mut() = Version::HTTP_2;
-                *req.uri_mut() = format!("http://{}{}", self.authority, self.path)
-                    .parse()
-                    .map_err(|_| "bad check authority or path".to_string())?;
-            }
-        }
+        let mut head = Request::new(());
+        *head.method_mut() = self.method;
+        *head.headers_mut() = self.headers;
+        *head.uri_mut() = self
+            .path
+            .parse()
+            .map_err(|_| "bad check path".to_string())?;
+        let (head, ()) = head.into_parts();
+        let req = super::http::upstream_request(&head, full(self.body), wire, self.authority);
         let exchange = async {
             let resp = pool
                 .send(&address, tls, wire, req)

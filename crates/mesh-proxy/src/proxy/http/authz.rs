@@ -5,16 +5,12 @@
 //! too) and external authorization filters (which read the metadata to
 //! decide whether they apply). The first refusal answers the request.
 
-use std::collections::VecDeque;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::{Body, Bytes, Frame, SizeHint};
+use hyper::body::{Body, Bytes};
 
-use super::body::{BoxError, ProxyBody, boxed, empty, full};
+use super::body::{Prefixed, ProxyBody, boxed, empty, full};
 use super::{HttpCtx, local};
 use crate::proxy::Generation;
 use crate::proxy::ext_authz::{self, Decision, RequestFacts, Subject};
@@ -352,56 +348,7 @@ async fn buffer(
         return Err(too_large());
     }
     data.truncate(settings.max_bytes);
-    *req.body_mut() = boxed(Replay {
-        head: read.into(),
-        rest: (!body.is_end_stream()).then_some(body),
-    });
+    let rest = (!body.is_end_stream()).then_some(body);
+    *req.body_mut() = boxed(Prefixed::new(read, rest));
     Ok(Some((Bytes::from(data), partial)))
-}
-
-/// Frames read ahead, then the rest of the body.
-struct Replay {
-    head: VecDeque<Frame<Bytes>>,
-    rest: Option<ProxyBody>,
-}
-
-impl Body for Replay {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if let Some(frame) = self.head.pop_front() {
-            return Poll::Ready(Some(Ok(frame)));
-        }
-        match &mut self.rest {
-            Some(rest) => Pin::new(rest).poll_frame(cx),
-            None => Poll::Ready(None),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.head.is_empty() && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        let head: u64 = self
-            .head
-            .iter()
-            .filter_map(|f| f.data_ref())
-            .map(|d| d.len() as u64)
-            .sum();
-        let rest = self
-            .rest
-            .as_ref()
-            .map_or_else(|| SizeHint::with_exact(0), |r| r.size_hint());
-        let mut hint = SizeHint::new();
-        if let Some(upper) = rest.upper() {
-            hint.set_upper(upper + head);
-        }
-        hint.set_lower(rest.lower() + head);
-        hint
-    }
 }

@@ -499,6 +499,64 @@ impl Drop for Observed {
     }
 }
 
+/// Frames read ahead (to look at the start of a body), then the rest of
+/// the body as it arrives.
+pub struct Prefixed {
+    head: VecDeque<Frame<Bytes>>,
+    rest: Option<ProxyBody>,
+}
+
+impl Prefixed {
+    /// `head` first, then `rest` (`None`: the body ended within `head`).
+    pub fn new(head: Vec<Frame<Bytes>>, rest: Option<ProxyBody>) -> Self {
+        Self {
+            head: head.into(),
+            rest,
+        }
+    }
+}
+
+impl Body for Prefixed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(frame) = self.head.pop_front() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        match &mut self.rest {
+            Some(rest) => Pin::new(rest).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.head.is_empty() && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let head: u64 = self
+            .head
+            .iter()
+            .filter_map(|f| f.data_ref())
+            .map(|d| d.len() as u64)
+            .sum();
+        let rest = self
+            .rest
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), |r| r.size_hint());
+        let mut hint = SizeHint::new();
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper + head);
+        }
+        hint.set_lower(rest.lower() + head);
+        hint
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -514,7 +514,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 
 /// The request as sent upstream: origin-form with `Host` on HTTP/1.1,
 /// absolute-form (`:authority`) on HTTP/2.
-fn upstream_request(
+pub(crate) fn upstream_request(
     parts: &Parts,
     body: ProxyBody,
     wire: Wire,

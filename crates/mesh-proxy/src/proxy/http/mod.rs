@@ -18,7 +18,7 @@
 mod authz;
 pub mod body;
 mod forward;
-pub(crate) use forward::wire_for;
+pub(crate) use forward::{upstream_request, wire_for};
 mod idle;
 mod local;
 mod xfcc;
