@@ -139,6 +139,51 @@ enum Area {
         #[arg(long, default_value_t = -10, allow_negative_numbers = true)]
         nice: i32,
     },
+    /// Reliability: 3 endpoints (mesh-echo processes) behind a gateway,
+    /// one killed (SIGKILL) and restarted under a fixed rate; client-visible
+    /// errors, p99 latency during the event, ejection and return of the
+    /// endpoint, mesh-proxy then stock Envoy. Writes chaos.md (no plot).
+    /// Needs the release mesh-control, mesh-proxy and mesh-echo binaries.
+    Chaos {
+        /// Seconds of each data plane's run.
+        #[arg(long, default_value_t = 30.0)]
+        duration_secs: f64,
+        /// Requests per second.
+        #[arg(long, default_value_t = 500.0)]
+        rate: f64,
+        /// When the endpoint is killed, seconds into the run.
+        #[arg(long, default_value_t = 10.0)]
+        kill_at: f64,
+        /// When it is restarted, seconds into the run.
+        #[arg(long, default_value_t = 15.0)]
+        restart_at: f64,
+        /// Length of the event window from the kill, seconds.
+        #[arg(long, default_value_t = 5.0)]
+        event_secs: f64,
+        /// `baseEjectionTime` of the DestinationRule's outlier detection,
+        /// seconds.
+        #[arg(long, default_value_t = 10.0)]
+        base_ejection_secs: f64,
+        /// `consecutive5xxErrors` of the outlier detection.
+        #[arg(long, default_value_t = 5)]
+        consecutive_5xx: u32,
+        /// Short dev run: 10 s, kill at 2 s, restart at 4 s, 2 s event
+        /// window, 3 s base ejection (overrides those flags).
+        #[arg(long)]
+        quick: bool,
+        /// HTTP/1.1 connections of each one-second segment of the load.
+        #[arg(long, default_value_t = 8)]
+        connections: usize,
+        /// Worker threads of the load generator.
+        #[arg(long, default_value_t = 1)]
+        load_threads: usize,
+        /// Do not run mesh-proxy.
+        #[arg(long)]
+        no_ours: bool,
+        /// Do not run the stock Envoy peer.
+        #[arg(long)]
+        no_envoy: bool,
+    },
     /// Internal: the simulated proxies of `control`, run as its child.
     #[command(hide = true)]
     ControlClients {
@@ -408,6 +453,71 @@ fn main() -> anyhow::Result<()> {
             let section = bench::security::section(&report);
             update_index(&args.out_dir, "security", |index| {
                 bench::security::update_index(index, &section)
+            })?;
+        }
+        Area::Chaos {
+            duration_secs,
+            rate,
+            kill_at,
+            restart_at,
+            event_secs,
+            base_ejection_secs,
+            consecutive_5xx,
+            quick,
+            connections,
+            load_threads,
+            no_ours,
+            no_envoy,
+        } => {
+            let (duration_secs, kill_at, restart_at, event_secs, base_ejection_secs) = if quick {
+                (10.0, 2.0, 4.0, 2.0, 3.0)
+            } else {
+                (
+                    duration_secs,
+                    kill_at,
+                    restart_at,
+                    event_secs,
+                    base_ejection_secs,
+                )
+            };
+            let secs = |s: f64, flag: &str| {
+                Duration::try_from_secs_f64(s)
+                    .with_context(|| format!("{flag} must be a non-negative number of seconds"))
+            };
+            let command = std::iter::once("target/release/mesh-bench".to_string())
+                .chain(std::env::args().skip(1))
+                .collect::<Vec<_>>()
+                .join(" ");
+            let report = bench::chaos::run(bench::chaos::Params {
+                duration: secs(duration_secs, "--duration-secs")?,
+                rate,
+                kill_at: secs(kill_at, "--kill-at")?,
+                restart_at: secs(restart_at, "--restart-at")?,
+                event: secs(event_secs, "--event-secs")?,
+                warmup: Duration::from_secs(if quick { 1 } else { 2 }),
+                connections,
+                outlier: bench::chaos::mesh::Outlier {
+                    consecutive_5xx,
+                    interval: Duration::from_secs(1),
+                    base_ejection: secs(base_ejection_secs, "--base-ejection-secs")?,
+                    max_ejection_percent: 100,
+                },
+                load_threads,
+                ours: !no_ours,
+                envoy: !no_envoy,
+                workspace: workspace(),
+                command: format!(
+                    "cargo build --release -p mesh-proxy -p mesh-control -p e2e --bins && {command}"
+                ),
+            })?;
+            println!("\n{}", bench::chaos::summary(&report));
+            let md = args.out_dir.join("chaos.md");
+            std::fs::write(&md, bench::chaos::markdown(&report))
+                .with_context(|| format!("writing {}", md.display()))?;
+            println!("wrote {}", md.display());
+            let section = bench::chaos::section(&report);
+            update_index(&args.out_dir, "chaos", |index| {
+                bench::chaos::update_index(index, &section)
             })?;
         }
         Area::ControlClients { .. } => {}
