@@ -6,12 +6,25 @@
 //!
 //! Query parameters make it misbehave on cue, for resilience tests:
 //! `status=503` answers with that status, `delay=300ms` waits first,
-//! `call=http://host:port/path` makes an outbound request (through the mesh
-//! when run inside it) and embeds the answer under `upstream`.
+//! `reset=1` closes the connection without answering (HTTP/1.1; an h2c
+//! stream is reset), `call=http://host:port/path` makes an outbound request
+//! (through the mesh when run inside it) and embeds the answer under
+//! `upstream`.
+//!
+//! `fail_first=N` and `fail_every=K` pick which requests misbehave, counted
+//! per path (without the query) by each server since it started, so a
+//! test keeps its phases apart by path: `fail_first=N` the first N,
+//! `fail_every=K` the 1st, K+1st, 2K+1st... (`fail_every=2` alternates,
+//! failing first). A picked request does what `status=`, `delay=` and
+//! `reset=` say, 503 when none is given; the others answer normally, so
+//! `fail_first=1&delay=1s` is slow once, then fast, and
+//! `fail_every=2` fails every other request. A proxy retrying sees each
+//! attempt as one request. [`set_default_cue`] (the binary's
+//! `--fail-first`, `--fail-every`, `--reset`) applies the same choice to
+//! requests that name none.
 
-use std::collections::BTreeMap;
-use std::convert::Infallible;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
@@ -53,7 +66,7 @@ pub(crate) fn printing() -> bool {
 }
 
 /// Requests seen by an echo server: `(host, path)` in arrival order.
-pub type RequestLog = Arc<std::sync::Mutex<Vec<(String, String)>>>;
+pub type RequestLog = Arc<Mutex<Vec<(String, String)>>>;
 
 /// How an answer is produced.
 #[derive(Clone, Copy, Debug)]
@@ -70,6 +83,70 @@ impl Default for Behaviour {
             status: 200,
             delay: None,
         }
+    }
+}
+
+/// Which requests misbehave, and whether they reset the connection
+/// instead of answering (see the module doc).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Cue {
+    /// The first this many requests of each path.
+    pub fail_first: Option<u64>,
+    /// Every this many-th request of each path, the first included.
+    pub fail_every: Option<u64>,
+    /// Close the connection without an answer.
+    pub reset: bool,
+}
+
+/// The cue of requests that name none (the binary's flags).
+static DEFAULT_CUE: OnceLock<Cue> = OnceLock::new();
+
+/// Sets the cue of every request that names none; the first call wins.
+pub fn set_default_cue(cue: Cue) {
+    let _ = DEFAULT_CUE.set(cue);
+}
+
+/// What a picked request is answered with instead: the connection closed
+/// (hyper drops an HTTP/1.1 connection, and resets an HTTP/2 stream, when
+/// the service fails).
+#[derive(Debug)]
+pub struct ResetOnCue;
+
+/// Requests seen per path by one server.
+type PathCounts = Arc<Mutex<HashMap<String, u64>>>;
+
+// === impl ResetOnCue ===
+
+impl std::fmt::Display for ResetOnCue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("connection reset on cue")
+    }
+}
+
+impl std::error::Error for ResetOnCue {}
+
+// === impl Cue ===
+
+impl Cue {
+    /// The cue a request's query names, if any.
+    fn from_params(params: &BTreeMap<String, String>) -> Option<Self> {
+        let number = |k: &str| params.get(k).and_then(|v| v.parse::<u64>().ok());
+        let cue = Self {
+            fail_first: number("fail_first"),
+            fail_every: number("fail_every").filter(|k| *k > 0),
+            reset: params.get("reset").is_some_and(|v| v != "0"),
+        };
+        (cue != Self::default()).then_some(cue)
+    }
+
+    /// Whether request number `n` (1-based) of its path is picked.
+    fn picks(&self, n: u64) -> bool {
+        let chosen = self.fail_first.is_some() || self.fail_every.is_some();
+        !chosen
+            || self.fail_first.is_some_and(|first| n <= first)
+            || self
+                .fail_every
+                .is_some_and(|every| (n - 1).is_multiple_of(every))
     }
 }
 
@@ -99,15 +176,17 @@ pub struct EchoResponse {
 
 /// Serves `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, config: Arc<EchoConfig>) {
+    let counts = PathCounts::default();
     loop {
         let Ok((stream, _peer)) = listener.accept().await else {
             // Accept errors (e.g. EMFILE) are transient; back off briefly.
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
-        let config = config.clone();
+        let (config, counts) = (config.clone(), counts.clone());
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| handle(req, config.clone()));
+            let service =
+                hyper::service::service_fn(move |req| handle(req, config.clone(), counts.clone()));
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .await;
@@ -157,22 +236,50 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Counts the request on its path; its number, 1-based.
+fn count(counts: &PathCounts, path: &str) -> u64 {
+    let Ok(mut counts) = counts.lock() else {
+        return 1;
+    };
+    let n = counts.entry(path.to_string()).or_default();
+    *n += 1;
+    *n
+}
+
 async fn handle(
     req: Request<Incoming>,
     config: Arc<EchoConfig>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+    counts: PathCounts,
+) -> Result<Response<Full<Bytes>>, ResetOnCue> {
     let params = query_params(req.uri().query());
+    let named = Cue::from_params(&params);
+    let cue = named.or_else(|| DEFAULT_CUE.get().copied());
+    let picked = match cue {
+        Some(cue) => cue.picks(count(&counts, req.uri().path())),
+        None => true,
+    };
     let mut status = config.behaviour.status;
-    if let Some(s) = params.get("status").and_then(|s| s.parse().ok()) {
-        status = s;
+    let mut delay = config.behaviour.delay;
+    if picked {
+        let requested = params.get("status").and_then(|s| s.parse().ok());
+        delay = params
+            .get("delay")
+            .and_then(|d| d.parse::<mesh_api::Duration>().ok())
+            .map(|d| d.as_std())
+            .or(delay);
+        // A picked request with nothing else to do fails with 503.
+        let misbehaves = params.contains_key("delay") || cue.is_some_and(|c| c.reset);
+        match requested {
+            Some(s) => status = s,
+            None if cue.is_some() && !misbehaves => status = 503,
+            None => {}
+        }
     }
-    let delay = params
-        .get("delay")
-        .and_then(|d| d.parse::<mesh_api::Duration>().ok())
-        .map(|d| d.as_std())
-        .or(config.behaviour.delay);
     if let Some(d) = delay {
         tokio::time::sleep(d).await;
+    }
+    if picked && cue.is_some_and(|c| c.reset) {
+        return Err(ResetOnCue);
     }
     let mut headers: BTreeMap<String, String> = BTreeMap::new();
     for (k, v) in req.headers() {
@@ -278,5 +385,18 @@ mod tests {
         assert_eq!(p["delay"], "10ms");
         assert_eq!(p["call"], "http://a:80/");
         assert_eq!(p["flag"], "");
+    }
+
+    #[test]
+    fn cues_pick_the_first_n_or_every_kth_request() {
+        let cue = |q: &str| Cue::from_params(&query_params(Some(q)));
+        let picked = |c: Cue| (1..=6).filter(|n| c.picks(*n)).collect::<Vec<_>>();
+        assert_eq!(cue("status=503"), None);
+        assert_eq!(picked(cue("fail_first=2").unwrap()), [1, 2]);
+        assert_eq!(picked(cue("fail_every=2").unwrap()), [1, 3, 5]);
+        assert_eq!(picked(cue("fail_every=3&reset=1").unwrap()), [1, 4]);
+        let reset = cue("reset=1").unwrap();
+        assert!(reset.reset);
+        assert_eq!(picked(reset), [1, 2, 3, 4, 5, 6]);
     }
 }

@@ -4,7 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use clap::Parser;
-use e2e::echo::{Behaviour, EchoConfig};
+use e2e::echo::{Behaviour, Cue, EchoConfig};
 
 /// An HTTP server that answers with who it is and what it received.
 #[derive(Debug, Parser)]
@@ -31,6 +31,18 @@ struct Args {
     /// Delay before every answer, e.g. `250ms`.
     #[arg(long)]
     delay: Option<mesh_api::Duration>,
+    /// Answer 503 to the first N requests of each path (a request's
+    /// `fail_first=`/`fail_every=` query overrides it).
+    #[arg(long, env = "ECHO_FAIL_FIRST")]
+    fail_first: Option<u64>,
+    /// Answer 503 to every K-th request of each path, the first included
+    /// (2 alternates).
+    #[arg(long, env = "ECHO_FAIL_EVERY")]
+    fail_every: Option<u64>,
+    /// Close the connection without answering instead of answering 503
+    /// (every request unless --fail-first or --fail-every picks some).
+    #[arg(long, env = "ECHO_RESET")]
+    reset: bool,
     /// Serve the sample external authorizer (`e2e::ext_authz`: allows
     /// requests with `x-ext-authz: allow`) over Envoy's HTTP protocol on
     /// this port; repeatable.
@@ -46,6 +58,14 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     e2e::echo::print_requests();
+    let cue = Cue {
+        fail_first: args.fail_first,
+        fail_every: args.fail_every.filter(|k| *k > 0),
+        reset: args.reset,
+    };
+    if cue != Cue::default() {
+        e2e::echo::set_default_cue(cue);
+    }
     let config = Arc::new(EchoConfig {
         name: args.name,
         version: args.version,

@@ -11,6 +11,15 @@
 //! connection settings did not change keeps its pool (and its warm
 //! connections); per-cluster counters for the circuit breakers live here
 //! too, for the same reason.
+//!
+//! Circuit breaking follows Envoy's pools: a request that finds no idle
+//! HTTP/1 connection is pending (refused at once past
+//! `max_pending_requests`) until it has one; it opens a connection while
+//! the cluster has fewer than `max_connections`, else waits for one to
+//! come back to the pool or close. An endpoint with no connection at all
+//! may always open one (counted as a connection overflow), so a request
+//! never waits on an endpoint that has nothing to give back. An endpoint
+//! has one HTTP/2 connection, which is therefore never refused.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -25,6 +34,7 @@ use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::Notify;
 
 use crate::proxy::Stream;
 use crate::proxy::http::body::{ProxyBody, boxed};
@@ -46,9 +56,42 @@ pub struct ClusterPool {
     endpoints: RwLock<HashMap<HostAddress, Arc<EndpointPool>>>,
     /// Requests in flight (circuit breaker `max_requests`).
     pub active_requests: AtomicU64,
-    /// Retries in flight (circuit breaker `max_retries`).
+    /// Retries in flight (circuit breaker `max_retries` or the retry
+    /// budget).
     pub active_retries: AtomicU64,
+    circuit: Arc<Circuit>,
 }
+
+/// The connection and pending-request counts of a cluster, shared with
+/// its endpoints' pools and the connections themselves.
+#[derive(Debug)]
+struct Circuit {
+    thresholds: Thresholds,
+    /// Open upstream connections (`max_connections`).
+    connections: AtomicU64,
+    /// Requests waiting for a connection (`max_pending_requests`).
+    pending: AtomicU64,
+    /// Woken when a connection goes back to a pool or closes.
+    released: Notify,
+}
+
+/// Counts one open upstream connection of a cluster until dropped (the
+/// connection's task, or the TCP proxy, holds it).
+#[derive(Debug)]
+pub struct ConnSlot {
+    circuit: Arc<Circuit>,
+    /// The endpoint's own count, when the connection is pooled.
+    endpoint: Option<Arc<AtomicU64>>,
+}
+
+/// Counts one pending request until dropped.
+#[derive(Debug)]
+struct PendingSlot(Arc<Circuit>);
+
+/// Marks a response whose request found the cluster at `max_connections`
+/// (Envoy's `upstream_cx_overflow`) and waited for a connection.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectionOverflowed;
 
 #[derive(Clone, Debug, PartialEq)]
 struct Settings {
@@ -65,6 +108,9 @@ struct EndpointPool {
     /// TLS originated on its connections (`None`: plaintext).
     tls: Option<Arc<ClientTls>>,
     idle_timeout: Option<Duration>,
+    circuit: Arc<Circuit>,
+    /// Open connections to this endpoint.
+    open: Arc<AtomicU64>,
     idle: Mutex<Vec<Idle>>,
     /// Whether a reaper watches `idle` (read and written under its lock).
     reaping: AtomicBool,
@@ -128,6 +174,13 @@ pub enum UpstreamError {
     /// The response was not valid HTTP.
     #[error("protocol error: {0}")]
     Protocol(#[source] hyper::Error),
+    /// A circuit breaker refused the request: `max_pending_requests`
+    /// were already waiting for a connection. Never retried.
+    #[error("overflow")]
+    Overflow {
+        /// Whether the cluster was also at `max_connections`.
+        connections: bool,
+    },
 }
 
 // === impl Upstreams ===
@@ -184,11 +237,18 @@ impl Drop for Slot {
 
 impl ClusterPool {
     fn new(settings: Settings) -> Self {
+        let circuit = Arc::new(Circuit {
+            thresholds: settings.thresholds,
+            connections: AtomicU64::new(0),
+            pending: AtomicU64::new(0),
+            released: Notify::new(),
+        });
         Self {
             settings,
             endpoints: RwLock::new(HashMap::new()),
             active_requests: AtomicU64::new(0),
             active_retries: AtomicU64::new(0),
+            circuit,
         }
     }
 
@@ -199,11 +259,21 @@ impl ClusterPool {
         })
     }
 
-    /// Takes a retry slot, unless `max_retries` are in flight.
+    /// Takes a retry slot, unless the retries allowed are in flight:
+    /// `max_retries`, or with a retry budget its share of the requests
+    /// active and pending.
     pub fn retry_slot(self: &Arc<Self>) -> Option<Slot> {
-        take(self, self.settings.thresholds.max_retries, |p| {
-            &p.active_retries
-        })
+        let requests = self.active_requests.load(Ordering::Relaxed)
+            + self.circuit.pending.load(Ordering::Relaxed);
+        let allowed = self.settings.thresholds.retries_allowed(requests);
+        let allowed = u32::try_from(allowed).unwrap_or(u32::MAX);
+        take(self, allowed, |p| &p.active_retries)
+    }
+
+    /// Counts a TCP-proxied connection, unless the cluster already has
+    /// `max_connections` (the TCP proxy then closes the downstream one).
+    pub fn tcp_slot(&self) -> Option<ConnSlot> {
+        self.circuit.connection(None, false)
     }
 
     /// Connects to `address` (TCP proxy) within the connect timeout,
@@ -233,6 +303,7 @@ impl ClusterPool {
                 address.clone(),
                 tls.clone(),
                 idle_timeout,
+                self.circuit.clone(),
             ))
         };
         let Ok(mut map) = self.endpoints.write() else {
@@ -272,6 +343,60 @@ fn take(
     let before = c.fetch_add(1, Ordering::Relaxed);
     let slot = Slot(pool.clone(), counter);
     (before < u64::from(max)).then_some(slot)
+}
+
+// === impl Circuit ===
+
+impl Circuit {
+    /// Counts a new connection, unless `max_connections` are open; with
+    /// `always`, counts it regardless (an endpoint with no connection).
+    fn connection(
+        self: &Arc<Self>,
+        endpoint: Option<&Arc<AtomicU64>>,
+        always: bool,
+    ) -> Option<ConnSlot> {
+        let max = u64::from(self.thresholds.max_connections);
+        // A refusal changes nothing, so it wakes no waiter.
+        self.connections
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (always || n < max).then_some(n + 1)
+            })
+            .ok()?;
+        if let Some(e) = endpoint {
+            e.fetch_add(1, Ordering::Relaxed);
+        }
+        Some(ConnSlot {
+            circuit: self.clone(),
+            endpoint: endpoint.cloned(),
+        })
+    }
+
+    fn at_connection_limit(&self) -> bool {
+        self.connections.load(Ordering::Relaxed) >= u64::from(self.thresholds.max_connections)
+    }
+
+    /// Counts a pending request, unless `max_pending_requests` wait.
+    fn pending(self: &Arc<Self>) -> Option<PendingSlot> {
+        let before = self.pending.fetch_add(1, Ordering::Relaxed);
+        let slot = PendingSlot(self.clone());
+        (before < u64::from(self.thresholds.max_pending_requests)).then_some(slot)
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.circuit.connections.fetch_sub(1, Ordering::Relaxed);
+        if let Some(e) = &self.endpoint {
+            e.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.circuit.released.notify_waiters();
+    }
+}
+
+impl Drop for PendingSlot {
+    fn drop(&mut self) {
+        self.0.pending.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Connects within the connect timeout, which covers the TLS handshake
@@ -338,11 +463,14 @@ impl EndpointPool {
         address: HostAddress,
         tls: Option<Arc<ClientTls>>,
         idle_timeout: Option<Duration>,
+        circuit: Arc<Circuit>,
     ) -> Self {
         Self {
             address,
             tls,
             idle_timeout,
+            circuit,
+            open: Arc::new(AtomicU64::new(0)),
             idle: Mutex::new(Vec::new()),
             reaping: AtomicBool::new(false),
             h2: tokio::sync::Mutex::new(None),
@@ -367,29 +495,59 @@ impl EndpointPool {
         settings: &Settings,
         mut req: Request<ProxyBody>,
     ) -> Result<Response<ProxyBody>, UpstreamError> {
-        // A pooled connection the server closed meanwhile fails without
-        // sending; the request then goes on a new connection.
-        while let Some(mut idle) = self.checkout(settings) {
-            match idle.sender.try_send_request(req).await {
-                Ok(resp) => return Ok(self.returning(resp, idle.sender, idle.uses + 1, settings)),
-                Err(mut e) => match e.take_message() {
-                    Some(r) => req = r,
-                    None => return Err(classify(e.into_error())),
-                },
+        let mut pending: Option<PendingSlot> = None;
+        let mut overflowed = false;
+        let (sender, conn_slot) = loop {
+            // Registered before looking, so a release in between wakes us.
+            let released = self.circuit.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            // A pooled connection the server closed meanwhile fails without
+            // sending; the request then goes on another one.
+            while let Some(mut idle) = self.checkout(settings) {
+                match idle.sender.try_send_request(req).await {
+                    Ok(resp) => {
+                        let resp = self.returning(resp, idle.sender, idle.uses + 1, settings);
+                        return Ok(mark(resp, overflowed));
+                    }
+                    Err(mut e) => match e.take_message() {
+                        Some(r) => req = r,
+                        None => return Err(classify(e.into_error())),
+                    },
+                }
             }
-        }
-        let stream = connect(&self.address, self.tls.as_deref(), settings).await?;
+            // No idle connection: the request is pending until it has one.
+            if pending.is_none() {
+                pending = Some(self.circuit.pending().ok_or(UpstreamError::Overflow {
+                    connections: self.circuit.at_connection_limit(),
+                })?);
+            }
+            let none_here = self.open.load(Ordering::Relaxed) == 0;
+            if self.circuit.at_connection_limit() {
+                overflowed = true;
+            }
+            if let Some(slot) = self.circuit.connection(Some(&self.open), none_here) {
+                break (
+                    connect(&self.address, self.tls.as_deref(), settings).await,
+                    slot,
+                );
+            }
+            released.await;
+        };
+        drop(pending);
+        let stream = sender?;
         let (mut sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
             .map_err(UpstreamError::Handshake)?;
         tokio::spawn(async move {
+            let _counted = conn_slot;
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(error = %e, "upstream HTTP/1 connection ended");
             }
         });
         match sender.send_request(req).await {
-            Ok(resp) => Ok(self.returning(resp, sender, 1, settings)),
+            Ok(resp) => Ok(mark(self.returning(resp, sender, 1, settings), overflowed)),
             Err(e) => Err(classify(e)),
         }
     }
@@ -428,6 +586,7 @@ impl EndpointPool {
             since: Instant::now(),
             uses,
         });
+        self.circuit.released.notify_waiters();
         if let Some(timeout) = self.idle_timeout
             && !self.reaping.swap(true, Ordering::Relaxed)
         {
@@ -447,6 +606,9 @@ impl EndpointPool {
                 // retires a connection a request is about to use.
                 Some(c) if !c.sender.is_closed() => (c.sender.clone(), H2Stream::open(&c.streams)),
                 _ => {
+                    // The endpoint's only HTTP/2 connection may always be
+                    // made; past `max_connections` it counts as an overflow.
+                    let counted = self.circuit.connection(Some(&self.open), true);
                     let stream = connect(&self.address, self.tls.as_deref(), settings).await?;
                     let mut builder = http2::Builder::new(TokioExecutor::new());
                     builder.timer(TokioTimer::new());
@@ -460,6 +622,7 @@ impl EndpointPool {
                         .await
                         .map_err(UpstreamError::Handshake)?;
                     tokio::spawn(async move {
+                        let _counted = counted;
                         if let Err(e) = conn.await {
                             tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
                         }
@@ -492,6 +655,14 @@ impl EndpointPool {
             Err(e) => Err(classify(e)),
         }
     }
+}
+
+/// `resp`, marked when its request waited at `max_connections`.
+fn mark(mut resp: Response<ProxyBody>, overflowed: bool) -> Response<ProxyBody> {
+    if overflowed {
+        resp.extensions_mut().insert(ConnectionOverflowed);
+    }
+    resp
 }
 
 /// Closes the endpoint's HTTP/1 connections that stay in the pool for

@@ -124,10 +124,28 @@ pub struct RequestRecord {
     pub upstream_service_time: Option<Duration>,
     /// Upstream attempts made (1 + retries).
     pub attempts: u32,
+    /// What the cluster's circuit breakers did to the request.
+    pub breakers: BreakerEvents,
     /// Envoy's `%RESPONSE_CODE_DETAILS%` for local replies
     /// (`route_not_found`, `no_healthy_upstream`, ...); `None` for a
     /// response that came from upstream (`via_upstream`).
     pub details: Option<std::borrow::Cow<'static, str>>,
+}
+
+/// Circuit-breaker events of one request, for Envoy's counters
+/// (`upstream_cx_overflow`, `upstream_rq_pending_overflow`,
+/// `upstream_rq_retry_overflow`, `upstream_rq_retry_success`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BreakerEvents {
+    /// The cluster was at `max_connections` when the request needed a
+    /// new connection.
+    pub cx_overflow: bool,
+    /// The request was refused: `max_pending_requests` or `max_requests`.
+    pub rq_overflow: bool,
+    /// A retry was not made: `max_retries` or the retry budget.
+    pub retry_overflow: bool,
+    /// A retry got a response that is not retried again.
+    pub retry_success: bool,
 }
 
 /// One TCP-proxied connection.

@@ -4,7 +4,9 @@
 //! sides have closed, or until no byte has moved either way for the
 //! proxy's `idle_timeout` (1 h by default), when both are closed (flag
 //! `SI`). TLS passthrough is this too: the ClientHello was only peeked,
-//! so it reaches the upstream untouched.
+//! so it reaches the upstream untouched. A connection that would take the
+//! cluster past its `max_connections` circuit breaker is closed at once
+//! (flag `UO`), as Envoy's TCP proxy does.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -46,6 +48,18 @@ pub(crate) async fn proxy(
         duration: Duration::ZERO,
     };
     let identity = shared.identity();
+    // Counted for as long as the upstream connection lives.
+    let counted = generation
+        .upstreams
+        .get(&cluster_name)
+        .map(|p| p.tcp_slot());
+    if let Some(None) = counted {
+        tracing::debug!(cluster = %cluster_name, "max_connections reached; closing the connection");
+        record.flags.insert(ResponseFlags::UPSTREAM_OVERFLOW);
+        record.duration = started.elapsed();
+        shared.observer.connection(&record);
+        return;
+    }
     let upstream = connect(
         &conn,
         &cluster_name,
@@ -64,6 +78,7 @@ pub(crate) async fn proxy(
         )
         .await;
     }
+    drop(counted);
     record.duration = started.elapsed();
     shared.observer.connection(&record);
 }

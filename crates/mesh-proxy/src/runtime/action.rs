@@ -25,7 +25,7 @@ use http::{HeaderName, HeaderValue, StatusCode};
 use hyper::body::Bytes;
 
 use super::convert::{Fraction, HeaderOps, header_name, opt_duration, runtime_fraction};
-use super::matcher::RegexRewrite;
+use super::matcher::{HeaderMatcher, RegexRewrite};
 use super::{FieldResult, invalid, join};
 
 pub use super::filters::{Abort, CORS_FILTER, Cors, FAULT_FILTER, Fault, FilterConfigs};
@@ -122,6 +122,17 @@ pub enum HostRewrite {
     Header(HeaderName),
 }
 
+/// How much of a request body a route or virtual host lets the proxy
+/// keep for retries and mirrors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BufferLimit {
+    /// `request_body_buffer_limit`: this many bytes.
+    Body(u64),
+    /// `per_request_buffer_limit_bytes` (deprecated): this many bytes, and
+    /// no more than the listener's `per_connection_buffer_limit_bytes`.
+    PerRequest(u32),
+}
+
 /// A compiled `RetryPolicy`.
 #[derive(Clone, Debug)]
 pub struct RetryPolicy {
@@ -142,6 +153,11 @@ pub struct RetryPolicy {
     pub avoid_previous_hosts: bool,
     /// How many picks a retry may make to find a new host.
     pub host_selection_attempts: u32,
+    /// Under `retriable-headers`: a response with a header matching one
+    /// of these is retried.
+    pub retriable_headers: Vec<HeaderMatcher>,
+    /// When not empty, only requests matching one of these are retried.
+    pub retriable_request_headers: Vec<HeaderMatcher>,
 }
 
 /// A set of `retry_on` conditions.
@@ -384,6 +400,38 @@ pub(crate) fn forward(a: &RouteAction, at: &str) -> FieldResult<Forward> {
     })
 }
 
+/// The buffer limit of a route or virtual host, at `at`: only one of
+/// `request_body_buffer_limit` and `per_request_buffer_limit_bytes` may be
+/// set.
+pub(crate) fn buffer_limit(
+    body: Option<u64>,
+    per_request: Option<u32>,
+    at: &str,
+) -> FieldResult<Option<BufferLimit>> {
+    match (body, per_request) {
+        (Some(_), Some(_)) => invalid(
+            join(at, "request_body_buffer_limit"),
+            "only one of request_body_buffer_limit and per_request_buffer_limit_bytes may be set",
+        ),
+        (Some(b), None) => Ok(Some(BufferLimit::Body(b))),
+        (None, Some(p)) => Ok(Some(BufferLimit::PerRequest(p))),
+        (None, None) => Ok(None),
+    }
+}
+
+// === impl BufferLimit ===
+
+impl BufferLimit {
+    /// The bytes kept, on a listener whose connection limit is `listener`.
+    pub fn bytes(self, listener: u32) -> usize {
+        let n = match self {
+            Self::Body(b) => b,
+            Self::PerRequest(p) => u64::from(p.min(listener)),
+        };
+        usize::try_from(n).unwrap_or(usize::MAX)
+    }
+}
+
 fn header_value(v: &str, field: &str) -> FieldResult<HeaderValue> {
     HeaderValue::from_str(v).or_else(|_| invalid(field, "is not a valid HTTP header value"))
 }
@@ -498,7 +546,22 @@ fn retry_policy(r: &PbRetryPolicy, at: &str) -> FieldResult<RetryPolicy> {
         avoid_previous_hosts,
         host_selection_attempts: u32::try_from(r.host_selection_retry_max_attempts.max(1))
             .unwrap_or(1),
+        retriable_headers: matchers(&r.retriable_headers, &join(at, "retriable_headers"))?,
+        retriable_request_headers: matchers(
+            &r.retriable_request_headers,
+            &join(at, "retriable_request_headers"),
+        )?,
     })
+}
+
+fn matchers(
+    m: &[envoy_types::pb::envoy::config::route::v3::HeaderMatcher],
+    at: &str,
+) -> FieldResult<Vec<HeaderMatcher>> {
+    m.iter()
+        .enumerate()
+        .map(|(i, h)| HeaderMatcher::compile(h, &join(at, &format!("[{i}]"))))
+        .collect()
 }
 
 /// Compiles `request_mirror_policies` found at `at`.
@@ -662,6 +725,8 @@ impl RetryOn {
     pub const GRPC_INTERNAL: RetryOn = RetryOn(1 << 12);
     /// gRPC UNAVAILABLE (14).
     pub const GRPC_UNAVAILABLE: RetryOn = RetryOn(1 << 13);
+    /// A response header matching `retriable_headers`.
+    pub const RETRIABLE_HEADERS: RetryOn = RetryOn(1 << 14);
 
     /// Parses Envoy's comma-separated `retry_on`.
     pub(crate) fn parse(s: &str, field: &str) -> FieldResult<Self> {
@@ -682,9 +747,9 @@ impl RetryOn {
                 "resource-exhausted" => Self::GRPC_RESOURCE_EXHAUSTED.0,
                 "internal" => Self::GRPC_INTERNAL.0,
                 "unavailable" => Self::GRPC_UNAVAILABLE.0,
-                // Conditions that cannot happen here (no HTTP/3, no
-                // retriable_headers) never trigger.
-                "retriable-headers" | "http3-post-connect-failure" => 0,
+                "retriable-headers" => Self::RETRIABLE_HEADERS.0,
+                // There is no HTTP/3 upstream, so this never triggers.
+                "http3-post-connect-failure" => 0,
                 other => {
                     return invalid(field, format!("unknown retry condition {other:?}"));
                 }

@@ -70,6 +70,9 @@ pub struct Listener {
     pub filter_chains: Vec<FilterChain>,
     /// The chain for connections no other chain matches.
     pub default_chain: Option<FilterChain>,
+    /// `per_connection_buffer_limit_bytes` (Envoy's default 1 MiB): bounds
+    /// the request body kept for retries and mirrors.
+    pub buffer_limit: u32,
 }
 
 /// A listener's traffic direction.
@@ -271,6 +274,10 @@ pub(crate) fn compile(l: &PbListener) -> FieldResult<Listener> {
         direction,
         filter_chains,
         default_chain,
+        buffer_limit: l
+            .per_connection_buffer_limit_bytes
+            .as_ref()
+            .map_or(1024 * 1024, |v| v.value),
     })
 }
 

@@ -21,7 +21,7 @@ use envoy_types::pb::envoy::config::route::v3::{
 use http::HeaderName;
 use regex::Regex;
 
-use super::action::{self, Action, FilterConfigs, Mirror, RetryPolicy};
+use super::action::{self, Action, BufferLimit, FilterConfigs, Mirror, RetryPolicy};
 use super::convert::{Fraction, HeaderOps, header_name, runtime_fraction};
 use super::matcher::{HeaderMatcher, QueryMatcher, RequestView, full_regex};
 use super::metadata::{Metadata, MetadataMatcher};
@@ -67,6 +67,14 @@ pub struct VirtualHost {
     pub require_tls: TlsRequirement,
     /// Per-filter configs.
     pub filters: FilterConfigs,
+    /// Upstream requests carry `x-envoy-attempt-count`
+    /// (`include_request_attempt_count`; Istio sets it everywhere).
+    pub attempt_count_in_request: bool,
+    /// Responses carry `x-envoy-attempt-count`
+    /// (`include_attempt_count_in_response`).
+    pub attempt_count_in_response: bool,
+    /// Request body kept for retries and mirrors, unless the route says.
+    pub buffer_limit: Option<BufferLimit>,
 }
 
 /// A virtual host's `require_tls`.
@@ -95,6 +103,8 @@ pub struct Route {
     pub response_headers: HeaderOps,
     /// Per-filter configs.
     pub filters: FilterConfigs,
+    /// Request body kept for retries and mirrors.
+    pub buffer_limit: Option<BufferLimit>,
 }
 
 /// A compiled `RouteMatch`.
@@ -349,6 +359,13 @@ fn virtual_host(
         )?,
         require_tls,
         filters,
+        attempt_count_in_request: vh.include_request_attempt_count,
+        attempt_count_in_response: vh.include_attempt_count_in_response,
+        buffer_limit: action::buffer_limit(
+            vh.request_body_buffer_limit.as_ref().map(|v| v.value),
+            vh.per_request_buffer_limit_bytes.as_ref().map(|v| v.value),
+            at,
+        )?,
     })
 }
 
@@ -435,6 +452,11 @@ fn route(
             &r.response_headers_to_remove,
         )?,
         filters,
+        buffer_limit: action::buffer_limit(
+            r.request_body_buffer_limit.as_ref().map(|v| v.value),
+            r.per_request_buffer_limit_bytes.as_ref().map(|v| v.value),
+            at,
+        )?,
     })
 }
 

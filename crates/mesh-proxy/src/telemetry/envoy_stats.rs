@@ -34,6 +34,9 @@ pub struct ClusterStats {
     rq_retry: Family<ClusterLabels, EnvoyCounter>,
     rq_timeout: Family<ClusterLabels, EnvoyCounter>,
     rq_pending_overflow: Family<ClusterLabels, EnvoyCounter>,
+    rq_retry_overflow: Family<ClusterLabels, EnvoyCounter>,
+    rq_retry_success: Family<ClusterLabels, EnvoyCounter>,
+    cx_overflow: Family<ClusterLabels, EnvoyCounter>,
     cx_connect_fail: Family<ClusterLabels, EnvoyCounter>,
     cx_none_healthy: Family<ClusterLabels, EnvoyCounter>,
 }
@@ -114,8 +117,23 @@ impl ClusterStats {
             ),
             (
                 "envoy_cluster_upstream_rq_pending_overflow",
-                "Requests refused by the circuit breaker",
+                "Requests refused by the max_pending_requests or max_requests circuit breaker",
                 &self.rq_pending_overflow,
+            ),
+            (
+                "envoy_cluster_upstream_rq_retry_overflow",
+                "Requests not retried because of max_retries or the retry budget",
+                &self.rq_retry_overflow,
+            ),
+            (
+                "envoy_cluster_upstream_rq_retry_success",
+                "Retries that got a response not retried again",
+                &self.rq_retry_success,
+            ),
+            (
+                "envoy_cluster_upstream_cx_overflow",
+                "Times the max_connections circuit breaker was reached",
+                &self.cx_overflow,
             ),
             (
                 "envoy_cluster_upstream_cx_connect_fail",
@@ -161,6 +179,17 @@ impl ClusterStats {
                 self.rq_xx.get_or_create(&class).inc();
             }
         }
+        let b = r.breakers;
+        for (event, family) in [
+            (b.rq_overflow, &self.rq_pending_overflow),
+            (b.retry_overflow, &self.rq_retry_overflow),
+            (b.retry_success, &self.rq_retry_success),
+            (b.cx_overflow, &self.cx_overflow),
+        ] {
+            if event {
+                family.get_or_create(&key).inc();
+            }
+        }
         self.flags(&key, r.flags);
     }
 
@@ -172,13 +201,16 @@ impl ClusterStats {
         if r.upstream_host.is_some() {
             self.cx_total.get_or_create(&key).inc();
         }
+        // A TCP proxy's only overflow is `max_connections`.
+        if r.flags.contains(ResponseFlags::UPSTREAM_OVERFLOW) {
+            self.cx_overflow.get_or_create(&key).inc();
+        }
         self.flags(&key, r.flags);
     }
 
     fn flags(&self, key: &ClusterLabels, flags: ResponseFlags) {
         for (flag, family) in [
             (ResponseFlags::UPSTREAM_REQUEST_TIMEOUT, &self.rq_timeout),
-            (ResponseFlags::UPSTREAM_OVERFLOW, &self.rq_pending_overflow),
             (
                 ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
                 &self.cx_connect_fail,
@@ -239,6 +271,38 @@ mod tests {
             format!("envoy_cluster_upstream_rq_xx{{envoy_response_code_class=\"5\",{name}}} 1"),
             "# TYPE envoy_cluster_upstream_rq_retry unknown".to_string(),
             "# TYPE envoy_cluster_upstream_rq counter".to_string(),
+        ] {
+            assert!(
+                text.lines().any(|l| l == expected),
+                "{expected} missing in\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn counts_circuit_breaker_events_under_envoy_names() {
+        let stats = ClusterStats::default();
+        let cluster: Arc<str> = Arc::from("c");
+        let mut refused = request(503, ResponseFlags::UPSTREAM_OVERFLOW, Some(&cluster));
+        refused.breakers.rq_overflow = true;
+        refused.breakers.cx_overflow = true;
+        stats.request(&cluster, &refused);
+        let mut not_retried = request(503, ResponseFlags::UPSTREAM_OVERFLOW, Some(&cluster));
+        not_retried.breakers.retry_overflow = true;
+        stats.request(&cluster, &not_retried);
+        let mut retried = request(200, ResponseFlags::default(), Some(&cluster));
+        retried.attempts = 2;
+        retried.breakers.retry_success = true;
+        stats.request(&cluster, &retried);
+        let mut registry = Registry::default();
+        stats.register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for expected in [
+            "envoy_cluster_upstream_rq_pending_overflow{envoy_cluster_name=\"c\"} 1",
+            "envoy_cluster_upstream_cx_overflow{envoy_cluster_name=\"c\"} 1",
+            "envoy_cluster_upstream_rq_retry_overflow{envoy_cluster_name=\"c\"} 1",
+            "envoy_cluster_upstream_rq_retry_success{envoy_cluster_name=\"c\"} 1",
         ] {
             assert!(
                 text.lines().any(|l| l == expected),

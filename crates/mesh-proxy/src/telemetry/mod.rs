@@ -171,6 +171,7 @@ pub(crate) mod fixtures {
             duration: Duration::from_millis(3),
             upstream_service_time: None,
             attempts: u32::from(cluster.is_some()),
+            breakers: Default::default(),
             details: None,
         }
     }

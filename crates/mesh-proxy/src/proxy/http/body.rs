@@ -31,8 +31,11 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type of every request and response the proxy handles.
 pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 
-/// How much of a request body is kept for retries and mirrors.
-pub const REPLAY_LIMIT: usize = 64 * 1024;
+/// How much of a request body is kept for retries and mirrors when
+/// nothing says otherwise: Envoy's default
+/// `per_connection_buffer_limit_bytes` (1 MiB), which bounds its retry
+/// buffer too.
+pub const DEFAULT_BUFFER_LIMIT: usize = 1024 * 1024;
 
 /// An empty body.
 pub fn empty() -> ProxyBody {
@@ -95,6 +98,8 @@ struct State {
     inner: Option<ProxyBody>,
     buffer: VecDeque<Bytes>,
     buffered: usize,
+    /// What `buffer` may hold.
+    limit: usize,
     overflowed: bool,
     trailers: Option<HeaderMap>,
     done: bool,
@@ -103,14 +108,15 @@ struct State {
 }
 
 impl ReplayBody {
-    /// Wraps the client's body.
-    pub fn new(inner: ProxyBody) -> Self {
+    /// Wraps the client's body, keeping up to `limit` bytes of it.
+    pub fn new(inner: ProxyBody, limit: usize) -> Self {
         Self {
             shared: Arc::new(Shared {
                 state: Mutex::new(State {
                     inner: Some(inner),
                     buffer: VecDeque::new(),
                     buffered: 0,
+                    limit,
                     overflowed: false,
                     trailers: None,
                     done: false,
@@ -238,7 +244,7 @@ impl Body for ReplayBody {
                 let frame = match frame.into_data() {
                     Ok(data) => {
                         if !state.overflowed {
-                            if state.buffered + data.len() <= REPLAY_LIMIT {
+                            if state.buffered + data.len() <= state.limit {
                                 state.buffered += data.len();
                                 state.buffer.push_back(data.clone());
                                 this.position += 1;
@@ -572,7 +578,7 @@ mod tests {
 
     #[tokio::test]
     async fn replays_what_the_first_attempt_read() {
-        let first = ReplayBody::new(chunks(&["ab", "cd"]));
+        let first = ReplayBody::new(chunks(&["ab", "cd"]), DEFAULT_BUFFER_LIMIT);
         let mut attempt = first.replay().unwrap();
         // The first attempt reads one chunk, then is abandoned.
         let f = attempt.frame().await.unwrap().unwrap();
@@ -588,11 +594,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_large_body_is_not_replayable() {
-        let big = "x".repeat(REPLAY_LIMIT + 1).leak();
-        let first = ReplayBody::new(chunks(&["a", big]));
+        let big = "x".repeat(64 * 1024 + 1).leak();
+        let first = ReplayBody::new(chunks(&["a", big]), 64 * 1024);
         let attempt = first.replay().unwrap();
         let all = attempt.collect().await.unwrap().to_bytes();
-        assert_eq!(all.len(), REPLAY_LIMIT + 2);
+        assert_eq!(all.len(), 64 * 1024 + 2);
         assert!(first.replay().is_none());
         assert!(first.whole().await.is_none());
     }

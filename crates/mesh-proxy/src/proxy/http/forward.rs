@@ -2,6 +2,15 @@
 //! rewrites, consistent-hash input, circuit breaking, mirrors (spawned
 //! and forgotten), then attempts with retries, per-try and route
 //! timeouts, and WebSocket upgrades spliced once the upstream agrees.
+//!
+//! A caller's `x-envoy-*` controls (`x-envoy-max-retries`,
+//! `x-envoy-retry-on`, `x-envoy-upstream-rq-timeout-ms`,
+//! `x-envoy-upstream-rq-per-try-timeout-ms`) are honoured only on an
+//! internal request (see `HttpManager::is_internal`), and removed before
+//! the request goes upstream either way, as Envoy does. A retry needs a
+//! retry slot of the cluster (`max_retries`, or the retry budget), held
+//! from the decision until that retry's outcome is known; without one the
+//! failed attempt's response goes to the client (flag UO).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,6 +25,7 @@ use mesh_ca::tls::MeshTls;
 
 use super::body::{ProxyBody, ReplayBody, boxed, empty, full};
 use super::{HttpCtx, Matched, Outcome, is_upgrade, local, request_headers};
+use crate::proxy::pool::ConnectionOverflowed;
 use crate::proxy::pool::{UpstreamError, Wire};
 use crate::proxy::record::{RequestRecord, ResponseFlags};
 use crate::proxy::{ConnInfo, Generation, pick_endpoint, upstream_tls};
@@ -25,6 +35,38 @@ use crate::runtime::cluster::UpstreamProtocol;
 use crate::runtime::convert::HostAddress;
 use crate::runtime::lb::hash::{self, HashContext};
 use crate::runtime::matcher::RequestView;
+
+/// `x-envoy-attempt-count`.
+const ATTEMPT_COUNT: &str = "x-envoy-attempt-count";
+
+/// The `x-envoy-*` request headers that steer the router. An internal
+/// caller's are read; everyone's are removed.
+const CONTROL_HEADERS: [&str; 14] = [
+    "x-envoy-max-retries",
+    "x-envoy-retry-on",
+    "x-envoy-retry-grpc-on",
+    "x-envoy-retriable-status-codes",
+    "x-envoy-retriable-header-names",
+    "x-envoy-upstream-rq-timeout-ms",
+    "x-envoy-upstream-rq-per-try-timeout-ms",
+    "x-envoy-upstream-rq-timeout-alt-response",
+    "x-envoy-upstream-alt-stat-name",
+    "x-envoy-expected-rq-timeout-ms",
+    "x-envoy-hedge-on-per-try-timeout",
+    "x-envoy-force-trace",
+    "x-envoy-ip-tags",
+    "x-envoy-original-url",
+];
+
+/// What an internal caller asked for with `x-envoy-*` headers.
+#[derive(Debug, Default, PartialEq)]
+struct Controls {
+    max_retries: Option<u32>,
+    retry_on: Option<RetryOn>,
+    /// `Some(None)`: no timeout (`0`).
+    timeout: Option<Option<Duration>>,
+    per_try_timeout: Option<Duration>,
+}
 
 /// How an attempt failed.
 enum Failure {
@@ -149,22 +191,33 @@ pub(super) async fn forward<'a>(
     let downstream_version = parts.version;
     let wire = wire_for(cluster, downstream_version, upgrade);
 
+    let internal = ctx.hcm.is_internal(
+        ctx.conn.peer.ip(),
+        parts
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok()),
+    );
+    let controls = Controls::take(&mut parts.headers, internal);
     let Some(slot) = pool.request_slot() else {
-        return (
-            local::error(
-                rec,
-                StatusCode::SERVICE_UNAVAILABLE,
-                ResponseFlags::UPSTREAM_OVERFLOW,
-                "upstream_overflow",
-                "upstream connect error or disconnect/reset before headers. reset reason: overflow",
-            ),
-            weighted,
-        );
+        return (local::overflow(rec), weighted);
     };
     out.guards.push(Box::new(slot));
-    let timeout = grpc_timeout(&parts.headers, f).or(f.timeout);
+    let timeout = match (grpc_timeout(&parts.headers, f), controls.timeout) {
+        (Some(t), _) => Some(t),
+        (None, Some(t)) => t,
+        (None, None) => f.timeout,
+    };
     let deadline = timeout.map(|t| started + t);
-    let replay = (!body.is_end_stream()).then(|| ReplayBody::new(body));
+    let limit = ctx.conn.listener.buffer_limit;
+    let buffer = m
+        .route
+        .buffer_limit
+        .or(m.vh.buffer_limit)
+        .map_or(usize::try_from(limit).unwrap_or(usize::MAX), |b| {
+            b.bytes(limit)
+        });
+    let replay = (!body.is_end_stream()).then(|| ReplayBody::new(body, buffer));
 
     for mirror in &f.mirrors {
         if mirror.fraction.sample() {
@@ -187,10 +240,24 @@ pub(super) async fn forward<'a>(
         None
     };
 
-    let policy = f.retry.as_ref();
+    let policy = controls.policy(f.retry.as_ref());
+    let policy = policy.as_ref().filter(|p| {
+        p.retriable_request_headers.is_empty()
+            || p.retriable_request_headers.iter().any(|h| {
+                h.matches(&RequestView {
+                    method: &parts.method,
+                    scheme: "http",
+                    authority: &authority,
+                    path: &path,
+                    headers: &parts.headers,
+                })
+            })
+    });
     let retries = policy.map_or(0, |p| p.num_retries);
+    let per_try_timeout = policy.and_then(|p| controls.per_try_timeout.or(p.per_try_timeout));
     let mut tried: Vec<HostAddress> = Vec::new();
     let mut attempt = 0u32;
+    let mut retry_slot = None;
     let upstream_start = Instant::now();
     loop {
         let avoid = policy.is_some_and(|p| p.avoid_previous_hosts);
@@ -231,10 +298,13 @@ pub(super) async fn forward<'a>(
         } else {
             authority.clone()
         };
-        let upstream_req = upstream_request(&parts, body, wire, &host);
-        let per_try = policy
-            .and_then(|p| p.per_try_timeout)
-            .map(|t| Instant::now() + t);
+        let mut upstream_req = upstream_request(&parts, body, wire, &host);
+        if m.vh.attempt_count_in_request {
+            upstream_req
+                .headers_mut()
+                .insert(ATTEMPT_COUNT, HeaderValue::from(attempt + 1));
+        }
+        let per_try = per_try_timeout.map(|t| Instant::now() + t);
         let limit = match (deadline, per_try) {
             (Some(d), Some(p)) => Some(d.min(p)),
             (d, p) => d.or(p),
@@ -261,33 +331,52 @@ pub(super) async fn forward<'a>(
                 }
             }
         };
+        // As Envoy, the retry in flight ends when its outcome is known.
+        drop(retry_slot.take());
         let retriable = match (&result, policy) {
             (_, None) => false,
             (Ok(resp), Some(p)) => retriable_response(p, resp),
             (Err(failure), Some(p)) => retriable_failure(p, failure),
         };
+        let mut overflowed = false;
         if retriable && attempt < retries {
             let replayable = replay.as_ref().is_none_or(|r| r.is_replayable());
             let backoff = policy.map_or(Duration::ZERO, |p| backoff(p, attempt));
             let in_time = deadline.is_none_or(|d| Instant::now() + backoff < d);
-            if replayable
-                && in_time
-                && let Some(retry_slot) = pool.retry_slot()
-            {
-                drop(result);
-                drop(active);
-                tokio::time::sleep(backoff).await;
-                drop(retry_slot);
-                attempt += 1;
-                continue;
+            if replayable && in_time {
+                match pool.retry_slot() {
+                    Some(s) => {
+                        retry_slot = Some(s);
+                        drop(result);
+                        drop(active);
+                        tokio::time::sleep(backoff).await;
+                        attempt += 1;
+                        continue;
+                    }
+                    None => {
+                        overflowed = true;
+                        rec.breakers.retry_overflow = true;
+                        rec.flags.insert(ResponseFlags::UPSTREAM_OVERFLOW);
+                    }
+                }
             }
         }
-        if retriable && attempt > 0 {
+        if retriable && attempt > 0 && !overflowed {
             rec.flags
                 .insert(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED);
         }
+        if !retriable && attempt > 0 && result.is_ok() {
+            rec.breakers.retry_success = true;
+        }
         return match result {
             Ok(mut resp) => {
+                if resp.extensions().get::<ConnectionOverflowed>().is_some() {
+                    rec.breakers.cx_overflow = true;
+                }
+                if m.vh.attempt_count_in_response {
+                    resp.headers_mut()
+                        .insert(ATTEMPT_COUNT, HeaderValue::from(attempt + 1));
+                }
                 // What is left of the route timeout bounds the body too.
                 out.deadline = deadline;
                 let elapsed = upstream_start.elapsed();
@@ -320,6 +409,10 @@ fn failure_reply(rec: &mut RequestRecord, failure: Failure) -> Response<ProxyBod
     const PREFIX: &str =
         "upstream connect error or disconnect/reset before headers. reset reason: ";
     let (status, flags, details, reason) = match failure {
+        Failure::Upstream(UpstreamError::Overflow { connections }) => {
+            rec.breakers.cx_overflow |= connections;
+            return local::overflow(rec);
+        }
         Failure::GlobalTimeout | Failure::PerTryTimeout => {
             return local::error(
                 rec,
@@ -368,6 +461,16 @@ fn retriable_response(p: &RetryPolicy, resp: &Response<ProxyBody>) -> bool {
             && p.retriable_status_codes.contains(&status))
         || (p.on.intersects(RetryOn::ENVOY_RATELIMITED)
             && resp.headers().contains_key("x-envoy-ratelimited"))
+        || (p.on.intersects(RetryOn::RETRIABLE_HEADERS) && {
+            let view = RequestView {
+                method: &http::Method::GET,
+                scheme: "http",
+                authority: "",
+                path: "",
+                headers: resp.headers(),
+            };
+            p.retriable_headers.iter().any(|h| h.matches(&view))
+        })
     {
         return true;
     }
@@ -390,7 +493,8 @@ fn retriable_response(p: &RetryPolicy, resp: &Response<ProxyBody>) -> bool {
 fn retriable_failure(p: &RetryPolicy, failure: &Failure) -> bool {
     let any_5xx = RetryOn::FIVE_XX | RetryOn::GATEWAY_ERROR;
     match failure {
-        Failure::GlobalTimeout => false,
+        // Envoy never retries an overflow: it would only overflow again.
+        Failure::GlobalTimeout | Failure::Upstream(UpstreamError::Overflow { .. }) => false,
         Failure::PerTryTimeout => p.on.intersects(any_5xx),
         Failure::Upstream(
             UpstreamError::Connect(_) | UpstreamError::ConnectTimeout | UpstreamError::Handshake(_),
@@ -406,7 +510,73 @@ fn retriable_failure(p: &RetryPolicy, failure: &Failure) -> bool {
     }
 }
 
-/// Fully jittered exponential back-off.
+// === impl Controls ===
+
+impl Controls {
+    /// Reads an internal caller's controls, and removes every caller's.
+    fn take(headers: &mut HeaderMap, internal: bool) -> Self {
+        let mut c = Self::default();
+        if internal {
+            let number = |name: &str| -> Option<u64> {
+                headers.get(name)?.to_str().ok()?.trim().parse().ok()
+            };
+            c.max_retries = number("x-envoy-max-retries").and_then(|n| u32::try_from(n).ok());
+            c.timeout = number("x-envoy-upstream-rq-timeout-ms")
+                .map(|ms| (ms > 0).then(|| Duration::from_millis(ms)));
+            c.per_try_timeout = number("x-envoy-upstream-rq-per-try-timeout-ms")
+                .filter(|ms| *ms > 0)
+                .map(Duration::from_millis);
+            let on = ["x-envoy-retry-on", "x-envoy-retry-grpc-on"]
+                .iter()
+                .filter_map(|h| headers.get(*h)?.to_str().ok())
+                .flat_map(|v| v.split(','))
+                // Unknown conditions in a header are skipped, as Envoy does.
+                .filter_map(|t| RetryOn::parse(t, "").ok())
+                .fold(RetryOn::default(), |a, b| a | b);
+            c.retry_on = (on != RetryOn::default()).then_some(on);
+            headers.insert("x-envoy-internal", HeaderValue::from_static("true"));
+        } else {
+            headers.remove("x-envoy-internal");
+        }
+        for h in CONTROL_HEADERS {
+            headers.remove(h);
+        }
+        c
+    }
+
+    /// The retry policy in force: the route's with the caller's
+    /// conditions and count, or one made from the caller's conditions
+    /// alone (Envoy's defaults: one retry, 25 ms back-off).
+    fn policy(&self, route: Option<&RetryPolicy>) -> Option<RetryPolicy> {
+        let mut p = match (route, self.retry_on) {
+            (Some(p), _) => p.clone(),
+            (None, Some(on)) => RetryPolicy {
+                on,
+                num_retries: 1,
+                per_try_timeout: None,
+                retriable_status_codes: Vec::new(),
+                base_interval: Duration::from_millis(25),
+                max_interval: Duration::from_millis(250),
+                avoid_previous_hosts: false,
+                host_selection_attempts: 1,
+                retriable_headers: Vec::new(),
+                retriable_request_headers: Vec::new(),
+            },
+            (None, None) => return None,
+        };
+        if let Some(on) = self.retry_on {
+            p.on = p.on | on;
+        }
+        if let Some(n) = self.max_retries {
+            p.num_retries = n;
+        }
+        Some(p)
+    }
+}
+
+/// Fully jittered exponential back-off, Envoy's: the `n`th retry waits
+/// a random time below `base × 2ⁿ`, capped at `max_interval` (10 × base
+/// unless set).
 fn backoff(p: &RetryPolicy, attempt: u32) -> Duration {
     let cap = p
         .base_interval

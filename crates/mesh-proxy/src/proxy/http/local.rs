@@ -1,5 +1,5 @@
 //! Responses the proxy makes itself: Envoy's local replies (NR, NC, UH,
-//! UF, ...), direct responses, redirects, fault aborts and CORS preflight
+//! UF, UO, ...), direct responses, redirects, fault aborts and CORS preflight
 //! answers.
 
 use http::header::{self, HeaderValue};
@@ -42,6 +42,23 @@ pub(crate) fn error(
     rec.details = Some(details.into());
     let mut resp = reply(status, text);
     resp.extensions_mut().insert(LocalReply);
+    resp
+}
+
+/// Envoy's answer when a circuit breaker refuses a request
+/// (`max_requests`, `max_pending_requests`): 503 `UO`, said at once, with
+/// `x-envoy-overloaded` so a caller can tell it from an upstream's 503.
+pub(crate) fn overflow(rec: &mut RequestRecord) -> Response<ProxyBody> {
+    rec.breakers.rq_overflow = true;
+    let mut resp = error(
+        rec,
+        StatusCode::SERVICE_UNAVAILABLE,
+        ResponseFlags::UPSTREAM_OVERFLOW,
+        "upstream_reset_before_response_started{overflow}",
+        "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+    );
+    resp.headers_mut()
+        .insert("x-envoy-overloaded", HeaderValue::from_static("true"));
     resp
 }
 

@@ -532,6 +532,7 @@ fn base_record(conn: &ConnInfo) -> RequestRecord {
         duration: Duration::ZERO,
         upstream_service_time: None,
         attempts: 0,
+        breakers: Default::default(),
         details: None,
     }
 }

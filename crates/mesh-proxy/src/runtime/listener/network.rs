@@ -49,6 +49,11 @@ pub struct HttpManager {
     pub use_remote_address: bool,
     /// Whether `x-forwarded-for` is left alone.
     pub skip_xff_append: bool,
+    /// `internal_address_config.cidr_ranges`: the addresses whose requests
+    /// are internal, so their `x-envoy-*` controls (retries, timeouts)
+    /// are honoured. Envoy 1.40 has no default: unset, no request is
+    /// internal.
+    pub internal_addresses: Vec<super::Cidr>,
     /// Whether `x-request-id` is generated when absent.
     pub generate_request_id: bool,
     /// Whether an edge proxy keeps a client's `x-request-id`.
@@ -376,6 +381,17 @@ fn http_manager(h: &HttpConnectionManager, at: &str) -> FieldResult<HttpManager>
         routes,
         use_remote_address: h.use_remote_address.as_ref().is_some_and(|b| b.value),
         skip_xff_append: h.skip_xff_append,
+        internal_addresses: h
+            .internal_address_config
+            .iter()
+            .flat_map(|c| c.cidr_ranges.iter().enumerate())
+            .map(|(i, r)| {
+                super::Cidr::compile(
+                    r,
+                    &join(at, &format!("internal_address_config.cidr_ranges[{i}]")),
+                )
+            })
+            .collect::<FieldResult<_>>()?,
         generate_request_id: h.generate_request_id.as_ref().is_none_or(|b| b.value),
         preserve_external_request_id: h.preserve_external_request_id,
         always_set_request_id_in_response: h.always_set_request_id_in_response,
@@ -472,6 +488,29 @@ fn tcp_proxy(t: &PbTcpProxy, at: &str) -> FieldResult<TcpProxy> {
             .as_ref()
             .map_or(1, |v| v.value.max(1)),
     })
+}
+
+// === impl HttpManager ===
+
+impl HttpManager {
+    /// Whether a request is internal, Envoy's way: after `x-forwarded-for`
+    /// is settled it holds exactly one address (with `use_remote_address`,
+    /// the peer's, when the client sent none), and that address is in
+    /// `internal_addresses`. A request that is not internal has its
+    /// `x-envoy-*` controls removed unread.
+    pub fn is_internal(&self, peer: std::net::IpAddr, xff: Option<&str>) -> bool {
+        let single = match (self.use_remote_address, xff) {
+            (true, None) if self.skip_xff_append => Some(peer),
+            (true, Some(_)) if self.skip_xff_append => None,
+            (_, Some(v)) if !v.contains(',') => v.trim().parse().ok(),
+            _ => None,
+        };
+        let Some(ip) = single else {
+            return false;
+        };
+        let ip = ip.to_canonical();
+        self.internal_addresses.iter().any(|c| c.contains(ip))
+    }
 }
 
 // === impl TcpTarget ===
