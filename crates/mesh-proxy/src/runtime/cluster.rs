@@ -128,7 +128,7 @@ pub enum Discovery {
 }
 
 /// Circuit-breaker thresholds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Thresholds {
     /// Connections to the cluster.
     pub max_connections: u32,
@@ -138,6 +138,18 @@ pub struct Thresholds {
     pub max_requests: u32,
     /// Retries in flight.
     pub max_retries: u32,
+    /// When set, bounds retries in flight instead of `max_retries`.
+    pub retry_budget: Option<RetryBudget>,
+}
+
+/// `thresholds[].retry_budget`: retries in flight may be
+/// `max(min_retry_concurrency, budget_percent × (active + pending requests))`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RetryBudget {
+    /// Share of the active and pending requests, in percent (default 20).
+    pub budget_percent: f64,
+    /// Retries always allowed (default 3).
+    pub min_retry_concurrency: u32,
 }
 
 /// The HTTP version spoken to a cluster.
@@ -182,6 +194,67 @@ impl Default for Thresholds {
             max_pending_requests: 1024,
             max_requests: 1024,
             max_retries: 3,
+            retry_budget: None,
+        }
+    }
+}
+
+impl Thresholds {
+    /// Compiles the DEFAULT-priority entry of `circuit_breakers.thresholds`
+    /// (`index` is its place in the list, for error paths).
+    fn compile(
+        t: &envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::Thresholds,
+        index: usize,
+    ) -> FieldResult<Self> {
+        let d = Self::default();
+        let at = format!("circuit_breakers.thresholds[{index}]");
+        let retry_budget = t
+            .retry_budget
+            .as_ref()
+            .map(|b| {
+                let budget_percent = b.budget_percent.as_ref().map_or(20.0, |p| p.value);
+                if !(0.0..=100.0).contains(&budget_percent) {
+                    return invalid(
+                        join(&at, "retry_budget.budget_percent"),
+                        format!("{budget_percent} is not a percentage (0 to 100)"),
+                    );
+                }
+                // `budget_interval` only widens the window of requests the
+                // budget is a share of; the present ones are counted.
+                opt_duration(
+                    b.budget_interval.as_ref(),
+                    &join(&at, "retry_budget.budget_interval"),
+                )?;
+                Ok(RetryBudget {
+                    budget_percent,
+                    min_retry_concurrency: b.min_retry_concurrency.as_ref().map_or(3, |v| v.value),
+                })
+            })
+            .transpose()?;
+        Ok(Self {
+            max_connections: t
+                .max_connections
+                .as_ref()
+                .map_or(d.max_connections, |v| v.value),
+            max_pending_requests: t
+                .max_pending_requests
+                .as_ref()
+                .map_or(d.max_pending_requests, |v| v.value),
+            max_requests: t.max_requests.as_ref().map_or(d.max_requests, |v| v.value),
+            max_retries: t.max_retries.as_ref().map_or(d.max_retries, |v| v.value),
+            retry_budget,
+        })
+    }
+
+    /// Retries allowed in flight with `requests` active or pending.
+    pub fn retries_allowed(&self, requests: u64) -> u64 {
+        match self.retry_budget {
+            None => u64::from(self.max_retries),
+            Some(b) => {
+                // Truncated, as Envoy's `static_cast<uint64_t>`.
+                let share = (b.budget_percent / 100.0 * requests as f64) as u64;
+                share.max(u64::from(b.min_retry_concurrency))
+            }
         }
     }
 }
@@ -284,23 +357,11 @@ impl ClusterConfig {
             .and_then(|cb| {
                 cb.thresholds
                     .iter()
-                    .find(|t| t.priority == RoutingPriority::Default as i32)
+                    .enumerate()
+                    .find(|(_, t)| t.priority == RoutingPriority::Default as i32)
             })
-            .map(|t| {
-                let d = Thresholds::default();
-                Thresholds {
-                    max_connections: t
-                        .max_connections
-                        .as_ref()
-                        .map_or(d.max_connections, |v| v.value),
-                    max_pending_requests: t
-                        .max_pending_requests
-                        .as_ref()
-                        .map_or(d.max_pending_requests, |v| v.value),
-                    max_requests: t.max_requests.as_ref().map_or(d.max_requests, |v| v.value),
-                    max_retries: t.max_retries.as_ref().map_or(d.max_retries, |v| v.value),
-                }
-            })
+            .map(|(i, t)| Thresholds::compile(t, i))
+            .transpose()?
             .unwrap_or_default();
         let (protocol, idle_timeout, max_requests_per_connection) = http_options(c)?;
         let tls = c
@@ -656,6 +717,42 @@ mod tests {
         assert_eq!(c.idle_timeout, Some(Duration::from_secs(30)));
         assert_eq!(c.max_requests_per_connection, Some(5));
         assert_eq!(c.connect_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn retry_budget_replaces_max_retries() {
+        let c = cluster(json!({"name": "c", "circuitBreakers": {"thresholds": [
+            {"priority": "HIGH", "maxRetries": 9},
+            {"maxRetries": 1, "retryBudget": {"budgetPercent": {"value": 25.0}, "minRetryConcurrency": 2}}]}}))
+        .unwrap();
+        assert_eq!(
+            c.thresholds.retry_budget,
+            Some(RetryBudget {
+                budget_percent: 25.0,
+                min_retry_concurrency: 2
+            })
+        );
+        assert_eq!(c.thresholds.retries_allowed(0), 2);
+        assert_eq!(c.thresholds.retries_allowed(100), 25);
+        // Istio's defaults when the DestinationRule gives a bare retryBudget.
+        let c =
+            cluster(json!({"name": "c", "circuitBreakers": {"thresholds": [{"retryBudget": {}}]}}))
+                .unwrap();
+        assert_eq!(c.thresholds.retries_allowed(10), 3);
+        assert_eq!(c.thresholds.retries_allowed(100), 20);
+        // No budget: max_retries.
+        let c = cluster(json!({"name": "c"})).unwrap();
+        assert_eq!(c.thresholds.retries_allowed(1000), 3);
+    }
+
+    #[test_case(json!({"budgetPercent": {"value": 120.0}}), "circuit_breakers.thresholds[1].retry_budget.budget_percent"; "over 100")]
+    #[test_case(json!({"budgetPercent": {"value": -1.0}}), "circuit_breakers.thresholds[1].retry_budget.budget_percent"; "negative")]
+    #[test_case(json!({"budgetInterval": "-1s"}), "circuit_breakers.thresholds[1].retry_budget.budget_interval"; "negative interval")]
+    fn bad_retry_budgets_are_refused_with_field_path(budget: serde_json::Value, field: &str) {
+        let e = cluster(json!({"name": "c", "circuitBreakers": {"thresholds": [
+            {"priority": "HIGH"}, {"retryBudget": budget}]}}))
+        .unwrap_err();
+        assert_eq!(e.field, field);
     }
 
     #[test]
