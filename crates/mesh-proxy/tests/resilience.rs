@@ -582,6 +582,13 @@ async fn x_envoy_controls_are_honoured_from_internal_callers_only_and_never_forw
         let (reply, took) = timed(trusted, "/slow/1500", &timeout).await;
         assert_eq!(reply.unwrap().status, StatusCode::GATEWAY_TIMEOUT);
         assert!(took < Duration::from_millis(1000), "{took:?}");
+        // And the per-try timeout: each of the two tries gives up after
+        // 150 ms, instead of waiting for the slow answer.
+        let per_try = [("x-envoy-upstream-rq-per-try-timeout-ms", "150")];
+        let (reply, took) = timed(trusted, "/slow/1200", &per_try).await;
+        assert_eq!(reply.unwrap().status, StatusCode::GATEWAY_TIMEOUT);
+        assert!(took < Duration::from_millis(900), "{took:?}");
+        assert_eq!(backend.hits("/slow/1200").len(), 2);
         let (reply, _) = timed(external, "/slow/600", &timeout).await;
         assert_eq!(reply.unwrap().status, StatusCode::OK);
         assert!(

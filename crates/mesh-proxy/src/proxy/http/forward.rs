@@ -832,6 +832,52 @@ mod tests {
         assert_eq!(h["te"], "trailers");
     }
 
+    fn control_headers() -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("x-envoy-max-retries", "4"),
+            ("x-envoy-retry-on", "connect-failure,no-such-thing"),
+            ("x-envoy-upstream-rq-timeout-ms", "0"),
+            ("x-envoy-upstream-rq-per-try-timeout-ms", "250"),
+            ("x-envoy-internal", "true"),
+            ("x-keep", "1"),
+        ] {
+            h.insert(k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn an_internal_callers_controls_are_read_then_removed() {
+        let mut h = control_headers();
+        let c = Controls::take(&mut h, true);
+        assert_eq!(
+            c,
+            Controls {
+                max_retries: Some(4),
+                retry_on: Some(RetryOn::CONNECT_FAILURE),
+                timeout: Some(None),
+                per_try_timeout: Some(Duration::from_millis(250)),
+            }
+        );
+        let mut names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["x-envoy-internal", "x-keep"]);
+        // Header conditions alone make a policy of one retry, which the
+        // count then overrides.
+        let p = c.policy(None).unwrap();
+        assert_eq!((p.on, p.num_retries), (RetryOn::CONNECT_FAILURE, 4));
+    }
+
+    #[test]
+    fn an_external_callers_controls_are_removed_unread() {
+        let mut h = control_headers();
+        let c = Controls::take(&mut h, false);
+        assert_eq!(c, Controls::default());
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-keep"]);
+        assert!(c.policy(None).is_none());
+    }
+
     #[test_case("100m", Some(Duration::from_millis(100)); "millis")]
     #[test_case("2S", Some(Duration::from_secs(2)); "seconds")]
     #[test_case("bad", None; "invalid")]
