@@ -177,10 +177,7 @@ pub enum UpstreamError {
     /// A circuit breaker refused the request: `max_pending_requests`
     /// were already waiting for a connection. Never retried.
     #[error("overflow")]
-    Overflow {
-        /// Whether the cluster was also at `max_connections`.
-        connections: bool,
-    },
+    Overflow,
 }
 
 // === impl Upstreams ===
@@ -518,9 +515,9 @@ impl EndpointPool {
             }
             // No idle connection: the request is pending until it has one.
             if pending.is_none() {
-                pending = Some(self.circuit.pending().ok_or(UpstreamError::Overflow {
-                    connections: self.circuit.at_connection_limit(),
-                })?);
+                // Refused before it tries to connect: as in Envoy, not a
+                // connection overflow.
+                pending = Some(self.circuit.pending().ok_or(UpstreamError::Overflow)?);
             }
             let none_here = self.open.load(Ordering::Relaxed) == 0;
             if self.circuit.at_connection_limit() {
@@ -599,6 +596,7 @@ impl EndpointPool {
         settings: &Settings,
         req: Request<ProxyBody>,
     ) -> Result<Response<ProxyBody>, UpstreamError> {
+        let mut overflowed = false;
         let (mut sender, stream) = {
             let mut slot = self.h2.lock().await;
             match slot.as_ref() {
@@ -608,6 +606,7 @@ impl EndpointPool {
                 _ => {
                     // The endpoint's only HTTP/2 connection may always be
                     // made; past `max_connections` it counts as an overflow.
+                    overflowed = self.circuit.at_connection_limit();
                     let counted = self.circuit.connection(Some(&self.open), true);
                     let stream = connect(&self.address, self.tls.as_deref(), settings).await?;
                     let mut builder = http2::Builder::new(TokioExecutor::new());
@@ -646,12 +645,15 @@ impl EndpointPool {
         };
         sender.ready().await.map_err(classify)?;
         match sender.send_request(req).await {
-            Ok(resp) => Ok(resp.map(|body| {
-                boxed(Holding {
-                    inner: body,
-                    _held: stream,
-                })
-            })),
+            Ok(resp) => {
+                let resp = resp.map(|body| {
+                    boxed(Holding {
+                        inner: body,
+                        _held: stream,
+                    })
+                });
+                Ok(mark(resp, overflowed))
+            }
             Err(e) => Err(classify(e)),
         }
     }

@@ -409,10 +409,7 @@ fn failure_reply(rec: &mut RequestRecord, failure: Failure) -> Response<ProxyBod
     const PREFIX: &str =
         "upstream connect error or disconnect/reset before headers. reset reason: ";
     let (status, flags, details, reason) = match failure {
-        Failure::Upstream(UpstreamError::Overflow { connections }) => {
-            rec.breakers.cx_overflow |= connections;
-            return local::overflow(rec);
-        }
+        Failure::Upstream(UpstreamError::Overflow) => return local::overflow(rec),
         Failure::GlobalTimeout | Failure::PerTryTimeout => {
             return local::error(
                 rec,
@@ -494,7 +491,7 @@ fn retriable_failure(p: &RetryPolicy, failure: &Failure) -> bool {
     let any_5xx = RetryOn::FIVE_XX | RetryOn::GATEWAY_ERROR;
     match failure {
         // Envoy never retries an overflow: it would only overflow again.
-        Failure::GlobalTimeout | Failure::Upstream(UpstreamError::Overflow { .. }) => false,
+        Failure::GlobalTimeout | Failure::Upstream(UpstreamError::Overflow) => false,
         Failure::PerTryTimeout => p.on.intersects(any_5xx),
         Failure::Upstream(
             UpstreamError::Connect(_) | UpstreamError::ConnectTimeout | UpstreamError::Handshake(_),
