@@ -457,7 +457,8 @@ async fn a_retry_budget_stops_retries_past_its_share() {
             assert_eq!(reply.text(), "/fail/400");
             assert!(!reply.headers.contains_key("x-envoy-overloaded"));
         }
-        // Four first attempts, and the one retry the budget allowed.
+        // Four first attempts, and the one retry the budget allowed (stock
+        // Envoy 1.40, same config: 5 upstream requests, retry_overflow 3).
         assert_eq!(backend.hits("/fail/400").len(), 5);
         let records = proxy.requests("/fail/400", 4).await;
         let not_retried = records
@@ -531,7 +532,11 @@ async fn the_attempt_count_goes_up_with_each_attempt() {
         assert!(records[0]
             .flags
             .contains(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED));
-        // A retry that succeeds counts as one.
+        assert_eq!(
+            proxy.counter("envoy_cluster_upstream_rq_retry_limit_exceeded"),
+            1
+        );
+        // A request answered at its first attempt says 1.
         let (ok, _) = timed(addr, "/slow/0", &[]).await;
         assert_eq!(ok.unwrap().headers["x-envoy-attempt-count"], "1");
     })

@@ -36,6 +36,7 @@ pub struct ClusterStats {
     rq_pending_overflow: Family<ClusterLabels, EnvoyCounter>,
     rq_retry_overflow: Family<ClusterLabels, EnvoyCounter>,
     rq_retry_success: Family<ClusterLabels, EnvoyCounter>,
+    rq_retry_limit_exceeded: Family<ClusterLabels, EnvoyCounter>,
     cx_overflow: Family<ClusterLabels, EnvoyCounter>,
     cx_connect_fail: Family<ClusterLabels, EnvoyCounter>,
     cx_none_healthy: Family<ClusterLabels, EnvoyCounter>,
@@ -131,6 +132,11 @@ impl ClusterStats {
                 &self.rq_retry_success,
             ),
             (
+                "envoy_cluster_upstream_rq_retry_limit_exceeded",
+                "Requests whose retries ran out with the failure still retriable",
+                &self.rq_retry_limit_exceeded,
+            ),
+            (
                 "envoy_cluster_upstream_cx_overflow",
                 "Times the max_connections circuit breaker was reached",
                 &self.cx_overflow,
@@ -211,6 +217,10 @@ impl ClusterStats {
     fn flags(&self, key: &ClusterLabels, flags: ResponseFlags) {
         for (flag, family) in [
             (ResponseFlags::UPSTREAM_REQUEST_TIMEOUT, &self.rq_timeout),
+            (
+                ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED,
+                &self.rq_retry_limit_exceeded,
+            ),
             (
                 ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
                 &self.cx_connect_fail,
