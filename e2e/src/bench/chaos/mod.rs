@@ -43,7 +43,7 @@ use super::proxy::subject::{self, Kind, Proxy};
 use super::proxy::{procfs, sleep_until};
 use endpoint::Endpoint;
 use mesh::{ControlProcess, NAMESPACE, Outlier, SERVICE, SERVICE_PORT};
-use watch::FlagTrace;
+use watch::{Change, FlagTrace};
 
 pub mod endpoint;
 pub mod mesh;
@@ -131,6 +131,18 @@ pub struct Life {
     pub first_answer: Option<f64>,
 }
 
+/// A [`Change`] of the killed host's flags, seconds from the start of the
+/// run (negative before it).
+#[derive(Debug, Clone)]
+pub struct FlagChange {
+    /// The last read with the old flags.
+    pub before: Option<f64>,
+    /// The first read with the new ones.
+    pub seen: f64,
+    /// The new flags.
+    pub flags: String,
+}
+
 /// One data plane's run.
 #[derive(Debug)]
 pub struct PlaneRun {
@@ -144,14 +156,14 @@ pub struct PlaneRun {
     pub per_second: Vec<[u64; 3]>,
     /// The killed endpoint's processes (the one killed, the restarted one).
     pub lives: Vec<Life>,
-    /// The killed host's `health_flags` changes, seconds from the start.
-    pub flags: Vec<(f64, String)>,
+    /// The killed host's `health_flags` changes.
+    pub flags: Vec<FlagChange>,
     /// Reads of `/clusters`.
     pub polls: u64,
-    /// First seen ejected, seconds from the start.
-    pub ejected: Option<f64>,
-    /// First seen back after the ejection, seconds from the start.
-    pub returned: Option<f64>,
+    /// The change that ejected it.
+    pub ejected: Option<FlagChange>,
+    /// The change that brought it back after the ejection.
+    pub returned: Option<FlagChange>,
 }
 
 /// A whole `chaos` run.
@@ -502,6 +514,11 @@ fn run_plane(
             first_answer: g.answered.iter().find(|t| **t >= t0).map(|t| offset(*t)),
         })
         .collect();
+    let change = |c: &Change| FlagChange {
+        before: c.before.map(offset),
+        seen: offset(c.seen),
+        flags: c.flags.clone(),
+    };
     let FlagTrace { ref changes, polls } = trace;
     Ok(PlaneRun {
         kind: proxy.kind,
@@ -509,13 +526,10 @@ fn run_plane(
         segments,
         per_second,
         lives,
-        flags: changes
-            .iter()
-            .map(|(t, f)| (offset(*t), f.clone()))
-            .collect(),
+        flags: changes.iter().map(change).collect(),
         polls,
-        ejected: trace.ejected().map(offset),
-        returned: trace.returned().map(offset),
+        ejected: trace.ejected().map(change),
+        returned: trace.returned().map(change),
     })
 }
 
@@ -545,7 +559,7 @@ fn print_run(run: &PlaneRun, params: &Params) {
     let flags: Vec<String> = run
         .flags
         .iter()
-        .map(|(t, f)| format!("{t:.1} s {f}"))
+        .map(|c| format!("{:.2} s {}", c.seen, c.flags))
         .collect();
     println!("  killed host's health_flags: {}", flags.join(", "));
 }

@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use super::{Figures, KILLED, PlaneRun, Report};
+use super::{Figures, FlagChange, KILLED, PlaneRun, Report};
 use crate::bench::ms;
 use crate::bench::proxy::report::{index_section, replace_section};
 use crate::bench::proxy::subject::Kind;
@@ -78,15 +78,30 @@ fn cells(run: &PlaneRun, report: &Report) -> Vec<String> {
         p(&event, |q| q.max),
         p(&after, |q| q.p99),
         run.ejected
-            .map(|t| format!("{} after the kill", ms_of(t - kill)))
+            .as_ref()
+            .map(|c| format!("{} after the kill", between(c, kill, ms_of)))
             .unwrap_or_else(|| "never".into()),
         run.returned
-            .map(|t| format!("{} after the restart", s(t - restart)))
+            .as_ref()
+            .map(|c| format!("{} after the restart", between(c, restart, s)))
             .unwrap_or_else(|| "-".into()),
         after_restart(restarted.and_then(|l| l.listening)),
         after_restart(restarted.and_then(|l| l.first_answer)),
         share,
     ]
+}
+
+/// When `change` happened relative to `from`: between the two reads
+/// that bracket it (`a-b unit`).
+fn between(change: &FlagChange, from: f64, unit: fn(f64) -> String) -> String {
+    match change.before {
+        Some(b) => {
+            let first = unit(b - from);
+            let number = first.split(' ').next().unwrap_or(&first).to_string();
+            format!("{number}-{}", unit(change.seen - from))
+        }
+        None => format!("by {}", unit(change.seen - from)),
+    }
 }
 
 fn bold_unless_zero(n: u64) -> String {
@@ -269,12 +284,16 @@ fn timeline(md: &mut String, run: &PlaneRun) {
     let flags: Vec<String> = run
         .flags
         .iter()
-        .map(|(t, f)| format!("{} `{f}`", s(*t)))
+        .map(|c| match c.before {
+            Some(b) => format!("`{}` between {b:.2} s and {:.2} s", c.flags, c.seen),
+            None => format!("`{}` at {:.2} s", c.flags, c.seen),
+        })
         .collect();
     let _ = writeln!(
         md,
-        "Its `health_flags` in the proxy's `/clusters` (read every {} ms, {} reads; times are \
-         when a change was first seen, negative before the run): {}.\n",
+        "Its `health_flags` in the proxy's `/clusters` (read every {} ms, {} reads; each change \
+         happened between the last read with the old flags and the first with the new, times \
+         from the start of the run, negative before it): {}.\n",
         super::watch::POLL.as_millis(),
         run.polls,
         flags.join(", ")
@@ -345,7 +364,8 @@ fn notes(report: &Report) -> Vec<String> {
         report.load_avg.0
     ));
     notes.push(format!(
-        "ejection times come from reading `/clusters` every {} ms (each ± that); the \
+        "ejection times come from reading `/clusters` every {} ms (each an interval that \
+         long); the \
          endpoints' answer times are their log lines as the bench read them from a pipe (about \
          a millisecond late)",
         super::watch::POLL.as_millis()

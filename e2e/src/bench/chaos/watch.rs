@@ -1,9 +1,9 @@
 //! What the proxy says about the killed endpoint: its admin `/clusters`
 //! (text form, the same in Envoy and mesh-proxy) polled every
 //! [`POLL`] during the run, keeping each change of the host's
-//! `health_flags` (`healthy`, `/failed_outlier_check`, ...) with when it
-//! was first seen. The poll's period bounds the accuracy of "ejected at"
-//! and "back at".
+//! `health_flags` (`healthy`, `/failed_outlier_check`, ...) between the
+//! last read that showed the old flags and the first that showed the new
+//! ones: the change happened in that interval, about [`POLL`] long.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -15,35 +15,42 @@ pub const POLL: Duration = Duration::from_millis(100);
 /// The flag Envoy shows for a host ejected by outlier detection.
 pub const EJECTED: &str = "/failed_outlier_check";
 
-/// Each change of the host's flags, with when it was first seen.
+/// Each change of the host's flags, bracketed by two reads.
 #[derive(Debug, Clone, Default)]
 pub struct FlagTrace {
-    /// `(seen at, health_flags)`, the first entry the state at the start;
-    /// `"absent"` when the host was not listed (or admin did not answer).
-    pub changes: Vec<(Instant, String)>,
+    /// In time order, the first entry the state at the start.
+    pub changes: Vec<Change>,
     /// Reads made.
     pub polls: u64,
+}
+
+/// The host's flags changed between two reads of `/clusters`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// The last read that still showed the old flags (`None` for the
+    /// first read).
+    pub before: Option<Instant>,
+    /// The first read that showed `flags`.
+    pub seen: Instant,
+    /// `health_flags`; `"absent"` when the host was not listed (or admin
+    /// did not answer).
+    pub flags: String,
 }
 
 // === impl FlagTrace ===
 
 impl FlagTrace {
-    /// When the host was first seen ejected.
-    pub fn ejected(&self) -> Option<Instant> {
-        self.changes
-            .iter()
-            .find(|(_, f)| f.contains(EJECTED))
-            .map(|(t, _)| *t)
+    /// The change that ejected the host.
+    pub fn ejected(&self) -> Option<&Change> {
+        self.changes.iter().find(|c| c.flags.contains(EJECTED))
     }
 
-    /// When the host was first seen no longer ejected after
-    /// [`FlagTrace::ejected`].
-    pub fn returned(&self) -> Option<Instant> {
-        let ejected = self.ejected()?;
+    /// The first change after [`FlagTrace::ejected`] that lifted it.
+    pub fn returned(&self) -> Option<&Change> {
+        let ejected = self.ejected()?.seen;
         self.changes
             .iter()
-            .find(|(t, f)| *t > ejected && !f.contains(EJECTED))
-            .map(|(t, _)| *t)
+            .find(|c| c.seen > ejected && !c.flags.contains(EJECTED))
     }
 }
 
@@ -70,6 +77,7 @@ pub fn host_count(clusters: &str, cluster: &str) -> usize {
 pub fn watch(proxy: &Proxy, cluster: &str, host: &str, stop: &AtomicBool) -> FlagTrace {
     let mut trace = FlagTrace::default();
     let mut next = Instant::now();
+    let mut last = None;
     while !stop.load(Ordering::Relaxed) {
         let seen = Instant::now();
         let flags = proxy
@@ -77,9 +85,14 @@ pub fn watch(proxy: &Proxy, cluster: &str, host: &str, stop: &AtomicBool) -> Fla
             .and_then(|c| host_flags(&c, cluster, host))
             .unwrap_or_else(|| "absent".into());
         trace.polls += 1;
-        if trace.changes.last().is_none_or(|(_, f)| *f != flags) {
-            trace.changes.push((seen, flags));
+        if trace.changes.last().is_none_or(|c| c.flags != flags) {
+            trace.changes.push(Change {
+                before: last,
+                seen,
+                flags,
+            });
         }
+        last = Some(seen);
         next += POLL;
         crate::bench::proxy::sleep_until(next);
     }
@@ -108,16 +121,21 @@ mod tests {
     fn ejection_and_return_come_from_the_changes() {
         let t0 = Instant::now();
         let at = |ms| t0 + Duration::from_millis(ms);
+        let change = |before: Option<u64>, seen, flags: &str| Change {
+            before: before.map(at),
+            seen: at(seen),
+            flags: flags.into(),
+        };
         let trace = FlagTrace {
             changes: vec![
-                (at(0), "healthy".into()),
-                (at(100), EJECTED.into()),
-                (at(5000), "healthy".into()),
+                change(None, 0, "healthy"),
+                change(Some(0), 100, EJECTED),
+                change(Some(4900), 5000, "healthy"),
             ],
             polls: 51,
         };
-        assert_eq!(trace.ejected(), Some(at(100)));
-        assert_eq!(trace.returned(), Some(at(5000)));
+        assert_eq!(trace.ejected().map(|c| c.before), Some(Some(at(0))));
+        assert_eq!(trace.returned().map(|c| c.seen), Some(at(5000)));
         assert_eq!(FlagTrace::default().ejected(), None);
     }
 }
