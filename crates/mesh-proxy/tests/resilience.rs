@@ -528,6 +528,13 @@ async fn the_attempt_count_goes_up_with_each_attempt() {
             .map(|h| h["x-envoy-attempt-count"].to_str().unwrap().to_string())
             .collect();
         assert_eq!(counts, ["1", "2", "3"]);
+        // Each attempt is told the time left (the route's 5 s).
+        let expected: u64 = backend.hits("/fail/0")[0]["x-envoy-expected-rq-timeout-ms"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((4000..=5000).contains(&expected), "{expected}");
         let records = proxy.requests("/fail/0", 1).await;
         assert!(records[0]
             .flags
@@ -539,6 +546,30 @@ async fn the_attempt_count_goes_up_with_each_attempt() {
         // A request answered at its first attempt says 1.
         let (ok, _) = timed(addr, "/slow/0", &[]).await;
         assert_eq!(ok.unwrap().headers["x-envoy-attempt-count"], "1");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_failure_the_proxy_answers_carries_the_attempt_count() {
+    bounded(30, async {
+        let addr = free_addr();
+        let _proxy = Resilient::start(
+            vec![
+                listener_on(addr, json!({})),
+                routes(
+                    json!({"includeAttemptCountInResponse": true}),
+                    retry(json!({"retryOn": "connect-failure", "numRetries": 2})),
+                ),
+                static_cluster("backend", &[dead_addr()]),
+            ],
+            addr,
+        )
+        .await;
+        let (reply, _) = timed(addr, "/", &[]).await;
+        let reply = reply.unwrap();
+        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(reply.headers["x-envoy-attempt-count"], "3");
     })
     .await;
 }

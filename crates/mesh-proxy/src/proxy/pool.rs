@@ -19,7 +19,8 @@
 //! come back to the pool or close. An endpoint with no connection at all
 //! may always open one (counted as a connection overflow), so a request
 //! never waits on an endpoint that has nothing to give back. An endpoint
-//! has one HTTP/2 connection, which is therefore never refused.
+//! has one HTTP/2 connection, which is therefore never refused; requests
+//! waiting for it to be made are pending.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -597,8 +598,17 @@ impl EndpointPool {
         req: Request<ProxyBody>,
     ) -> Result<Response<ProxyBody>, UpstreamError> {
         let mut overflowed = false;
+        // Waiting for the connection (queued behind the request making it,
+        // or making it) is pending, as in Envoy.
+        let mut pending = None;
         let (mut sender, stream) = {
-            let mut slot = self.h2.lock().await;
+            let mut slot = match self.h2.try_lock() {
+                Ok(slot) => slot,
+                Err(_) => {
+                    pending = Some(self.circuit.pending().ok_or(UpstreamError::Overflow)?);
+                    self.h2.lock().await
+                }
+            };
             match slot.as_ref() {
                 // The stream is counted under the lock, so the reaper never
                 // retires a connection a request is about to use.
@@ -606,6 +616,9 @@ impl EndpointPool {
                 _ => {
                     // The endpoint's only HTTP/2 connection may always be
                     // made; past `max_connections` it counts as an overflow.
+                    if pending.is_none() {
+                        pending = Some(self.circuit.pending().ok_or(UpstreamError::Overflow)?);
+                    }
                     overflowed = self.circuit.at_connection_limit();
                     let counted = self.circuit.connection(Some(&self.open), true);
                     let stream = connect(&self.address, self.tls.as_deref(), settings).await?;
@@ -643,6 +656,7 @@ impl EndpointPool {
                 }
             }
         };
+        drop(pending);
         sender.ready().await.map_err(classify)?;
         match sender.send_request(req).await {
             Ok(resp) => {

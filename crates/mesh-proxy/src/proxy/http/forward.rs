@@ -309,6 +309,15 @@ pub(super) async fn forward<'a>(
             (Some(d), Some(p)) => Some(d.min(p)),
             (d, p) => d.or(p),
         };
+        // What the upstream has to answer in, as Envoy tells it.
+        if let Some(l) = limit {
+            let ms = l.saturating_duration_since(Instant::now()).as_millis();
+            if let Ok(v) = HeaderValue::from_str(&ms.to_string()) {
+                upstream_req
+                    .headers_mut()
+                    .insert("x-envoy-expected-rq-timeout-ms", v);
+            }
+        }
         let tls = upstream_tls(
             generation,
             ctx.shared.identity().as_ref(),
@@ -400,7 +409,14 @@ pub(super) async fn forward<'a>(
                 }
                 (resp, weighted)
             }
-            Err(failure) => (failure_reply(rec, failure), weighted),
+            Err(failure) => {
+                let mut resp = failure_reply(rec, failure);
+                if m.vh.attempt_count_in_response {
+                    resp.headers_mut()
+                        .insert(ATTEMPT_COUNT, HeaderValue::from(attempt + 1));
+                }
+                (resp, weighted)
+            }
         };
     }
 }
