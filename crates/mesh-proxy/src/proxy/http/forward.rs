@@ -12,6 +12,7 @@
 //! from the decision until that retry's outcome is known; without one the
 //! failed attempt's response goes to the client (flag UO).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -241,7 +242,7 @@ pub(super) async fn forward<'a>(
     };
 
     let policy = controls.policy(f.retry.as_ref());
-    let policy = policy.as_ref().filter(|p| {
+    let policy = policy.as_deref().filter(|p| {
         p.retriable_request_headers.is_empty()
             || p.retriable_request_headers.iter().any(|h| {
                 h.matches(&RequestView {
@@ -560,7 +561,11 @@ impl Controls {
     /// The retry policy in force: the route's with the caller's
     /// conditions and count, or one made from the caller's conditions
     /// alone (Envoy's defaults: one retry, 25 ms back-off).
-    fn policy(&self, route: Option<&RetryPolicy>) -> Option<RetryPolicy> {
+    fn policy<'p>(&self, route: Option<&'p RetryPolicy>) -> Option<Cow<'p, RetryPolicy>> {
+        if self.retry_on.is_none() && self.max_retries.is_none() {
+            // The common case borrows: no copy per request.
+            return route.map(Cow::Borrowed);
+        }
         let mut p = match (route, self.retry_on) {
             (Some(p), _) => p.clone(),
             (None, Some(on)) => RetryPolicy {
@@ -583,7 +588,7 @@ impl Controls {
         if let Some(n) = self.max_retries {
             p.num_retries = n;
         }
-        Some(p)
+        Some(Cow::Owned(p))
     }
 }
 
