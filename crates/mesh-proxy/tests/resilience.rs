@@ -447,20 +447,20 @@ async fn a_retry_budget_stops_retries_past_its_share() {
         )
         .await;
         let requests: Vec<_> = (0..4)
-            .map(|_| tokio::spawn(timed(addr, "/fail/400", &[])))
+            .map(|_| tokio::spawn(timed(addr, "/fail/600", &[])))
             .collect();
         for r in requests {
             let (reply, _) = r.await.unwrap();
             let reply = reply.unwrap();
             // Retried or not, the client gets the upstream's 503.
             assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
-            assert_eq!(reply.text(), "/fail/400");
+            assert_eq!(reply.text(), "/fail/600");
             assert!(!reply.headers.contains_key("x-envoy-overloaded"));
         }
         // Four first attempts, and the one retry the budget allowed (stock
         // Envoy 1.40, same config: 5 upstream requests, retry_overflow 3).
-        assert_eq!(backend.hits("/fail/400").len(), 5);
-        let records = proxy.requests("/fail/400", 4).await;
+        assert_eq!(backend.hits("/fail/600").len(), 5);
+        let records = proxy.requests("/fail/600", 4).await;
         let not_retried = records
             .iter()
             .filter(|r| r.attempts == 1 && r.flags.contains(ResponseFlags::UPSTREAM_OVERFLOW))
@@ -660,6 +660,37 @@ async fn a_body_over_the_buffer_limit_is_not_retried() {
             post(addr, "/fail/large", vec![b'x'; 4096]).await,
             StatusCode::SERVICE_UNAVAILABLE
         );
+        assert_eq!(backend.hits("/fail/large").len(), 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_listeners_buffer_limit_bounds_retried_bodies_when_the_route_sets_none() {
+    bounded(30, async {
+        let backend = cued().await;
+        let addr = free_addr();
+        let _proxy = Resilient::start(
+            vec![
+                listener(json!({
+                    "name": "http",
+                    "address": {"socketAddress": {"address": "127.0.0.1", "portValue": addr.port()}},
+                    "perConnectionBufferLimitBytes": 2048,
+                    "filterChains": [{"filters": [hcm(json!({"rds": {"routeConfigName": "80"}}))]}],
+                })),
+                // The deprecated per-request limit is capped by the listener's.
+                routes(
+                    json!({"perRequestBufferLimitBytes": 100000}),
+                    retry(json!({})),
+                ),
+                static_cluster("backend", &[backend.addr]),
+            ],
+            addr,
+        )
+        .await;
+        post(addr, "/fail/small", vec![b'x'; 1500]).await;
+        assert_eq!(backend.hits("/fail/small").len(), 2);
+        post(addr, "/fail/large", vec![b'x'; 3000]).await;
         assert_eq!(backend.hits("/fail/large").len(), 1);
     })
     .await;

@@ -560,7 +560,7 @@ fn matchers(
 ) -> FieldResult<Vec<HeaderMatcher>> {
     m.iter()
         .enumerate()
-        .map(|(i, h)| HeaderMatcher::compile(h, &join(at, &format!("[{i}]"))))
+        .map(|(i, h)| HeaderMatcher::compile(h, &format!("{at}[{i}]")))
         .collect()
 }
 
@@ -569,7 +569,7 @@ pub(crate) fn mirrors(m: &[PbMirror], at: &str) -> FieldResult<Vec<Mirror>> {
     m.iter()
         .enumerate()
         .map(|(i, m)| {
-            let field = join(at, &format!("[{i}]"));
+            let field = format!("{at}[{i}]");
             if m.cluster.is_empty() {
                 return invalid(
                     join(&field, "cluster"),
@@ -826,6 +826,32 @@ mod tests {
     #[test_case("connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes", RetryOn::CONNECT_FAILURE | RetryOn::REFUSED_STREAM | RetryOn::GRPC_UNAVAILABLE | RetryOn::GRPC_CANCELLED | RetryOn::RETRIABLE_STATUS_CODES; "istio default")]
     fn retry_on_parses(s: &str, expected: RetryOn) {
         assert_eq!(RetryOn::parse(s, "f").unwrap(), expected);
+    }
+
+    #[test]
+    fn buffer_limits() {
+        assert_eq!(BufferLimit::Body(4 << 20).bytes(1024), 4 << 20);
+        assert_eq!(BufferLimit::PerRequest(4096).bytes(1024), 1024);
+        assert_eq!(BufferLimit::PerRequest(512).bytes(1024), 512);
+        assert_eq!(buffer_limit(None, None, "vh").unwrap(), None);
+        let e = buffer_limit(Some(1), Some(1), "virtual_hosts[0]").unwrap_err();
+        assert_eq!(e.field, "virtual_hosts[0].request_body_buffer_limit");
+    }
+
+    #[test]
+    fn retriable_headers_compile_with_field_paths() {
+        let r = PbRetryPolicy {
+            retry_on: "retriable-headers".into(),
+            retriable_headers: vec![Default::default()],
+            ..Default::default()
+        };
+        let e = retry_policy(&r, "route.retry_policy").unwrap_err();
+        assert!(
+            e.field
+                .starts_with("route.retry_policy.retriable_headers[0]"),
+            "{}",
+            e.field
+        );
     }
 
     #[test]
