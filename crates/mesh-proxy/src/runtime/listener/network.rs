@@ -500,7 +500,7 @@ impl HttpManager {
     /// `x-envoy-*` controls removed unread.
     pub fn is_internal(&self, peer: std::net::IpAddr, xff: Option<&str>) -> bool {
         let single = match (self.use_remote_address, xff) {
-            (true, None) if self.skip_xff_append => Some(peer),
+            (true, None) => Some(peer),
             (true, Some(_)) if self.skip_xff_append => None,
             (_, Some(v)) if !v.contains(',') => v.trim().parse().ok(),
             _ => None,
@@ -532,5 +532,54 @@ impl TcpTarget {
                 clusters.last().map_or("", |(n, _)| n.as_str())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use test_case::test_case;
+
+    fn manager(extra: serde_json::Value) -> FieldResult<HttpManager> {
+        let mut h = json!({"statPrefix": "t", "rds": {"routeConfigName": "80"},
+            "httpFilters": [{"name": "envoy.filters.http.router", "typedConfig": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]});
+        for (k, v) in extra.as_object().unwrap() {
+            h[k] = v.clone();
+        }
+        http_manager(&mesh_api::xds::json::from_json(&h).unwrap(), "hcm")
+    }
+
+    const LOOPBACK: &str = "127.0.0.1";
+
+    #[test_case(true, None, true; "edge, no xff: the peer")]
+    #[test_case(true, Some("127.0.0.1"), true; "edge, appended peer only")]
+    #[test_case(true, Some("203.0.113.9,127.0.0.1"), false; "edge, client sent xff")]
+    #[test_case(false, None, false; "sidecar, no xff")]
+    #[test_case(false, Some("127.0.0.9"), true; "sidecar, one internal xff")]
+    #[test_case(false, Some("10.0.0.1"), false; "sidecar, xff outside the ranges")]
+    fn internal_requests(edge: bool, xff: Option<&str>, internal: bool) {
+        let m = manager(json!({"useRemoteAddress": edge, "internalAddressConfig": {
+            "cidrRanges": [{"addressPrefix": "127.0.0.0", "prefixLen": 8}]}}))
+        .unwrap();
+        assert_eq!(m.is_internal(LOOPBACK.parse().unwrap(), xff), internal);
+    }
+
+    #[test]
+    fn no_internal_address_config_means_no_internal_request() {
+        let m = manager(json!({"useRemoteAddress": true})).unwrap();
+        assert!(!m.is_internal(LOOPBACK.parse().unwrap(), None));
+    }
+
+    #[test]
+    fn a_bad_internal_range_is_refused_with_its_path() {
+        let e = manager(json!({"internalAddressConfig": {
+            "cidrRanges": [{"addressPrefix": "10.0.0.0", "prefixLen": 8}, {"addressPrefix": "nope"}]}}))
+        .unwrap_err();
+        assert_eq!(
+            e.field,
+            "hcm.internal_address_config.cidr_ranges[1].address_prefix"
+        );
     }
 }
