@@ -242,7 +242,10 @@ pub(super) async fn forward<'a>(
     };
 
     let policy = controls.policy(f.retry.as_ref());
-    let policy = policy.as_deref().filter(|p| {
+    let policy = policy.as_deref();
+    // A request `retriable_request_headers` leaves out is never retried;
+    // the policy's per-try timeout still bounds its one attempt.
+    let retriable_request = policy.is_some_and(|p| {
         p.retriable_request_headers.is_empty()
             || p.retriable_request_headers.iter().any(|h| {
                 h.matches(&RequestView {
@@ -254,7 +257,10 @@ pub(super) async fn forward<'a>(
                 })
             })
     });
-    let retries = policy.map_or(0, |p| p.num_retries);
+    let retries = match policy {
+        Some(p) if retriable_request => p.num_retries,
+        _ => 0,
+    };
     let per_try_timeout = policy.and_then(|p| controls.per_try_timeout.or(p.per_try_timeout));
     let mut tried: Vec<HostAddress> = Vec::new();
     let mut attempt = 0u32;
