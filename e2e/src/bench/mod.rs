@@ -1,6 +1,6 @@
 //! Benchmarks behind `mesh-bench`: each area (`ca`, `chaos`, `control`,
-//! `proxy`, `security`) measures, then writes a markdown table (and, all
-//! but `chaos`, a PNG plot) under `docs/benchmarks/`. Numbers are printed
+//! `proxy`, `security`) measures, then writes a markdown table and a PNG
+//! plot under `docs/benchmarks/`. Numbers are printed
 //! and written, never asserted: tests must not depend on wall-clock speed.
 //!
 //! This module holds what every area's report shares: the machine it ran

@@ -142,7 +142,7 @@ enum Area {
     /// Reliability: 3 endpoints (mesh-echo processes) behind a gateway,
     /// one killed (SIGKILL) and restarted under a fixed rate; client-visible
     /// errors, p99 latency during the event, ejection and return of the
-    /// endpoint, mesh-proxy then stock Envoy. Writes chaos.md (no plot).
+    /// endpoint, mesh-proxy then stock Envoy.
     /// Needs the release mesh-control, mesh-proxy and mesh-echo binaries.
     Chaos {
         /// Seconds of each data plane's run.
@@ -511,10 +511,12 @@ fn main() -> anyhow::Result<()> {
                 ),
             })?;
             println!("\n{}", bench::chaos::summary(&report));
-            let md = args.out_dir.join("chaos.md");
-            std::fs::write(&md, bench::chaos::markdown(&report))
-                .with_context(|| format!("writing {}", md.display()))?;
-            println!("wrote {}", md.display());
+            write_report(
+                &args.out_dir,
+                "chaos",
+                &bench::chaos::markdown(&report),
+                |png, labelled| bench::chaos::plot(&report, png, labelled),
+            )?;
             let section = bench::chaos::section(&report);
             update_index(&args.out_dir, "chaos", |index| {
                 bench::chaos::update_index(index, &section)

@@ -47,9 +47,11 @@ use watch::{Change, FlagTrace};
 
 pub mod endpoint;
 pub mod mesh;
+mod plot;
 mod report;
 pub mod watch;
 
+pub use plot::plot;
 pub use report::{markdown, section, summary, update_index};
 
 /// The endpoints' addresses (the Pods' podIPs).

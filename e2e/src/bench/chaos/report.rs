@@ -223,7 +223,9 @@ pub fn markdown(report: &Report) -> String {
     );
     md.push_str("## Results\n\n");
     md.push_str(&summary(report));
-    md.push('\n');
+    md.push_str(
+        "\n![p99 latency per segment and the killed endpoint's answers per second](chaos.png)\n\n",
+    );
     for n in notes(report) {
         let _ = writeln!(md, "- {n}");
     }
