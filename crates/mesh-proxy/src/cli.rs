@@ -293,6 +293,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let (lifecycle, mut requests) = admin::lifecycle();
     let registry = Arc::new(RwLock::new(Registry::default()));
     let telemetry = crate::telemetry::Telemetry::start(&args.telemetry, &node, &registry)?;
+    let outliers = Arc::new(crate::proxy::outlier::Outliers::default());
+    registry
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .register_collector(Box::new(outliers.clone()));
     args.http_limits.apply();
     let identity = crate::tls::identity::start(
         &args.identity,
@@ -307,6 +312,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         lifecycle: lifecycle.clone(),
         started,
         identity: identity.clone(),
+        outliers: outliers.clone(),
     };
 
     // Servers stop when `stop` flips; the data path stops through the drain.
@@ -348,6 +354,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         crate::proxy::Options {
             observer: telemetry,
             identity: identity.map(|started| started.certs),
+            outliers,
         },
     ));
     let mut trigger = Some(trigger);

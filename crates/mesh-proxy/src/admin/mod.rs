@@ -75,6 +75,8 @@ pub struct AdminState {
     pub started: (Instant, SystemTime),
     /// The workload identity, when the proxy gets its SVID from a CA.
     pub identity: Option<crate::tls::identity::Started>,
+    /// Outlier detection state, for `/clusters`.
+    pub outliers: Arc<crate::proxy::outlier::Outliers>,
 }
 
 /// Why a server could not start.

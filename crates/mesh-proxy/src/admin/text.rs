@@ -2,8 +2,9 @@
 //! `name::field::value` text lines scripts grep, and with `?format=json`
 //! the `envoy.admin.v3.Clusters` / `Listeners` messages tools parse.
 //!
-//! Host health comes from EDS (`health_status`); active health checking
-//! and outlier ejection belong to the data path and are not shown yet.
+//! Host health comes from EDS (`health_status`) and from outlier
+//! detection (`/failed_outlier_check` while a host is ejected); there is
+//! no active health checking.
 
 use std::collections::HashMap;
 use std::fmt::Write;
@@ -131,11 +132,15 @@ pub(super) async fn clusters(
                 host_statuses: hosts(&resources, &e.resource)
                     .into_iter()
                     .map(|h| HostStatus {
-                        address: Some(h.address),
                         health_status: Some(HostHealthStatus {
                             eds_health_status: h.health,
+                            failed_outlier_check: state
+                                .outliers
+                                .ejected(name)
+                                .contains(&address_text(&h.address)),
                             ..Default::default()
                         }),
+                        address: Some(h.address),
                         weight: h.weight,
                         hostname: h.hostname,
                         priority: h.priority,
@@ -162,15 +167,17 @@ pub(super) async fn clusters(
             "{name}::added_via_api::{}",
             matches!(e.origin, Origin::Dynamic { .. })
         );
+        let ejected = state.outliers.ejected(name);
         for h in hosts(&resources, &e.resource) {
             let addr = address_text(&h.address);
             let locality = h.locality.unwrap_or_default();
             let _ = writeln!(out, "{name}::{addr}::hostname::{}", h.hostname);
-            let _ = writeln!(
-                out,
-                "{name}::{addr}::health_flags::{}",
-                health_flags(h.health)
-            );
+            let flags = match (health_flags(h.health), ejected.contains(&addr)) {
+                (_, false) => health_flags(h.health).to_string(),
+                ("healthy", true) => "/failed_outlier_check".to_string(),
+                (eds, true) => format!("/failed_outlier_check{eds}"),
+            };
+            let _ = writeln!(out, "{name}::{addr}::health_flags::{flags}");
             let _ = writeln!(out, "{name}::{addr}::weight::{}", h.weight);
             let _ = writeln!(out, "{name}::{addr}::region::{}", locality.region);
             let _ = writeln!(out, "{name}::{addr}::zone::{}", locality.zone);

@@ -518,9 +518,16 @@ impl Call<'_> {
         ) else {
             return Err(format!("cluster {:?} not found", self.cluster));
         };
-        let Some((address, endpoint)) =
-            pick_endpoint(&cluster, conn, None, Some(&self.headers), &[], false, 1)
-        else {
+        let Some((address, endpoint)) = pick_endpoint(
+            generation,
+            &cluster,
+            conn,
+            None,
+            Some(&self.headers),
+            &[],
+            false,
+            1,
+        ) else {
             return Err(format!("no healthy endpoint in cluster {:?}", self.cluster));
         };
         let tls = upstream_tls(generation, identity.as_ref(), &cluster, endpoint.as_deref())

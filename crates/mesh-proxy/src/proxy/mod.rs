@@ -25,6 +25,7 @@ mod ext_authz;
 pub mod http;
 mod inspect;
 mod io;
+pub mod outlier;
 pub mod pool;
 pub mod record;
 mod tcp;
@@ -64,6 +65,8 @@ pub struct Options {
     pub observer: Arc<dyn Observer>,
     /// The workload certificate, for SDS `default` and `ROOTCA`.
     pub identity: Option<CertWatch>,
+    /// Outlier detectors, kept across runtimes and read by the admin.
+    pub outliers: Arc<outlier::Outliers>,
 }
 
 /// A runtime with the connection pools that go with it.
@@ -75,6 +78,8 @@ pub struct Generation {
     pub upstreams: Arc<Upstreams>,
     /// TLS configs built for this runtime.
     pub tls: crate::tls::Configs,
+    /// The outlier detectors of its clusters that have one.
+    pub outliers: outlier::Detectors,
 }
 
 /// What every connection shares.
@@ -115,6 +120,7 @@ impl Default for Options {
         Self {
             observer: Arc::new(NoObserver),
             identity: None,
+            outliers: Arc::default(),
         }
     }
 }
@@ -160,7 +166,9 @@ pub async fn run_with(
     let resolver = tokio::spawn(dns::run(raw_rx, dns_tx));
     let first = dns::effective(&raw, &dns_table.borrow_and_update());
     let upstreams = Arc::new(Upstreams::build(&first, None));
+    let outliers = options.outliers.clone();
     let (generation_tx, generation_rx) = watch::channel(Arc::new(Generation {
+        outliers: outliers.update(&first),
         runtime: first,
         upstreams,
         tls: crate::tls::Configs::default(),
@@ -201,6 +209,7 @@ pub async fn run_with(
         let previous = generation_tx.borrow().upstreams.clone();
         let upstreams = Arc::new(Upstreams::build(&next, Some(&previous)));
         generation_tx.send_replace(Arc::new(Generation {
+            outliers: outliers.update(&next),
             runtime: next.clone(),
             upstreams,
             tls: crate::tls::Configs::default(),
@@ -301,8 +310,10 @@ pub(crate) fn upstream_tls(
 /// original destination for ORIGINAL_DST clusters (or the host in the
 /// configured header), else the load balancer's pick, avoiding `tried`
 /// when asked.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn pick_endpoint(
-    cluster: &Cluster,
+    generation: &Generation,
+    cluster: &Arc<Cluster>,
     conn: &ConnInfo,
     hash: Option<u64>,
     headers: Option<&::http::HeaderMap>,
@@ -326,8 +337,11 @@ pub(crate) fn pick_endpoint(
         }
         return Some((HostAddress::Ip(address), None));
     }
-    cluster
-        .balancer
+    let balancer = match generation.outliers.get(&cluster.config.name) {
+        Some(detector) => detector.balancer(cluster),
+        None => outlier::Choice::Runtime(&cluster.balancer),
+    };
+    balancer
         .pick_avoiding(
             hash,
             |e| avoid_tried && tried.contains(&e.address),

@@ -18,8 +18,9 @@ use mesh_ca::tls::MeshTls;
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 
+use crate::proxy::pool::UpstreamError;
 use crate::proxy::record::{ResponseFlags, TcpRecord};
-use crate::proxy::{ConnInfo, Generation, Shared, Stream, pick_endpoint, upstream_tls};
+use crate::proxy::{ConnInfo, Generation, Shared, Stream, outlier, pick_endpoint, upstream_tls};
 use crate::runtime::listener::TcpProxy;
 
 /// Proxies `downstream` by `tcp`.
@@ -212,7 +213,8 @@ async fn connect(
     };
     let mut tried = Vec::new();
     for _ in 0..tcp.max_connect_attempts {
-        let Some((address, endpoint)) = pick_endpoint(cluster, conn, None, None, &tried, true, 5)
+        let Some((address, endpoint)) =
+            pick_endpoint(generation, cluster, conn, None, None, &tried, true, 5)
         else {
             record.flags.insert(ResponseFlags::NO_HEALTHY_UPSTREAM);
             return None;
@@ -222,6 +224,13 @@ async fn connect(
             Ok(tls) => pool.connect_tcp(&address, tls.as_deref()).await,
             Err(e) => Err(e),
         };
+        if let Some(detector) = generation.outliers.get(cluster_name) {
+            match &attempt {
+                Ok(_) => detector.report(&address, outlier::Outcome::ConnectSuccess),
+                Err(UpstreamError::Overflow) => {}
+                Err(_) => detector.report(&address, outlier::Outcome::ConnectFailed),
+            }
+        }
         match attempt {
             Ok(s) => return Some(s),
             Err(e) => {

@@ -82,6 +82,11 @@ pub struct ClusterConfig {
     pub dns_refresh_rate: Duration,
     /// Which address families resolution keeps.
     pub dns_lookup_family: LookupFamily,
+    /// Passive health checking (`outlier_detection`).
+    pub outlier: Option<super::outlier::OutlierConfig>,
+    /// Below this percentage of available hosts a priority level balances
+    /// over all its hosts (`healthy_panic_threshold`, default 50).
+    pub panic_threshold: f64,
 }
 
 /// Envoy's default `dns_refresh_rate`.
@@ -444,6 +449,8 @@ impl ClusterConfig {
             source_address,
             dns_refresh_rate,
             dns_lookup_family,
+            outlier: super::outlier::OutlierConfig::compile(c)?,
+            panic_threshold: super::outlier::panic_threshold(c)?,
         })
     }
 

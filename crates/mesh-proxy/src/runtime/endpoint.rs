@@ -21,6 +21,10 @@ pub const TRANSPORT_SOCKET_MATCH: &str = "envoy.transport_socket_match";
 pub struct Assignment {
     /// Endpoints grouped by locality and priority, in configuration order.
     pub localities: Vec<LocalityEndpoints>,
+    /// `policy.overprovisioning_factor` in percent (`None`: Envoy's 140):
+    /// a priority level or locality takes its full share of traffic while
+    /// this much of 100 % of its hosts are available.
+    pub overprovisioning_factor: Option<u32>,
 }
 
 /// The endpoints of one locality at one priority.
@@ -129,7 +133,23 @@ impl Assignment {
                 endpoints,
             });
         }
-        Ok(Self { localities })
+        let overprovisioning_factor = cla
+            .policy
+            .as_ref()
+            .and_then(|p| p.overprovisioning_factor.as_ref())
+            .map(|f| f.value);
+        if overprovisioning_factor == Some(0) {
+            return invalid("policy.overprovisioning_factor", "must be at least 1");
+        }
+        Ok(Self {
+            localities,
+            overprovisioning_factor,
+        })
+    }
+
+    /// The overprovisioning factor in percent (default 140).
+    pub fn overprovisioning(&self) -> u32 {
+        self.overprovisioning_factor.unwrap_or(140)
     }
 
     /// Every usable endpoint, in order.

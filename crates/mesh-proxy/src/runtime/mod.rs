@@ -26,6 +26,7 @@ pub mod lb;
 pub mod listener;
 pub mod matcher;
 pub mod metadata;
+pub mod outlier;
 pub mod rbac;
 pub mod route;
 #[cfg(test)]

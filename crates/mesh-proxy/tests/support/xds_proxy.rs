@@ -58,6 +58,7 @@ impl XdsProxy {
             lifecycle: lifecycle.clone(),
             started: (Instant::now(), SystemTime::now()),
             identity: None,
+            outliers: Arc::default(),
         };
         let admin_listener = admin::bind("admin", "127.0.0.1:0".parse().unwrap())
             .await

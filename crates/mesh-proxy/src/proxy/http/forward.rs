@@ -29,7 +29,7 @@ use super::{HttpCtx, Matched, Outcome, is_upgrade, local, request_headers};
 use crate::proxy::pool::ConnectionOverflowed;
 use crate::proxy::pool::{UpstreamError, Wire};
 use crate::proxy::record::{RequestRecord, ResponseFlags};
-use crate::proxy::{ConnInfo, Generation, pick_endpoint, upstream_tls};
+use crate::proxy::{ConnInfo, Generation, outlier, pick_endpoint, upstream_tls};
 use crate::runtime::Cluster;
 use crate::runtime::action::{Forward, HostRewrite, RetryOn, RetryPolicy, Target, WeightedTarget};
 use crate::runtime::cluster::UpstreamProtocol;
@@ -270,6 +270,7 @@ pub(super) async fn forward<'a>(
         let avoid = policy.is_some_and(|p| p.avoid_previous_hosts);
         let attempts = policy.map_or(1, |p| p.host_selection_attempts);
         let Some((address, endpoint)) = pick_endpoint(
+            generation,
             cluster,
             &ctx.conn,
             hashed.hash,
@@ -347,6 +348,9 @@ pub(super) async fn forward<'a>(
                 }
             }
         };
+        if let Some(detector) = generation.outliers.get(&cluster.config.name) {
+            report_outlier(detector, &address, &result);
+        }
         // As Envoy, the retry in flight ends when its outcome is known.
         drop(retry_slot.take());
         let retriable = match (&result, policy) {
@@ -426,6 +430,22 @@ pub(super) async fn forward<'a>(
             }
         };
     }
+}
+
+/// Tells the cluster's outlier detector how an attempt on `host` went
+/// (overflows say nothing about the host).
+fn report_outlier(
+    detector: &outlier::Detector,
+    host: &HostAddress,
+    result: &Result<Response<ProxyBody>, Failure>,
+) {
+    let outcome = match result {
+        Ok(resp) => outlier::Outcome::Response(resp.status().as_u16()),
+        Err(Failure::Upstream(UpstreamError::Overflow)) => return,
+        Err(Failure::PerTryTimeout | Failure::GlobalTimeout) => outlier::Outcome::Timeout,
+        Err(Failure::Upstream(_)) => outlier::Outcome::ConnectFailed,
+    };
+    detector.report(host, outcome);
 }
 
 fn failure_reply(rec: &mut RequestRecord, failure: Failure) -> Response<ProxyBody> {
@@ -791,9 +811,16 @@ fn spawn_mirror(
     *head.headers_mut() = parts.headers.clone();
     let (head, ()) = head.into_parts();
     let whole = body.map(ReplayBody::share);
-    let Some((address, endpoint)) =
-        pick_endpoint(&cluster, conn, None, Some(&head.headers), &[], false, 1)
-    else {
+    let Some((address, endpoint)) = pick_endpoint(
+        generation,
+        &cluster,
+        conn,
+        None,
+        Some(&head.headers),
+        &[],
+        false,
+        1,
+    ) else {
         return;
     };
     let Ok(tls) = upstream_tls(generation, identity.as_ref(), &cluster, endpoint.as_deref()) else {

@@ -75,12 +75,14 @@ pub struct ActiveRequest(Arc<Endpoint>);
 /// A cluster's selector.
 #[derive(Debug)]
 pub struct Balancer {
-    /// Every usable endpoint, all priorities.
+    /// Every endpoint, all priorities (available or not).
     pub endpoints: Vec<Arc<Endpoint>>,
-    level: Option<Level>,
+    /// The priority levels that take traffic, with their cumulative share
+    /// of it (out of 100).
+    levels: Vec<(u32, Level)>,
 }
 
-/// The priority level traffic goes to.
+/// One priority level as it takes traffic.
 #[derive(Debug)]
 struct Level {
     groups: Vec<Group>,
@@ -111,6 +113,26 @@ enum Picker {
     Maglev(maglev::Maglev),
 }
 
+/// Which hosts may take traffic, and when to ignore that.
+#[derive(Clone, Copy)]
+pub struct Health<'a> {
+    /// Whether a host is unavailable (ejected by outlier detection).
+    pub unavailable: &'a dyn Fn(&HostAddress) -> bool,
+    /// A priority level with fewer available hosts than this percentage
+    /// balances over all its hosts (`healthy_panic_threshold`).
+    pub panic_threshold: f64,
+}
+
+/// A locality's weight, every host of it, and the available ones.
+type LocalityHosts = (Option<u32>, Vec<Arc<Endpoint>>, Vec<Arc<Endpoint>>);
+
+/// The hosts of one priority, by locality.
+struct PriorityHosts {
+    localities: Vec<LocalityHosts>,
+    total: usize,
+    available: usize,
+}
+
 // === impl Endpoint ===
 
 impl Endpoint {
@@ -132,17 +154,43 @@ impl Drop for ActiveRequest {
     }
 }
 
+// === impl Health ===
+
+impl Health<'_> {
+    /// Every host available.
+    pub const ALL: Health<'static> = Health {
+        unavailable: &|_| false,
+        panic_threshold: 0.0,
+    };
+}
+
 // === impl Balancer ===
 
 impl Balancer {
-    /// Builds the selector for `assignment`.
+    /// Builds the selector for `assignment`, every host available.
     pub fn build(assignment: &Assignment, policy: LbPolicy, locality_weighted: bool) -> Self {
+        Self::build_with(assignment, policy, locality_weighted, Health::ALL)
+    }
+
+    /// Builds the selector for `assignment` with some hosts unavailable,
+    /// as Envoy spreads load over priorities: a level's health is its
+    /// available share of hosts times the overprovisioning factor (capped
+    /// at 100 %); levels take load in priority order up to their health,
+    /// scaled up when the sum of health is below 100 %. A level whose
+    /// available share is below the panic threshold (when the sum is below
+    /// 100 %) balances over all its hosts; when every level with hosts is
+    /// in panic, load follows the host counts. Within a level weighted by
+    /// locality, a locality's weight shrinks with its health the same way.
+    pub fn build_with(
+        assignment: &Assignment,
+        policy: LbPolicy,
+        locality_weighted: bool,
+        health: Health<'_>,
+    ) -> Self {
         let mut endpoints = Vec::new();
-        // Priority -> (locality weight, endpoints) per locality.
-        type Localities = Vec<(Option<u32>, Vec<Arc<Endpoint>>)>;
-        let mut by_priority: BTreeMap<u32, Localities> = BTreeMap::new();
+        let mut by_priority: BTreeMap<u32, PriorityHosts> = BTreeMap::new();
         for l in &assignment.localities {
-            let group: Vec<Arc<Endpoint>> = l
+            let all: Vec<Arc<Endpoint>> = l
                 .endpoints
                 .iter()
                 .map(|e| {
@@ -157,52 +205,92 @@ impl Balancer {
                     })
                 })
                 .collect();
-            endpoints.extend(group.iter().cloned());
-            if !group.is_empty() {
-                by_priority
-                    .entry(l.priority)
-                    .or_default()
-                    .push((l.weight, group));
-            }
+            endpoints.extend(all.iter().cloned());
+            let available: Vec<Arc<Endpoint>> = all
+                .iter()
+                .filter(|e| !(health.unavailable)(&e.address))
+                .cloned()
+                .collect();
+            let p = by_priority.entry(l.priority).or_insert(PriorityHosts {
+                localities: Vec::new(),
+                total: 0,
+                available: 0,
+            });
+            p.total += all.len();
+            p.available += available.len();
+            p.localities.push((l.weight, all, available));
         }
-        let level = by_priority.into_values().next().map(|groups| {
-            let weighted: Vec<_> = groups.iter().filter(|(w, _)| w.unwrap_or(0) > 0).collect();
-            if locality_weighted && !weighted.is_empty() {
-                let mut total = 0;
-                let cumulative = weighted
+        let factor = u64::from(assignment.overprovisioning());
+        let priorities: Vec<PriorityHosts> =
+            by_priority.into_values().filter(|p| p.total > 0).collect();
+        let level_health: Vec<u64> = priorities
+            .iter()
+            .map(|p| (factor * p.available as u64 / p.total as u64).min(100))
+            .collect();
+        let total_health = level_health.iter().sum::<u64>().min(100);
+        let in_panic = |p: &PriorityHosts| {
+            total_health < 100
+                && (100.0 * p.available as f64 / p.total as f64) < health.panic_threshold
+        };
+        let loads: Vec<(u64, bool)> = if priorities.is_empty() {
+            Vec::new()
+        } else if total_health == 0 {
+            // Nothing available: the first level, in panic if it may be.
+            let mut loads = vec![(0, false); priorities.len()];
+            loads[0] = (100, in_panic(&priorities[0]));
+            loads
+        } else if priorities.iter().all(in_panic) {
+            let hosts: u64 = priorities.iter().map(|p| p.total as u64).sum();
+            shares(
+                &priorities
                     .iter()
-                    .map(|(w, _)| {
-                        total += u64::from(w.unwrap_or(0));
-                        total
-                    })
-                    .collect();
-                Level {
-                    groups: weighted
-                        .into_iter()
-                        .map(|(_, eps)| Group::new(eps.clone(), policy))
-                        .collect(),
-                    cumulative: Some(cumulative),
-                }
-            } else {
-                let all = groups.into_iter().flat_map(|(_, eps)| eps).collect();
-                Level {
-                    groups: vec![Group::new(all, policy)],
-                    cumulative: None,
-                }
-            }
-        });
-        Self { endpoints, level }
+                    .map(|p| p.total as u64)
+                    .collect::<Vec<_>>(),
+                hosts,
+            )
+            .into_iter()
+            .map(|l| (l, true))
+            .collect()
+        } else {
+            shares(&level_health, total_health)
+                .into_iter()
+                .zip(&priorities)
+                .map(|(l, p)| (l, in_panic(p)))
+                .collect()
+        };
+        let mut upto = 0;
+        let levels = priorities
+            .into_iter()
+            .zip(loads)
+            .filter(|(_, (load, _))| *load > 0)
+            .map(|(p, (load, panic))| {
+                upto += load;
+                let level = Level::build(p, policy, locality_weighted, panic, factor);
+                (u32::try_from(upto).unwrap_or(100), level)
+            })
+            .collect();
+        Self { endpoints, levels }
     }
 
-    /// Whether there is no usable endpoint.
+    /// Whether there is no endpoint to pick.
     pub fn is_empty(&self) -> bool {
-        self.level.is_none()
+        self.levels
+            .iter()
+            .all(|(_, l)| l.groups.iter().all(|g| g.endpoints.is_empty()))
     }
 
     /// Picks an endpoint; `hash` feeds ring hash and maglev (without one
     /// they pick at random).
     pub fn pick(&self, hash: Option<u64>) -> Option<&Arc<Endpoint>> {
-        let level = self.level.as_ref()?;
+        let level = match self.levels.as_slice() {
+            [] => return None,
+            [(_, only)] => only,
+            levels => {
+                let draw = fastrand::u32(0..100);
+                let i = levels.partition_point(|(upto, _)| *upto <= draw);
+                &levels.get(i).or(levels.last())?.1
+            }
+        };
         let group = match &level.cumulative {
             Some(c) => &level.groups[weighted_index(c)?],
             None => level.groups.first()?,
@@ -229,6 +317,84 @@ impl Balancer {
             last = Some(e);
         }
         last
+    }
+}
+
+/// `weights` scaled to shares of 100 by `total` (each share capped by
+/// what is left), the rounding remainder to the first level with weight.
+fn shares(weights: &[u64], total: u64) -> Vec<u64> {
+    let mut left = 100u64;
+    let mut out: Vec<u64> = weights
+        .iter()
+        .map(|w| {
+            let share = (w * 100 / total.max(1)).min(left);
+            left -= share;
+            share
+        })
+        .collect();
+    if left > 0
+        && let Some(i) = weights.iter().position(|w| *w > 0)
+    {
+        out[i] += left;
+    }
+    out
+}
+
+// === impl Level ===
+
+impl Level {
+    fn build(
+        p: PriorityHosts,
+        policy: LbPolicy,
+        locality_weighted: bool,
+        panic: bool,
+        factor: u64,
+    ) -> Self {
+        let pick = |(w, all, available): LocalityHosts| {
+            // A locality's weight shrinks with its available share.
+            let total = all.len() as u64;
+            let hosts = if panic { all } else { available };
+            let health = if panic {
+                100
+            } else {
+                (factor * hosts.len() as u64 / total.max(1)).min(100)
+            };
+            (u64::from(w.unwrap_or(0)) * health, hosts)
+        };
+        let weighted: Vec<_> = p
+            .localities
+            .iter()
+            .filter(|(w, _, _)| w.unwrap_or(0) > 0)
+            .collect();
+        if locality_weighted && !weighted.is_empty() {
+            let mut total = 0;
+            let mut cumulative = Vec::new();
+            let mut groups = Vec::new();
+            for (weight, hosts) in p
+                .localities
+                .into_iter()
+                .filter(|(w, _, _)| w.unwrap_or(0) > 0)
+                .map(pick)
+                .filter(|(weight, hosts)| *weight > 0 && !hosts.is_empty())
+            {
+                total += weight;
+                cumulative.push(total);
+                groups.push(Group::new(hosts, policy));
+            }
+            return Self {
+                groups,
+                cumulative: Some(cumulative),
+            };
+        }
+        let hosts = p
+            .localities
+            .into_iter()
+            .flat_map(|(_, all, available)| if panic { all } else { available })
+            .collect();
+        Self {
+            groups: vec![Group::new(hosts, policy)],
+            cumulative: None,
+        }
     }
 }
 
