@@ -15,6 +15,9 @@
 //! - [`proxy_process`]: the `mesh-proxy` binary as a child process;
 //! - [`backends`]: mesh-echo and other upstreams, on loopback or inside a
 //!   network namespace;
+//! - [`resilience`]: one gateway on either data plane (mesh-proxy or
+//!   stock Envoy) with its access log and counters, and an upstream the
+//!   test turns bad;
 //! - [`tls`]: TLS transport sockets and a client trusting a test CA;
 //! - [`clients`]: hyper clients (pooled, or one connection dialled by the
 //!   test), `curl`, and the admin API's JSON.
@@ -37,6 +40,7 @@ pub mod control_plane;
 pub mod data_plane;
 pub mod protos;
 pub mod proxy_process;
+pub mod resilience;
 pub mod resources;
 pub mod tls;
 pub mod xds_proxy;
