@@ -86,7 +86,7 @@ impl Outlier {
 }
 
 /// A duration as Istio's YAML writes it (`1s`, `1500ms`).
-fn secs(d: Duration) -> String {
+pub(crate) fn secs(d: Duration) -> String {
     if d.subsec_millis() == 0 {
         format!("{}s", d.as_secs())
     } else {

@@ -392,7 +392,7 @@ pub fn section(report: &Report) -> String {
         s(p.kill_at.as_secs_f64()),
         s(p.restart_at.as_secs_f64()),
         p.outlier.consecutive_5xx,
-        s(p.outlier.base_ejection.as_secs_f64()),
+        super::mesh::secs(p.outlier.base_ejection),
         p.command
     );
     index_section(
