@@ -56,7 +56,8 @@ struct Scenario {
     /// The VirtualService's `http:` list, indented by two spaces.
     http: &'static str,
     /// The DestinationRule's `trafficPolicy` beyond `tls`, indented by
-    /// four spaces.
+    /// four spaces (then, indented by two, any field of its `spec` after
+    /// `trafficPolicy`, such as `subsets`).
     traffic_policy: &'static str,
     /// Labels of the gateway's pod beyond `istio: ingressgateway`.
     gateway_labels: &'static [(&'static str, &'static str)],
@@ -440,7 +441,8 @@ async fn per_try_timeout(plane: Plane) {
             a.elapsed
         );
     }
-    assert_eq!(app.seen("/slow-then-fast").len(), 2 * n);
+    // Only the fast attempts finish (and are logged by the echo).
+    assert_eq!(app.seen("/slow-then-fast").len(), n);
     let lines = run.gateway.wait_log("/slow-then-fast", n).await;
     assert!(
         lines.iter().all(|l| l.status == 200 && l.flags == "-"),
@@ -471,12 +473,12 @@ async fn connect_failure_and_reset(plane: Plane) {
             Pod {
                 name: "app-live",
                 ip: "127.0.54.1",
-                labels: "",
+                labels: "version: live",
             },
             Pod {
                 name: "app-refusing",
                 ip: "127.0.54.2",
-                labels: "",
+                labels: "version: refusing",
             },
         ],
         pod_port: port,
@@ -484,10 +486,15 @@ async fn connect_failure_and_reset(plane: Plane) {
     retries: {attempts: 0}
     route:
     - destination: {host: app}
+  - match: [{uri: {prefix: /reset}}]
+    retries: {attempts: 3, retryOn: \"connect-failure,reset\"}
+    route:
+    - destination: {host: app, subset: live}
   - retries: {attempts: 3, retryOn: \"connect-failure,reset\"}
     route:
     - destination: {host: app}",
-        traffic_policy: "",
+        // Resets are counted on the live endpoint alone.
+        traffic_policy: "  subsets:\n  - {name: live, labels: {version: live}}",
         gateway_labels: &[],
     };
     let run = Run::start(plane, &scenario).await;
@@ -520,17 +527,23 @@ async fn connect_failure_and_reset(plane: Plane) {
     );
 
     // Resets: the live endpoint closes every other connection unanswered.
+    const LIVE: &str = r#"envoy_cluster_name="outbound|8080|live|app.default.svc.cluster.local""#;
+    let live_retries = || {
+        run.gateway
+            .counter("envoy_cluster_upstream_rq_retry", &[LIVE])
+    };
+    let r1 = live_retries().await;
     let n = 20;
     for _ in 0..n {
         let a = run.get("/reset?reset=1&fail_every=2").await;
         assert_eq!(a.reply.status, 200, "{plane:?}: {:?}", a.reply);
     }
-    assert_eq!(live.seen("/reset").len(), 2 * n, "one reset per request");
-    let (r2, f2) = (retries().await, refused().await);
+    assert_eq!(live.seen("/reset").len(), n, "every request answered once");
+    let r2 = live_retries().await;
     assert_eq!(
         r2 - r1,
-        n as f64 + (f2 - f1),
-        "a retry per reset and per refused connection: {}",
+        n as f64,
+        "a retry per reset: {}",
         run.context().await
     );
     let lines = run.gateway.wait_log("/reset", n).await;
@@ -539,27 +552,23 @@ async fn connect_failure_and_reset(plane: Plane) {
         "{plane:?}: {lines:#?}"
     );
 
-    // No retries: each failure reaches the client, with its flag.
-    let mut sent = 0;
-    while sent < 40 {
+    // No retries: each failure reaches the client, with its flag (the
+    // balancer picks either endpoint; both show up in 16 requests but
+    // once in 30,000 runs).
+    let sent = 16;
+    for _ in 0..sent {
         let a = run.get("/bare?reset=1").await;
         assert_eq!(a.reply.status, 503, "{plane:?}: {:?}", a.reply);
-        sent += 1;
-        let reset = live.seen("/bare").len();
-        if reset > 0 && reset < sent && sent >= 4 {
-            break;
-        }
     }
-    let reset = live.seen("/bare").len();
     let lines = run.gateway.wait_log("/bare", sent).await;
     let count = |flag: &str| lines.iter().filter(|l| l.flags == flag).count();
+    let reset = count("UC");
     assert!(
         lines.iter().all(|l| l.status == 503),
         "{plane:?}: {lines:#?}"
     );
-    assert_eq!(
-        (count("UC"), count("UF")),
-        (reset, sent - reset),
+    assert!(
+        reset > 0 && count("UF") > 0 && reset + count("UF") == sent,
         "{plane:?}: resets are UC, refusals UF: {lines:#?}"
     );
     run.assert_istio_requests(503, "UC", reset).await;
@@ -653,7 +662,8 @@ async fn fault_injection(plane: Plane) {
         let a = run.get("/delay").await;
         assert_eq!(a.reply.status, 200, "{plane:?}: {:?}", a.reply);
         assert!(
-            a.elapsed >= Duration::from_millis(300),
+            // Envoy's timer fires up to a millisecond early.
+            a.elapsed >= Duration::from_millis(295),
             "{plane:?}: delayed only {:?}",
             a.elapsed
         );
@@ -691,15 +701,9 @@ async fn fault_injection(plane: Plane) {
     // Istio counters above are mesh-proxy's.
     if plane == Plane::Envoy {
         let context = run.context().await;
-        let aborts = run
-            .gateway
-            .counter("envoy_http_fault_aborts_injected", &[])
-            .await;
+        let aborts = run.gateway.counter_ending("_fault_aborts_injected").await;
         assert_eq!(aborts, (aborted + 1) as f64, "{context}");
-        let delayed = run
-            .gateway
-            .counter("envoy_http_fault_delays_injected", &[])
-            .await;
+        let delayed = run.gateway.counter_ending("_fault_delays_injected").await;
         assert_eq!(delayed, delays as f64, "{context}");
     }
 }

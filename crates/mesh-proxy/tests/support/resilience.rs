@@ -37,6 +37,16 @@ use super::proxy_process::{ProxyProcess, RunFlags};
 /// Bound on a data plane coming up and taking its configuration.
 const START: Duration = Duration::from_secs(30);
 
+/// The `stats_config` of Istio's bootstrap that names cluster stats
+/// after the whole cluster name (`envoy_cluster_name="outbound|8080||app.default.svc.cluster.local"`).
+const ISTIO_CLUSTER_NAME_TAG: &str = r#"
+stats_config:
+  use_all_default_tags: false
+  stats_tags:
+  - tag_name: envoy.cluster_name
+    regex: '^cluster\.((.+?(\..+?\.svc\.cluster\.local)?)\.)'
+"#;
+
 /// Which proxy runs the gateway.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Plane {
@@ -135,6 +145,10 @@ impl Gateway {
                     "LABELS: {istio: ingressgateway}",
                     &format!("LABELS: {{istio: ingressgateway{extra}}}"),
                 );
+                // Istio's bootstrap names a cluster by everything up to
+                // `.svc.cluster.local`; Envoy's default tag stops at the
+                // first dot, which cuts `outbound|8080||app.default...`.
+                bootstrap.push_str(ISTIO_CLUSTER_NAME_TAG);
                 let envoy = Envoy::start(&bootstrap);
                 let ready = tokio::task::block_in_place(|| envoy.wait_ready(START));
                 assert!(ready, "envoy not ready:\n{}", envoy.log());
@@ -172,6 +186,23 @@ impl Gateway {
     /// (`key="value"` text) in `/stats/prometheus`; 0 when there is none.
     pub async fn counter(&self, name: &str, labels: &[&str]) -> f64 {
         sample(&self.admin_text("/stats/prometheus").await, name, labels).unwrap_or(0.0)
+    }
+
+    /// The sum of every sample whose metric name ends with `suffix` (a
+    /// connection manager's stats carry its prefix in the name when no tag
+    /// takes it out); 0 when there is none.
+    pub async fn counter_ending(&self, suffix: &str) -> f64 {
+        self.admin_text("/stats/prometheus")
+            .await
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| {
+                l.split(['{', ' '])
+                    .next()
+                    .is_some_and(|name| name.ends_with(suffix))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
     }
 
     /// Every access log line written so far.
