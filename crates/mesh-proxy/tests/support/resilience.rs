@@ -58,7 +58,7 @@ pub enum Plane {
 
 /// The running gateway of one plane.
 enum Process {
-    MeshProxy(ProxyProcess),
+    MeshProxy(Box<ProxyProcess>),
     Envoy(Envoy),
 }
 
@@ -135,7 +135,7 @@ impl Gateway {
                 let admin = flags.admin;
                 let proxy = ProxyProcess::start(flags);
                 cp.wait_synced(&proxy.flags.node_id(), START).await;
-                (Process::MeshProxy(proxy), admin)
+                (Process::MeshProxy(Box::new(proxy)), admin)
             }
             Plane::Envoy => {
                 let mut bootstrap =
