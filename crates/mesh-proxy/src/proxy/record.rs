@@ -126,10 +126,24 @@ pub struct RequestRecord {
     pub attempts: u32,
     /// What the cluster's circuit breakers did to the request.
     pub breakers: BreakerEvents,
+    /// How its upstream attempts failed.
+    pub failures: AttemptFailures,
     /// Envoy's `%RESPONSE_CODE_DETAILS%` for local replies
     /// (`route_not_found`, `no_healthy_upstream`, ...); `None` for a
     /// response that came from upstream (`via_upstream`).
     pub details: Option<std::borrow::Cow<'static, str>>,
+}
+
+/// Failed upstream attempts of one request, for Envoy's counters, which
+/// count every attempt (a retried one included).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AttemptFailures {
+    /// Attempts whose connection could not be made (`upstream_cx_connect_fail`).
+    pub connect: u32,
+    /// Attempts ended by the per-try timeout (`upstream_rq_per_try_timeout`).
+    pub per_try_timeout: u32,
+    /// The request ended at the route timeout (`upstream_rq_timeout`).
+    pub route_timeout: bool,
 }
 
 /// Circuit-breaker events of one request, for Envoy's counters
@@ -237,6 +251,11 @@ flags! {
 }
 
 impl ResponseFlags {
+    /// Clears `other`'s flags.
+    pub fn remove(&mut self, other: ResponseFlags) {
+        self.0 &= !other.0;
+    }
+
     /// Adds `other`.
     pub fn insert(&mut self, other: ResponseFlags) {
         self.0 |= other.0;

@@ -33,6 +33,7 @@ pub struct ClusterStats {
     rq_xx: Family<ClassLabels, EnvoyCounter>,
     rq_retry: Family<ClusterLabels, EnvoyCounter>,
     rq_timeout: Family<ClusterLabels, EnvoyCounter>,
+    rq_per_try_timeout: Family<ClusterLabels, EnvoyCounter>,
     rq_pending_overflow: Family<ClusterLabels, EnvoyCounter>,
     rq_retry_overflow: Family<ClusterLabels, EnvoyCounter>,
     rq_retry_success: Family<ClusterLabels, EnvoyCounter>,
@@ -117,6 +118,11 @@ impl ClusterStats {
                 &self.rq_timeout,
             ),
             (
+                "envoy_cluster_upstream_rq_per_try_timeout",
+                "Upstream attempts ended by the per-try timeout",
+                &self.rq_per_try_timeout,
+            ),
+            (
                 "envoy_cluster_upstream_rq_pending_overflow",
                 "Requests refused by the max_pending_requests or max_requests circuit breaker",
                 &self.rq_pending_overflow,
@@ -185,6 +191,17 @@ impl ClusterStats {
                 self.rq_xx.get_or_create(&class).inc();
             }
         }
+        // Timeouts and connect failures count per attempt, retried or not.
+        let f = r.failures;
+        for (n, family) in [
+            (u64::from(f.route_timeout), &self.rq_timeout),
+            (u64::from(f.per_try_timeout), &self.rq_per_try_timeout),
+            (u64::from(f.connect), &self.cx_connect_fail),
+        ] {
+            if n > 0 {
+                family.get_or_create(&key).inc_by(n);
+            }
+        }
         let b = r.breakers;
         for (event, family) in [
             (b.rq_overflow, &self.rq_pending_overflow),
@@ -196,7 +213,10 @@ impl ClusterStats {
                 family.get_or_create(&key).inc();
             }
         }
-        self.flags(&key, r.flags);
+        let mut flags = r.flags;
+        flags.remove(ResponseFlags::UPSTREAM_REQUEST_TIMEOUT);
+        flags.remove(ResponseFlags::UPSTREAM_CONNECTION_FAILURE);
+        self.flags(&key, flags);
     }
 
     /// Counts a closed TCP-proxied connection to `cluster`.
@@ -267,17 +287,26 @@ mod tests {
         stats.request(&cluster, &ok);
         let mut timeout = request(504, ResponseFlags::UPSTREAM_REQUEST_TIMEOUT, Some(&cluster));
         timeout.attempts = 1;
+        timeout.failures.route_timeout = true;
         stats.request(&cluster, &timeout);
+        // Two attempts refused, then a per-try timeout, then an answer.
+        let mut retried = request(200, ResponseFlags::default(), Some(&cluster));
+        retried.attempts = 4;
+        retried.failures.connect = 2;
+        retried.failures.per_try_timeout = 1;
+        stats.request(&cluster, &retried);
         let mut registry = Registry::default();
         stats.register(&mut registry);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         let name = "envoy_cluster_name=\"outbound|80||a.default.svc.cluster.local\"";
         for expected in [
-            format!("envoy_cluster_upstream_rq_total{{{name}}} 5"),
-            format!("envoy_cluster_upstream_rq_retry{{{name}}} 2"),
+            format!("envoy_cluster_upstream_rq_total{{{name}}} 9"),
+            format!("envoy_cluster_upstream_rq_retry{{{name}}} 5"),
             format!("envoy_cluster_upstream_rq_timeout{{{name}}} 1"),
-            format!("envoy_cluster_upstream_rq_xx{{envoy_response_code_class=\"2\",{name}}} 2"),
+            format!("envoy_cluster_upstream_rq_per_try_timeout{{{name}}} 1"),
+            format!("envoy_cluster_upstream_cx_connect_fail{{{name}}} 2"),
+            format!("envoy_cluster_upstream_rq_xx{{envoy_response_code_class=\"2\",{name}}} 3"),
             format!("envoy_cluster_upstream_rq_xx{{envoy_response_code_class=\"5\",{name}}} 1"),
             "# TYPE envoy_cluster_upstream_rq_retry unknown".to_string(),
             "# TYPE envoy_cluster_upstream_rq counter".to_string(),

@@ -172,6 +172,7 @@ pub(crate) mod fixtures {
             upstream_service_time: None,
             attempts: u32::from(cluster.is_some()),
             breakers: Default::default(),
+            failures: Default::default(),
             details: None,
         }
     }

@@ -351,6 +351,16 @@ pub(super) async fn forward<'a>(
         if let Some(detector) = generation.outliers.get(&cluster.config.name) {
             report_outlier(detector, &address, &result);
         }
+        match &result {
+            Err(Failure::PerTryTimeout) => rec.failures.per_try_timeout += 1,
+            Err(Failure::GlobalTimeout) => rec.failures.route_timeout = true,
+            Err(Failure::Upstream(
+                UpstreamError::Connect(_)
+                | UpstreamError::ConnectTimeout
+                | UpstreamError::Handshake(_),
+            )) => rec.failures.connect += 1,
+            _ => {}
+        }
         // As Envoy, the retry in flight ends when its outcome is known.
         drop(retry_slot.take());
         let retriable = match (&result, policy) {

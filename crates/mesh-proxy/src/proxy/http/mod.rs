@@ -533,6 +533,7 @@ fn base_record(conn: &ConnInfo) -> RequestRecord {
         upstream_service_time: None,
         attempts: 0,
         breakers: Default::default(),
+        failures: Default::default(),
         details: None,
     }
 }
