@@ -834,6 +834,18 @@ async fn outlier_ejection(plane: Plane) {
 
     let ejected = wait_ejected(&run, &bad).await;
     let context = run.context().await;
+    // What `meshctl proxy-config endpoint` reads for its OUTLIER CHECK column.
+    let json = run.gateway.admin_text("/clusters?format=json").await;
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let failed: Vec<String> = json["cluster_statuses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|c| c["host_statuses"].as_array().into_iter().flatten())
+        .filter(|h| h["health_status"]["failed_outlier_check"] == true)
+        .map(|h| h["address"]["socket_address"]["address"].to_string())
+        .collect();
+    assert_eq!(failed, vec!["\"127.0.57.3\"".to_string()], "{plane:?}: {json}");
     let enforced = run
         .cluster_counter("envoy_cluster_outlier_detection_ejections_enforced_total")
         .await;
