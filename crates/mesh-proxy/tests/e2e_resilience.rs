@@ -845,7 +845,11 @@ async fn outlier_ejection(plane: Plane) {
         .filter(|h| h["health_status"]["failed_outlier_check"] == true)
         .map(|h| h["address"]["socket_address"]["address"].to_string())
         .collect();
-    assert_eq!(failed, vec!["\"127.0.57.3\"".to_string()], "{plane:?}: {json}");
+    assert_eq!(
+        failed,
+        vec!["\"127.0.57.3\"".to_string()],
+        "{plane:?}: {json}"
+    );
     let enforced = run
         .cluster_counter("envoy_cluster_outlier_detection_ejections_enforced_total")
         .await;
