@@ -59,6 +59,7 @@ pub(crate) async fn proxy(
         record.flags.insert(ResponseFlags::UPSTREAM_OVERFLOW);
         record.duration = started.elapsed();
         shared.observer.connection(&record);
+        crate::telemetry::access_log::log_connection(&tcp.access_logs, &record);
         return;
     }
     let upstream = connect(
@@ -82,6 +83,7 @@ pub(crate) async fn proxy(
     drop(counted);
     record.duration = started.elapsed();
     shared.observer.connection(&record);
+    crate::telemetry::access_log::log_connection(&tcp.access_logs, &record);
 }
 
 /// Copies bytes both ways until both directions end (each end's EOF is

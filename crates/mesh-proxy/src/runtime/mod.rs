@@ -15,6 +15,7 @@
 //! (endpoints, priorities, localities) and [`lb`] (the immutable
 //! load-balancer selectors built from them).
 
+pub mod access_log;
 pub mod action;
 pub mod cluster;
 pub mod convert;

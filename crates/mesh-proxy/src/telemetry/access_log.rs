@@ -21,17 +21,71 @@
 //!
 //! (one line). Values the proxy does not know print as `-`, as in Envoy.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::{self, BufWriter, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::Version;
 use serde::Serialize;
 
 use crate::proxy::record::{RequestRecord, TcpRecord};
+use crate::runtime::access_log::LogSink;
+
+/// The access logs of connection managers and TCP proxies, by path and
+/// encoding: every listener logging to one file shares its writer.
+/// A file that cannot be opened is reported once and not retried.
+static SHARED: Mutex<Option<SharedLogs>> = Mutex::new(None);
+
+/// Opened logs by path and JSON-ness (`None`: could not be opened).
+type SharedLogs = HashMap<(PathBuf, bool), Option<Arc<AccessLog>>>;
+
+/// The shared access log for `sink`.
+pub fn shared(sink: &LogSink) -> Option<Arc<AccessLog>> {
+    let mut logs = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+    let logs = logs.get_or_insert_with(HashMap::new);
+    logs.entry((sink.path.clone(), sink.json))
+        .or_insert_with(|| {
+            let mode = if sink.json {
+                AccessLogMode::Json
+            } else {
+                AccessLogMode::Text
+            };
+            if sink.custom_format {
+                tracing::warn!(path = %sink.path.display(), "custom access log formats are not supported; writing Istio's default format");
+            }
+            match AccessLog::open(mode, &sink.path) {
+                Ok(log) => Some(Arc::new(log)),
+                Err(e) => {
+                    tracing::warn!(path = %sink.path.display(), error = %e, "cannot open the access log; not logging there");
+                    None
+                }
+            }
+        })
+        .clone()
+}
+
+/// Logs a finished request to every sink.
+pub fn log_request(sinks: &[LogSink], r: &RequestRecord) {
+    for sink in sinks {
+        if let Some(log) = shared(sink) {
+            log.request(r);
+        }
+    }
+}
+
+/// Logs a closed TCP connection to every sink.
+pub fn log_connection(sinks: &[LogSink], r: &TcpRecord) {
+    for sink in sinks {
+        if let Some(log) = shared(sink) {
+            log.connection(r);
+        }
+    }
+}
 
 /// Lines waiting for the writer thread before new ones are dropped.
 const QUEUE: usize = 16 * 1024;

@@ -5,9 +5,9 @@
 //!
 //! - [`Plane`] and [`Gateway`]: the ingress gateway as the `mesh-proxy`
 //!   binary or as a stock Envoy, both configured by mesh-control over ADS,
-//!   both writing their access log to one file (mesh-proxy through its
-//!   `--access-log-file` flag, Envoy through MeshConfig `accessLogFile`,
-//!   which mesh-control turns into the connection manager's file log);
+//!   both writing their access log to one file: MeshConfig
+//!   `accessLogFile`, which mesh-control turns into the connection
+//!   manager's file log (`access_log`);
 //! - [`LogLine`]: an access log line in Istio's text format, as both write
 //!   it (the method, path, status and flags lead the line);
 //! - [`sample`]: one series of a Prometheus text exposition;
@@ -126,12 +126,6 @@ impl Gateway {
                     pod.labels
                         .extend(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())));
                 }
-                flags.extra.extend([
-                    "--access-log".into(),
-                    "text".into(),
-                    "--access-log-file".into(),
-                    access_log.display().to_string(),
-                ]);
                 let admin = flags.admin;
                 let proxy = ProxyProcess::start(flags);
                 cp.wait_synced(&proxy.flags.node_id(), START).await;

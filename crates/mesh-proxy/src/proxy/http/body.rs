@@ -365,6 +365,8 @@ pub struct Finish {
     pub record: RequestRecord,
     /// Where it goes.
     pub observer: Arc<dyn Observer>,
+    /// The connection manager's access logs.
+    pub access_logs: Arc<[crate::runtime::access_log::LogSink]>,
     /// Request body bytes, counted as they stream.
     pub received: Arc<AtomicU64>,
     /// When the request started.
@@ -425,6 +427,7 @@ impl Observed {
             let Finish {
                 mut record,
                 observer,
+                access_logs,
                 received,
                 started,
                 guards,
@@ -434,6 +437,7 @@ impl Observed {
             record.bytes_received = received.load(Ordering::Relaxed);
             record.duration = started.elapsed();
             observer.request(&record);
+            crate::telemetry::access_log::log_request(&access_logs, &record);
         }
     }
 }

@@ -465,6 +465,7 @@ async fn handle(req: Request<Incoming>, ctx: Arc<HttpCtx>) -> Response<ProxyBody
     let finish = Finish {
         record: rec,
         observer: ctx.shared.observer.clone(),
+        access_logs: ctx.hcm.access_logs.clone(),
         received,
         started,
         guards: out.guards,

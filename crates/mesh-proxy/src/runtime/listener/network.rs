@@ -40,6 +40,8 @@ pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 pub struct HttpManager {
     /// Stats prefix.
     pub stat_prefix: String,
+    /// Where each request is logged (`access_log`).
+    pub access_logs: Arc<[crate::runtime::access_log::LogSink]>,
     /// Which HTTP versions the connection speaks.
     pub codec: Codec,
     /// Where the routes come from.
@@ -158,6 +160,8 @@ pub enum RouteSource {
 /// A compiled `TcpProxy`.
 #[derive(Debug)]
 pub struct TcpProxy {
+    /// Where each connection is logged (`access_log`).
+    pub access_logs: Arc<[crate::runtime::access_log::LogSink]>,
     /// Stats prefix.
     pub stat_prefix: String,
     /// Where connections go.
@@ -374,6 +378,7 @@ fn http_manager(h: &HttpConnectionManager, at: &str) -> FieldResult<HttpManager>
     });
     let xfcc = xfcc(h, at)?;
     Ok(HttpManager {
+        access_logs: crate::runtime::access_log::compile(&h.access_log, &join(at, "access_log"))?,
         xfcc,
         authz,
         stat_prefix: h.stat_prefix.clone(),
@@ -480,6 +485,7 @@ fn tcp_proxy(t: &PbTcpProxy, at: &str) -> FieldResult<TcpProxy> {
         &join(at, "idle_timeout"),
     )?;
     Ok(TcpProxy {
+        access_logs: crate::runtime::access_log::compile(&t.access_log, &join(at, "access_log"))?,
         stat_prefix: t.stat_prefix.clone(),
         target,
         idle_timeout,
