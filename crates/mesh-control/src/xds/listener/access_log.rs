@@ -18,7 +18,7 @@ use envoy_types::pb::envoy::extensions::access_loggers::file::v3::{
     FileAccessLog, file_access_log,
 };
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
-use mesh_api::mesh_config::MeshConfig;
+use mesh_api::mesh_config::{AccessLogEncoding, MeshConfig};
 use mesh_api::xds::pack_any;
 use prost::Message;
 
@@ -35,11 +35,62 @@ pub(crate) const ISTIO_TEXT_FORMAT: &str = concat!(
     "%REQUESTED_SERVER_NAME% %ROUTE_NAME%\n",
 );
 
+/// Istio's default JSON format (`accessLogEncoding: JSON`): the text
+/// format's fields under Istio's keys.
+const ISTIO_JSON_FORMAT: &[(&str, &str)] = &[
+    ("start_time", "%START_TIME%"),
+    ("method", "%REQ(:METHOD)%"),
+    ("path", "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%"),
+    ("protocol", "%PROTOCOL%"),
+    ("response_code", "%RESPONSE_CODE%"),
+    ("response_flags", "%RESPONSE_FLAGS%"),
+    ("response_code_details", "%RESPONSE_CODE_DETAILS%"),
+    (
+        "connection_termination_details",
+        "%CONNECTION_TERMINATION_DETAILS%",
+    ),
+    (
+        "upstream_transport_failure_reason",
+        "%UPSTREAM_TRANSPORT_FAILURE_REASON%",
+    ),
+    ("bytes_received", "%BYTES_RECEIVED%"),
+    ("bytes_sent", "%BYTES_SENT%"),
+    ("duration", "%DURATION%"),
+    (
+        "upstream_service_time",
+        "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%",
+    ),
+    ("x_forwarded_for", "%REQ(X-FORWARDED-FOR)%"),
+    ("user_agent", "%REQ(USER-AGENT)%"),
+    ("request_id", "%REQ(X-REQUEST-ID)%"),
+    ("authority", "%REQ(:AUTHORITY)%"),
+    ("upstream_host", "%UPSTREAM_HOST%"),
+    ("upstream_cluster", "%UPSTREAM_CLUSTER%"),
+    ("upstream_local_address", "%UPSTREAM_LOCAL_ADDRESS%"),
+    ("downstream_local_address", "%DOWNSTREAM_LOCAL_ADDRESS%"),
+    ("downstream_remote_address", "%DOWNSTREAM_REMOTE_ADDRESS%"),
+    ("requested_server_name", "%REQUESTED_SERVER_NAME%"),
+    ("route_name", "%ROUTE_NAME%"),
+];
+
 const FILE_LOGGER: &str = "envoy.access_loggers.file";
 
-/// The file access log MeshConfig asks for, if any.
-fn file_access_log(mesh: &MeshConfig) -> Option<AccessLog> {
-    let path = mesh.access_log_file.as_deref().filter(|p| !p.is_empty())?;
+/// `accessLogFormat` (or Istio's default) as text or, with
+/// `accessLogEncoding: JSON`, Istio's JSON fields.
+fn log_format(mesh: &MeshConfig) -> substitution_format_string::Format {
+    use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+    if mesh.access_log_encoding == Some(AccessLogEncoding::Json) {
+        let fields = ISTIO_JSON_FORMAT
+            .iter()
+            .map(|(k, v)| {
+                let value = Value {
+                    kind: Some(Kind::StringValue((*v).to_string())),
+                };
+                ((*k).to_string(), value)
+            })
+            .collect();
+        return substitution_format_string::Format::JsonFormat(Struct { fields });
+    }
     let format = mesh
         .access_log_format
         .as_deref()
@@ -52,16 +103,20 @@ fn file_access_log(mesh: &MeshConfig) -> Option<AccessLog> {
             }
         })
         .unwrap_or_else(|| ISTIO_TEXT_FORMAT.to_string());
+    substitution_format_string::Format::TextFormatSource(DataSource {
+        specifier: Some(data_source::Specifier::InlineString(format)),
+        ..Default::default()
+    })
+}
+
+/// The file access log MeshConfig asks for, if any.
+fn file_access_log(mesh: &MeshConfig) -> Option<AccessLog> {
+    let path = mesh.access_log_file.as_deref().filter(|p| !p.is_empty())?;
     let file = FileAccessLog {
         path: path.to_string(),
         access_log_format: Some(file_access_log::AccessLogFormat::LogFormat(
             SubstitutionFormatString {
-                format: Some(substitution_format_string::Format::TextFormatSource(
-                    DataSource {
-                        specifier: Some(data_source::Specifier::InlineString(format)),
-                        ..Default::default()
-                    },
-                )),
+                format: Some(log_format(mesh)),
                 ..Default::default()
             },
         )),
@@ -145,5 +200,30 @@ mod tests {
         assert_eq!(file.path, "/dev/stdout");
         let text = format!("{:?}", file.access_log_format);
         assert!(text.contains("%RESPONSE_FLAGS%"), "{text}");
+    }
+
+    #[test]
+    fn json_encoding_gives_istios_json_fields() {
+        let mesh = MeshConfig {
+            access_log_file: Some("/dev/stdout".into()),
+            access_log_encoding: Some(AccessLogEncoding::Json),
+            ..Default::default()
+        };
+        let mut listeners = vec![listener()];
+        apply(&mesh, &mut listeners);
+        let logs = logs(&listeners[0]);
+        let Some(access_log::ConfigType::TypedConfig(any)) = &logs[0].config_type else {
+            panic!("no typed config");
+        };
+        let file = FileAccessLog::decode(any.value.as_slice()).unwrap();
+        let Some(file_access_log::AccessLogFormat::LogFormat(SubstitutionFormatString {
+            format: Some(substitution_format_string::Format::JsonFormat(s)),
+            ..
+        })) = file.access_log_format
+        else {
+            panic!("not a JSON format: {:?}", file.access_log_format);
+        };
+        assert_eq!(s.fields.len(), ISTIO_JSON_FORMAT.len());
+        assert!(s.fields.contains_key("response_flags"));
     }
 }
