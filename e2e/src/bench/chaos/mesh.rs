@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 use crate::bench::proxy::load::HOST;
-use crate::bench::proxy::mesh::{GATEWAY_NAMESPACE, OURS_SELECTOR};
+use crate::bench::proxy::mesh::{GATEWAY_NAMESPACE, gateways_yaml};
 use crate::bench::proxy::subject::tail;
 use crate::envoy::{admin_get, free_port};
 
@@ -31,8 +31,6 @@ pub const NAMESPACE: &str = "chaos";
 pub const SERVICE: &str = "backend";
 /// The Service's port (the endpoints listen on another one).
 pub const SERVICE_PORT: u16 = 8080;
-/// The `istio` label of `crate::envoy::router_bootstrap`.
-const ENVOY_SELECTOR: &str = "ingressgateway";
 /// `retryOn` of the VirtualService: Istio's default policy
 /// (`connect-failure,refused-stream,unavailable,cancelled,
 /// retriable-status-codes` with 503 retriable) as a user writes it, the
@@ -128,6 +126,7 @@ status: {{podIP: {ip}}}
     }
     let host = format!("{SERVICE}.{ns}.svc.cluster.local");
     let gw = GATEWAY_NAMESPACE;
+    let gateways = gateways_yaml("chaos", ours_port, envoy_port);
     yaml.push_str(&format!(
         r#"---
 apiVersion: networking.istio.io/v1
@@ -139,27 +138,7 @@ spec:
     tls: {{mode: DISABLE}}
     {outlier}
 ---
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {{name: chaos-envoy, namespace: {gw}}}
-spec:
-  selector: {{istio: {ENVOY_SELECTOR}}}
-  servers:
-  - port: {{number: {envoy_port}, name: http, protocol: HTTP}}
-    bind: 127.0.0.1
-    hosts: ["*"]
----
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {{name: chaos-mesh-proxy, namespace: {gw}}}
-spec:
-  selector: {{istio: {OURS_SELECTOR}}}
-  servers:
-  - port: {{number: {ours_port}, name: http, protocol: HTTP}}
-    bind: 127.0.0.1
-    hosts: ["*"]
----
-apiVersion: networking.istio.io/v1
+{gateways}apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {{name: chaos, namespace: {ns}}}
 spec:
@@ -322,6 +301,7 @@ impl Drop for ControlProcess {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bench::proxy::mesh::ENVOY_SELECTOR;
     use envoy_types::pb::envoy::config::route::v3::route::Action;
 
     #[test]

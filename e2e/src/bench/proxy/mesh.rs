@@ -27,7 +27,7 @@ use super::load::HOST;
 /// Namespace of both gateways.
 pub const GATEWAY_NAMESPACE: &str = "istio-system";
 /// Labels `crate::envoy::router_bootstrap` gives the Envoy peer.
-const ENVOY_SELECTOR: &str = "ingressgateway";
+pub const ENVOY_SELECTOR: &str = "ingressgateway";
 /// The `istio` label our proxy is started with.
 pub const OURS_SELECTOR: &str = "mesh-bench-proxy";
 /// Pod name of our proxy (in its node id).
@@ -49,6 +49,7 @@ pub struct ControlPlane {
 /// 127.0.0.1:`backend_port`, our proxy's gateway on 127.0.0.1:`ours_port`,
 /// Envoy's on 127.0.0.1:`envoy_port`.
 pub fn config_yaml(backend_port: u16, ours_port: u16, envoy_port: u16) -> String {
+    let gateways = gateways_yaml("bench", ours_port, envoy_port);
     format!(
         r#"apiVersion: v1
 kind: Service
@@ -72,27 +73,7 @@ spec:
   trafficPolicy:
     tls: {{mode: DISABLE}}
 ---
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {{name: bench-envoy, namespace: {GATEWAY_NAMESPACE}}}
-spec:
-  selector: {{istio: {ENVOY_SELECTOR}}}
-  servers:
-  - port: {{number: {envoy_port}, name: http, protocol: HTTP}}
-    bind: 127.0.0.1
-    hosts: ["*"]
----
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {{name: bench-mesh-proxy, namespace: {GATEWAY_NAMESPACE}}}
-spec:
-  selector: {{istio: {OURS_SELECTOR}}}
-  servers:
-  - port: {{number: {ours_port}, name: http, protocol: HTTP}}
-    bind: 127.0.0.1
-    hosts: ["*"]
----
-apiVersion: networking.istio.io/v1
+{gateways}apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {{name: bench, namespace: bench}}
 spec:
@@ -107,6 +88,28 @@ spec:
 
 /// Loads `yaml` and builds the snapshot, failing on any object the loader
 /// rejects (the bench would measure something else then).
+/// The two gateways of a bench, `<prefix>-envoy` for Envoy on
+/// 127.0.0.1:`envoy_port` and `<prefix>-mesh-proxy` for ours on
+/// 127.0.0.1:`ours_port`, each a YAML document ending with `---`.
+pub fn gateways_yaml(prefix: &str, ours_port: u16, envoy_port: u16) -> String {
+    let gateway = |who: &str, selector: &str, port: u16| {
+        format!(
+            r#"apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: {prefix}-{who}, namespace: {GATEWAY_NAMESPACE}}}
+spec:
+  selector: {{istio: {selector}}}
+  servers:
+  - port: {{number: {port}, name: http, protocol: HTTP}}
+    bind: 127.0.0.1
+    hosts: ["*"]
+---
+"#
+        )
+    };
+    gateway("envoy", ENVOY_SELECTOR, envoy_port) + &gateway("mesh-proxy", OURS_SELECTOR, ours_port)
+}
+
 pub fn snapshot(yaml: &str) -> anyhow::Result<Snapshot> {
     let loaded = mesh_api::load_str("bench.yaml", yaml);
     if let Some(bad) = loaded.iter().find(|l| l.object.is_none()) {
