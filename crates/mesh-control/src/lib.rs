@@ -11,6 +11,7 @@
 
 pub mod ads;
 pub mod cli;
+pub mod inject;
 pub mod jwks;
 pub mod model;
 pub mod proxy;

@@ -56,6 +56,9 @@ pub struct SecureConfig {
 pub struct Secure {
     authority: Arc<Authority>,
     tokens: Arc<LocalTokenAuthority>,
+    /// Who may prove an identity to the CA: the local token authority, or
+    /// (in a cluster) Kubernetes TokenReview.
+    authenticators: Vec<Arc<dyn Authenticator>>,
     tls: Arc<rustls::ServerConfig>,
 }
 
@@ -79,17 +82,34 @@ impl Secure {
             .context("issuing the control plane's serving certificate")?;
         let tls =
             mesh_ca::tls::ca_server_config(&serving).context("TLS config of the secure port")?;
+        let tokens = Arc::new(tokens);
         Ok(Self {
             authority: Arc::new(authority),
-            tokens: Arc::new(tokens),
+            authenticators: vec![tokens.clone()],
+            tokens,
             tls,
         })
+    }
+
+    /// Replaces the local token check with `authenticators` (in a cluster:
+    /// [`mesh_ca::auth::kube::TokenReviewAuthenticator`]).
+    pub fn set_authenticators(&mut self, authenticators: Vec<Arc<dyn Authenticator>>) {
+        self.authenticators = authenticators;
     }
 
     /// The trust bundle (PEM), what proxies verify the control plane and
     /// each other with.
     pub fn root_pem(&self) -> String {
         self.authority.trust_bundle().to_pem()
+    }
+
+    /// The TLS config of the injection webhook: the same serving
+    /// certificate (istiod's names), HTTP/1.1, no client certificate (the
+    /// API server is verified by the network path, as Istio's is).
+    pub fn webhook_tls(&self) -> Arc<rustls::ServerConfig> {
+        let mut config = (*self.tls).clone();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Arc::new(config)
     }
 
     /// A local-mode token proving `identity`, valid for `ttl`.
@@ -106,8 +126,7 @@ impl Secure {
         metrics: CaMetrics,
         shutdown: impl Future<Output = ()> + Send,
     ) -> anyhow::Result<()> {
-        let authenticators: Vec<Arc<dyn Authenticator>> = vec![self.tokens.clone()];
-        let ca = Arc::new(CaService::new(self.authority, authenticators, metrics));
+        let ca = Arc::new(CaService::new(self.authority, self.authenticators, metrics));
         let incoming = TlsIncoming::new(listener, self.tls);
         tonic::transport::Server::builder()
             .add_service(IstioCertificateServiceServer::new(ca))

@@ -1,0 +1,287 @@
+//! The injection webhook as the API server sees it: a real HTTPS server
+//! with the control plane's CA-issued serving certificate, sent recorded
+//! `admission.k8s.io/v1` AdmissionReviews of pods created by each workload
+//! kind (tests/webhook/*.json). The JSONPatch it answers is applied to the
+//! request's pod the way the API server applies it, and the result is
+//! parsed back into k8s-openapi's `Pod` and checked field by field.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use base64::Engine;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use k8s_openapi::api::core::v1::Pod;
+use mesh_control::inject::{Settings, webhook};
+use mesh_control::secure::{Secure, SecureConfig};
+use serde_json::Value;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
+use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+
+struct Webhook {
+    address: std::net::SocketAddr,
+    root_pem: String,
+    _dir: tempfile::TempDir,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+async fn start() -> Webhook {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secure = Secure::load(&SecureConfig {
+        ca_dir: dir.path().to_path_buf(),
+        trust_domain: "cluster.local".into(),
+        extra_names: Vec::new(),
+    })
+    .expect("CA");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    let settings = Arc::new(Settings::new(
+        "ghcr.io/mesh-rs/mesh-proxy:0.1.0",
+        "istio-system",
+    ));
+    let router = webhook::router(settings, webhook::Metrics::default());
+    let task = tokio::spawn(webhook::serve(
+        listener,
+        secure.webhook_tls(),
+        router,
+        std::future::pending(),
+    ));
+    Webhook {
+        address,
+        root_pem: secure.root_pem(),
+        _dir: dir,
+        _task: task,
+    }
+}
+
+/// POSTs `body` to `/inject` over TLS, verifying the server as the API
+/// server does (the service name `istiod.istio-system.svc`, the caBundle).
+async fn post(w: &Webhook, body: Vec<u8>) -> (u16, Bytes) {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(w.root_pem.as_bytes()) {
+        roots.add(cert.expect("root PEM")).expect("root");
+    }
+    let config =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(w.address)
+        .await
+        .expect("connect");
+    let name = ServerName::try_from("istiod.istio-system.svc").expect("name");
+    let tls = TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake with the webhook's CA-issued certificate");
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .expect("HTTP handshake");
+    tokio::spawn(conn);
+    let request = http::Request::post("/inject?timeout=10s")
+        .header("host", "istiod.istio-system.svc:443")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .expect("request");
+    let response = sender.send_request(request).await.expect("response");
+    let status = response.status().as_u16();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    (status, body)
+}
+
+fn fixture(name: &str) -> Value {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/webhook")
+        .join(format!("{name}.json"));
+    serde_json::from_slice(&std::fs::read(&path).expect("fixture")).expect("fixture JSON")
+}
+
+/// Sends the fixture, checks the envelope, applies the patch; returns the
+/// patched pod and the warnings.
+async fn review(w: &Webhook, name: &str) -> (Pod, Vec<String>, usize) {
+    let request = fixture(name);
+    let (status, body) = post(w, serde_json::to_vec(&request).expect("JSON")).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let answer: Value = serde_json::from_slice(&body).expect("answer JSON");
+    assert_eq!(answer["apiVersion"], "admission.k8s.io/v1");
+    assert_eq!(answer["kind"], "AdmissionReview");
+    let response = &answer["response"];
+    assert_eq!(response["uid"], request["request"]["uid"], "uid echoed");
+    assert_eq!(response["allowed"], true, "a pod is never refused");
+    let warnings: Vec<String> =
+        serde_json::from_value(response["warnings"].clone()).unwrap_or_default();
+    let mut pod = request["request"]["object"].clone();
+    let mut ops = 0;
+    if let Some(patch) = response["patch"].as_str() {
+        assert_eq!(response["patchType"], "JSONPatch");
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(patch)
+            .expect("patch is base64");
+        let patch: json_patch::Patch = serde_json::from_slice(&bytes).expect("RFC 6902 patch");
+        ops = patch.0.len();
+        json_patch::patch(&mut pod, &patch).expect("the patch applies to the request's pod");
+    }
+    let pod: Pod = serde_json::from_value(pod).expect("the patched object is a Pod");
+    (pod, warnings, ops)
+}
+
+fn names(list: &Option<Vec<k8s_openapi::api::core::v1::Container>>) -> Vec<String> {
+    list.iter().flatten().map(|c| c.name.clone()).collect()
+}
+
+#[tokio::test]
+async fn pods_of_every_workload_kind_get_the_proxy() {
+    let w = start().await;
+    for (fixture, app, canonical) in [
+        ("deployment", "reviews", "reviews"),
+        ("statefulset", "redis", "redis"),
+        ("daemonset", "node-exporter", "node-exporter"),
+        ("job", "migrate", "migrate"),
+        ("cronjob", "report", "report"),
+        ("pod", "sleep", "sleep"),
+    ] {
+        let (pod, _, ops) = review(&w, fixture).await;
+        assert!(ops > 0, "{fixture}: a patch");
+        let spec = pod.spec.as_ref().expect("spec");
+        assert_eq!(
+            names(&spec.init_containers),
+            ["istio-init", "istio-proxy"],
+            "{fixture}: native sidecar after the capture init container"
+        );
+        assert_eq!(names(&Some(spec.containers.clone())), [app], "{fixture}");
+        let proxy = &spec.init_containers.as_ref().expect("inits")[1];
+        assert_eq!(proxy.restart_policy.as_deref(), Some("Always"), "{fixture}");
+        // What was there stays: the API server's defaults and the app's volume.
+        assert_eq!(
+            spec.containers[0].image_pull_policy.as_deref(),
+            Some("IfNotPresent")
+        );
+        let volumes: Vec<&str> = spec
+            .volumes
+            .iter()
+            .flatten()
+            .map(|v| v.name.as_str())
+            .collect();
+        assert_eq!(
+            volumes,
+            [
+                "kube-api-access-7x2lq",
+                "istio-envoy",
+                "istio-token",
+                "istiod-ca-cert"
+            ],
+            "{fixture}"
+        );
+        let labels = pod.metadata.labels.as_ref().expect("labels");
+        assert_eq!(labels["security.istio.io/tlsMode"], "istio", "{fixture}");
+        assert_eq!(
+            labels["service.istio.io/canonical-name"], canonical,
+            "{fixture}"
+        );
+        assert!(
+            pod.metadata
+                .annotations
+                .as_ref()
+                .is_some_and(|a| a.contains_key("sidecar.istio.io/status")),
+            "{fixture}"
+        );
+        // Every original label and annotation is kept.
+        let original: Pod = serde_json::from_value(fixture_pod(fixture)).expect("fixture pod");
+        for (k, v) in original.metadata.labels.iter().flatten() {
+            assert_eq!(labels.get(k), Some(v), "{fixture}: label {k}");
+        }
+    }
+}
+
+fn fixture_pod(name: &str) -> Value {
+    fixture(name)["request"]["object"].clone()
+}
+
+#[tokio::test]
+async fn probes_are_rewritten_and_warnings_reach_the_user() {
+    let w = start().await;
+    let (pod, warnings, _) = review(&w, "deployment").await;
+    let app = &pod.spec.as_ref().expect("spec").containers[0];
+    let probe = app
+        .readiness_probe
+        .as_ref()
+        .and_then(|p| p.http_get.as_ref())
+        .expect("readiness");
+    assert_eq!(probe.path.as_deref(), Some("/app-health/reviews/readyz"));
+    assert!(warnings.is_empty(), "{warnings:?}");
+
+    let (pod, warnings, _) = review(&w, "pod").await;
+    assert_eq!(
+        warnings,
+        [
+            "annotation sidecar.istio.io/proxyCPU: \"a lot\" is not a resource quantity; default used"
+        ]
+    );
+    let init = &pod
+        .spec
+        .as_ref()
+        .expect("spec")
+        .init_containers
+        .as_ref()
+        .expect("inits")[0];
+    let args = init.args.clone().unwrap_or_default();
+    let o = args.iter().position(|a| a == "-o").expect("-o");
+    assert_eq!(args[o + 1], "5432", "excludeOutboundPorts reaches iptables");
+}
+
+#[tokio::test]
+async fn opted_out_and_already_injected_pods_are_left_alone() {
+    let w = start().await;
+    let (pod, warnings, ops) = review(&w, "opted-out").await;
+    assert_eq!(ops, 0);
+    assert_eq!(
+        warnings,
+        ["sidecar not injected: sidecar.istio.io/inject: \"false\""]
+    );
+    assert!(pod.spec.expect("spec").init_containers.is_none());
+
+    // The injected pod sent again (a reinvocation): no patch.
+    let (injected, _, _) = review(&w, "deployment").await;
+    let mut again = fixture("deployment");
+    again["request"]["object"] = serde_json::to_value(&injected).expect("pod JSON");
+    let (status, body) = post(&w, serde_json::to_vec(&again).expect("JSON")).await;
+    assert_eq!(status, 200);
+    let answer: Value = serde_json::from_slice(&body).expect("JSON");
+    assert!(answer["response"]["patch"].is_null(), "{answer}");
+    assert_eq!(answer["response"]["allowed"], true);
+}
+
+#[tokio::test]
+async fn garbage_is_a_400_not_a_crash() {
+    let w = start().await;
+    let (status, body) = post(&w, b"{\"kind\": \"AdmissionReview\"".to_vec()).await;
+    assert_eq!(status, 400);
+    assert!(
+        String::from_utf8_lossy(&body).contains("not an admission.k8s.io/v1 AdmissionReview"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    // Not a pod: allowed, unchanged, with the reason.
+    let mut review = fixture("pod");
+    review["request"]["kind"]["kind"] = "Service".into();
+    let (status, body) = post(&w, serde_json::to_vec(&review).expect("JSON")).await;
+    assert_eq!(status, 200);
+    let answer: Value = serde_json::from_slice(&body).expect("JSON");
+    assert_eq!(answer["response"]["allowed"], true);
+    assert!(answer["response"]["patch"].is_null());
+    // The server still serves after both.
+    let (_, _, ops) = self::review(&w, "job").await;
+    assert!(ops > 0);
+}
