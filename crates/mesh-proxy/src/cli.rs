@@ -56,6 +56,9 @@ pub enum Command {
     /// and serve it over SDS on a Unix socket, for a stock Envoy sidecar
     /// (Istio's pilot-agent role).
     Agent(crate::agent::AgentArgs),
+    /// Wait until the proxy is ready (`/healthz/ready` answers 200): the
+    /// post-start hook that holds the app until the proxy starts.
+    Wait(crate::wait::WaitArgs),
     /// Print the version.
     Version,
 }
@@ -117,6 +120,11 @@ pub struct RunArgs {
     /// Prometheus server address (/stats/prometheus).
     #[arg(long, default_value = "0.0.0.0:15090")]
     pub stats_address: SocketAddr,
+    /// Status server address (Istio's 15020): the app's probes rewritten
+    /// by the injector (`/app-health/<container>/<kind>`, from
+    /// `ISTIO_KUBE_APP_PROBERS`) and `/healthz/ready`. Off unless given.
+    #[arg(long)]
+    pub status_address: Option<SocketAddr>,
     /// How long a drain lets in-flight requests finish before closing.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub drain_duration: Duration,
@@ -151,6 +159,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Cli {
             "run"
                 | "iptables"
                 | "agent"
+                | "wait"
                 | "version"
                 | "help"
                 | "-h"
@@ -173,6 +182,11 @@ pub fn main(cli: Cli) -> ExitCode {
             Ok(())
         }
         Command::Iptables(args) => crate::iptables::run(&args).map_err(anyhow::Error::from),
+        Command::Wait(args) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")
+            .and_then(|rt| rt.block_on(crate::wait::run(&args))),
         Command::Agent(args) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -323,6 +337,25 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             let _ = rx.wait_for(|s| *s).await;
         }
     };
+    let mut status = Vec::new();
+    if let Some(addr) = args.status_address {
+        let probers = match std::env::var(admin::probes::PROBERS_ENV) {
+            Ok(json) => admin::probes::parse(&json).unwrap_or_else(|e| {
+                tracing::error!("{e}; the app's probes answer 404");
+                Default::default()
+            }),
+            Err(_) => Default::default(),
+        };
+        tracing::info!(
+            probes = probers.len(),
+            "app probes served on the status port"
+        );
+        status.push((
+            "status",
+            addr,
+            admin::probes::status_router(state.clone(), probers),
+        ));
+    }
     let mut servers = Vec::new();
     for (name, addr, router) in [
         ("admin", admin_address, admin::router(state.clone())),
@@ -336,7 +369,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             args.stats_address,
             admin::stats_router(state.clone()),
         ),
-    ] {
+    ]
+    .into_iter()
+    .chain(status)
+    {
         let listener = admin::bind(name, addr).await?;
         tracing::info!(%addr, "{name} server listening");
         servers.push(tokio::spawn(admin::serve(listener, router, stopped())));
@@ -425,6 +461,17 @@ fn xds_config(
     }
     if args.xds_delta {
         config.protocol = Protocol::Delta;
+    }
+    if config.uri().starts_with("https://") {
+        let path = &args.identity.ca_root_cert;
+        let pem = std::fs::read_to_string(path).with_context(|| {
+            format!(
+                "xDS over TLS ({}) verifies the control plane with --ca-root-cert {}",
+                config.address,
+                path.display()
+            )
+        })?;
+        config.tls_roots_pem = Some(pem);
     }
     config.validate()?;
     Ok(Some(config))

@@ -23,4 +23,5 @@ pub mod runtime;
 pub mod socket;
 pub mod telemetry;
 pub mod tls;
+pub mod wait;
 pub mod xds;

@@ -158,3 +158,105 @@ fn version_prints_the_version() {
         format!("mesh-proxy {}\n", env!("CARGO_PKG_VERSION"))
     );
 }
+
+/// The status port an injected pod's probes are rewritten to: each
+/// `/app-health/<container>/<kind>` runs the original probe from
+/// `ISTIO_KUBE_APP_PROBERS` against the app on loopback, and answers 200
+/// only when the app's answer (or connect) succeeds.
+#[tokio::test]
+async fn the_status_port_runs_the_apps_probes() {
+    bounded(60, async {
+        let app = echo("app", "v1").await;
+        let db = tcp_backend("db", None).await;
+        let closed = free_addr();
+        let probers = serde_json::json!({
+            "/app-health/app/readyz": {"httpGet": {"path": "/health", "port": app.addr.port(), "scheme": "HTTP"}, "timeoutSeconds": 2},
+            "/app-health/app/livez": {"httpGet": {"path": "/health?status=500", "port": app.addr.port()}},
+            "/app-health/db/livez": {"tcpSocket": {"port": db.port()}},
+            "/app-health/gone/readyz": {"tcpSocket": {"port": closed.port()}},
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let status = free_addr();
+        let mut flags = RunFlags::bootstrap(&write_bootstrap(dir.path(), BOOTSTRAP));
+        flags.extra = vec!["--status-address".into(), status.to_string()];
+        flags.env = vec![("ISTIO_KUBE_APP_PROBERS".into(), probers.to_string())];
+        let mut proxy = ProxyProcess::start(flags);
+        proxy.wait_live().await;
+        for (path, code) in [
+            ("/app-health/app/readyz", 200),
+            ("/app-health/app/livez", 503),
+            ("/app-health/db/livez", 200),
+            ("/app-health/gone/readyz", 503),
+            ("/app-health/other/readyz", 404),
+            ("/healthz/ready", 200),
+        ] {
+            let (got, body) = admin_get(status, path).await.unwrap();
+            assert_eq!(got, code, "{path}: {body}");
+        }
+        let hosts = app.seen("/health");
+        let expected = format!("localhost:{}", app.addr.port());
+        assert!(
+            !hosts.is_empty() && hosts.iter().all(|h| *h == expected),
+            "the probes reached the app with the kubelet's Host: {hosts:?}"
+        );
+    })
+    .await;
+}
+
+/// `mesh-proxy wait`, the post-start hook holding the app until the proxy
+/// is ready: exit 0 once `/healthz/ready` answers 200, exit 1 with the
+/// reason when it never does.
+#[tokio::test]
+async fn wait_returns_once_the_proxy_is_ready() {
+    bounded(60, async {
+        let dir = tempfile::tempdir().unwrap();
+        let mut proxy =
+            ProxyProcess::start(RunFlags::bootstrap(&write_bootstrap(dir.path(), BOOTSTRAP)));
+        let url = format!("http://{}/healthz/ready", proxy.flags.health);
+        let waited = tokio::task::spawn_blocking(move || {
+            Command::new(BINARY)
+                .args([
+                    "wait",
+                    "--url",
+                    &url,
+                    "--timeout",
+                    "20s",
+                    "--period",
+                    "100ms",
+                ])
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        assert!(
+            waited.status.success(),
+            "{}\n{}",
+            String::from_utf8_lossy(&waited.stderr),
+            proxy.log()
+        );
+        proxy.assert_running();
+
+        let nobody = format!("http://{}/healthz/ready", free_addr());
+        let failed = tokio::task::spawn_blocking(move || {
+            Command::new(BINARY)
+                .args([
+                    "wait",
+                    "--url",
+                    &nobody,
+                    "--timeout",
+                    "1s",
+                    "--period",
+                    "100ms",
+                ])
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        assert_eq!(failed.status.code(), Some(1));
+        let stderr = String::from_utf8_lossy(&failed.stderr);
+        assert!(stderr.contains("was not ready within 1s"), "{stderr}");
+    })
+    .await;
+}

@@ -412,3 +412,49 @@ async fn the_svid_rotates_without_dropping_connections() {
     })
     .await;
 }
+
+/// xDS over TLS, as an injected sidecar talks to istiod's 15012: the
+/// proxy verifies the control plane's certificate against the mesh root
+/// (`--ca-root-cert`) and takes its config from the secure port; with
+/// another mesh's root it refuses the server and says why.
+#[tokio::test]
+async fn config_comes_over_tls_from_the_secure_port() {
+    bounded(60, async {
+        let ca = Ca::start().await;
+        let mut flags = RunFlags::gateway(ca.addr);
+        flags.xds_address = Some(format!("https://localhost:{}", ca.addr.port()));
+        // (reused below for the proxy that trusts another root)
+        flags.extra = ca.flags(&ca.token_file(GATEWAY));
+        let mut proxy = ProxyProcess::start(flags.clone());
+        proxy.wait_live().await;
+        let dump = config_dump(proxy.flags.admin, "").await;
+        assert!(
+            !dump_section(&dump, "ListenersConfigDump").is_null(),
+            "{dump:#}"
+        );
+
+        let other = Ca::start().await;
+        flags.admin = free_addr();
+        flags.health = free_addr();
+        flags.stats = free_addr();
+        let root = other.root_path().display().to_string();
+        let at = flags
+            .extra
+            .iter()
+            .position(|a| a == "--ca-root-cert")
+            .unwrap();
+        flags.extra[at + 1] = root;
+        flags.extra.truncate(at + 2);
+        let mut stranger = ProxyProcess::start(flags);
+        let refused = eventually(Duration::from_secs(20), || async {
+            let log = stranger.log();
+            (log.contains("xDS stream failed") || log.contains("cannot connect")).then_some(log)
+        })
+        .await;
+        stranger.assert_running();
+        let (code, _) = admin_get(stranger.flags.admin, "/ready").await.unwrap();
+        assert_eq!(code, 503, "no config from a server it cannot verify");
+        assert!(refused.is_some(), "{}", stranger.log());
+    })
+    .await;
+}

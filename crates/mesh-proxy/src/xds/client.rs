@@ -132,11 +132,27 @@ struct Failed {
 }
 
 fn endpoint(config: &XdsConfig) -> Result<Endpoint, XdsError> {
-    Ok(Endpoint::from_shared(config.uri())
-        .map_err(|e| XdsError::Address {
-            address: config.address.clone(),
-            reason: e.to_string(),
-        })?
+    let address = |reason: String| XdsError::Address {
+        address: config.address.clone(),
+        reason,
+    };
+    let mut endpoint = Endpoint::from_shared(config.uri()).map_err(|e| address(e.to_string()))?;
+    // `https://`: the control plane's certificate must chain to the mesh
+    // root and name the host dialled (istiod's serving certificate does).
+    if endpoint.uri().scheme_str() == Some("https") {
+        let roots = config
+            .tls_roots_pem
+            .as_deref()
+            .ok_or_else(|| address("TLS needs the mesh root".into()))?;
+        let host = endpoint.uri().host().unwrap_or_default().to_string();
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(roots))
+            .domain_name(host);
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| address(format!("TLS: {e}")))?;
+    }
+    Ok(endpoint
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30))

@@ -56,6 +56,9 @@ pub struct XdsConfig {
     pub lds: bool,
     /// Delays between reconnections.
     pub backoff: Backoff,
+    /// PEM roots the control plane's certificate must chain to, for an
+    /// `https://` address (the mesh root, Istio's `root-cert.pem`).
+    pub tls_roots_pem: Option<String>,
 }
 
 /// Why the client could not talk to the control plane. Every one of these
@@ -63,7 +66,9 @@ pub struct XdsConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum XdsError {
     /// `--xds-address` is not a usable URI.
-    #[error("xDS address {address:?}: {reason}; expected host:port or http://host:port")]
+    #[error(
+        "xDS address {address:?}: {reason}; expected host:port, http://host:port or https://host:port"
+    )]
     Address {
         /// The address as given.
         address: String,
@@ -90,6 +95,7 @@ impl XdsConfig {
             cds: true,
             lds: true,
             backoff: Backoff::default(),
+            tls_roots_pem: None,
         }
     }
 
@@ -113,9 +119,10 @@ impl XdsConfig {
                 })?;
         match uri.scheme_str() {
             Some("http") if uri.host().is_some() => Ok(()),
+            Some("https") if uri.host().is_some() && self.tls_roots_pem.is_some() => Ok(()),
             Some("https") => Err(XdsError::Address {
                 address: self.address.clone(),
-                reason: "TLS to the control plane is not supported yet".into(),
+                reason: "TLS to the control plane needs the mesh root (--ca-root-cert)".into(),
             }),
             _ => Err(XdsError::Address {
                 address: self.address.clone(),

@@ -48,6 +48,9 @@ pub struct RunFlags {
     pub log_level: &'static str,
     /// More arguments, appended.
     pub extra: Vec<String>,
+    /// Environment variables besides `PATH` (e.g. what an injected pod
+    /// spec sets).
+    pub env: Vec<(String, String)>,
 }
 
 /// The identity flags of a proxy in a pod.
@@ -137,6 +140,7 @@ impl RunFlags {
             stats: free_addr(),
             log_level: "info",
             extra: Vec::new(),
+            env: Vec::new(),
         }
     }
 
@@ -219,6 +223,7 @@ impl ProxyProcess {
             .args(flags.args())
             .env_clear()
             .env("PATH", path)
+            .envs(flags.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log.reopen().unwrap()));
