@@ -13,6 +13,7 @@ use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 pub mod admin;
 pub mod analyze;
+pub mod install;
 pub mod local;
 pub mod manifest;
 pub mod proxy_config;
@@ -44,8 +45,10 @@ enum Command {
     ProxyConfig(proxy_config::Args),
     /// Show every proxy's sync state, or diff one proxy's config against the control plane's.
     ProxyStatus(proxy_status::Args),
-    /// Print generated manifests (the CRDs of every Istio kind the mesh serves).
+    /// Print generated manifests (the CRDs, or everything `install` applies).
     Manifest(manifest::Args),
+    /// Install the control plane (and an ingress gateway) into the cluster.
+    Install(install::InstallArgs),
     /// Print the version.
     Version,
     /// Print a shell completion script.
@@ -94,6 +97,7 @@ where
         Command::Validate(args) => validate::run(&args, &mut out),
         Command::Analyze(args) => analyze::run(&args, &mut out),
         Command::Manifest(args) => manifest::run(&args, &mut out),
+        Command::Install(args) => install::run_install(&args, &mut out),
         Command::Local(command) => local::run(&command, &mut out),
         Command::ProxyConfig(args) => proxy_config::run(&args, &mut out),
         Command::ProxyStatus(args) => proxy_status::run(&args, &mut out),

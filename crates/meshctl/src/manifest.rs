@@ -17,6 +17,9 @@ pub struct Args {
 enum What {
     /// The CustomResourceDefinitions of every Istio kind, as multi-document YAML.
     Crds,
+    /// Everything `meshctl install` applies (CRDs, namespace, RBAC, config,
+    /// workloads, webhooks), as multi-document YAML.
+    Generate(crate::install::ValueArgs),
 }
 
 /// Renders all CRDs as one multi-document YAML stream.
@@ -32,8 +35,9 @@ pub fn crds_yaml() -> anyhow::Result<String> {
 
 /// Runs the command.
 pub fn run(args: &Args, out: &mut dyn Write) -> anyhow::Result<i32> {
-    match args.what {
+    match &args.what {
         What::Crds => out.write_all(crds_yaml()?.as_bytes())?,
+        What::Generate(values) => out.write_all(values.generate()?.as_bytes())?,
     }
     Ok(0)
 }
