@@ -44,6 +44,7 @@ async fn start() -> Webhook {
         "ghcr.io/mesh-rs/mesh-proxy:0.1.0",
         "istio-system",
     ));
+    let (_, settings) = tokio::sync::watch::channel(settings);
     let router = webhook::router(settings, webhook::Metrics::default());
     let task = tokio::spawn(webhook::serve(
         listener,
@@ -284,4 +285,91 @@ async fn garbage_is_a_400_not_a_crash() {
     // The server still serves after both.
     let (_, _, ops) = self::review(&w, "job").await;
     assert!(ops > 0);
+}
+
+/// The MutatingWebhookConfiguration `meshctl install` applies, as the API
+/// server returns it (caBundle empty).
+const WEBHOOK_CONFIG: &str = r#"{
+  "apiVersion": "admissionregistration.k8s.io/v1",
+  "kind": "MutatingWebhookConfiguration",
+  "metadata": {"name": "istio-sidecar-injector", "resourceVersion": "48213", "uid": "0d6e2c1b-8a7f-4e3d-9c2b-1a0f9e8d7c6b",
+               "labels": {"app": "sidecar-injector", "istio.io/rev": "default"}},
+  "webhooks": [
+    {"name": "namespace.sidecar-injector.istio.io", "admissionReviewVersions": ["v1"], "sideEffects": "None",
+     "failurePolicy": "Fail", "matchPolicy": "Equivalent", "reinvocationPolicy": "Never", "timeoutSeconds": 10,
+     "clientConfig": {"service": {"name": "istiod", "namespace": "istio-system", "path": "/inject", "port": 443}},
+     "namespaceSelector": {"matchLabels": {"istio-injection": "enabled"}},
+     "objectSelector": {"matchExpressions": [{"key": "sidecar.istio.io/inject", "operator": "NotIn", "values": ["false"]}]},
+     "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"], "scope": "*"}]},
+    {"name": "object.sidecar-injector.istio.io", "admissionReviewVersions": ["v1"], "sideEffects": "None",
+     "failurePolicy": "Fail", "matchPolicy": "Equivalent", "reinvocationPolicy": "Never", "timeoutSeconds": 10,
+     "clientConfig": {"service": {"name": "istiod", "namespace": "istio-system", "path": "/inject", "port": 443}},
+     "namespaceSelector": {"matchExpressions": [{"key": "istio-injection", "operator": "DoesNotExist"}]},
+     "objectSelector": {"matchExpressions": [{"key": "sidecar.istio.io/inject", "operator": "In", "values": ["true"]}]},
+     "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"], "scope": "*"}]}
+  ]
+}"#;
+
+/// At start the control plane puts its root into every webhook's
+/// `caBundle` (a GET, then one strategic merge PATCH keyed by webhook
+/// name); when the bundle is already there it sends nothing.
+#[tokio::test]
+async fn ca_bundle_is_patched_into_the_webhook_configuration() {
+    use http::{Method, Request, Response};
+    use kube::client::Body;
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(service, "default");
+    let root = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+    let server = tokio::spawn(async move {
+        let path = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/istio-sidecar-injector";
+        let (request, send) = handle.next_request().await.expect("GET");
+        assert_eq!(request.method(), Method::GET);
+        assert_eq!(request.uri().path(), path);
+        send.send_response(Response::new(Body::from(
+            WEBHOOK_CONFIG.as_bytes().to_vec(),
+        )));
+
+        let (request, send) = handle.next_request().await.expect("PATCH");
+        assert_eq!(request.method(), Method::PATCH);
+        assert_eq!(request.uri().path(), path);
+        assert_eq!(
+            request.headers()["content-type"],
+            "application/strategic-merge-patch+json"
+        );
+        let body = request.into_body().collect_bytes().await.expect("body");
+        let patch: Value = serde_json::from_slice(&body).expect("JSON");
+        let hooks = patch["webhooks"].as_array().expect("webhooks");
+        assert_eq!(hooks.len(), 2);
+        let expected = base64::engine::general_purpose::STANDARD
+            .encode("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n");
+        for hook in hooks {
+            assert!(hook["name"].is_string(), "merge key present");
+            assert_eq!(hook["clientConfig"]["caBundle"], expected.as_str());
+            // The service reference is kept, not replaced by the patch.
+            assert_eq!(hook["clientConfig"]["service"]["name"], "istiod");
+        }
+        let mut updated: Value = serde_json::from_str(WEBHOOK_CONFIG).expect("JSON");
+        for hook in updated["webhooks"].as_array_mut().expect("hooks") {
+            hook["clientConfig"]["caBundle"] = expected.clone().into();
+        }
+        send.send_response(Response::new(Body::from(
+            serde_json::to_vec(&updated).expect("JSON"),
+        )));
+
+        // A restart with the bundle in place: GET only.
+        let (request, send) = handle.next_request().await.expect("GET again");
+        assert_eq!(request.method(), Method::GET);
+        send.send_response(Response::new(Body::from(
+            serde_json::to_vec(&updated).expect("JSON"),
+        )));
+    });
+    let patched = webhook::patch_ca_bundle(client.clone(), "istio-sidecar-injector", root)
+        .await
+        .expect("patched");
+    assert_eq!(patched, 2);
+    let again = webhook::patch_ca_bundle(client, "istio-sidecar-injector", root)
+        .await
+        .expect("read");
+    assert_eq!(again, 0, "nothing to change");
+    server.await.expect("mock API server");
 }

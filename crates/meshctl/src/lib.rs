@@ -14,6 +14,7 @@ use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 pub mod admin;
 pub mod analyze;
 pub mod install;
+pub mod kube_inject;
 pub mod local;
 pub mod manifest;
 pub mod proxy_config;
@@ -49,6 +50,8 @@ enum Command {
     Manifest(manifest::Args),
     /// Install the control plane (and an ingress gateway) into the cluster.
     Install(install::InstallArgs),
+    /// Inject the sidecar into the workloads of a manifest, offline (the webhook's code).
+    KubeInject(kube_inject::Args),
     /// Print the version.
     Version,
     /// Print a shell completion script.
@@ -98,6 +101,7 @@ where
         Command::Analyze(args) => analyze::run(&args, &mut out),
         Command::Manifest(args) => manifest::run(&args, &mut out),
         Command::Install(args) => install::run_install(&args, &mut out),
+        Command::KubeInject(args) => kube_inject::run(&args, &mut out),
         Command::Local(command) => local::run(&command, &mut out),
         Command::ProxyConfig(args) => proxy_config::run(&args, &mut out),
         Command::ProxyStatus(args) => proxy_status::run(&args, &mut out),

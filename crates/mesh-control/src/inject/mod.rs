@@ -47,6 +47,9 @@ pub mod workload;
 
 pub use annotations::Overrides;
 
+/// The proxy image of this release.
+pub const DEFAULT_PROXY_IMAGE: &str =
+    concat!("ghcr.io/mesh-rs/mesh-proxy:", env!("CARGO_PKG_VERSION"));
 /// Name of the injected init container.
 pub const INIT_CONTAINER: &str = "istio-init";
 /// Name of the injected proxy container.
@@ -73,7 +76,8 @@ pub struct Settings {
     pub control_namespace: String,
     /// The revision this injector serves (`default`).
     pub revision: String,
-    /// Address the proxies get their xDS from, `host:port`.
+    /// Address the proxies get their xDS from: `https://host:port` (TLS,
+    /// verified against the mesh root) or `host:port` (plaintext).
     pub xds_address: String,
     /// The CA's address, `https://host:port`.
     pub ca_address: String,
@@ -94,7 +98,7 @@ impl Settings {
             proxy_image: proxy_image.into(),
             control_namespace: namespace.to_string(),
             revision: "default".to_string(),
-            xds_address: format!("istiod.{namespace}.svc:{}", wellknown::XDS_PLAINTEXT_PORT),
+            xds_address: format!("https://istiod.{namespace}.svc:{}", wellknown::XDS_TLS_PORT),
             ca_address: format!("https://istiod.{namespace}.svc:{}", wellknown::XDS_TLS_PORT),
             cluster_id: "Kubernetes".to_string(),
             trust_domain: wellknown::DEFAULT_TRUST_DOMAIN.to_string(),

@@ -90,7 +90,7 @@ fn native_sidecar_is_an_init_container_after_istio_init() {
     assert_eq!(arg_after(proxy, "--role"), Some("sidecar"));
     assert_eq!(
         arg_after(proxy, "--xds-address"),
-        Some("istiod.istio-system.svc:15010")
+        Some("https://istiod.istio-system.svc:15012")
     );
     let a = args(proxy);
     for label in ["app=reviews", "version=v1"] {

@@ -26,7 +26,10 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
+use tokio::sync::watch;
+
 use super::{Outcome, Settings, inject};
+use crate::snapshot::Snapshot;
 
 /// Path of the injection endpoint (the webhook configuration's `path`).
 pub const PATH: &str = "/inject";
@@ -70,15 +73,102 @@ impl Metrics {
 
 #[derive(Clone)]
 struct AppState {
-    settings: Arc<Settings>,
+    settings: watch::Receiver<Arc<Settings>>,
     metrics: Metrics,
 }
 
-/// The webhook's routes.
-pub fn router(settings: Arc<Settings>, metrics: Metrics) -> Router {
+/// The webhook's routes; each request uses the newest `settings` (they
+/// follow MeshConfig's `defaultConfig`).
+pub fn router(settings: watch::Receiver<Arc<Settings>>, metrics: Metrics) -> Router {
     Router::new()
         .route(PATH, post(handle))
         .with_state(AppState { settings, metrics })
+}
+
+/// Where and how the control plane serves the webhook.
+#[derive(Clone, Debug)]
+pub struct WebhookOptions {
+    /// Listen address (Istio's 15017).
+    pub address: SocketAddr,
+    /// The injector's settings; `default_config` follows the snapshots.
+    pub settings: Settings,
+    /// The MutatingWebhookConfiguration whose `caBundle` is patched (in a
+    /// cluster).
+    pub config_name: Option<String>,
+}
+
+/// Serves the webhook until `shutdown`. With a Kubernetes client it first
+/// learns whether the API server runs native sidecars (1.29+), and keeps
+/// trying to patch the CA root into `config_name` until it succeeds (the
+/// configuration may be applied after the control plane starts).
+pub async fn run(
+    mut options: WebhookOptions,
+    tls: Arc<rustls::ServerConfig>,
+    root_pem: String,
+    mut snapshots: watch::Receiver<Arc<Snapshot>>,
+    kube: Option<kube::Client>,
+    metrics: Metrics,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(options.address)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot bind the webhook address {}: {e}", options.address))?;
+    if let Some(client) = &kube {
+        match client.apiserver_version().await {
+            Ok(v) => {
+                let minor: u32 = v
+                    .minor
+                    .trim_end_matches(|c: char| !c.is_ascii_digit())
+                    .parse()
+                    .unwrap_or(0);
+                let native =
+                    v.major == "1" && minor >= 29 || v.major.parse::<u32>().unwrap_or(0) > 1;
+                tracing::info!(version = %v.git_version, native, "API server version: native sidecars {}", if native { "on" } else { "off" });
+                options.settings.native_sidecars = native;
+            }
+            Err(e) => {
+                tracing::warn!("cannot read the API server version ({e}); native sidecars assumed")
+            }
+        }
+        if let Some(name) = options.config_name.clone() {
+            let client = client.clone();
+            let pem = root_pem.clone();
+            tokio::spawn(async move {
+                let mut delay = std::time::Duration::from_secs(1);
+                loop {
+                    match patch_ca_bundle(client.clone(), &name, &pem).await {
+                        Ok(n) => {
+                            tracing::info!(webhook_config = %name, patched = n, "caBundle set");
+                            return;
+                        }
+                        Err(e) => {
+                            tracing::warn!(webhook_config = %name, "cannot set caBundle yet: {e}")
+                        }
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(std::time::Duration::from_secs(30));
+                }
+            });
+        }
+    }
+    let settings_for = |snapshot: &Snapshot| {
+        let mut s = options.settings.clone();
+        s.default_config = snapshot.mesh.default_config.clone().unwrap_or_default();
+        Arc::new(s)
+    };
+    let (settings_tx, settings_rx) = watch::channel(settings_for(&snapshots.borrow_and_update()));
+    let follow = async move {
+        while snapshots.changed().await.is_ok() {
+            let next = settings_for(&snapshots.borrow_and_update());
+            let _ = settings_tx.send(next);
+        }
+    };
+    tracing::info!(address = %options.address, path = PATH, "serving the injection webhook");
+    tokio::select! {
+        () = serve(listener, tls, router(settings_rx, metrics), shutdown) => {}
+        () = follow => {}
+    }
+    Ok(())
 }
 
 async fn handle(State(state): State<AppState>, body: axum::body::Bytes) -> Response {
@@ -109,7 +199,8 @@ async fn handle(State(state): State<AppState>, body: axum::body::Bytes) -> Respo
             return (StatusCode::BAD_REQUEST, format!("AdmissionReview: {e}")).into_response();
         }
     };
-    let response = review_pod(&request, &state.settings, &state.metrics);
+    let settings = state.settings.borrow().clone();
+    let response = review_pod(&request, &settings, &state.metrics);
     match review_json(response) {
         Ok(json) => Json(json).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),

@@ -115,8 +115,10 @@ pub fn inject_value(
         },
         message,
     };
-    let mut meta: ObjectMeta = serde_json::from_value(slot["metadata"].clone())
-        .map_err(|e| schema(format!("metadata: {e}")))?;
+    let mut meta: ObjectMeta = match &slot["metadata"] {
+        Value::Null => ObjectMeta::default(),
+        m => serde_json::from_value(m.clone()).map_err(|e| schema(format!("metadata: {e}")))?,
+    };
     let spec: PodSpec =
         serde_json::from_value(slot["spec"].clone()).map_err(|e| schema(format!("spec: {e}")))?;
     // A template's pods are named after their workload.
