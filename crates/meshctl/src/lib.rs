@@ -50,6 +50,10 @@ enum Command {
     Manifest(manifest::Args),
     /// Install the control plane (and an ingress gateway) into the cluster.
     Install(install::InstallArgs),
+    /// Remove what `install` created (CRDs and the namespace only with --purge).
+    Uninstall(install::UninstallArgs),
+    /// Check that the cluster and your permissions allow an install.
+    Precheck(install::PrecheckArgs),
     /// Inject the sidecar into the workloads of a manifest, offline (the webhook's code).
     KubeInject(kube_inject::Args),
     /// Print the version.
@@ -101,6 +105,8 @@ where
         Command::Analyze(args) => analyze::run(&args, &mut out),
         Command::Manifest(args) => manifest::run(&args, &mut out),
         Command::Install(args) => install::run_install(&args, &mut out),
+        Command::Uninstall(args) => install::run_uninstall(&args, &mut out),
+        Command::Precheck(args) => install::run_precheck(&args, &mut out),
         Command::KubeInject(args) => kube_inject::run(&args, &mut out),
         Command::Local(command) => local::run(&command, &mut out),
         Command::ProxyConfig(args) => proxy_config::run(&args, &mut out),
