@@ -12,11 +12,12 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 
-use super::store::{ConfigStatus, ConfigStore};
+use super::publish::{DEBOUNCE_MAX, DEBOUNCE_QUIET, Publisher};
+use super::store::ConfigStatus;
 use crate::jwks::JwksResolver;
 use crate::snapshot::Snapshot;
 
@@ -39,8 +40,8 @@ impl DirSourceConfig {
         Self {
             dirs: vec![dir.into()],
             poll_interval: Duration::from_millis(200),
-            debounce_quiet: Duration::from_millis(100),
-            debounce_max: Duration::from_secs(1),
+            debounce_quiet: DEBOUNCE_QUIET,
+            debounce_max: DEBOUNCE_MAX,
         }
     }
 
@@ -58,33 +59,22 @@ type Fingerprint = BTreeMap<PathBuf, (SystemTime, u64, usize)>;
 /// A running directory source.
 pub struct DirSource {
     config: DirSourceConfig,
-    store: ConfigStore,
+    publisher: Publisher,
     seen: Fingerprint,
-    version: u64,
-    status: Arc<Mutex<ConfigStatus>>,
-    /// Where `jwksUri` key sets come from, when the control plane fetches
-    /// them.
-    jwks: Option<JwksResolver>,
-    /// Its change notifications, subscribed when it was given so that no
-    /// fetch finishing before [`Self::run`] starts is missed.
-    jwks_changed: Option<watch::Receiver<u64>>,
 }
 
 impl DirSource {
     /// Reads the directory once. Fails only when the directory itself is
     /// unreadable; broken files are reported in the status and skipped.
     pub fn load(config: DirSourceConfig) -> std::io::Result<(Self, Snapshot)> {
+        let publisher = Publisher::new(config.debounce_quiet, config.debounce_max);
         let mut source = Self {
             config,
-            store: ConfigStore::default(),
+            publisher,
             seen: Fingerprint::new(),
-            version: 0,
-            status: Arc::new(Mutex::new(ConfigStatus::default())),
-            jwks: None,
-            jwks_changed: None,
         };
         source.rescan()?;
-        let snapshot = source.snapshot();
+        let snapshot = source.publisher.snapshot();
         Ok((source, snapshot))
     }
 
@@ -92,14 +82,12 @@ impl DirSource {
     /// policies name) and builds a new snapshot whenever they change.
     /// Returns the current snapshot with the keys it has.
     pub fn with_jwks(&mut self, resolver: JwksResolver) -> Snapshot {
-        self.jwks_changed = Some(resolver.changed());
-        self.jwks = Some(resolver);
-        self.snapshot()
+        self.publisher.with_jwks(resolver)
     }
 
     /// Shared status for `/debug/configz`.
     pub fn status_handle(&self) -> Arc<Mutex<ConfigStatus>> {
-        self.status.clone()
+        self.publisher.status_handle()
     }
 
     fn fingerprint(&self) -> std::io::Result<Fingerprint> {
@@ -131,6 +119,7 @@ impl DirSource {
     /// effect changed.
     fn rescan(&mut self) -> std::io::Result<bool> {
         let fp = self.fingerprint()?;
+        let store = self.publisher.store_mut();
         let mut changed = false;
         for (file, stamp) in &fp {
             if self.seen.get(file) == Some(stamp) {
@@ -138,42 +127,17 @@ impl DirSource {
             }
             let name = file.display().to_string();
             match std::fs::read_to_string(file) {
-                Ok(text) => changed |= self.store.update_file_in_layer(&name, stamp.2, &text),
+                Ok(text) => changed |= store.update_file_in_layer(&name, stamp.2, &text),
                 // Vanished between listing and reading: the next tick sees it.
                 Err(e) => tracing::warn!(file = %name, "cannot read: {e}"),
             }
         }
         for file in self.seen.keys().filter(|f| !fp.contains_key(*f)) {
-            changed |= self.store.remove_file(&file.display().to_string());
+            changed |= store.remove_file(&file.display().to_string());
         }
         self.seen = fp;
-        if let Ok(mut status) = self.status.lock() {
-            let published = status.snapshot_version;
-            let pending = status.pending || changed;
-            *status = self.store.status();
-            status.snapshot_version = published;
-            status.pending = pending;
-        }
+        self.publisher.stored(changed);
         Ok(changed)
-    }
-
-    fn snapshot(&mut self) -> Snapshot {
-        self.version += 1;
-        if let Ok(mut status) = self.status.lock() {
-            status.snapshot_version = self.version;
-            status.pending = false;
-        }
-        let objects = self.store.objects();
-        let mut snapshot = Snapshot::build(
-            self.version,
-            objects.iter().copied(),
-            self.store.mesh_config(),
-        );
-        if let Some(jwks) = &self.jwks {
-            jwks.want(snapshot.jwks_uris());
-            snapshot.jwks = jwks.keys();
-        }
-        snapshot
     }
 
     /// Watches the directory until `shutdown` resolves, publishing a new
@@ -184,49 +148,23 @@ impl DirSource {
         shutdown: impl Future<Output = ()>,
     ) {
         tokio::pin!(shutdown);
-        let mut pending_since: Option<Instant> = None;
-        let mut last_change = Instant::now();
-        let mut jwks_changed = self.jwks_changed.take();
+        let mut jwks_changed = self.publisher.take_jwks_changes();
+        let tick = self.config.poll_interval.min(self.publisher.tick());
         loop {
-            tokio::select! {
+            let keys_changed = tokio::select! {
                 _ = &mut shutdown => return,
-                _ = tokio::time::sleep(self.config.poll_interval.min(self.config.debounce_quiet)) => {}
-                Some(Ok(())) = async {
-                    match &mut jwks_changed {
-                        Some(rx) => Some(rx.changed().await),
-                        None => None,
-                    }
-                } => {
-                    // Fetched keys are config too: publish them like a file change.
-                    last_change = Instant::now();
-                    pending_since.get_or_insert(last_change);
-                }
+                _ = tokio::time::sleep(tick) => false,
+                _ = jwks_changed.next() => true,
+            };
+            if keys_changed {
+                // Fetched keys are config too: publish them like a file change.
+                self.publisher.changed();
             }
-            match self.rescan() {
-                Ok(true) => {
-                    last_change = Instant::now();
-                    pending_since.get_or_insert(last_change);
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::warn!(dirs = ?self.config.dirs, "cannot list config directory: {e}")
-                }
+            if let Err(e) = self.rescan() {
+                tracing::warn!(dirs = ?self.config.dirs, "cannot list config directory: {e}")
             }
-            if let Some(first) = pending_since {
-                let quiet = last_change.elapsed() >= self.config.debounce_quiet;
-                let overdue = first.elapsed() >= self.config.debounce_max;
-                if quiet || overdue {
-                    pending_since = None;
-                    let snapshot = self.snapshot();
-                    tracing::info!(
-                        version = snapshot.version,
-                        objects = self.store.objects().len(),
-                        "config changed; new snapshot"
-                    );
-                    if tx.send(Arc::new(snapshot)).is_err() {
-                        return;
-                    }
-                }
+            if !self.publisher.publish_if_due(&tx) {
+                return;
             }
         }
     }

@@ -1,8 +1,10 @@
 //! Configuration sources. The config directory is the embedded default; the
-//! Kubernetes watchers (a later capability) feed the same [`ConfigStore`],
-//! so nothing downstream knows where an object came from.
+//! Kubernetes watchers (a later capability) feed the same [`ConfigStore`]
+//! through the same [`publish::Publisher`] (debounce, status, snapshots), so
+//! nothing downstream knows where an object came from.
 
 pub mod dir;
+pub mod publish;
 pub mod store;
 
 pub use dir::{DirSource, DirSourceConfig};

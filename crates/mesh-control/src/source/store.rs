@@ -181,6 +181,11 @@ impl ConfigStore {
         self.files.remove(file).is_some_and(|f| !f.good.is_empty())
     }
 
+    /// The status lines of the latest read of `file`.
+    pub fn file_status(&self, file: &str) -> &[ObjectStatus] {
+        self.files.get(file).map_or(&[], |f| f.status.as_slice())
+    }
+
     /// The files currently known.
     pub fn files(&self) -> impl Iterator<Item = &str> {
         self.files.keys().map(String::as_str)
@@ -207,9 +212,14 @@ impl ConfigStore {
     /// MeshConfig from a ConfigMap named `istio` (key `mesh`), Istio's place
     /// for it; defaults when absent or broken.
     pub fn mesh_config(&self) -> MeshConfig {
+        self.mesh_config_named("istio")
+    }
+
+    /// MeshConfig from the ConfigMap `name` (`istio-<rev>` for a revision).
+    pub fn mesh_config_named(&self, name: &str) -> MeshConfig {
         for l in self.objects() {
             if let Some(MeshObject::ConfigMap(cm)) = &l.object {
-                if l.header.name != "istio" {
+                if l.header.name != name {
                     continue;
                 }
                 let Some(text) = cm.data.as_ref().and_then(|d| d.get("mesh")) else {
