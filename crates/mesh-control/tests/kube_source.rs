@@ -1,0 +1,838 @@
+//! The Kubernetes source against an in-memory API server (kube's
+//! tower-test mock service answering with recorded kube-apiserver list and
+//! watch responses, tests/kube/*.json): the snapshots it publishes follow
+//! adds, updates, deletes and relists; invalid Istio objects are skipped
+//! with an Event; discoverySelectors, revisions and MeshConfig apply; and
+//! the writers (Lease, CA Secret, root-cert ConfigMaps) send the requests
+//! the API expects.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "kube/mock.rs"]
+mod mock;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Method;
+use mesh_control::snapshot::Snapshot;
+use mesh_control::source::kube::leader::{LeaderElector, LeaseTiming};
+use mesh_control::source::kube::writers::RootCertPublisher;
+use mesh_control::source::{KubeSource, KubeSourceConfig};
+use mock::{MockApi, Seen, eventually, wait_for};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+const NAMESPACES: &str = "/api/v1/namespaces";
+const NODES: &str = "/api/v1/nodes";
+const SERVICES: &str = "/api/v1/services";
+const SLICES: &str = "/apis/discovery.k8s.io/v1/endpointslices";
+const PODS: &str = "/api/v1/pods";
+const MESH_CONFIGMAPS: &str = "/api/v1/namespaces/istio-system/configmaps";
+const VIRTUAL_SERVICES: &str = "/apis/networking.istio.io/v1/virtualservices";
+const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/istio-system/leases";
+const REVIEWS: &str = "reviews.bookinfo.svc.cluster.local";
+
+struct Running {
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    status: Arc<std::sync::Mutex<mesh_control::source::ConfigStatus>>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("source stops")
+            .unwrap();
+    }
+
+    fn status_of(&self, name: &str) -> mesh_control::source::ObjectStatus {
+        let status = self.status.lock().unwrap();
+        status
+            .objects
+            .iter()
+            .find(|o| o.name == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} not in status: {:?}", status.objects))
+    }
+}
+
+fn config(revision: &str, root_cert: Option<&str>) -> KubeSourceConfig {
+    let mut config = KubeSourceConfig::new("istio-system", revision, "replica-a");
+    config.root_cert = root_cert.map(str::to_string);
+    config
+}
+
+/// Starts the source, checks its first snapshot with `first`, then runs it.
+async fn start(api: &MockApi, config: KubeSourceConfig, first: impl Fn(&Snapshot)) -> Running {
+    let (source, snapshot) = tokio::time::timeout(
+        Duration::from_secs(15),
+        KubeSource::start(api.client(), config),
+    )
+    .await
+    .expect("every kind lists");
+    first(&snapshot);
+    let status = source.status_handle();
+    let (tx, snapshots) = watch::channel(Arc::new(snapshot));
+    let (stop, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(source.run(tx, async move {
+        let mut rx = stop_rx;
+        let _ = rx.wait_for(|s| *s).await;
+    }));
+    Running {
+        snapshots,
+        status,
+        stop,
+        task,
+    }
+}
+
+fn service_ports(s: &Snapshot, host: &str) -> Option<Vec<u16>> {
+    s.registry
+        .service(host)
+        .map(|svc| svc.ports.iter().map(|p| p.port).collect())
+}
+
+fn vs_names(s: &Snapshot) -> Vec<String> {
+    let mut names: Vec<String> = s
+        .virtual_services
+        .iter()
+        .map(|vs| vs.metadata.name.clone().unwrap_or_default())
+        .collect();
+    names.sort();
+    names
+}
+
+fn posts(api: &MockApi, path: &str) -> Vec<Seen> {
+    api.calls()
+        .into_iter()
+        .filter(|s| s.method == Method::POST && s.path == path)
+        .collect()
+}
+
+#[tokio::test]
+async fn reflectors_follow_add_update_delete_and_relist() {
+    let api = MockApi::default();
+    api.list(NAMESPACES, "namespaces.json")
+        .list(NODES, "nodes.json")
+        .list(SERVICES, "services.json")
+        .list(SERVICES, "services-relist.json")
+        .list(SLICES, "endpointslices.json")
+        .list(PODS, "pods.json");
+    let mut running = start(&api, config("default", None), |s| {
+        assert_eq!(service_ports(s, REVIEWS), Some(vec![9080]));
+        assert!(
+            s.registry
+                .service("details.bookinfo.svc.cluster.local")
+                .is_some()
+        );
+        // No discoverySelectors: every namespace.
+        assert!(
+            s.registry
+                .service("legacy-app.legacy.svc.cluster.local")
+                .is_some()
+        );
+        let endpoints = &s.registry.endpoints[REVIEWS];
+        assert_eq!(endpoints.len(), 1);
+        assert_eq!(endpoints[0].address, "10.244.1.5");
+        assert_eq!(endpoints[0].service_account, "bookinfo-reviews");
+        assert!(endpoints[0].has_proxy);
+        // The pod has no locality label: its node's topology labels.
+        assert_eq!(endpoints[0].locality.region, "us-east1");
+        assert_eq!(endpoints[0].locality.zone, "us-east1-b");
+    })
+    .await;
+    // The initial list was a paged list, then a watch from its resourceVersion.
+    let seen = api.seen();
+    let list = seen.iter().find(|s| s.path == SERVICES).unwrap();
+    assert!(list.query.contains("limit=500"), "{}", list.query);
+    eventually("services watch from the list's resourceVersion", || {
+        api.seen().iter().any(|s| {
+            s.path == SERVICES
+                && s.query.contains("watch=true")
+                && s.query.contains("resourceVersion=1020")
+        })
+    })
+    .await;
+
+    // ADDED ratings, MODIFIED reviews (a second port), DELETED details, BOOKMARK.
+    api.watch(SERVICES, "watch-services.jsonl");
+    wait_for(&mut running.snapshots, "watch events applied", |s| {
+        s.registry
+            .service("ratings.bookinfo.svc.cluster.local")
+            .is_some()
+            && service_ports(s, REVIEWS) == Some(vec![9080, 9090])
+            && s.registry
+                .service("details.bookinfo.svc.cluster.local")
+                .is_none()
+    })
+    .await;
+    // The bookmark moved the watch on.
+    eventually("re-watch from the bookmark", || {
+        api.seen()
+            .iter()
+            .any(|s| s.path == SERVICES && s.query.contains("resourceVersion=1200"))
+    })
+    .await;
+
+    // 410 Gone: relist; ratings is not in the new list, so it is removed.
+    api.watch(SERVICES, "watch-gone.jsonl");
+    wait_for(
+        &mut running.snapshots,
+        "relist removes what it did not list",
+        |s| {
+            s.registry
+                .service("ratings.bookinfo.svc.cluster.local")
+                .is_none()
+        },
+    )
+    .await;
+    let snapshot = running.snapshots.borrow().clone();
+    assert_eq!(service_ports(&snapshot, REVIEWS), Some(vec![9080, 9090]));
+    let hosts: Vec<&String> = snapshot.registry.services.keys().collect();
+    assert_eq!(hosts, [REVIEWS], "the relist holds reviews only");
+    let lists = api
+        .seen()
+        .iter()
+        .filter(|s| s.path == SERVICES && s.query.contains("limit="))
+        .count();
+    assert_eq!(lists, 2, "one list at start, one relist after 410");
+    // managedFields never reach the store.
+    let status = running.status_of("reviews");
+    assert_eq!(status.file, "kube://Service/bookinfo/reviews");
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn invalid_virtual_service_is_skipped_with_an_event_naming_the_field() {
+    let api = MockApi::default();
+    api.list(NAMESPACES, "namespaces.json")
+        .list(VIRTUAL_SERVICES, "virtualservices.json");
+    let mut running = start(&api, config("default", None), |s| {
+        // ratings-split is invalid, details-canary belongs to revision canary.
+        assert_eq!(vs_names(s), ["details-default", "legacy-app", "reviews"]);
+    })
+    .await;
+    let bad = running.status_of("ratings-split");
+    assert_eq!(bad.status, "error (skipped)");
+    assert_eq!(bad.file, "kube://VirtualService/bookinfo/ratings-split");
+    assert!(
+        bad.messages
+            .iter()
+            .any(|m| m.contains("spec.http[0].route[0].weight")),
+        "{:?}",
+        bad.messages
+    );
+    assert_eq!(running.status_of("reviews").status, "ok");
+
+    // The replica takes the Lease and, as leader, writes one Event.
+    eventually("the Event on ratings-split", || {
+        !posts(&api, "/api/v1/namespaces/bookinfo/events").is_empty()
+    })
+    .await;
+    let lease = posts(&api, LEASES);
+    assert_eq!(lease.len(), 1);
+    assert_eq!(lease[0].body["metadata"]["name"], "istio-leader");
+    assert_eq!(lease[0].body["spec"]["holderIdentity"], "replica-a");
+    assert_eq!(lease[0].body["spec"]["leaseDurationSeconds"], 30);
+    let events = posts(&api, "/api/v1/namespaces/bookinfo/events");
+    assert_eq!(events.len(), 1, "only the invalid object gets an Event");
+    let event = &events[0].body;
+    assert_eq!(event["type"], "Warning");
+    assert_eq!(event["reason"], "InvalidConfig");
+    assert_eq!(event["involvedObject"]["kind"], "VirtualService");
+    assert_eq!(
+        event["involvedObject"]["apiVersion"],
+        "networking.istio.io/v1"
+    );
+    assert_eq!(event["involvedObject"]["name"], "ratings-split");
+    assert_eq!(event["involvedObject"]["namespace"], "bookinfo");
+    assert_eq!(
+        event["involvedObject"]["uid"],
+        "7d6c5b4a-3f2e-4db9-8c7b-6a5f4e3d2c12"
+    );
+    assert_eq!(event["involvedObject"]["resourceVersion"], "931");
+    let message = event["message"].as_str().unwrap();
+    assert!(
+        message.contains("spec.http[0].route[0].weight: weight 150 must be in the range 0..100"),
+        "{message}"
+    );
+
+    // reviews breaks (its last good version stays), ratings-split is fixed.
+    api.watch(VIRTUAL_SERVICES, "watch-virtualservices.jsonl");
+    wait_for(&mut running.snapshots, "the fixed object applies", |s| {
+        vs_names(s) == ["details-default", "legacy-app", "ratings-split", "reviews"]
+    })
+    .await;
+    let snapshot = running.snapshots.borrow().clone();
+    let reviews = snapshot
+        .virtual_services
+        .iter()
+        .find(|vs| vs.metadata.name.as_deref() == Some("reviews"))
+        .unwrap();
+    assert_eq!(
+        reviews.spec.http[0].route[0].destination.subset.as_deref(),
+        Some("v1"),
+        "last good version kept"
+    );
+    assert_eq!(
+        running.status_of("reviews").status,
+        "error (last good version kept)"
+    );
+    assert_eq!(running.status_of("ratings-split").status, "ok");
+    eventually("the Event on reviews", || {
+        posts(&api, "/api/v1/namespaces/bookinfo/events").len() == 2
+    })
+    .await;
+    let events = posts(&api, "/api/v1/namespaces/bookinfo/events");
+    assert_eq!(events[1].body["involvedObject"]["name"], "reviews");
+    assert_eq!(events[1].body["involvedObject"]["resourceVersion"], "1150");
+    assert!(
+        events[1].body["message"]
+            .as_str()
+            .unwrap()
+            .contains("spec.http[0].route[0].weight"),
+        "{}",
+        events[1].body["message"]
+    );
+    running.stop().await;
+    // Leaving, the leader hands the Lease back.
+    let lease = api.object(&format!("{LEASES}/istio-leader")).unwrap();
+    assert_eq!(lease["spec"].get("holderIdentity"), None);
+}
+
+#[tokio::test]
+async fn discovery_selectors_mesh_config_and_root_cert_configmaps() {
+    let api = MockApi::default();
+    api.list(NAMESPACES, "namespaces.json")
+        .list(MESH_CONFIGMAPS, "configmaps-istio.json")
+        .list(SERVICES, "services.json")
+        .list(VIRTUAL_SERVICES, "virtualservices.json");
+    let mut running = start(&api, config("default", Some("ROOT PEM\n")), |s| {
+        assert_eq!(s.mesh.access_log_file.as_deref(), Some("/dev/stdout"));
+        assert!(s.registry.service(REVIEWS).is_some());
+        // The control plane's own namespace always counts.
+        assert!(
+            s.registry
+                .service("istiod.istio-system.svc.cluster.local")
+                .is_some()
+        );
+        // legacy lacks istio-discovery=enabled.
+        assert!(
+            s.registry
+                .service("legacy-app.legacy.svc.cluster.local")
+                .is_none()
+        );
+        assert!(!vs_names(s).contains(&"legacy-app".to_string()));
+    })
+    .await;
+    let mesh_list = api
+        .seen()
+        .into_iter()
+        .find(|s| s.path == MESH_CONFIGMAPS)
+        .unwrap();
+    assert!(
+        mesh_list
+            .query
+            .contains("fieldSelector=metadata.name%3Distio"),
+        "{}",
+        mesh_list.query
+    );
+
+    // The leader publishes the root in every selected namespace only.
+    let root_cm = |ns: &str| format!("/api/v1/namespaces/{ns}/configmaps/istio-ca-root-cert");
+    eventually("root-cert ConfigMaps", || {
+        api.object(&root_cm("bookinfo")).is_some() && api.object(&root_cm("istio-system")).is_some()
+    })
+    .await;
+    let cm = api.object(&root_cm("bookinfo")).unwrap();
+    assert_eq!(cm["data"]["root-cert.pem"], "ROOT PEM\n");
+    assert!(api.object(&root_cm("legacy")).is_none());
+    assert!(api.object(&root_cm("default")).is_none());
+
+    // legacy is labelled: its objects and a ConfigMap follow.
+    api.watch(NAMESPACES, "watch-namespaces.jsonl");
+    wait_for(&mut running.snapshots, "legacy selected", |s| {
+        s.registry
+            .service("legacy-app.legacy.svc.cluster.local")
+            .is_some()
+            && vs_names(s).contains(&"legacy-app".to_string())
+    })
+    .await;
+    eventually("root cert in legacy", || {
+        api.object(&root_cm("legacy")).is_some()
+    })
+    .await;
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_revision_reads_its_own_mesh_config_and_objects() {
+    let api = MockApi::default();
+    api.list(NAMESPACES, "namespaces.json")
+        .list(MESH_CONFIGMAPS, "configmaps-istio-canary.json")
+        .list(VIRTUAL_SERVICES, "virtualservices.json");
+    let running = start(&api, config("canary", None), |s| {
+        assert_eq!(
+            s.mesh.access_log_file.as_deref(),
+            Some("/var/log/canary.log")
+        );
+        // Unlabelled objects are everyone's; details-default is not ours.
+        assert_eq!(vs_names(s), ["details-canary", "legacy-app", "reviews"]);
+    })
+    .await;
+    let mesh_list = api
+        .seen()
+        .into_iter()
+        .find(|s| s.path == MESH_CONFIGMAPS)
+        .unwrap();
+    assert!(
+        mesh_list
+            .query
+            .contains("fieldSelector=metadata.name%3Distio-canary"),
+        "{}",
+        mesh_list.query
+    );
+    running.stop().await;
+}
+
+fn lease_timing() -> LeaseTiming {
+    LeaseTiming {
+        duration: Duration::from_secs(1),
+        renew: Duration::from_millis(100),
+    }
+}
+
+#[tokio::test]
+async fn leader_election_acquires_renews_and_loses() {
+    let api = MockApi::default();
+    let path = format!("{LEASES}/istio-leader");
+    let mut a = LeaderElector::new(
+        api.client(),
+        "istio-system",
+        "istio-leader",
+        "replica-a",
+        lease_timing(),
+    );
+    let mut b = LeaderElector::new(
+        api.client(),
+        "istio-system",
+        "istio-leader",
+        "replica-b",
+        lease_timing(),
+    );
+
+    // No Lease: GET 404, then create.
+    assert!(a.try_acquire_or_renew().await.unwrap());
+    let calls = api.calls();
+    assert_eq!(calls.len(), 2);
+    assert_eq!(
+        (calls[0].method.clone(), calls[0].path.as_str()),
+        (Method::GET, path.as_str())
+    );
+    assert_eq!(
+        (calls[1].method.clone(), calls[1].path.as_str()),
+        (Method::POST, LEASES)
+    );
+    let created = &calls[1].body;
+    assert_eq!(created["apiVersion"], "coordination.k8s.io/v1");
+    assert_eq!(created["kind"], "Lease");
+    assert_eq!(created["metadata"]["namespace"], "istio-system");
+    assert_eq!(created["spec"]["holderIdentity"], "replica-a");
+    assert_eq!(created["spec"]["leaseDurationSeconds"], 1);
+    assert_eq!(created["spec"]["leaseTransitions"], 0);
+    assert!(
+        created["spec"]["renewTime"]
+            .as_str()
+            .unwrap()
+            .ends_with('Z')
+    );
+
+    // b sees a valid Lease held by a: no write.
+    assert!(!b.try_acquire_or_renew().await.unwrap());
+    assert_eq!(api.calls().len(), 3);
+
+    // a renews: PUT carrying the resourceVersion it read.
+    let before = api.object(&path).unwrap();
+    assert!(a.try_acquire_or_renew().await.unwrap());
+    let put = api.calls().pop().unwrap();
+    assert_eq!(
+        (put.method.clone(), put.path.as_str()),
+        (Method::PUT, path.as_str())
+    );
+    assert_eq!(
+        put.body["metadata"]["resourceVersion"],
+        before["metadata"]["resourceVersion"]
+    );
+    assert_eq!(put.body["spec"]["holderIdentity"], "replica-a");
+    assert_eq!(
+        put.body["spec"]["acquireTime"],
+        before["spec"]["acquireTime"]
+    );
+    assert_ne!(put.body["spec"]["renewTime"], before["spec"]["renewTime"]);
+    assert_eq!(put.body["spec"]["leaseTransitions"], 0);
+
+    // a stops renewing; b takes over once it has seen the same record for
+    // the lease duration by its own clock, and counts a transition.
+    assert!(!b.try_acquire_or_renew().await.unwrap());
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(b.try_acquire_or_renew().await.unwrap());
+    let lease = api.object(&path).unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], "replica-b");
+    assert_eq!(lease["spec"]["leaseTransitions"], 1);
+
+    // a has lost: it sees b's fresh record and writes nothing.
+    let writes = api
+        .calls()
+        .iter()
+        .filter(|s| s.method != Method::GET)
+        .count();
+    assert!(!a.try_acquire_or_renew().await.unwrap());
+    assert_eq!(
+        api.calls()
+            .iter()
+            .filter(|s| s.method != Method::GET)
+            .count(),
+        writes
+    );
+
+    // b stops renewing too. Two replicas racing for the expired Lease: the
+    // second write carries a stale resourceVersion and gets 409, which is
+    // "not leader", not an error.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut stale = api.object(&path).unwrap();
+    stale["spec"]["holderIdentity"] = json!("replica-c");
+    api.fault(
+        Method::PUT,
+        &path,
+        409,
+        mock::status(409, "Conflict", "the object has been modified"),
+        Some((&path, stale)),
+    );
+    assert!(!a.try_acquire_or_renew().await.unwrap());
+    assert_eq!(
+        api.object(&path).unwrap()["spec"]["holderIdentity"],
+        "replica-c"
+    );
+}
+
+#[tokio::test]
+async fn leader_runs_until_shutdown_and_only_then_releases() {
+    let api = MockApi::default();
+    let path = format!("{LEASES}/istio-leader");
+    let elector = LeaderElector::new(
+        api.client(),
+        "istio-system",
+        "istio-leader",
+        "replica-a",
+        lease_timing(),
+    );
+    let (tx, mut leading) = watch::channel(false);
+    let (stop, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(elector.run(tx, async move {
+        let mut rx = stop_rx;
+        let _ = rx.wait_for(|s| *s).await;
+    }));
+    leading.wait_for(|l| *l).await.unwrap();
+    // It renews every 100 ms.
+    eventually("renewals", || {
+        api.calls()
+            .iter()
+            .filter(|s| s.method == Method::PUT)
+            .count()
+            >= 3
+    })
+    .await;
+    stop.send(true).unwrap();
+    task.await.unwrap();
+    assert!(!*leading.borrow());
+    let lease = api.object(&path).unwrap();
+    assert_eq!(lease["spec"].get("holderIdentity"), None, "released");
+    assert_eq!(lease["spec"]["leaseDurationSeconds"], 1);
+}
+
+const SECRETS: &str = "/api/v1/namespaces/istio-system/secrets";
+
+fn b64(s: &str) -> String {
+    use k8s_openapi::ByteString;
+    serde_json::to_value(ByteString(s.as_bytes().to_vec()))
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test]
+async fn ca_secret_is_created_once_and_read_by_other_replicas() {
+    use mesh_control::source::kube::ca::{CaSecretSource, prepare_ca_dir};
+    let api = MockApi::default();
+    let dir_a = tempfile::tempdir().unwrap();
+    let dir_b = tempfile::tempdir().unwrap();
+    let from = prepare_ca_dir(
+        api.client(),
+        "istio-system",
+        "replica-a",
+        dir_a.path(),
+        "cluster.local",
+        lease_timing(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(from, CaSecretSource::Created);
+    let created = posts(&api, SECRETS);
+    assert_eq!(created.len(), 1);
+    assert_eq!(created[0].body["metadata"]["name"], "istio-ca-secret");
+    assert_eq!(created[0].body["type"], "istio.io/ca-root");
+    let mut keys: Vec<&str> = created[0].body["data"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "ca-cert.pem",
+            "ca-key.pem",
+            "cert-chain.pem",
+            "root-cert.pem"
+        ]
+    );
+    // The Lease guarded the create and was handed back.
+    let lease = api.object(&format!("{LEASES}/istio-ca-root")).unwrap();
+    assert_eq!(lease["spec"].get("holderIdentity"), None);
+
+    // A second replica reads it: same root, no second create.
+    let from = prepare_ca_dir(
+        api.client(),
+        "istio-system",
+        "replica-b",
+        dir_b.path(),
+        "cluster.local",
+        lease_timing(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(from, CaSecretSource::Existing);
+    assert_eq!(posts(&api, SECRETS).len(), 1);
+    let root = |d: &std::path::Path| std::fs::read_to_string(d.join("root-cert.pem")).unwrap();
+    assert_eq!(root(dir_a.path()), root(dir_b.path()));
+    // The existing CA path loads what was written.
+    for dir in [dir_a.path(), dir_b.path()] {
+        let secure = mesh_control::secure::Secure::load(&mesh_control::secure::SecureConfig {
+            ca_dir: dir.to_path_buf(),
+            trust_domain: "cluster.local".into(),
+            extra_names: vec![],
+        })
+        .unwrap();
+        assert_eq!(secure.root_pem(), root(dir_a.path()));
+    }
+}
+
+#[tokio::test]
+async fn a_create_conflict_means_another_replica_won_and_its_secret_is_used() {
+    use mesh_control::source::kube::ca::{CaSecretSource, prepare_ca_dir};
+    let api = MockApi::default();
+    // The winner's root, generated as the CA would.
+    let winner_dir = tempfile::tempdir().unwrap();
+    let winner =
+        mesh_ca::authority::generate_root(winner_dir.path(), &mesh_ca::AuthorityConfig::default())
+            .unwrap();
+    let winner_secret = json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "istio.io/ca-root",
+        "metadata": {"name": "istio-ca-secret", "namespace": "istio-system"},
+        "data": {
+            "ca-cert.pem": b64(&winner.ca_cert_pem), "ca-key.pem": b64(&winner.ca_key_pem),
+            "cert-chain.pem": b64(&winner.ca_cert_pem), "root-cert.pem": b64(&winner.root_cert_pem)
+        }
+    });
+    api.fault(
+        Method::POST,
+        SECRETS,
+        409,
+        mock::status(
+            409,
+            "AlreadyExists",
+            "secrets \"istio-ca-secret\" already exists",
+        ),
+        Some((&format!("{SECRETS}/istio-ca-secret"), winner_secret)),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let from = prepare_ca_dir(
+        api.client(),
+        "istio-system",
+        "replica-a",
+        dir.path(),
+        "cluster.local",
+        lease_timing(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(from, CaSecretSource::Existing);
+    assert_eq!(posts(&api, SECRETS).len(), 1, "created exactly once");
+    let gets = api
+        .calls()
+        .iter()
+        .filter(|s| s.method == Method::GET && s.path == format!("{SECRETS}/istio-ca-secret"))
+        .count();
+    assert_eq!(gets, 3, "read, read under the Lease, re-read after 409");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("root-cert.pem")).unwrap(),
+        winner.root_cert_pem
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("ca-key.pem")).unwrap(),
+        winner.ca_key_pem
+    );
+}
+
+#[tokio::test]
+async fn a_plugged_in_cacerts_secret_wins() {
+    use mesh_control::source::kube::ca::{CaSecretSource, prepare_ca_dir};
+    let api = MockApi::default();
+    let plugged_dir = tempfile::tempdir().unwrap();
+    let plugged =
+        mesh_ca::authority::generate_root(plugged_dir.path(), &mesh_ca::AuthorityConfig::default())
+            .unwrap();
+    api.put_object(
+        &format!("{SECRETS}/cacerts"),
+        json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+               "metadata": {"name": "cacerts", "namespace": "istio-system"},
+               "data": {"ca-cert.pem": b64(&plugged.ca_cert_pem), "ca-key.pem": b64(&plugged.ca_key_pem),
+                        "root-cert.pem": b64(&plugged.root_cert_pem)}}),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("cert-chain.pem"), "stale").unwrap();
+    let from = prepare_ca_dir(
+        api.client(),
+        "istio-system",
+        "replica-a",
+        dir.path(),
+        "cluster.local",
+        lease_timing(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(from, CaSecretSource::Plugged);
+    assert!(posts(&api, SECRETS).is_empty());
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("root-cert.pem")).unwrap(),
+        plugged.root_cert_pem
+    );
+    assert!(
+        !dir.path().join("cert-chain.pem").exists(),
+        "a stale chain is removed"
+    );
+
+    // A cacerts without its key is an error naming the Secret and key.
+    let api = MockApi::default();
+    api.put_object(
+        &format!("{SECRETS}/cacerts"),
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "cacerts", "namespace": "istio-system"},
+               "data": {"ca-cert.pem": b64(&plugged.ca_cert_pem)}}),
+    );
+    let e = prepare_ca_dir(
+        api.client(),
+        "istio-system",
+        "replica-a",
+        dir.path(),
+        "cluster.local",
+        lease_timing(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "Secret istio-system/cacerts: data.ca-key.pem is missing"
+    );
+}
+
+#[tokio::test]
+async fn root_cert_configmap_is_created_updated_and_left_alone_per_namespace() {
+    let api = MockApi::default();
+    let path = |ns: &str| format!("/api/v1/namespaces/{ns}/configmaps/istio-ca-root-cert");
+    api.put_object(
+        &path("stale"),
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": "istio-ca-root-cert", "namespace": "stale", "labels": {"istio.io/config": "true"}},
+               "data": {"root-cert.pem": "OLD\n"}}),
+    );
+    api.put_object(
+        &path("current"),
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": "istio-ca-root-cert", "namespace": "current"},
+               "data": {"root-cert.pem": "NEW\n"}}),
+    );
+    let publisher = RootCertPublisher::new(api.client(), "NEW\n".into());
+    let (namespaces_tx, namespaces) = watch::channel(
+        ["fresh", "stale", "current"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+    );
+    let (leading_tx, leading) = watch::channel(false);
+    let (stop, stop_rx) = watch::channel(false);
+    let task =
+        tokio::spawn(
+            publisher.run(namespaces, leading, Duration::from_secs(300), async move {
+                let mut rx = stop_rx;
+                let _ = rx.wait_for(|s| *s).await;
+            }),
+        );
+    // A follower writes nothing.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(api.calls().is_empty(), "{:?}", api.calls());
+
+    leading_tx.send(true).unwrap();
+    eventually("all three checked", || {
+        api.calls()
+            .iter()
+            .filter(|s| s.method == Method::GET)
+            .count()
+            == 3
+    })
+    .await;
+    eventually("writes done", || {
+        api.object(&path("fresh")).is_some()
+            && api.object(&path("stale")).unwrap()["data"]["root-cert.pem"] == "NEW\n"
+    })
+    .await;
+    let writes: Vec<(Method, String)> = api
+        .calls()
+        .into_iter()
+        .filter(|s| s.method != Method::GET)
+        .map(|s| (s.method, s.path))
+        .collect();
+    assert_eq!(
+        writes,
+        [
+            (
+                Method::POST,
+                "/api/v1/namespaces/fresh/configmaps".to_string()
+            ),
+            (Method::PUT, path("stale")),
+        ],
+        "created where missing, updated where stale, untouched where current"
+    );
+    let fresh = api.object(&path("fresh")).unwrap();
+    assert_eq!(fresh["data"]["root-cert.pem"], "NEW\n");
+    assert_eq!(fresh["metadata"]["labels"]["istio.io/config"], "true");
+    let stale = api.object(&path("stale")).unwrap();
+    assert_eq!(
+        stale["metadata"]["labels"]["istio.io/config"], "true",
+        "the rest of the object is kept"
+    );
+
+    // A new namespace gets one too.
+    namespaces_tx.send_modify(|n| {
+        n.insert("added".into());
+    });
+    eventually("the new namespace", || api.object(&path("added")).is_some()).await;
+    stop.send(true).unwrap();
+    task.await.unwrap();
+    let _: Value = api.object(&path("added")).unwrap();
+}
