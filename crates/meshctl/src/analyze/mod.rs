@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use crate::{EXIT_ANALYZE_ISSUES, FileArgs, OutputFormat};
 
+pub mod cluster;
 mod destination_rule;
 mod gateway;
 mod index;
@@ -178,8 +179,22 @@ struct Rendered<'a> {
 /// Arguments of `meshctl analyze`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    /// Files or directories of YAML to analyze (`-` reads stdin); without
+    /// any, the live cluster is analyzed.
+    #[arg(short = 'f', long = "filename", value_name = "PATH", num_args = 1..)]
+    files: Vec<std::path::PathBuf>,
+    /// Also read the live cluster when files are given (istioctl's
+    /// `--use-kube`); without files the cluster is always read.
+    #[arg(long)]
+    use_kube: bool,
+    /// The cluster's namespace to analyze [default: `default`].
+    #[arg(short = 'n', long)]
+    namespace: Option<String>,
+    /// Analyze every namespace of the cluster.
+    #[arg(short = 'A', long)]
+    all_namespaces: bool,
     #[command(flatten)]
-    files: FileArgs,
+    kube: crate::install::KubeArgs,
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Log)]
     output: OutputFormat,
@@ -242,7 +257,23 @@ const CHECKS: &[Check] = &[
 
 /// Runs the command.
 pub fn run(args: &Args, out: &mut dyn Write) -> anyhow::Result<i32> {
-    let loaded = crate::validate::load_all(&args.files)?;
+    let mut loaded = crate::validate::load_all(&FileArgs {
+        files: args.files.clone(),
+    })?;
+    if args.files.is_empty() || args.use_kube {
+        let namespace = (!args.all_namespaces).then(|| {
+            args.namespace
+                .clone()
+                .unwrap_or_else(|| "default".to_string())
+        });
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        loaded.extend(runtime.block_on(async {
+            let client = args.kube.client().await?;
+            cluster::load(client, namespace.as_deref()).await
+        })?);
+    }
     let messages = analyze(&loaded);
     let shown: Vec<&Message> = messages
         .iter()
