@@ -1,4 +1,5 @@
-//! The `mesh-control` process: the config-directory source, the ADS server,
+//! The `mesh-control` process: the config source (a directory, or the
+//! Kubernetes API with `--kubernetes`), the ADS server,
 //! the secure port (embedded CA + ADS over TLS, with `--ca-dir`) and the
 //! monitoring endpoints, wired together and shut down together on SIGTERM
 //! or Ctrl-C.
@@ -10,13 +11,15 @@ use std::sync::{Arc, Mutex};
 use axum::Json;
 use axum::routing::get;
 use clap::Parser;
+use mesh_ca::auth::kube::{TokenReviewAuthenticator, TokenReviewConfig};
 use tokio::sync::watch;
 
 use crate::ads::metrics::Metrics;
 use crate::ads::{self, AdsServer, DEFAULT_PUSH_CONCURRENCY};
 use crate::jwks::{JwksResolver, JwksSettings};
 use crate::secure::{Secure, SecureConfig};
-use crate::source::{ConfigStatus, DirSource, DirSourceConfig};
+use crate::snapshot::Snapshot;
+use crate::source::{ConfigStatus, DirSource, DirSourceConfig, KubeSource, KubeSourceConfig};
 
 /// Command-line arguments of `mesh-control`.
 #[derive(Debug, Parser)]
@@ -29,8 +32,29 @@ pub struct Args {
     /// Directory of Istio and Kubernetes YAML to serve (watched for
     /// changes); repeat it to read several directories as one, a later
     /// directory's object overriding the same kind/namespace/name.
-    #[arg(long, env = "MESH_CONFIG_DIR", required_unless_present = "issue_token")]
+    #[arg(
+        long,
+        env = "MESH_CONFIG_DIR",
+        required_unless_present_any = ["issue_token", "kubernetes"],
+        conflicts_with = "kubernetes"
+    )]
     pub config_dir: Vec<PathBuf>,
+    /// Read configuration from the Kubernetes API (in-cluster config or
+    /// KUBECONFIG) instead of a directory; with `--ca-dir` the CA's root
+    /// lives in a Secret and workloads prove themselves with TokenReview.
+    #[arg(long, env = "MESH_KUBERNETES")]
+    pub kubernetes: bool,
+    /// The control plane namespace (`--kubernetes`).
+    #[arg(long, env = "POD_NAMESPACE", default_value = mesh_api::wellknown::DEFAULT_ROOT_NAMESPACE)]
+    pub namespace: String,
+    /// The control plane revision: Istio objects labelled `istio.io/rev`
+    /// for another revision are ignored; MeshConfig is ConfigMap
+    /// `istio-<revision>` unless it is `default`.
+    #[arg(long, env = "REVISION", default_value = "default")]
+    pub revision: String,
+    /// Audience ServiceAccount tokens must carry for the CA (`--kubernetes`).
+    #[arg(long, default_value = mesh_ca::auth::local::DEFAULT_AUDIENCE)]
+    pub token_audience: String,
     /// Address of the plaintext ADS server (local mode only).
     #[arg(long, default_value = "127.0.0.1:15010")]
     pub xds_address: SocketAddr,
@@ -116,27 +140,23 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(identity) = &args.issue_token {
         return issue_token(&args, identity);
     }
+    let kube = kube_client(&args).await?;
     // Load the CA before anything listens: a broken CA directory is fatal.
     let secure = match args.secure_config() {
         Some(config) => Some((
-            Secure::load(&config)?,
+            load_secure(&args, &config, kube.as_ref()).await?,
             crate::secure::bind(args.secure_address).await?,
         )),
         None => None,
     };
-    let mut dirs = args.config_dir.iter();
-    let first = dirs
-        .next()
-        .ok_or_else(|| anyhow::anyhow!("--config-dir is required"))?;
-    let config = dirs.fold(DirSourceConfig::new(first), |c, d| c.with_dir(d));
-    let (mut source, _) = DirSource::load(config)
-        .map_err(|e| anyhow::anyhow!("cannot read the configuration: {e}"))?;
     // RequestAuthentication jwksUris are fetched here and sent inline.
     let jwks = JwksResolver::new(JwksSettings::default());
-    let snapshot = source.with_jwks(jwks.clone());
+    let root_cert = secure.as_ref().map(|(s, _)| s.root_pem());
+    let (source, snapshot) = build_source(&args, kube, root_cert, jwks.clone()).await?;
     let status: Arc<Mutex<ConfigStatus>> = source.status_handle();
     tracing::info!(
         dirs = ?args.config_dir,
+        kubernetes = args.kubernetes,
         version = snapshot.version,
         services = snapshot.registry.services.len(),
         "loaded configuration"
@@ -199,6 +219,102 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let _ = task.await;
     }
     result
+}
+
+/// Where configuration comes from (boxed: both are large and moved once).
+enum ConfigSource {
+    Dir(Box<DirSource>),
+    Kube(Box<KubeSource>),
+}
+
+impl ConfigSource {
+    fn status_handle(&self) -> Arc<Mutex<ConfigStatus>> {
+        match self {
+            Self::Dir(s) => s.status_handle(),
+            Self::Kube(s) => s.status_handle(),
+        }
+    }
+
+    async fn run(self, tx: watch::Sender<Arc<Snapshot>>, shutdown: impl Future<Output = ()>) {
+        match self {
+            Self::Dir(s) => s.run(tx, shutdown).await,
+            Self::Kube(s) => s.run(tx, shutdown).await,
+        }
+    }
+}
+
+/// The Kubernetes client with `--kubernetes`.
+async fn kube_client(args: &Args) -> anyhow::Result<Option<kube::Client>> {
+    if !args.kubernetes {
+        return Ok(None);
+    }
+    let client = kube::Client::try_default()
+        .await
+        .map_err(|e| anyhow::anyhow!("--kubernetes: no in-cluster config or KUBECONFIG: {e}"))?;
+    Ok(Some(client))
+}
+
+/// Loads the CA. In a cluster its files first come from a Secret, and
+/// workloads prove who they are with TokenReview.
+async fn load_secure(
+    args: &Args,
+    config: &SecureConfig,
+    kube: Option<&kube::Client>,
+) -> anyhow::Result<Secure> {
+    let Some(client) = kube else {
+        return Secure::load(config);
+    };
+    let from = crate::source::kube::ca::prepare_ca_dir(
+        client.clone(),
+        &args.namespace,
+        &crate::source::kube::default_identity(),
+        &config.ca_dir,
+        &args.trust_domain,
+        Default::default(),
+    )
+    .await?;
+    tracing::info!(?from, namespace = %args.namespace, "CA root from the cluster");
+    let mut secure = Secure::load(config)?;
+    let reviews = TokenReviewAuthenticator::new(
+        client.clone(),
+        TokenReviewConfig {
+            trust_domain: args.trust_domain.clone(),
+            audiences: vec![args.token_audience.clone()],
+            ..TokenReviewConfig::default()
+        },
+    );
+    secure.set_authenticators(vec![Arc::new(reviews)]);
+    Ok(secure)
+}
+
+/// The directory source, or the Kubernetes one with `--kubernetes`, with
+/// its first snapshot.
+async fn build_source(
+    args: &Args,
+    kube: Option<kube::Client>,
+    root_cert: Option<String>,
+    jwks: JwksResolver,
+) -> anyhow::Result<(ConfigSource, Snapshot)> {
+    if let Some(client) = kube {
+        let mut config = KubeSourceConfig::new(
+            &args.namespace,
+            &args.revision,
+            &crate::source::kube::default_identity(),
+        );
+        config.root_cert = root_cert;
+        let (mut source, _) = KubeSource::start(client, config).await;
+        let snapshot = source.with_jwks(jwks);
+        return Ok((ConfigSource::Kube(Box::new(source)), snapshot));
+    }
+    let mut dirs = args.config_dir.iter();
+    let first = dirs
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("--config-dir is required"))?;
+    let config = dirs.fold(DirSourceConfig::new(first), |c, d| c.with_dir(d));
+    let (mut source, _) = DirSource::load(config)
+        .map_err(|e| anyhow::anyhow!("cannot read the configuration: {e}"))?;
+    let snapshot = source.with_jwks(jwks);
+    Ok((ConfigSource::Dir(Box::new(source)), snapshot))
 }
 
 async fn terminate() {
