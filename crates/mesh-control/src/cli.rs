@@ -254,9 +254,10 @@ async fn kube_client(args: &Args) -> anyhow::Result<Option<kube::Client>> {
     Ok(Some(client))
 }
 
-/// Loads the CA. In a cluster its files first come from a Secret, and
-/// workloads prove who they are with TokenReview.
-async fn load_secure(
+/// Loads the CA (what `run` does with `--ca-dir`). In a cluster its files
+/// first come from a Secret, and workloads prove who they are with
+/// TokenReview.
+pub async fn load_secure(
     args: &Args,
     config: &SecureConfig,
     kube: Option<&kube::Client>,

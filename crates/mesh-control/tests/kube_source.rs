@@ -836,3 +836,171 @@ async fn root_cert_configmap_is_created_updated_and_left_alone_per_namespace() {
     task.await.unwrap();
     let _: Value = api.object(&path("added")).unwrap();
 }
+
+const TOKEN_REVIEWS: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
+
+/// What kube-apiserver answers for `default/sleep`'s projected token.
+fn authenticated_review(token: &str, audience: &str) -> Value {
+    json!({
+        "kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1",
+        "metadata": {"creationTimestamp": null},
+        "spec": {"token": token, "audiences": [audience]},
+        "status": {
+            "authenticated": true,
+            "user": {
+                "username": "system:serviceaccount:default:sleep",
+                "uid": "8f0c1b8e-3d0a-4c55-9a43-0d7f3f3c2a11",
+                "groups": ["system:serviceaccounts", "system:serviceaccounts:default", "system:authenticated"]
+            },
+            "audiences": [audience]
+        }
+    })
+}
+
+#[tokio::test]
+async fn in_a_cluster_the_ca_root_comes_from_the_secret_and_tokenreview_proves_identities() {
+    use clap::Parser;
+    use mesh_ca::client::{check_response, generate_key_and_csr};
+    use mesh_ca::service::CaClient;
+    use mesh_control::ads::metrics::Metrics;
+    use mesh_control::ads::{AdsServer, DEFAULT_PUSH_CONCURRENCY};
+    use mesh_control::cli::{Args, load_secure};
+    use mesh_control::secure::SecureConfig;
+
+    let api = MockApi::default();
+    let dir = tempfile::tempdir().unwrap();
+    let args = Args::try_parse_from([
+        "mesh-control",
+        "--kubernetes",
+        "--ca-dir",
+        dir.path().to_str().unwrap(),
+        "--token-audience",
+        "mesh-ca",
+    ])
+    .expect("--kubernetes needs no --config-dir");
+    assert_eq!(
+        (args.namespace.as_str(), args.revision.as_str()),
+        ("istio-system", "default")
+    );
+    let config = SecureConfig {
+        ca_dir: dir.path().to_path_buf(),
+        trust_domain: "cluster.local".into(),
+        extra_names: vec![],
+    };
+    let secure = load_secure(&args, &config, Some(&api.client()))
+        .await
+        .unwrap();
+    let created = posts(&api, SECRETS);
+    assert_eq!(created.len(), 1, "istio-ca-secret created once");
+    let root = secure.root_pem();
+    let secret_root =
+        api.object(&format!("{SECRETS}/istio-ca-secret")).unwrap()["data"]["root-cert.pem"].clone();
+    assert_eq!(
+        secret_root,
+        json!(b64(&root)),
+        "the CA serves the Secret's root"
+    );
+    let local_token = secure
+        .issue_token(
+            &"spiffe://cluster.local/ns/default/sa/sleep"
+                .parse()
+                .unwrap(),
+            Duration::from_secs(600),
+        )
+        .unwrap();
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let no_config: Vec<&mesh_api::object::Loaded> = Vec::new();
+    let snapshot = Snapshot::build(1, no_config, Default::default());
+    let (_snapshots, rx) = watch::channel(Arc::new(snapshot));
+    let ads = AdsServer::with_options(rx, Arc::new(Metrics::new()), DEFAULT_PUSH_CONCURRENCY);
+    let mut registry = prometheus_client::registry::Registry::default();
+    let ca_metrics = mesh_control::secure::register_metrics(&mut registry);
+    let (stop, stop_rx) = watch::channel(false);
+    let server = tokio::spawn(secure.serve(listener, ads, ca_metrics, async move {
+        let mut rx = stop_rx;
+        let _ = rx.wait_for(|s| *s).await;
+    }));
+
+    let bundle = mesh_ca::TrustBundle::from_pem(&root).unwrap();
+    let client = CaClient::new(
+        &format!("https://127.0.0.1:{port}"),
+        &bundle,
+        "istiod.istio-system.svc",
+    )
+    .unwrap();
+    let sleep: mesh_api::SpiffeId = "spiffe://cluster.local/ns/default/sa/sleep"
+        .parse()
+        .unwrap();
+    let (key, csr) = generate_key_and_csr(&sleep).unwrap();
+    api.fault(
+        Method::POST,
+        TOKEN_REVIEWS,
+        201,
+        authenticated_review("projected-sa-token", "mesh-ca"),
+        None,
+    );
+    let mut chain = None;
+    for _ in 0..50 {
+        match client
+            .create_certificate(&csr, None, "projected-sa-token")
+            .await
+        {
+            Ok(c) => {
+                chain = Some(c);
+                break;
+            }
+            // The server task may not be accepting yet.
+            Err(e)
+                if e.code() == tonic::Code::Unavailable
+                    && posts(&api, TOKEN_REVIEWS).is_empty() =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    check_response(&sleep, &key, &chain.expect("signed"), &bundle).unwrap();
+    let reviews = posts(&api, TOKEN_REVIEWS);
+    assert_eq!(reviews.len(), 1);
+    assert_eq!(reviews[0].body["spec"]["token"], "projected-sa-token");
+    assert_eq!(reviews[0].body["spec"]["audiences"], json!(["mesh-ca"]));
+
+    // The local-mode token authority is off: its token goes to TokenReview,
+    // which does not vouch for it.
+    let err = client
+        .create_certificate(&csr, None, &local_token)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
+    assert_eq!(posts(&api, TOKEN_REVIEWS).len(), 2);
+    stop.send(true).unwrap();
+    server.await.unwrap().unwrap();
+}
+
+#[test]
+fn kubernetes_flags() {
+    use clap::Parser;
+    use mesh_control::cli::Args;
+    let args = Args::try_parse_from([
+        "mesh-control",
+        "--kubernetes",
+        "--namespace",
+        "mesh",
+        "--revision",
+        "canary",
+    ])
+    .unwrap();
+    assert!(args.kubernetes);
+    assert_eq!(
+        (args.namespace.as_str(), args.revision.as_str()),
+        ("mesh", "canary")
+    );
+    assert_eq!(args.token_audience, "istio-ca");
+    // Without --kubernetes a directory is still required; both at once is a mistake.
+    assert!(Args::try_parse_from(["mesh-control"]).is_err());
+    assert!(Args::try_parse_from(["mesh-control", "--kubernetes", "--config-dir", "x"]).is_err());
+    let local = Args::try_parse_from(["mesh-control", "--config-dir", "x"]).unwrap();
+    assert!(!local.kubernetes);
+}
