@@ -539,7 +539,9 @@ async fn revision_uninstall_keeps_what_revisions_share() {
         "{deleted:?}"
     );
     assert!(
-        !deleted.iter().any(|p| p.ends_with("/configmaps/istio")),
+        deleted
+            .iter()
+            .any(|p| p.ends_with("/configmaps/istio-canary")),
         "{deleted:?}"
     );
 }

@@ -594,7 +594,8 @@ fn revision_renames_and_labels_every_control_plane_object() {
             meta.name
         );
     }
-    // Proxies talk to the revision's istiod.
+    // Proxies talk to the revision's istiod; the revision's MeshConfig is istio-R.
+    assert_eq!(name(&p.config_maps[0].metadata), "istio-canary");
     let mesh = &p.config_maps[0].data.as_ref().unwrap()["mesh"];
     assert!(
         mesh.contains("discoveryAddress: istiod-canary.istio-system.svc:15012"),

@@ -251,9 +251,7 @@ pub struct Keep {
 pub fn deletes(object: &Object, keep: Keep) -> bool {
     let shared = object.resource.kind == "Namespace"
         || object.component == Component::Crds
-        || (keep.revision
-            && (object.component == Component::IngressGateway
-                || (object.resource.kind == "ConfigMap" && object.name == "istio")));
+        || (keep.revision && object.component == Component::IngressGateway);
     keep.purge || !shared
 }
 

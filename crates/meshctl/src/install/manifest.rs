@@ -220,7 +220,7 @@ pub fn discovery_address(values: &Values, port: u16) -> String {
     format!("{}.{NAMESPACE}.svc:{port}", values.revisioned("istiod"))
 }
 
-/// ConfigMap `istio`: key `mesh` is the MeshConfig with the proxies'
+/// ConfigMap `istio` (`istio-R`): key `mesh` is the MeshConfig with the proxies'
 /// discovery address and trace sampling filled in.
 fn mesh_config_map(values: &Values) -> Result<ConfigMap, RenderError> {
     let mut mesh = values.mesh_config.clone();
@@ -236,7 +236,8 @@ fn mesh_config_map(values: &Values) -> Result<ConfigMap, RenderError> {
     let yaml =
         serde_saphyr::to_string(&mesh).map_err(|e| RenderError::MeshConfig(e.to_string()))?;
     Ok(ConfigMap {
-        metadata: meta(values, "istio".into(), &[]),
+        // `istio-R` for revision R: what mesh-control --revision R reads.
+        metadata: meta(values, values.revisioned("istio"), &[]),
         data: Some(BTreeMap::from([("mesh".to_string(), yaml)])),
         ..Default::default()
     })
