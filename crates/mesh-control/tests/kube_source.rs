@@ -106,6 +106,18 @@ fn vs_names(s: &Snapshot) -> Vec<String> {
     names
 }
 
+/// The `fieldSelector` of the first request to `path`.
+fn field_selector(api: &MockApi, path: &str) -> String {
+    let seen = api.seen();
+    let request = seen.iter().find(|s| s.path == path).expect("requested");
+    request
+        .query
+        .split('&')
+        .find_map(|p| p.strip_prefix("fieldSelector="))
+        .unwrap_or_default()
+        .to_string()
+}
+
 fn posts(api: &MockApi, path: &str) -> Vec<Seen> {
     api.calls()
         .into_iter()
@@ -329,17 +341,9 @@ async fn discovery_selectors_mesh_config_and_root_cert_configmaps() {
         assert!(!vs_names(s).contains(&"legacy-app".to_string()));
     })
     .await;
-    let mesh_list = api
-        .seen()
-        .into_iter()
-        .find(|s| s.path == MESH_CONFIGMAPS)
-        .unwrap();
-    assert!(
-        mesh_list
-            .query
-            .contains("fieldSelector=metadata.name%3Distio"),
-        "{}",
-        mesh_list.query
+    assert_eq!(
+        field_selector(&api, MESH_CONFIGMAPS),
+        "metadata.name%3Distio"
     );
 
     // The leader publishes the root in every selected namespace only.
@@ -384,17 +388,9 @@ async fn a_revision_reads_its_own_mesh_config_and_objects() {
         assert_eq!(vs_names(s), ["details-canary", "legacy-app", "reviews"]);
     })
     .await;
-    let mesh_list = api
-        .seen()
-        .into_iter()
-        .find(|s| s.path == MESH_CONFIGMAPS)
-        .unwrap();
-    assert!(
-        mesh_list
-            .query
-            .contains("fieldSelector=metadata.name%3Distio-canary"),
-        "{}",
-        mesh_list.query
+    assert_eq!(
+        field_selector(&api, MESH_CONFIGMAPS),
+        "metadata.name%3Distio-canary"
     );
     running.stop().await;
 }
@@ -565,22 +561,48 @@ fn b64(s: &str) -> String {
         .to_string()
 }
 
-#[tokio::test]
-async fn ca_secret_is_created_once_and_read_by_other_replicas() {
-    use mesh_control::source::kube::ca::{CaSecretSource, prepare_ca_dir};
-    let api = MockApi::default();
-    let dir_a = tempfile::tempdir().unwrap();
-    let dir_b = tempfile::tempdir().unwrap();
-    let from = prepare_ca_dir(
+/// `prepare_ca_dir` as `identity` for the control plane in istio-system.
+async fn prepare(
+    api: &MockApi,
+    identity: &str,
+    dir: &std::path::Path,
+) -> Result<
+    mesh_control::source::kube::ca::CaSecretSource,
+    mesh_control::source::kube::ca::CaSecretError,
+> {
+    mesh_control::source::kube::ca::prepare_ca_dir(
         api.client(),
         "istio-system",
-        "replica-a",
-        dir_a.path(),
+        identity,
+        dir,
         "cluster.local",
         lease_timing(),
     )
     .await
-    .unwrap();
+}
+
+/// A CA Secret as kube-apiserver returns it, holding `keys` of `root`.
+fn ca_secret(name: &str, root: &mesh_ca::CaMaterial, keys: &[&str]) -> Value {
+    let mut data = serde_json::Map::new();
+    for key in keys {
+        let pem = match *key {
+            "ca-key.pem" => &root.ca_key_pem,
+            "root-cert.pem" => &root.root_cert_pem,
+            _ => &root.ca_cert_pem,
+        };
+        data.insert(key.to_string(), json!(b64(pem)));
+    }
+    json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+           "metadata": {"name": name, "namespace": "istio-system"}, "data": data})
+}
+
+#[tokio::test]
+async fn ca_secret_is_created_once_and_read_by_other_replicas() {
+    use mesh_control::source::kube::ca::CaSecretSource;
+    let api = MockApi::default();
+    let dir_a = tempfile::tempdir().unwrap();
+    let dir_b = tempfile::tempdir().unwrap();
+    let from = prepare(&api, "replica-a", dir_a.path()).await.unwrap();
     assert_eq!(from, CaSecretSource::Created);
     let created = posts(&api, SECRETS);
     assert_eq!(created.len(), 1);
@@ -607,16 +629,7 @@ async fn ca_secret_is_created_once_and_read_by_other_replicas() {
     assert_eq!(lease["spec"].get("holderIdentity"), None);
 
     // A second replica reads it: same root, no second create.
-    let from = prepare_ca_dir(
-        api.client(),
-        "istio-system",
-        "replica-b",
-        dir_b.path(),
-        "cluster.local",
-        lease_timing(),
-    )
-    .await
-    .unwrap();
+    let from = prepare(&api, "replica-b", dir_b.path()).await.unwrap();
     assert_eq!(from, CaSecretSource::Existing);
     assert_eq!(posts(&api, SECRETS).len(), 1);
     let root = |d: &std::path::Path| std::fs::read_to_string(d.join("root-cert.pem")).unwrap();
@@ -635,21 +648,24 @@ async fn ca_secret_is_created_once_and_read_by_other_replicas() {
 
 #[tokio::test]
 async fn a_create_conflict_means_another_replica_won_and_its_secret_is_used() {
-    use mesh_control::source::kube::ca::{CaSecretSource, prepare_ca_dir};
+    use mesh_control::source::kube::ca::CaSecretSource;
     let api = MockApi::default();
     // The winner's root, generated as the CA would.
     let winner_dir = tempfile::tempdir().unwrap();
     let winner =
         mesh_ca::authority::generate_root(winner_dir.path(), &mesh_ca::AuthorityConfig::default())
             .unwrap();
-    let winner_secret = json!({
-        "apiVersion": "v1", "kind": "Secret", "type": "istio.io/ca-root",
-        "metadata": {"name": "istio-ca-secret", "namespace": "istio-system"},
-        "data": {
-            "ca-cert.pem": b64(&winner.ca_cert_pem), "ca-key.pem": b64(&winner.ca_key_pem),
-            "cert-chain.pem": b64(&winner.ca_cert_pem), "root-cert.pem": b64(&winner.root_cert_pem)
-        }
-    });
+    let mut winner_secret = ca_secret(
+        "istio-ca-secret",
+        &winner,
+        &[
+            "ca-cert.pem",
+            "ca-key.pem",
+            "cert-chain.pem",
+            "root-cert.pem",
+        ],
+    );
+    winner_secret["type"] = json!("istio.io/ca-root");
     api.fault(
         Method::POST,
         SECRETS,
@@ -662,16 +678,7 @@ async fn a_create_conflict_means_another_replica_won_and_its_secret_is_used() {
         Some((&format!("{SECRETS}/istio-ca-secret"), winner_secret)),
     );
     let dir = tempfile::tempdir().unwrap();
-    let from = prepare_ca_dir(
-        api.client(),
-        "istio-system",
-        "replica-a",
-        dir.path(),
-        "cluster.local",
-        lease_timing(),
-    )
-    .await
-    .unwrap();
+    let from = prepare(&api, "replica-a", dir.path()).await.unwrap();
     assert_eq!(from, CaSecretSource::Existing);
     assert_eq!(posts(&api, SECRETS).len(), 1, "created exactly once");
     let gets = api
@@ -692,7 +699,7 @@ async fn a_create_conflict_means_another_replica_won_and_its_secret_is_used() {
 
 #[tokio::test]
 async fn a_plugged_in_cacerts_secret_wins() {
-    use mesh_control::source::kube::ca::{CaSecretSource, prepare_ca_dir};
+    use mesh_control::source::kube::ca::CaSecretSource;
     let api = MockApi::default();
     let plugged_dir = tempfile::tempdir().unwrap();
     let plugged =
@@ -700,23 +707,15 @@ async fn a_plugged_in_cacerts_secret_wins() {
             .unwrap();
     api.put_object(
         &format!("{SECRETS}/cacerts"),
-        json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-               "metadata": {"name": "cacerts", "namespace": "istio-system"},
-               "data": {"ca-cert.pem": b64(&plugged.ca_cert_pem), "ca-key.pem": b64(&plugged.ca_key_pem),
-                        "root-cert.pem": b64(&plugged.root_cert_pem)}}),
+        ca_secret(
+            "cacerts",
+            &plugged,
+            &["ca-cert.pem", "ca-key.pem", "root-cert.pem"],
+        ),
     );
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("cert-chain.pem"), "stale").unwrap();
-    let from = prepare_ca_dir(
-        api.client(),
-        "istio-system",
-        "replica-a",
-        dir.path(),
-        "cluster.local",
-        lease_timing(),
-    )
-    .await
-    .unwrap();
+    let from = prepare(&api, "replica-a", dir.path()).await.unwrap();
     assert_eq!(from, CaSecretSource::Plugged);
     assert!(posts(&api, SECRETS).is_empty());
     assert_eq!(
@@ -732,19 +731,9 @@ async fn a_plugged_in_cacerts_secret_wins() {
     let api = MockApi::default();
     api.put_object(
         &format!("{SECRETS}/cacerts"),
-        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "cacerts", "namespace": "istio-system"},
-               "data": {"ca-cert.pem": b64(&plugged.ca_cert_pem)}}),
+        ca_secret("cacerts", &plugged, &["ca-cert.pem"]),
     );
-    let e = prepare_ca_dir(
-        api.client(),
-        "istio-system",
-        "replica-a",
-        dir.path(),
-        "cluster.local",
-        lease_timing(),
-    )
-    .await
-    .unwrap_err();
+    let e = prepare(&api, "replica-a", dir.path()).await.unwrap_err();
     assert_eq!(
         e.to_string(),
         "Secret istio-system/cacerts: data.ca-key.pem is missing"
@@ -839,24 +828,6 @@ async fn root_cert_configmap_is_created_updated_and_left_alone_per_namespace() {
 
 const TOKEN_REVIEWS: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
 
-/// What kube-apiserver answers for `default/sleep`'s projected token.
-fn authenticated_review(token: &str, audience: &str) -> Value {
-    json!({
-        "kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1",
-        "metadata": {"creationTimestamp": null},
-        "spec": {"token": token, "audiences": [audience]},
-        "status": {
-            "authenticated": true,
-            "user": {
-                "username": "system:serviceaccount:default:sleep",
-                "uid": "8f0c1b8e-3d0a-4c55-9a43-0d7f3f3c2a11",
-                "groups": ["system:serviceaccounts", "system:serviceaccounts:default", "system:authenticated"]
-            },
-            "audiences": [audience]
-        }
-    })
-}
-
 #[tokio::test]
 async fn in_a_cluster_the_ca_root_comes_from_the_secret_and_tokenreview_proves_identities() {
     use clap::Parser;
@@ -938,7 +909,7 @@ async fn in_a_cluster_the_ca_root_comes_from_the_secret_and_tokenreview_proves_i
         Method::POST,
         TOKEN_REVIEWS,
         201,
-        authenticated_review("projected-sa-token", "mesh-ca"),
+        serde_json::from_str(&mock::fixture("tokenreview-sleep.json")).unwrap(),
         None,
     );
     let mut chain = None;

@@ -92,27 +92,12 @@ pub async fn prepare_ca_dir(
     timing: LeaseTiming,
 ) -> Result<CaSecretSource, CaSecretError> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let api_error = |name: &str, source| CaSecretError::Api {
-        namespace: namespace.to_string(),
-        name: name.to_string(),
-        source,
-    };
-    if let Some(secret) = secrets
-        .get_opt(PLUGGED_CA_SECRET)
-        .await
-        .map_err(|e| api_error(PLUGGED_CA_SECRET, e))?
-    {
-        write_ca_files(dir, namespace, PLUGGED_CA_SECRET, &secret)?;
+    if copy_secret(&secrets, namespace, PLUGGED_CA_SECRET, dir).await? {
         return Ok(CaSecretSource::Plugged);
     }
     let mut lease = LeaderElector::new(client, namespace, CA_ROOT_LEASE, identity, timing);
     loop {
-        if let Some(secret) = secrets
-            .get_opt(CA_SECRET)
-            .await
-            .map_err(|e| api_error(CA_SECRET, e))?
-        {
-            write_ca_files(dir, namespace, CA_SECRET, &secret)?;
+        if copy_secret(&secrets, namespace, CA_SECRET, dir).await? {
             return Ok(CaSecretSource::Existing);
         }
         if !lease.try_acquire_or_renew().await? {
@@ -125,12 +110,7 @@ pub async fn prepare_ca_dir(
         }
         // Holding the Lease: read once more, a previous holder may have
         // created it since our first read.
-        if let Some(secret) = secrets
-            .get_opt(CA_SECRET)
-            .await
-            .map_err(|e| api_error(CA_SECRET, e))?
-        {
-            write_ca_files(dir, namespace, CA_SECRET, &secret)?;
+        if copy_secret(&secrets, namespace, CA_SECRET, dir).await? {
             release(&mut lease).await;
             return Ok(CaSecretSource::Existing);
         }
@@ -173,8 +153,35 @@ pub async fn prepare_ca_dir(
                     "{CA_SECRET} was created by another replica; reading it"
                 );
             }
-            Err(e) => return Err(api_error(CA_SECRET, e)),
+            Err(source) => {
+                return Err(CaSecretError::Api {
+                    namespace: namespace.to_string(),
+                    name: CA_SECRET.to_string(),
+                    source,
+                });
+            }
         }
+    }
+}
+
+/// Writes Secret `name`'s files into `dir` when it exists.
+async fn copy_secret(
+    secrets: &Api<Secret>,
+    namespace: &str,
+    name: &str,
+    dir: &Path,
+) -> Result<bool, CaSecretError> {
+    let found = secrets
+        .get_opt(name)
+        .await
+        .map_err(|source| CaSecretError::Api {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            source,
+        })?;
+    match found {
+        Some(secret) => write_ca_files(dir, namespace, name, &secret).map(|()| true),
+        None => Ok(false),
     }
 }
 
