@@ -525,6 +525,85 @@ mod tests {
         serde_json::from_value(json).expect("object")
     }
 
+    fn vs(name: &str, ns: &str, rv: &str, rev: Option<&str>) -> DynamicObject {
+        let mut labels = serde_json::Map::new();
+        if let Some(rev) = rev {
+            labels.insert(LABEL_REVISION.into(), Value::String(rev.into()));
+        }
+        object(
+            serde_json::json!({"metadata": {"name": name, "namespace": ns, "resourceVersion": rv, "labels": labels},
+            "spec": {"hosts": [name], "http": [{"route": [{"destination": {"host": name}}]}]}}),
+        )
+    }
+
+    fn names(store: &ConfigStore) -> Vec<String> {
+        store
+            .objects()
+            .iter()
+            .map(|l| l.header.name.clone())
+            .collect()
+    }
+
+    #[test]
+    fn a_relist_removes_what_it_no_longer_lists_and_revisions_filter() {
+        let watched = Watched::Istio(IstioKind::VirtualService);
+        let mut state = KubeState::new("istio-system", "canary");
+        let mut store = ConfigStore::default();
+        state.init(watched);
+        state.apply(watched, vs("a", "default", "1", None));
+        state.apply(watched, vs("b", "default", "2", Some("canary")));
+        state.apply(watched, vs("c", "default", "3", Some("default")));
+        state.init_done(watched);
+        state.flush(&mut store);
+        assert_eq!(names(&store), ["a", "b"], "c belongs to revision default");
+        // Relist without a: it goes.
+        state.init(watched);
+        state.apply(watched, vs("b", "default", "2", Some("canary")));
+        state.init_done(watched);
+        let flush = state.flush(&mut store);
+        assert!(flush.changed);
+        assert_eq!(names(&store), ["b"]);
+        // A delete event.
+        state.delete(watched, &vs("b", "default", "4", Some("canary")));
+        state.flush(&mut store);
+        assert!(names(&store).is_empty());
+    }
+
+    #[test]
+    fn a_broken_mesh_config_keeps_the_discovery_selectors() {
+        let mesh = |text: &str| {
+            object(
+                serde_json::json!({"metadata": {"name": "istio", "namespace": "istio-system"},
+                "data": {"mesh": text}}),
+            )
+        };
+        let mut state = KubeState::new("istio-system", "default");
+        state.apply(
+            Watched::Namespace,
+            object(serde_json::json!({"metadata": {"name": "apps", "labels": {"mesh": "on"}}})),
+        );
+        state.apply(
+            Watched::Namespace,
+            object(serde_json::json!({"metadata": {"name": "other"}})),
+        );
+        state.apply(
+            Watched::MeshConfig,
+            mesh("discoverySelectors:\n- matchLabels: {mesh: \"on\"}\n"),
+        );
+        assert!(state.namespace_selected("apps"));
+        assert!(!state.namespace_selected("other"));
+        assert!(state.namespace_selected("istio-system"));
+        state.apply(Watched::MeshConfig, mesh("discoverySelectors: 7\n"));
+        assert!(
+            !state.namespace_selected("other"),
+            "a typo must not widen the mesh"
+        );
+        assert_eq!(
+            state.selected_namespaces().into_iter().collect::<Vec<_>>(),
+            ["apps"]
+        );
+    }
+
     #[test]
     fn pods_take_their_nodes_locality_and_managed_fields_go() {
         let mut state = KubeState::new("istio-system", "default");
