@@ -975,3 +975,66 @@ fn kubernetes_flags() {
     let local = Args::try_parse_from(["mesh-control", "--config-dir", "x"]).unwrap();
     assert!(!local.kubernetes);
 }
+
+#[tokio::test]
+async fn istio_kinds_fall_back_to_an_older_served_version_and_missing_crds_do_not_block() {
+    let api = MockApi::default();
+    let not_found = || {
+        mock::status(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        )
+    };
+    // An older Istio's CRDs: VirtualService not served at v1.
+    api.fault(Method::GET, VIRTUAL_SERVICES, 404, not_found(), None);
+    api.list(
+        "/apis/networking.istio.io/v1beta1/virtualservices",
+        "virtualservices-v1beta1.json",
+    );
+    // No Gateway CRD at all.
+    for version in ["v1", "v1beta1", "v1alpha3"] {
+        let path = format!("/apis/networking.istio.io/{version}/gateways");
+        api.fault(Method::GET, &path, 404, not_found(), None);
+    }
+    let running = start(&api, config("default", None), |s| {
+        assert!(s.gateways.is_empty());
+        assert!(s.virtual_services.is_empty(), "the only one is invalid");
+    })
+    .await;
+    assert_eq!(running.status_of("ratings-split").status, "error (skipped)");
+    eventually("the Event", || {
+        !posts(&api, "/api/v1/namespaces/bookinfo/events").is_empty()
+    })
+    .await;
+    let events = posts(&api, "/api/v1/namespaces/bookinfo/events");
+    assert_eq!(
+        events[0].body["involvedObject"]["apiVersion"], "networking.istio.io/v1beta1",
+        "the Event names the version the object was read at"
+    );
+    eventually("a watch at v1beta1", || {
+        api.seen().iter().any(|s| {
+            s.query.contains("watch=true")
+                && s.path == "/apis/networking.istio.io/v1beta1/virtualservices"
+        })
+    })
+    .await;
+    let watches = api
+        .seen()
+        .into_iter()
+        .filter(|s| s.query.contains("watch=true") && s.path.ends_with("/virtualservices"))
+        .map(|s| s.path)
+        .collect::<Vec<_>>();
+    assert!(
+        watches
+            .iter()
+            .all(|p| p == "/apis/networking.istio.io/v1beta1/virtualservices"),
+        "{watches:?}"
+    );
+    assert!(
+        !api.seen()
+            .iter()
+            .any(|s| s.path.ends_with("/gateways") && s.query.contains("watch=true"))
+    );
+    running.stop().await;
+}

@@ -11,9 +11,12 @@
 //! only), Secrets (gateway `credentialName`; service-account tokens and
 //! Helm releases are left out by field selector), the MeshConfig ConfigMap
 //! (`istio`, or `istio-<rev>`) in the control plane namespace, and every
-//! Istio kind of mesh-api. Istio kinds are watched at their newest served
-//! version: the API server converts every stored object to every served
-//! version, so one watch per kind sees them all.
+//! Istio kind of mesh-api. Each Istio kind is watched at the newest of its
+//! versions the cluster serves (found by listing newest first; the API
+//! server converts every stored object to every served version, so one
+//! watch per kind sees them all). A kind whose CRD is not installed counts
+//! as listed and empty, as in Istio, and is looked for again every
+//! [`CRD_RECHECK`].
 //!
 //! Writes to the API (Events on invalid Istio objects, the
 //! `istio-ca-root-cert` ConfigMaps) happen only on the replica holding the
@@ -31,7 +34,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Client;
-use kube::api::{Api, ApiResource, DynamicObject};
+use kube::api::{Api, ApiResource, DynamicObject, ListParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use mesh_api::kinds::IstioKind;
 use tokio::sync::{mpsc, watch};
@@ -45,6 +48,9 @@ use super::store::ConfigStatus;
 use crate::jwks::JwksResolver;
 use crate::snapshot::Snapshot;
 use leader::{LeaderElector, LeaseTiming};
+
+/// How often a kind whose CRD is missing is looked for again.
+pub const CRD_RECHECK: Duration = Duration::from_secs(30);
 
 /// Secrets never used as gateway credentials, left out by the API server.
 const SECRET_FIELD_SELECTOR: &str =
@@ -113,23 +119,35 @@ impl Watched {
             Self::Node => ApiResource::erase::<Node>(&()),
             Self::Secret => ApiResource::erase::<Secret>(&()),
             Self::MeshConfig => ApiResource::erase::<k8s_openapi::api::core::v1::ConfigMap>(&()),
-            Self::Istio(kind) => {
-                let version = watched_version(kind);
-                ApiResource {
-                    group: kind.group().to_string(),
-                    version: version.to_string(),
-                    api_version: format!("{}/{version}", kind.group()),
-                    kind: kind.kind().to_string(),
-                    plural: mesh_api::crd::crd_for(kind).spec.names.plural,
-                }
-            }
+            Self::Istio(kind) => istio_resource(kind, kind.versions().first().unwrap_or(&"v1")),
         }
     }
 }
 
-/// The version an Istio kind is watched at: its newest served one.
-pub fn watched_version(kind: IstioKind) -> &'static str {
-    kind.versions().first().copied().unwrap_or("v1")
+/// The API of Istio `kind` at `version`.
+pub fn istio_resource(kind: IstioKind, version: &str) -> ApiResource {
+    ApiResource {
+        group: kind.group().to_string(),
+        version: version.to_string(),
+        api_version: format!("{}/{version}", kind.group()),
+        kind: kind.kind().to_string(),
+        plural: mesh_api::crd::crd_for(kind).spec.names.plural,
+    }
+}
+
+/// The newest version of `kind` the cluster serves; `None` when it serves
+/// none (the CRD is not installed). Any answer but 404 counts as served:
+/// the watcher then reports and retries what went wrong.
+async fn served_version(client: &Client, kind: IstioKind) -> Option<ApiResource> {
+    for version in kind.versions() {
+        let resource = istio_resource(kind, version);
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+        match api.list_metadata(&ListParams::default().limit(1)).await {
+            Err(kube::Error::Api(s)) if s.code == 404 => continue,
+            _ => return Some(resource),
+        }
+    }
+    None
 }
 
 /// One item of a watcher's stream.
@@ -379,21 +397,46 @@ fn spawn_watcher(
     config: &KubeSourceConfig,
     tx: mpsc::Sender<Update>,
 ) -> JoinHandle<()> {
-    let resource = watched.api_resource();
+    let client = client.clone();
     let mut watch_config = watcher::Config::default();
-    let api: Api<DynamicObject> = match watched {
+    let mut namespace = None;
+    match watched {
         Watched::MeshConfig => {
             let name = mesh_config_name(&config.revision);
             watch_config = watch_config.fields(&format!("metadata.name={name}"));
-            Api::namespaced_with(client.clone(), &config.namespace, &resource)
+            namespace = Some(config.namespace.clone());
         }
-        Watched::Secret => {
-            watch_config = watch_config.fields(SECRET_FIELD_SELECTOR);
-            Api::all_with(client.clone(), &resource)
-        }
-        _ => Api::all_with(client.clone(), &resource),
-    };
+        Watched::Secret => watch_config = watch_config.fields(SECRET_FIELD_SELECTOR),
+        _ => {}
+    }
     tokio::spawn(async move {
+        let resource = match watched {
+            Watched::Istio(kind) => loop {
+                if let Some(resource) = served_version(&client, kind).await {
+                    break resource;
+                }
+                tracing::warn!(
+                    kind = kind.kind(),
+                    "CRD not installed; its objects are not watched until it is"
+                );
+                // Listed and empty: nothing of this kind is in effect.
+                for event in [watcher::Event::Init, watcher::Event::InitDone] {
+                    let update = Update {
+                        watched,
+                        event: Ok(event),
+                    };
+                    if tx.send(update).await.is_err() {
+                        return;
+                    }
+                }
+                tokio::time::sleep(CRD_RECHECK).await;
+            },
+            _ => watched.api_resource(),
+        };
+        let api: Api<DynamicObject> = match &namespace {
+            Some(ns) => Api::namespaced_with(client, ns, &resource),
+            None => Api::all_with(client, &resource),
+        };
         let stream = watcher(api, watch_config).default_backoff();
         tokio::pin!(stream);
         while let Some(event) = stream.next().await {

@@ -19,7 +19,6 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::DynamicObject;
-use mesh_api::kinds::IstioKind;
 use mesh_api::mesh_config::parse_mesh_config;
 use mesh_api::wellknown::{
     LABEL_ISTIO_LOCALITY, LABEL_REVISION, LABEL_TOPOLOGY_REGION, LABEL_TOPOLOGY_SUBZONE,
@@ -371,7 +370,12 @@ impl KubeState {
             .insert(file.to_string(), c.resource_version.clone());
         flush.invalid.push(InvalidObject {
             file: file.to_string(),
-            api_version: api_version_of(kind),
+            api_version: c
+                .value
+                .get("apiVersion")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
             kind: kind.kind().to_string(),
             namespace: c.namespace,
             name: c.name,
@@ -400,10 +404,6 @@ pub fn file_name(watched: Watched, namespace: &str, name: &str) -> String {
     }
 }
 
-fn api_version_of(kind: IstioKind) -> String {
-    format!("{}/{}", kind.group(), super::watched_version(kind))
-}
-
 fn cache(watched: Watched, object: DynamicObject) -> Cached {
     let meta = &object.metadata;
     let namespace = meta.namespace.clone().unwrap_or_default();
@@ -415,8 +415,10 @@ fn cache(watched: Watched, object: DynamicObject) -> Cached {
     let mut value = serde_json::to_value(&object).unwrap_or(Value::Null);
     if let Some(map) = value.as_object_mut() {
         // List items come without their type; the store needs it.
-        map.insert("apiVersion".into(), Value::String(resource.api_version));
-        map.insert("kind".into(), Value::String(resource.kind));
+        // Custom resources carry the version they were read at; keep it.
+        map.entry("apiVersion")
+            .or_insert(Value::String(resource.api_version));
+        map.entry("kind").or_insert(Value::String(resource.kind));
         if let Some(meta) = map.get_mut("metadata").and_then(Value::as_object_mut) {
             meta.remove("managedFields");
         }
@@ -459,6 +461,7 @@ pub fn selector_matches(selector: &LabelSelector, labels: &Labels) -> bool {
 mod tests {
     use super::*;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+    use mesh_api::kinds::IstioKind;
 
     fn labels(pairs: &[(&str, &str)]) -> Labels {
         pairs
