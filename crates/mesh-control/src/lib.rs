@@ -1,10 +1,10 @@
 //! The control plane: reads Istio configuration and the service registry
-//! (a config directory today; Kubernetes watchers later), builds immutable
+//! (a config directory, or the Kubernetes API), builds immutable
 //! snapshots, translates them per proxy into Envoy xDS resources, and
 //! streams them over ADS.
 //!
 //! ```text
-//! source (config dir) -> store (last good per object) -> debounce
+//! source (config dir | kube watchers) -> store (last good per object) -> debounce
 //!   -> Snapshot (Arc, versioned) -> xds::generate(snapshot, proxy)
 //!   -> ads (per-connection versions, nonces, ACK/NACK)
 //! ```

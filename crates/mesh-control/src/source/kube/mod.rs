@@ -49,6 +49,9 @@ use crate::jwks::JwksResolver;
 use crate::snapshot::Snapshot;
 use leader::{LeaderElector, LeaseTiming};
 
+/// How long the writers get to finish (release the Lease) on shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 /// How often a kind whose CRD is missing is looked for again.
 pub const CRD_RECHECK: Duration = Duration::from_secs(30);
 
@@ -386,7 +389,11 @@ impl KubeSource {
         }
         let _ = stop_tx.send(true);
         for task in tasks {
-            let _ = task.await;
+            // Releasing the Lease needs the API; an unreachable one must
+            // not hold the process up (the Lease then simply expires).
+            if tokio::time::timeout(SHUTDOWN_GRACE, task).await.is_err() {
+                tracing::warn!("a Kubernetes writer did not stop within {SHUTDOWN_GRACE:?}");
+            }
         }
     }
 }
