@@ -1,11 +1,13 @@
 //! `meshctl local logs POD [-c istio-proxy]`: a pod's app output, or its
 //! sidecar's with `-c istio-proxy` (kubectl's container name for the
-//! sidecar), from the log files in the run directory.
+//! sidecar), from the log files in the run directory. The gateway's one
+//! container is its proxy, so its log is the default there.
 
 use std::io::Write;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 
+use super::manifest::Role;
 use super::state::State;
 
 /// Flags of `meshctl local logs`.
@@ -30,8 +32,18 @@ pub fn run(args: &Args, out: &mut dyn Write) -> anyhow::Result<i32> {
     let pod = state.pod(&args.pod)?;
     let which = match args.container.as_deref() {
         Some("istio-proxy" | "proxy" | "mesh-proxy") => "proxy",
+        _ if pod.role == Role::Gateway => "proxy",
         _ => "app",
     };
+    if which == "proxy"
+        && let Role::OutsideMesh(reason) = &pod.role
+    {
+        bail!(
+            "pod {}.{} has no istio-proxy container: it runs outside the mesh ({reason})",
+            pod.name,
+            pod.namespace
+        );
+    }
     let path = run_dir
         .join("logs")
         .join(format!("{}.{}.{which}.log", pod.name, pod.namespace));

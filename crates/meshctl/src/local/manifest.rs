@@ -7,18 +7,29 @@
 //! read; this module only needs what it takes to start processes and write
 //! hosts files. A pod the mesh cannot run is an error naming the object and
 //! field, before anything is created.
+//!
+//! Whether a pod gets a sidecar is the injection webhook's own decision
+//! ([`mesh_control::inject::skip_reason`]): a pod it would skip
+//! (`sidecar.istio.io/inject: "false"`, a namespace never injected, another
+//! revision, ...) runs outside the mesh, with no capture and no sidecar.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::Path;
 
 use anyhow::{Context, bail};
-use k8s_openapi::api::core::v1::{Container, PodSpec};
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use mesh_api::MeshObject;
 use mesh_api::object::{config_files, load_str};
 use mesh_api::wellknown::LABEL_TLS_MODE;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
+
+/// The control plane's namespace, as the injector is told in a cluster
+/// (pods there are never injected).
+pub const CONTROL_NAMESPACE: &str = "istio-system";
 
 /// A pod to start.
 #[derive(Clone, Debug, PartialEq)]
@@ -40,6 +51,38 @@ pub struct LocalPod {
     pub ports: Vec<(String, u16)>,
     /// Where the pod came from, for messages.
     pub origin: String,
+    /// What runs beside the app.
+    pub role: Role,
+}
+
+/// What a pod runs besides (or instead of) its app.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// The app behind capture with a sidecar, as the injector makes a pod.
+    #[default]
+    Sidecar,
+    /// The app alone: the injector skips this pod, for the reason given,
+    /// so it has no capture, no sidecar and no `tlsMode` mark (its peers
+    /// send it plaintext).
+    OutsideMesh(String),
+    /// The ingress gateway: `mesh-proxy run --role router` is the pod's
+    /// only process (no app, no capture).
+    Gateway,
+}
+
+// === impl Role ===
+
+impl Role {
+    /// Whether the pod runs a proxy (sidecar or gateway).
+    pub fn has_proxy(&self) -> bool {
+        !matches!(self, Self::OutsideMesh(_))
+    }
+
+    /// Whether the pod runs an app.
+    pub fn has_app(&self) -> bool {
+        !matches!(self, Self::Gateway)
+    }
 }
 
 /// One environment variable of the app.
@@ -60,8 +103,22 @@ pub struct LocalService {
     pub namespace: String,
     /// The VIP (`spec.clusterIP`).
     pub cluster_ip: Ipv4Addr,
+    /// `spec.selector` (empty: endpoints are not the local mesh's pods).
+    pub selector: BTreeMap<String, String>,
     /// Service ports.
-    pub ports: Vec<u16>,
+    pub ports: Vec<LocalServicePort>,
+}
+
+/// One port of a [`LocalService`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct LocalServicePort {
+    /// The service port.
+    pub port: u16,
+    /// `targetPort` (a number or a container port's name; the port itself
+    /// when unset).
+    pub target: IntOrString,
+    /// Whether the protocol is TCP (the default).
+    pub tcp: bool,
 }
 
 /// Everything the local mesh starts for a directory.
@@ -71,6 +128,9 @@ pub struct Plan {
     pub pods: Vec<LocalPod>,
     /// Services with a VIP.
     pub services: Vec<LocalService>,
+    /// Objects the local mesh adds to what mesh-control reads (the
+    /// ingress gateway's Service), written beside the started pods.
+    pub generated: Vec<serde_json::Value>,
 }
 
 // === impl Plan ===
@@ -158,11 +218,25 @@ impl Plan {
                                     name: loaded.header.name.clone(),
                                     namespace: loaded.header.namespace.clone(),
                                     cluster_ip,
+                                    selector: spec.selector.clone().unwrap_or_default(),
                                     ports: spec
                                         .ports
                                         .iter()
                                         .flatten()
-                                        .filter_map(|p| u16::try_from(p.port).ok())
+                                        .filter_map(|p| {
+                                            let port = u16::try_from(p.port).ok()?;
+                                            Some(LocalServicePort {
+                                                port,
+                                                target: p
+                                                    .target_port
+                                                    .clone()
+                                                    .unwrap_or(IntOrString::Int(p.port)),
+                                                tcp: p
+                                                    .protocol
+                                                    .as_deref()
+                                                    .is_none_or(|p| p == "TCP"),
+                                            })
+                                        })
                                         .collect(),
                                 });
                             }
@@ -219,13 +293,21 @@ pub fn hosts_file(
 }
 
 /// The Pod object mesh-control reads for a started pod: the user's labels
-/// and service account, the address it got, Running and Ready, and the
-/// mark injection puts on a pod with a sidecar
+/// and service account, the address it got, Running and Ready, and for a
+/// pod with a sidecar the mark injection puts on it
 /// (`security.istio.io/tlsMode: istio`), so its peers' sidecars send it
-/// mutual TLS (auto mTLS).
+/// mutual TLS (auto mTLS). Pods outside the mesh and the gateway have no
+/// mark, so their peers send plaintext, as in a cluster.
 pub fn running_pod(pod: &LocalPod, ip: Ipv4Addr) -> serde_json::Value {
     let mut labels = pod.labels.clone();
-    labels.insert(LABEL_TLS_MODE.into(), "istio".into());
+    if pod.role == Role::Sidecar {
+        labels.insert(LABEL_TLS_MODE.into(), "istio".into());
+    }
+    let container = if pod.role == Role::Gateway {
+        "istio-proxy"
+    } else {
+        "app"
+    };
     let ports: Vec<_> = pod
         .ports
         .iter()
@@ -241,7 +323,7 @@ pub fn running_pod(pod: &LocalPod, ip: Ipv4Addr) -> serde_json::Value {
         },
         "spec": {
             "serviceAccountName": pod.service_account,
-            "containers": [{"name": "app", "image": "local", "ports": ports}],
+            "containers": [{"name": container, "image": "local", "ports": ports}],
         },
         "status": {
             "phase": "Running",
@@ -296,6 +378,20 @@ fn pod_from(
             ))
         })
         .collect();
+    // The webhook's own rule, on the pod as it would be created.
+    let as_created = Pod {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            namespace: Some(namespace.to_string()),
+            ..metadata.clone()
+        },
+        spec: Some(spec.clone()),
+        status: None,
+    };
+    let role = match mesh_control::inject::skip_reason(&as_created, namespace, &inject_settings()) {
+        Some(reason) => Role::OutsideMesh(reason),
+        None => Role::Sidecar,
+    };
     Ok(LocalPod {
         name,
         namespace: namespace.to_string(),
@@ -308,7 +404,14 @@ fn pod_from(
         env,
         ports,
         origin: origin.to_string(),
+        role,
     })
+}
+
+/// What the injector is told about the local mesh: its control plane in
+/// `istio-system`, revision `default`, as `meshctl install` deploys it.
+fn inject_settings() -> mesh_control::inject::Settings {
+    mesh_control::inject::Settings::new("mesh-proxy", CONTROL_NAMESPACE)
 }
 
 #[cfg(test)]
@@ -370,15 +473,96 @@ spec: {containers: [{name: c, image: x, command: [sleep, infinity]}]}
             EnvVar::Field("ECHO_NAME".into(), "metadata.name".into())
         );
         assert_eq!(plan.pods[2].service_account, "default");
+        assert!(plan.pods.iter().all(|p| p.role == Role::Sidecar));
         assert_eq!(
             plan.services,
             [LocalService {
                 name: "reviews".into(),
                 namespace: "demo".into(),
                 cluster_ip: "10.96.0.20".parse().unwrap(),
-                ports: vec![9080],
+                selector: BTreeMap::from([("app".into(), "reviews".into())]),
+                ports: vec![LocalServicePort {
+                    port: 9080,
+                    target: IntOrString::Int(9080),
+                    tcp: true,
+                }],
             }]
         );
+    }
+
+    #[test]
+    fn pods_the_injector_skips_run_outside_the_mesh() {
+        let plan = plan(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: by-label, namespace: demo, labels: {sidecar.istio.io/inject: "false"}}
+spec: {containers: [{name: c, image: x, command: [sleep, infinity]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: by-annotation, namespace: demo, annotations: {sidecar.istio.io/inject: "false"}}
+spec: {containers: [{name: c, image: x, command: [sleep, infinity]}]}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: legacy, namespace: demo}
+spec:
+  selector: {matchLabels: {app: legacy}}
+  template:
+    metadata: {labels: {app: legacy, sidecar.istio.io/inject: "false"}}
+    spec: {containers: [{name: c, image: x, command: [sleep, infinity]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: system, namespace: kube-system}
+spec: {containers: [{name: c, image: x, command: [sleep, infinity]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: canary, namespace: demo, labels: {istio.io/rev: canary}}
+spec: {containers: [{name: c, image: x, command: [sleep, infinity]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: meshed, namespace: demo, labels: {sidecar.istio.io/inject: "true"}}
+spec: {containers: [{name: c, image: x, command: [sleep, infinity]}]}
+"#,
+        )
+        .unwrap();
+        let roles: Vec<_> = plan
+            .pods
+            .iter()
+            .map(|p| (p.name.as_str(), &p.role))
+            .collect();
+        let outside = |reason: &str| Role::OutsideMesh(reason.to_string());
+        assert_eq!(
+            roles,
+            [
+                ("by-label", &outside("sidecar.istio.io/inject: \"false\"")),
+                (
+                    "by-annotation",
+                    &outside("sidecar.istio.io/inject: \"false\"")
+                ),
+                ("legacy-0", &outside("sidecar.istio.io/inject: \"false\"")),
+                (
+                    "system",
+                    &outside("namespace kube-system is never injected")
+                ),
+                (
+                    "canary",
+                    &outside("istio.io/rev: canary belongs to another control plane revision")
+                ),
+                ("meshed", &Role::Sidecar),
+            ]
+        );
+        let running = running_pod(&plan.pods[0], "10.99.0.3".parse().unwrap());
+        assert!(
+            running["metadata"]["labels"].get(LABEL_TLS_MODE).is_none(),
+            "{running}"
+        );
+        let running = running_pod(&plan.pods[5], "10.99.0.4".parse().unwrap());
+        assert_eq!(running["metadata"]["labels"][LABEL_TLS_MODE], "istio");
     }
 
     #[test]
@@ -408,12 +592,14 @@ spec: {containers: [{name: c, image: x, command: [sleep, infinity]}]}
                 name: "reviews".into(),
                 namespace: "demo".into(),
                 cluster_ip: "10.96.0.20".parse().unwrap(),
+                selector: BTreeMap::new(),
                 ports: vec![],
             },
             LocalService {
                 name: "db".into(),
                 namespace: "other".into(),
                 cluster_ip: "10.96.0.30".parse().unwrap(),
+                selector: BTreeMap::new(),
                 ports: vec![],
             },
         ];

@@ -1,6 +1,7 @@
 //! `meshctl local`: the whole mesh on one machine. `up` starts mesh-control
 //! on a directory of YAML and every pod in it as a network namespace with
-//! its app and sidecar behind transparent capture; `status`, `exec`,
+//! its app and sidecar behind transparent capture (pods the injector skips
+//! without either), and the ingress gateway; `status`, `exec`,
 //! `logs` and `down` work on the run state `up` records (see [`state`]).
 
 use std::path::PathBuf;
@@ -10,9 +11,12 @@ use anyhow::bail;
 pub mod down;
 mod envoy;
 pub mod exec;
+pub mod gateway;
+mod kube_proxy;
 pub mod logs;
 pub mod manifest;
 mod net;
+mod pod;
 mod process;
 pub mod state;
 pub mod status;

@@ -37,6 +37,35 @@ pub fn output_bounded(command: &mut Command, timeout: Duration) -> anyhow::Resul
     })
 }
 
+/// Runs `command` with `input` on its stdin to completion, or kills it
+/// after `timeout`.
+pub fn output_with_input(
+    command: &mut Command,
+    input: &[u8],
+    timeout: Duration,
+) -> anyhow::Result<Output> {
+    use std::io::Write;
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {:?}", command.get_program()))?;
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
+    if let Some(mut stdin) = child.stdin.take() {
+        // A program that exits early refuses the rest; its exit status
+        // and stderr say why. Dropping stdin ends its input.
+        let _ = stdin.write_all(input);
+    }
+    let status = wait_or_kill(&mut child, timeout)?;
+    Ok(Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    })
+}
+
 /// Starts `command` detached with its output appended to `log`; its PID.
 pub fn spawn_detached(mut command: Command, log: &Path) -> anyhow::Result<u32> {
     if let Some(dir) = log.parent() {

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
+use super::manifest::Role;
+
 /// Environment variable that overrides the run directory.
 pub const RUN_DIR_ENV: &str = "MESHCTL_LOCAL_DIR";
 
@@ -41,13 +43,20 @@ pub struct State {
     pub host_rules: Vec<Vec<String>>,
     /// The pods.
     pub pods: Vec<PodState>,
+    /// The ingress gateway Service's VIP, when the gateway runs.
+    #[serde(default)]
+    pub ingress_vip: Option<Ipv4Addr>,
 }
 
-/// One pod: a network namespace with the app and its sidecar.
+/// One pod: a network namespace with the app and its sidecar (or only the
+/// app, outside the mesh; or only the gateway's proxy).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct PodState {
     /// Pod name.
     pub name: String,
+    /// Sidecar, outside the mesh, or the gateway.
+    #[serde(default)]
+    pub role: Role,
     /// Namespace (Kubernetes namespace, not network namespace).
     pub namespace: String,
     /// The pod's address on the bridge.
@@ -67,7 +76,8 @@ pub struct PodState {
     /// The sidecar's program (`mesh-proxy`, or `envoy` with `--data-plane envoy`).
     #[serde(default = "default_proxy_program")]
     pub proxy_program: String,
-    /// The sidecar's xDS node id (`sidecar~IP~POD.NS~NS.svc.cluster.local`).
+    /// The proxy's xDS node id (`sidecar~IP~POD.NS~NS.svc.cluster.local`,
+    /// `router~...` for the gateway; empty without a proxy).
     pub node_id: String,
 }
 
@@ -114,6 +124,11 @@ impl State {
         std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)
             .with_context(|| format!("writing {}", tmp.display()))?;
         std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// The ingress gateway pod, when it runs.
+    pub fn ingress(&self) -> Option<&PodState> {
+        self.pods.iter().find(|p| p.role == Role::Gateway)
     }
 
     /// The pod named `name` (`name` or `name.namespace`).

@@ -1,9 +1,11 @@
-//! `meshctl local status`: the pods, their addresses, whether their app and
-//! sidecar processes run, and each sidecar's sync state as mesh-control
-//! reports it (`/debug/syncz`).
+//! `meshctl local status`: the ingress gateway's address, the pods, their
+//! addresses, whether their app and proxy processes run (`-` where a pod
+//! has none: no sidecar outside the mesh, no app in the gateway), and each
+//! proxy's sync state as mesh-control reports it (`/debug/syncz`).
 
 use std::collections::BTreeMap;
 
+use super::gateway::{HTTP_PORT, HTTPS_PORT};
 use super::process::{alive, is_ours};
 use super::state::State;
 
@@ -34,6 +36,19 @@ pub fn print(state: &State, out: &mut dyn std::io::Write) -> anyhow::Result<()> 
         state.config_dir.display(),
         state.xds.map(|a| a.to_string()).unwrap_or_default()
     )?;
+    if let Some(ingress) = state.ingress()
+        && let Some(ip) = ingress.ip
+    {
+        let service = state
+            .ingress_vip
+            .map(|vip| format!(", Service istio-ingressgateway.istio-system {vip}:80 and :443"))
+            .unwrap_or_default();
+        writeln!(
+            out,
+            "ingress gateway {}.{} http://{ip}:{HTTP_PORT} https://{ip}:{HTTPS_PORT}{service}",
+            ingress.name, ingress.namespace
+        )?;
+    }
     let sync = sync_states(state);
     let rows: Vec<[String; 6]> = state
         .pods
@@ -49,9 +64,13 @@ pub fn print(state: &State, out: &mut dyn std::io::Write) -> anyhow::Result<()> 
                 pod.ip.map(|ip| ip.to_string()).unwrap_or_default(),
                 proc_state(pod.app_pid),
                 proc_state(pod.proxy_pid),
-                sync.get(&pod.node_id)
-                    .cloned()
-                    .unwrap_or_else(|| "NOT CONNECTED".into()),
+                if pod.role.has_proxy() {
+                    sync.get(&pod.node_id)
+                        .cloned()
+                        .unwrap_or_else(|| "NOT CONNECTED".into())
+                } else {
+                    "-".into()
+                },
                 pod.netns.clone(),
             ]
         })

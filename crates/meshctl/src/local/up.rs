@@ -2,31 +2,31 @@
 //! starts mesh-control on the directory (plus a directory of the started
 //! pods with their addresses, which mesh-control reads beside it), and for
 //! every pod a network namespace with the app and its sidecar behind
-//! `mesh-proxy iptables` capture, as an injected Kubernetes pod has. Each
-//! thing is recorded in the run state before it is created, so `down`
-//! removes it even if `up` stops half-way.
+//! `mesh-proxy iptables` capture, as an injected Kubernetes pod has (or,
+//! for a pod the injector skips, the app alone), plus the ingress gateway
+//! (see [`gateway`]). Each thing is recorded in the run state before it is
+//! created, so `down` removes it even if `up` stops half-way; starting one
+//! pod is [`pod`]'s.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use mesh_api::wellknown::{
-    CONTROL_MONITORING_PORT, DEFAULT_TRUST_DOMAIN, PROXY_GID, PROXY_HEALTH_PORT, PROXY_UID,
-    XDS_PLAINTEXT_PORT, XDS_TLS_PORT,
+    CONTROL_MONITORING_PORT, PROXY_HEALTH_PORT, XDS_PLAINTEXT_PORT, XDS_TLS_PORT,
 };
 
-use super::manifest::{EnvVar, LocalPod, Plan, hosts_file, running_pod};
-use super::process::{
-    in_netns, log_tail, mesh_binary, output_bounded, sibling_dir, spawn_detached,
-};
+use super::manifest::{Plan, Role, hosts_file};
+use super::pod::{Sidecar, secrets_dir, start_pod, write_service_rules};
+use super::process::{log_tail, mesh_binary, spawn_detached};
 use super::state::{PodState, State};
-use super::{down, envoy, net, status};
+use super::{down, envoy, gateway, net, status};
 
-/// Lifetime of the pods' tokens: the proxy presents its token at every
-/// renewal, so it outlives any local session.
-const TOKEN_TTL: &str = "720h";
+/// The file the ingress gateway's Service is written to, in the directory
+/// of started pods.
+const INGRESS_SERVICE_FILE: &str = "istio-system.istio-ingressgateway.service.json";
 
 /// Flags of `meshctl local up`.
 #[derive(Debug, clap::Args)]
@@ -55,6 +55,11 @@ pub struct Args {
     /// How long to wait for every sidecar to be ready.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub timeout: Duration,
+    /// Do not start the ingress gateway (pod istio-ingressgateway-0 and
+    /// Service istio-ingressgateway in istio-system, as `meshctl install`'s
+    /// default profile has).
+    #[arg(long)]
+    pub no_gateway: bool,
 }
 
 /// Which proxy runs as the sidecar.
@@ -64,17 +69,6 @@ pub enum DataPlane {
     MeshProxy,
     /// A stock Envoy.
     Envoy,
-}
-
-/// The programs a pod's sidecar is made of.
-struct Sidecar<'a> {
-    /// `mesh-control`, which issues each pod's token with the CA's key.
-    control: &'a Path,
-    /// `mesh-proxy`, for the capture rules (and the sidecar itself, or the
-    /// certificate agent beside Envoy).
-    mesh_proxy: &'a Path,
-    /// Envoy, when it is the sidecar.
-    envoy: Option<&'a Path>,
 }
 
 /// A parsed `--subnet`.
@@ -112,6 +106,12 @@ impl Subnet {
         Ipv4Addr::from(self.base + 1)
     }
 
+    /// Whether `ip` is in the subnet.
+    pub fn contains(self, ip: Ipv4Addr) -> bool {
+        let mask = u32::MAX << (32 - self.prefix);
+        u32::from(ip) & mask == self.base
+    }
+
     /// The address of pod `index`, if the subnet has room for it.
     pub fn pod(self, index: usize) -> Option<Ipv4Addr> {
         let hosts = (1u64 << (32 - self.prefix)) - 2;
@@ -136,12 +136,15 @@ pub fn run(args: &Args, out: &mut dyn std::io::Write) -> anyhow::Result<i32> {
     let subnet = Subnet::parse(&args.subnet)?;
     let dir = std::fs::canonicalize(&args.dir)
         .with_context(|| format!("config directory {}", args.dir.display()))?;
-    let plan = Plan::read(&dir)?;
+    let mut plan = Plan::read(&dir)?;
     if plan.pods.is_empty() {
         bail!(
             "{} has no Pod or Deployment: nothing to run (see samples/traffic-shifting)",
             dir.display()
         );
+    }
+    if !args.no_gateway {
+        gateway::add(&mut plan, |ip| subnet.contains(ip))?;
     }
     if subnet.pod(plan.pods.len() - 1).is_none() {
         bail!(
@@ -196,6 +199,9 @@ pub fn run(args: &Args, out: &mut dyn std::io::Write) -> anyhow::Result<i32> {
         monitoring: Some(SocketAddr::from((gateway, CONTROL_MONITORING_PORT))),
         ..State::default()
     };
+    if !args.no_gateway {
+        state.ingress_vip = gateway::service(&plan).map(|s| s.cluster_ip);
+    }
     state.save(&run_dir)?;
     let result = start(&mut state, &plan, &run_dir, &control, &sidecar, args, out);
     if let Err(e) = result {
@@ -250,6 +256,7 @@ fn start(
         std::fs::remove_dir_all(&pods_dir)?;
     }
     std::fs::create_dir_all(&pods_dir)?;
+    write_generated(plan, &pods_dir)?;
     let logs = run_dir.join("logs");
     let mut command = std::process::Command::new(control);
     command
@@ -293,16 +300,55 @@ fn start(
         let ip = subnet.pod(index).context("subnet full")?;
         start_pod(state, pod, index, ip, plan, run_dir, sidecar, &pods_dir)
             .with_context(|| format!("starting pod {}.{}", pod.name, pod.namespace))?;
-        writeln!(out, "pod {}.{} {ip}", pod.name, pod.namespace)?;
+        print_started(&pod.role, &pod.name, &pod.namespace, ip, out)?;
     }
+    write_service_rules(state, plan)?;
     await_pods(state, run_dir, args)
 }
 
-/// Waits until every pod's sidecar is ready and in sync with the newest
+/// The line `up` prints for a started pod.
+fn print_started(
+    role: &Role,
+    name: &str,
+    namespace: &str,
+    ip: Ipv4Addr,
+    out: &mut dyn std::io::Write,
+) -> anyhow::Result<()> {
+    match role {
+        Role::Sidecar => writeln!(out, "pod {name}.{namespace} {ip}")?,
+        Role::OutsideMesh(reason) => writeln!(
+            out,
+            "pod {name}.{namespace} {ip} (outside the mesh, no sidecar: {reason})"
+        )?,
+        Role::Gateway => writeln!(
+            out,
+            "ingress gateway {name}.{namespace} {ip} (http://{ip}:{}, https://{ip}:{})",
+            gateway::HTTP_PORT,
+            gateway::HTTPS_PORT
+        )?,
+    }
+    Ok(())
+}
+
+/// Writes (or, when the plan has none, removes) the objects the local
+/// mesh adds for mesh-control to read.
+fn write_generated(plan: &Plan, pods_dir: &Path) -> anyhow::Result<()> {
+    let file = pods_dir.join(INGRESS_SERVICE_FILE);
+    match plan.generated.first() {
+        Some(service) => std::fs::write(&file, serde_json::to_vec_pretty(service)?)
+            .with_context(|| format!("writing {}", file.display())),
+        None if file.exists() => {
+            std::fs::remove_file(&file).with_context(|| format!("removing {}", file.display()))
+        }
+        None => Ok(()),
+    }
+}
+
+/// Waits until every pod's proxy is ready and in sync with the newest
 /// configuration, and checks that every app still runs.
 fn await_pods(state: &State, run_dir: &Path, args: &Args) -> anyhow::Result<()> {
     let logs = run_dir.join("logs");
-    for pod in &state.pods {
+    for pod in state.pods.iter().filter(|p| p.role.has_proxy()) {
         let ip = pod.ip.context("pod without address")?;
         let log = logs.join(format!("{}.{}.proxy.log", pod.name, pod.namespace));
         wait_http(
@@ -313,7 +359,7 @@ fn await_pods(state: &State, run_dir: &Path, args: &Args) -> anyhow::Result<()> 
         )
         .with_context(|| {
             format!(
-                "the sidecar of {}.{} did not become ready",
+                "the proxy of {}.{} did not become ready",
                 pod.name, pod.namespace
             )
         })?;
@@ -336,260 +382,12 @@ fn await_pods(state: &State, run_dir: &Path, args: &Args) -> anyhow::Result<()> 
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn start_pod(
-    state: &mut State,
-    pod: &LocalPod,
-    index: usize,
-    ip: Ipv4Addr,
-    plan: &Plan,
-    run_dir: &Path,
-    sidecar: &Sidecar<'_>,
-    pods_dir: &Path,
-) -> anyhow::Result<()> {
-    let proxy = sidecar.mesh_proxy;
-    let xds = state.xds.context("no xds address")?;
-    let netns = format!("{}-{}-{}", state.bridge, pod.namespace, pod.name);
-    let host_veth = format!("{}v{index}", state.bridge);
-    state.pods.push(PodState {
-        name: pod.name.clone(),
-        namespace: pod.namespace.clone(),
-        ip: Some(ip),
-        netns: netns.clone(),
-        host_veth: host_veth.clone(),
-        app_pid: None,
-        proxy_pid: None,
-        agent_pid: None,
-        proxy_program: if sidecar.envoy.is_some() {
-            "envoy".into()
-        } else {
-            "mesh-proxy".into()
-        },
-        node_id: format!(
-            "sidecar~{ip}~{}.{}~{}.svc.cluster.local",
-            pod.name, pod.namespace, pod.namespace
-        ),
-    });
-    state.save(run_dir)?;
-    let hosts = hosts_file(&plan.services, &pod.namespace, &pod.name, ip);
-    net::create_pod_network(&netns, &state.bridge, &host_veth, ip, state.prefix, &hosts)?;
-
-    // The init container's job: capture rules.
-    let output = output_bounded(
-        in_netns(&netns, proxy).arg("iptables"),
-        Duration::from_secs(20),
-    )?;
-    if !output.status.success() {
-        bail!(
-            "mesh-proxy iptables: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-
-    let logs = run_dir.join("logs");
-    let secrets = pod_secrets(sidecar.control, run_dir, pod)?;
-    let gateway = state.gateway.context("no gateway")?;
-    let identity = identity_flags(gateway, &secrets);
-    let as_proxy_user = || {
-        let mut command = in_netns(&netns, "setpriv");
-        command
-            .arg(format!("--reuid={PROXY_UID}"))
-            .arg(format!("--regid={PROXY_GID}"))
-            .arg("--clear-groups")
-            .arg("--");
-        command
-    };
-    let mut command = as_proxy_user();
-    match sidecar.envoy {
-        Some(envoy) => {
-            // Istio's pilot-agent part: the SVID over SDS on a socket only
-            // the proxy's user can open.
-            let socket = secrets.join("sds.sock");
-            let mut agent = as_proxy_user();
-            agent
-                .arg(proxy)
-                .arg("agent")
-                .arg("--sds-socket")
-                .arg(&socket)
-                .args(["--pod-namespace", &pod.namespace])
-                .args(["--service-account", &pod.service_account])
-                .args(&identity);
-            let agent_pid = spawn_detached(
-                agent,
-                &logs.join(format!("{}.{}.agent.log", pod.name, pod.namespace)),
-            )?;
-            if let Some(p) = state.pods.last_mut() {
-                p.agent_pid = Some(agent_pid);
-            }
-            state.save(run_dir)?;
-            // Inline (`--config-yaml`; JSON is YAML): the run directory may
-            // be private to root, and Envoy runs as the proxy's UID. A copy
-            // stays in the run directory for reading.
-            let bootstrap = serde_json::to_string(&envoy::bootstrap(pod, ip, xds, &socket))?;
-            let file = run_dir
-                .join("envoy")
-                .join(format!("{}.{}.json", pod.name, pod.namespace));
-            if let Some(dir) = file.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            std::fs::write(&file, &bootstrap)
-                .with_context(|| format!("writing {}", file.display()))?;
-            command
-                .arg(envoy)
-                .arg("--config-yaml")
-                .arg(bootstrap)
-                .args(["--concurrency", "1", "--disable-hot-restart"])
-                .args(["--log-level", "warning"]);
-        }
-        None => {
-            command
-                .arg(proxy)
-                .args([
-                    "run",
-                    "--role",
-                    "sidecar",
-                    "--xds-address",
-                    &xds.to_string(),
-                ])
-                .args(["--pod-name", &pod.name, "--pod-namespace", &pod.namespace])
-                .args(["--instance-ip", &ip.to_string()])
-                .args(["--service-account", &pod.service_account])
-                .args(&identity);
-            for (key, value) in &pod.labels {
-                command.arg("--label").arg(format!("{key}={value}"));
-            }
-        }
-    }
-    let proxy_pid = spawn_detached(
-        command,
-        &logs.join(format!("{}.{}.proxy.log", pod.name, pod.namespace)),
-    )?;
-    if let Some(p) = state.pods.last_mut() {
-        p.proxy_pid = Some(proxy_pid);
-    }
-    state.save(run_dir)?;
-
-    let mut app = in_netns(&netns, &pod.command[0]);
-    app.args(&pod.command[1..]);
-    let mut path = sibling_dir().map(|d| vec![d]).unwrap_or_default();
-    path.extend(std::env::split_paths(
-        &std::env::var_os("PATH").unwrap_or_default(),
-    ));
-    app.env("PATH", std::env::join_paths(path)?)
-        .env("POD_NAME", &pod.name)
-        .env("POD_NAMESPACE", &pod.namespace)
-        .env("INSTANCE_IP", ip.to_string());
-    for var in &pod.env {
-        match var {
-            EnvVar::Value(name, value) => {
-                app.env(name, value);
-            }
-            EnvVar::Field(name, field) => {
-                let value = match field.as_str() {
-                    "metadata.name" => pod.name.clone(),
-                    "metadata.namespace" => pod.namespace.clone(),
-                    "status.podIP" => ip.to_string(),
-                    "spec.serviceAccountName" => pod.service_account.clone(),
-                    other => match other
-                        .strip_prefix("metadata.labels['")
-                        .and_then(|s| s.strip_suffix("']"))
-                    {
-                        Some(label) => pod.labels.get(label).cloned().unwrap_or_default(),
-                        None => bail!(
-                            "{}: env {name}: fieldRef {other} is not supported locally",
-                            pod.origin
-                        ),
-                    },
-                };
-                app.env(name, value);
-            }
-        }
-    }
-    let app_log = logs.join(format!("{}.{}.app.log", pod.name, pod.namespace));
-    let app_pid = spawn_detached(app, &app_log)?;
-    if let Some(p) = state.pods.last_mut() {
-        p.app_pid = Some(app_pid);
-    }
-    state.save(run_dir)?;
-
-    // Endpoints appear once mesh-control reads the running pod.
-    let file = pods_dir.join(format!("{}.{}.json", pod.namespace, pod.name));
-    std::fs::write(&file, serde_json::to_vec_pretty(&running_pod(pod, ip))?)
-        .with_context(|| format!("writing {}", file.display()))?;
-    Ok(())
-}
-
-/// Where pod `namespace/name`'s credentials live.
-fn secrets_dir(run_dir: &Path, namespace: &str, name: &str) -> PathBuf {
-    run_dir.join("secrets").join(format!("{namespace}.{name}"))
-}
-
-/// Writes the pod's credentials as Kubernetes mounts them for Istio's
-/// sidecar: a token proving the pod's service account (Istio's projected
-/// `istio-token`; here signed with the local CA's key by `mesh-control
-/// --issue-token`) and the mesh root (`root-cert.pem`). The directory
-/// belongs to the proxy's user and is private to it; the directories
-/// above it only let that user pass through.
-fn pod_secrets(control: &Path, run_dir: &Path, pod: &LocalPod) -> anyhow::Result<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = secrets_dir(run_dir, &pod.namespace, &pod.name);
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let identity = format!(
-        "spiffe://{DEFAULT_TRUST_DOMAIN}/ns/{}/sa/{}",
-        pod.namespace, pod.service_account
-    );
-    let output = output_bounded(
-        std::process::Command::new(control)
-            .arg("--ca-dir")
-            .arg(run_dir.join("ca"))
-            .args(["--issue-token", &identity, "--token-ttl", TOKEN_TTL]),
-        Duration::from_secs(20),
-    )?;
-    if !output.status.success() {
-        bail!(
-            "mesh-control --issue-token {identity}: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    let token = dir.join("istio-token");
-    std::fs::write(&token, String::from_utf8_lossy(&output.stdout).trim())
-        .with_context(|| format!("writing {}", token.display()))?;
-    let root = dir.join("root-cert.pem");
-    std::fs::copy(run_dir.join("ca").join("root-cert.pem"), &root)
-        .with_context(|| format!("writing {}", root.display()))?;
-    for file in [&token, &root] {
-        std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600))?;
-        std::os::unix::fs::chown(file, Some(PROXY_UID), Some(PROXY_GID))
-            .with_context(|| format!("chown {}", file.display()))?;
-    }
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
-    std::os::unix::fs::chown(&dir, Some(PROXY_UID), Some(PROXY_GID))
-        .with_context(|| format!("chown {}", dir.display()))?;
-    for above in [run_dir.to_path_buf(), run_dir.join("secrets")] {
-        let mode = std::fs::metadata(&above)?.permissions().mode();
-        std::fs::set_permissions(&above, std::fs::Permissions::from_mode(mode | 0o001))
-            .with_context(|| format!("chmod o+x {}", above.display()))?;
-    }
-    Ok(dir)
-}
-
-/// The sidecar's (or agent's) flags for its SVID: mesh-control's CA on
-/// the bridge, the pod's token and the mesh root.
-fn identity_flags(gateway: Ipv4Addr, secrets: &Path) -> Vec<String> {
-    vec![
-        "--ca-address".into(),
-        format!("https://{}", SocketAddr::from((gateway, XDS_TLS_PORT))),
-        "--ca-root-cert".into(),
-        secrets.join("root-cert.pem").display().to_string(),
-        "--token-file".into(),
-        secrets.join("istio-token").display().to_string(),
-    ]
-}
-
 /// `up` on the directory the running mesh serves: starts the pods added
-/// to it, stops and removes the pods gone from it, and rewrites every
-/// pod's hosts file (Services may have changed). Routing edits need none
-/// of this; mesh-control applies them by itself.
+/// to it, stops and removes the pods gone from it (or whose role changed:
+/// a pod now opted out of injection, the gateway with `--no-gateway`),
+/// and rewrites every pod's hosts file and kube-proxy rules (Services may
+/// have changed). Routing edits need none of this; mesh-control applies
+/// them by itself.
 fn reconcile(
     mut state: State,
     plan: &Plan,
@@ -605,14 +403,17 @@ fn reconcile(
         envoy: envoy.as_deref(),
     };
     let pods_dir = run_dir.join("pods");
-    let wanted: BTreeSet<(&str, &str)> = plan
+    let wanted: BTreeMap<(&str, &str), &Role> = plan
         .pods
         .iter()
-        .map(|p| (p.namespace.as_str(), p.name.as_str()))
+        .map(|p| ((p.namespace.as_str(), p.name.as_str()), &p.role))
         .collect();
-    let (kept, gone): (Vec<PodState>, Vec<PodState>) = std::mem::take(&mut state.pods)
-        .into_iter()
-        .partition(|p| wanted.contains(&(p.namespace.as_str(), p.name.as_str())));
+    let (kept, gone): (Vec<PodState>, Vec<PodState>) =
+        std::mem::take(&mut state.pods).into_iter().partition(|p| {
+            wanted
+                .get(&(p.namespace.as_str(), p.name.as_str()))
+                .is_some_and(|role| **role == p.role)
+        });
     state.pods = kept;
     for pod in &gone {
         let _ = std::fs::remove_file(pods_dir.join(format!("{}.{}.json", pod.namespace, pod.name)));
@@ -622,6 +423,10 @@ fn reconcile(
         }
         writeln!(out, "removed pod {}.{}", pod.name, pod.namespace)?;
     }
+    write_generated(plan, &pods_dir)?;
+    state.ingress_vip = (!args.no_gateway)
+        .then(|| gateway::service(plan).map(|s| s.cluster_ip))
+        .flatten();
     state.save(run_dir)?;
 
     let gateway = state.gateway.context("no gateway in the run state")?;
@@ -649,7 +454,7 @@ fn reconcile(
             &mut state, pod, index, ip, plan, run_dir, &sidecar, &pods_dir,
         )
         .with_context(|| format!("starting pod {}.{}", pod.name, pod.namespace))?;
-        writeln!(out, "pod {}.{} {ip}", pod.name, pod.namespace)?;
+        print_started(&pod.role, &pod.name, &pod.namespace, ip, out)?;
     }
     for pod in &state.pods {
         if let Some(ip) = pod.ip {
@@ -659,6 +464,7 @@ fn reconcile(
             )?;
         }
     }
+    write_service_rules(&state, plan)?;
     await_pods(&state, run_dir, args)?;
     writeln!(out)?;
     status::print(&state, out)?;
@@ -671,17 +477,16 @@ fn print_next_steps(
     out: &mut dyn std::io::Write,
 ) -> anyhow::Result<()> {
     let me = std::env::args().next().unwrap_or_else(|| "meshctl".into());
-    let client = plan
-        .pods
-        .iter()
+    let meshed = || plan.pods.iter().filter(|p| p.role == Role::Sidecar);
+    let client = meshed()
         .find(|p| p.labels.get("app").is_some_and(|a| a == "client"))
-        .or(plan.pods.first());
+        .or(meshed().next());
     let mut steps = Vec::new();
     if let (Some(client), Some(svc)) = (client, plan.services.first()) {
         let port = svc
             .ports
             .first()
-            .map(|p| format!(":{p}"))
+            .map(|p| format!(":{}", p.port))
             .unwrap_or_default();
         steps.push((
             format!(
@@ -689,6 +494,12 @@ fn print_next_steps(
                 client.name, svc.name
             ),
             "a request through both sidecars (mutual TLS: see x-forwarded-client-cert)",
+        ));
+    }
+    if let Some(ip) = state.ingress().and_then(|p| p.ip) {
+        steps.push((
+            format!("curl -s -H 'Host: HOST' http://{ip}:{}/", gateway::HTTP_PORT),
+            "through the ingress gateway, once a Gateway (selector istio: ingressgateway) and a VirtualService route HOST",
         ));
     }
     steps.push((format!("{me} local status"), "pods, addresses, sync state"));
@@ -740,6 +551,7 @@ fn converged(state: &State, monitoring: SocketAddr, pods_dir: &Path) -> anyhow::
         .as_array()
         .into_iter()
         .flatten()
+        .filter(|o| o["kind"] == "Pod")
         .filter_map(|o| o["file"].as_str())
         .collect();
     let pods_dir = pods_dir.display().to_string();
@@ -758,7 +570,7 @@ fn converged(state: &State, monitoring: SocketAddr, pods_dir: &Path) -> anyhow::
     if newest < published {
         bail!("mesh-control is still serving an older snapshot");
     }
-    for pod in &state.pods {
+    for pod in state.pods.iter().filter(|p| p.role.has_proxy()) {
         let proxy = syncz["proxies"]
             .as_array()
             .into_iter()
