@@ -86,6 +86,17 @@ pub struct Args {
     /// Lifetime of `--issue-token`'s token.
     #[arg(long, default_value = "24h")]
     pub token_ttl: mesh_api::Duration,
+    /// Address of the sidecar injection webhook (HTTPS, `POST /inject`;
+    /// Istio's 15017), with `--ca-dir`.
+    #[arg(long, env = "MESH_WEBHOOK_ADDRESS", requires = "ca_dir")]
+    pub webhook_address: Option<SocketAddr>,
+    /// The proxy image the webhook injects.
+    #[arg(long, env = "MESH_PROXY_IMAGE", default_value = crate::inject::DEFAULT_PROXY_IMAGE)]
+    pub proxy_image: String,
+    /// The MutatingWebhookConfiguration whose `caBundle` gets the mesh
+    /// root (`--kubernetes`).
+    #[arg(long, env = "MESH_WEBHOOK_CONFIG")]
+    pub webhook_config: Option<String>,
 }
 
 // === impl Args ===
@@ -152,6 +163,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // RequestAuthentication jwksUris are fetched here and sent inline.
     let jwks = JwksResolver::new(JwksSettings::default());
     let root_cert = secure.as_ref().map(|(s, _)| s.root_pem());
+    let webhook = match (args.webhook_address, &secure) {
+        (Some(address), Some((s, _))) => Some((
+            webhook_options(&args, address),
+            s.webhook_tls(),
+            s.root_pem(),
+        )),
+        _ => None,
+    };
+    let webhook_kube = kube.clone();
     let (source, snapshot) = build_source(&args, kube, root_cert, jwks.clone()).await?;
     let status: Arc<Mutex<ConfigStatus>> = source.status_handle();
     tracing::info!(
@@ -168,6 +188,25 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let jwks_task = tokio::spawn(jwks.run(shutdown_signal(stop_rx.clone())));
     let mut metrics = Metrics::new();
     let ca_metrics = crate::secure::register_metrics(metrics.registry_mut());
+    let webhook_task = webhook.map(|(options, tls, root)| {
+        let injection = crate::inject::webhook::Metrics::register(metrics.registry_mut());
+        let snapshots = snapshots_rx.clone();
+        let stop = shutdown_signal(stop_rx.clone());
+        tokio::spawn(async move {
+            let served = crate::inject::webhook::run(
+                options,
+                tls,
+                root,
+                snapshots,
+                webhook_kube,
+                injection,
+                stop,
+            );
+            if let Err(e) = served.await {
+                tracing::error!("{e:#}");
+            }
+        })
+    });
     let server = AdsServer::with_options(snapshots_rx, Arc::new(metrics), DEFAULT_PUSH_CONCURRENCY);
     let secure_task = secure.map(|(secure, listener)| {
         tracing::info!(address = %args.secure_address, "serving the CA and xDS over TLS");
@@ -218,7 +257,28 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(task) = secure_task {
         let _ = task.await;
     }
+    if let Some(task) = webhook_task {
+        let _ = task.await;
+    }
     result
+}
+
+/// The injector's settings: the proxy image, this control plane's
+/// service (`istiod`, or `istiod-<revision>`) for xDS and the CA.
+fn webhook_options(args: &Args, address: SocketAddr) -> crate::inject::webhook::WebhookOptions {
+    let mut settings = crate::inject::Settings::new(args.proxy_image.clone(), &args.namespace);
+    settings.revision = args.revision.clone();
+    settings.trust_domain = args.trust_domain.clone();
+    if args.revision != "default" {
+        let host = format!("istiod-{}.{}.svc", args.revision, args.namespace);
+        settings.xds_address = format!("https://{host}:{}", mesh_api::wellknown::XDS_TLS_PORT);
+        settings.ca_address = settings.xds_address.clone();
+    }
+    crate::inject::webhook::WebhookOptions {
+        address,
+        settings,
+        config_name: args.webhook_config.clone(),
+    }
 }
 
 /// Where configuration comes from (boxed: both are large and moved once).

@@ -25,7 +25,7 @@ struct Webhook {
     address: std::net::SocketAddr,
     root_pem: String,
     _dir: tempfile::TempDir,
-    _task: tokio::task::JoinHandle<()>,
+    _task: Option<tokio::task::JoinHandle<()>>,
 }
 
 async fn start() -> Webhook {
@@ -56,7 +56,7 @@ async fn start() -> Webhook {
         address,
         root_pem: secure.root_pem(),
         _dir: dir,
-        _task: task,
+        _task: Some(task),
     }
 }
 
@@ -372,4 +372,105 @@ async fn ca_bundle_is_patched_into_the_webhook_configuration() {
         .expect("read");
     assert_eq!(again, 0, "nothing to change");
     server.await.expect("mock API server");
+}
+
+/// The `mesh-control` binary with `--webhook-address`: the webhook serves
+/// on the secure port's certificate, injects the `--proxy-image`, takes
+/// `defaultConfig` from the `istio` ConfigMap in the config directory and
+/// follows its edits, and counts injections in `/metrics`.
+#[tokio::test]
+async fn the_binary_serves_the_webhook_with_mesh_config_defaults() {
+    use mesh_test_support::{free_port, wait_for};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("config");
+    std::fs::create_dir(&config).expect("mkdir");
+    let mesh = |concurrency: u32| {
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: istio, namespace: istio-system}}\ndata:\n  mesh: |\n    defaultConfig:\n      concurrency: {concurrency}\n"
+        )
+    };
+    std::fs::write(config.join("mesh.yaml"), mesh(3)).expect("write");
+    let (xds, secure, monitoring, hook) = (free_port(), free_port(), free_port(), free_port());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mesh-control"))
+        .arg("--config-dir")
+        .arg(&config)
+        .arg("--ca-dir")
+        .arg(dir.path().join("ca"))
+        .args(["--xds-address", &format!("127.0.0.1:{xds}")])
+        .args(["--secure-address", &format!("127.0.0.1:{secure}")])
+        .args(["--monitoring-address", &format!("127.0.0.1:{monitoring}")])
+        .args(["--webhook-address", &format!("127.0.0.1:{hook}")])
+        .args(["--proxy-image", "registry.example/mesh-proxy:dev"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("mesh-control starts");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _ = child.try_wait();
+    let _guard = Kill(child);
+    let ready = wait_for(std::time::Duration::from_secs(30), || {
+        std::net::TcpStream::connect(("127.0.0.1", hook)).ok()
+    });
+    assert!(ready.is_some(), "the webhook never listened");
+    let w = Webhook {
+        address: format!("127.0.0.1:{hook}").parse().expect("address"),
+        root_pem: std::fs::read_to_string(dir.path().join("ca/root-cert.pem")).expect("root"),
+        _dir: dir,
+        _task: None,
+    };
+    let proxy_of = |pod: &Pod| {
+        pod.spec
+            .as_ref()
+            .and_then(|s| s.init_containers.as_ref())
+            .and_then(|c| c.iter().find(|c| c.name == "istio-proxy"))
+            .cloned()
+            .expect("istio-proxy")
+    };
+    let concurrency = |c: &k8s_openapi::api::core::v1::Container| {
+        let args = c.args.clone().unwrap_or_default();
+        args.iter()
+            .position(|a| a == "--concurrency")
+            .map(|i| args[i + 1].clone())
+    };
+    let (pod, _, _) = review(&w, "deployment").await;
+    let proxy = proxy_of(&pod);
+    assert_eq!(
+        proxy.image.as_deref(),
+        Some("registry.example/mesh-proxy:dev")
+    );
+    assert_eq!(concurrency(&proxy).as_deref(), Some("3"));
+
+    std::fs::write(w._dir.path().join("config/mesh.yaml"), mesh(5)).expect("write");
+    let mut seen = None;
+    for _ in 0..100 {
+        let (pod, _, _) = review(&w, "deployment").await;
+        seen = concurrency(&proxy_of(&pod));
+        if seen.as_deref() == Some("5") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        seen.as_deref(),
+        Some("5"),
+        "the webhook follows MeshConfig edits"
+    );
+
+    let metrics = mesh_test_support::envoy::http_get(monitoring, "/metrics").expect("metrics");
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("sidecar_injection_success_total"))
+        .unwrap_or_else(|| panic!("no injection counter:\n{metrics}"));
+    let count: f64 = line
+        .rsplit(' ')
+        .next()
+        .and_then(|v| v.parse().ok())
+        .expect("value");
+    assert!(count >= 2.0, "{line}");
 }
