@@ -4,6 +4,11 @@
 //! scenario harness.
 
 pub mod bench;
+#[allow(clippy::expect_used)]
+pub mod certs;
 pub mod echo;
 pub mod envoy;
 pub mod ext_authz;
+#[allow(clippy::expect_used)]
+pub mod jwt;
+pub mod scenario;

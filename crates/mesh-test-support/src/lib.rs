@@ -9,9 +9,11 @@
 // which is what `expect` does.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
-pub mod certs;
+/// Test-time certificates (in `e2e` so the scenario suite makes the same ones).
+pub use e2e::certs;
 pub mod envoy;
-pub mod jwt;
+/// JWT issuers for tests (in `e2e` so the scenario suite signs the same way).
+pub use e2e::jwt;
 pub mod netns;
 pub mod process;
 pub mod tls;
@@ -67,13 +69,7 @@ where
     }
 }
 
-/// The 99.9 % normal-approximation interval of a binomial share `p` over
-/// `n` draws: a traffic split of `p` is wrong when the observed share falls
-/// outside it (a correct proxy fails such a check once in a thousand runs).
-pub fn binomial_bounds(p: f64, n: usize) -> (f64, f64) {
-    let sd = (p * (1.0 - p) / n as f64).sqrt();
-    (p - 3.29 * sd, p + 3.29 * sd)
-}
+pub use e2e::scenario::binomial_bounds;
 
 /// The workspace root (where `.venv/` lives).
 pub fn workspace_root() -> std::path::PathBuf {
