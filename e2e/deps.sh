@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by e2e/test.sh and samples/traffic-shifting/demo.sh: makes sure
 # the tools the local mesh and the network tests use are installed
 # (iproute2 for namespaces and links, iptables for capture, curl for

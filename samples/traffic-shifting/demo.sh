@@ -31,6 +31,7 @@ echo "== meshctl local up $config"
 
 tally() {
     echo "== $1: 200 requests from the client pod to http://reviews:9080/"
+    # shellcheck disable=SC2016 # expanded by the pod's shell, not this one
     "$meshctl" local exec client -- sh -c 'for i in $(seq 200); do curl -s http://reviews:9080/; done' \
         | grep -o '"version": "v[0-9]*"' | sort | uniq -c
 }
