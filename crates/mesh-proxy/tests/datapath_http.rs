@@ -465,3 +465,31 @@ async fn websocket_upgrades_are_spliced() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_virtual_host_requiring_tls_redirects_even_without_routes() {
+    bounded(20, async {
+        // Istio's gateway for an `httpsRedirect` server no VirtualService
+        // serves: a virtual host with `requireTls: ALL` and no routes.
+        let addr = free_addr();
+        let list = vec![
+            http_listener("http", addr, "80"),
+            route(json!({"name": "80", "virtualHosts": [
+                {"name": "login", "domains": ["login.example.com"], "requireTls": "ALL"},
+                {"name": "rest", "domains": ["*"], "routes": []},
+            ]})),
+        ];
+        let _proxy = Proxy::start(list, addr).await;
+        let c = h1();
+        let r = get(&c, addr, "login.example.com", "/sign-in?next=/").await;
+        assert_eq!(r.status, StatusCode::MOVED_PERMANENTLY);
+        assert_eq!(
+            r.headers["location"],
+            "https://login.example.com/sign-in?next=/"
+        );
+        // Other hosts still get no route.
+        let r = get(&c, addr, "other.example.com", "/sign-in").await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND);
+    })
+    .await;
+}

@@ -247,6 +247,20 @@ impl<'a> ProxyScope<'a> {
             .collect()
     }
 
+    /// The port a gateway listener for server port `port` binds: as Istio
+    /// does, when a Service selecting this gateway proxy exposes `port`,
+    /// the listener binds that Service port's target port (a Service port
+    /// 80 with `targetPort: 8080` gives listener `0.0.0.0_8080` and routes
+    /// `http.8080`); otherwise `port` itself.
+    pub fn gateway_bind_port(&self, port: u16) -> u16 {
+        self.proxy
+            .ip_addresses
+            .iter()
+            .flat_map(|ip| self.snapshot.endpoints_at(ip))
+            .find(|(_, ep)| ep.service_port == port)
+            .map_or(port, |(_, ep)| ep.port)
+    }
+
     /// VirtualServices bound to a gateway (by `name` in its own namespace or
     /// `namespace/name`).
     pub fn gateway_virtual_services(&self, gateway: &Gateway) -> Vec<&'a VirtualService> {

@@ -3,7 +3,9 @@
 //! `http.<port>`; terminated HTTPS servers get a filter chain per server,
 //! matched on SNI, with their own `https.<port>.<portName>.<gateway>.<ns>`
 //! routes (Istio's names); TLS passthrough and TCP servers forward with
-//! tcp_proxy using the VirtualServices' `tls`/`tcp` routes.
+//! tcp_proxy using the VirtualServices' `tls`/`tcp` routes. As in Istio, a
+//! listener binds the target port of the gateway Service's port for the
+//! server port (80 → 8080), and plain HTTP routes are named by it.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -83,18 +85,21 @@ pub(crate) fn server_port(server: &Server) -> Option<u16> {
     u16::try_from(server.port.number).ok().filter(|p| *p != 0)
 }
 
-/// The RDS name of a server's routes (Istio's naming).
-pub(crate) fn gateway_route_name(gateway: &Gateway, server: &Server, port: u16) -> String {
+/// The RDS name of a server's routes (Istio's naming): plain HTTP routes
+/// are named by the port the listener binds (`bind_port`), terminated
+/// HTTPS ones by the server's own port number.
+pub(crate) fn gateway_route_name(gateway: &Gateway, server: &Server, bind_port: u16) -> String {
     match server_kind(server) {
         ServerKind::HttpsTerminated => {
             format!(
-                "https.{port}.{}.{}.{}",
+                "https.{}.{}.{}.{}",
+                server.port.number,
                 server.port.name,
                 name_of(gateway),
                 namespace_of(gateway)
             )
         }
-        _ => format!("http.{port}"),
+        _ => format!("http.{bind_port}"),
     }
 }
 
@@ -125,18 +130,21 @@ pub(super) fn gateway_listeners(scope: &ProxyScope<'_>) -> Vec<Listener> {
             let Some(port) = server_port(server) else {
                 continue;
             };
+            // The listener binds the gateway Service's target port; VirtualService
+            // `port` matches still compare the server's own port.
+            let bind = scope.gateway_bind_port(port);
             let ip = server.bind.clone().unwrap_or_else(|| "0.0.0.0".into());
-            let name = format!("{ip}_{port}");
+            let name = format!("{ip}_{bind}");
             let entry = by_name
                 .entry(name.clone())
-                .or_insert_with(|| (ip, port, Vec::new()));
+                .or_insert_with(|| (ip, bind, Vec::new()));
             match server_kind(server) {
                 ServerKind::Http => {
                     // Every plain HTTP server on a port shares one chain and `http.<port>`.
                     if plain_http.insert(name) {
                         let hcm = build_hcm(
-                            &format!("outbound_0.0.0.0_{port}"),
-                            rds_ads(&format!("http.{port}")),
+                            &format!("outbound_0.0.0.0_{bind}"),
+                            rds_ads(&gateway_route_name(gw, server, bind)),
                             true,
                         );
                         entry.2.push(FilterChain {
@@ -146,8 +154,8 @@ pub(super) fn gateway_listeners(scope: &ProxyScope<'_>) -> Vec<Listener> {
                     }
                 }
                 ServerKind::HttpsTerminated => {
-                    let route = gateway_route_name(gw, server, port);
-                    let hcm = build_hcm(&format!("outbound_0.0.0.0_{port}"), rds_ads(&route), true);
+                    let route = gateway_route_name(gw, server, bind);
+                    let hcm = build_hcm(&format!("outbound_0.0.0.0_{bind}"), rds_ads(&route), true);
                     entry.2.push(FilterChain {
                         name: route,
                         filter_chain_match: sni_match(server),
@@ -169,7 +177,7 @@ pub(super) fn gateway_listeners(scope: &ProxyScope<'_>) -> Vec<Listener> {
                                 .then(|| sni_match(server))
                                 .flatten(),
                             filters: vec![tcp_proxy_filter(
-                                &format!("outbound_0.0.0.0_{port}"),
+                                &format!("outbound_0.0.0.0_{bind}"),
                                 cluster,
                             )],
                             transport_socket: server
@@ -359,14 +367,15 @@ fn passthrough_chains(
                 continue;
             };
             let catch_all = sni.iter().any(|h| h == "*");
+            let bind = scope.gateway_bind_port(port);
             chains.push(FilterChain {
-                name: format!("{}_{port}_{}", namespace_of(vs), name_of(vs)),
+                name: format!("{}_{bind}_{}", namespace_of(vs), name_of(vs)),
                 filter_chain_match: (!catch_all).then(|| FilterChainMatch {
                     server_names: sni,
                     ..Default::default()
                 }),
                 filters: vec![tcp_proxy_filter(
-                    &format!("outbound_0.0.0.0_{port}"),
+                    &format!("outbound_0.0.0.0_{bind}"),
                     cluster,
                 )],
                 ..Default::default()

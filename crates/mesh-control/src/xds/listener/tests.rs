@@ -349,3 +349,104 @@ spec:
     let filters = &http["filterChains"][0]["filters"][0]["typedConfig"]["httpFilters"];
     assert_ne!(filters[0]["name"], "envoy.filters.http.rbac");
 }
+
+#[test]
+fn gateway_listeners_bind_the_gateway_services_target_ports() {
+    // Istio's ingress gateway: the Service exposes 80 and 443, the pod
+    // listens on 8080 and 8443, and Gateways are written with 80 and 443.
+    let config = r#"
+---
+apiVersion: v1
+kind: Service
+metadata: {name: istio-ingressgateway, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  ports:
+  - {name: http2, port: 80, targetPort: 8080}
+  - {name: https, port: 443, targetPort: 8443}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: ingress, namespace: istio-system, labels: {istio: ingressgateway}}
+spec: {containers: [{name: istio-proxy, image: x}]}
+status: {podIP: 10.1.0.99}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: public, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: ["*"]
+  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: [secure.example.com]
+    tls: {mode: SIMPLE, credentialName: secure-cert}
+  - port: {number: 9000, name: http-other, protocol: HTTP}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: redirect, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http-redirect, protocol: HTTP}
+    hosts: [login.example.com]
+    tls: {httpsRedirect: true}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: public, namespace: default}
+spec:
+  hosts: ["*"]
+  gateways: [istio-system/public]
+  http:
+  - match: [{port: 80}]
+    route: [{destination: {host: reviews, port: {number: 9080}}}]
+  - route: [{destination: {host: ratings, port: {number: 9080}}}]
+"#;
+    let (listeners, routes, _) = translate(&format!("{MESH}{config}"), &router());
+    let names: Vec<_> = listeners.iter().map(|l| l.name.as_str()).collect();
+    // 80 and 443 bind their target ports; 9000, which the Service does not
+    // expose, binds as written.
+    assert_eq!(names, ["0.0.0.0_8080", "0.0.0.0_8443", "0.0.0.0_9000"]);
+    let http = listener(&listeners, "0.0.0.0_8080");
+    assert_eq!(http["address"]["socketAddress"]["portValue"], 8080);
+    let hcm = &http["filterChains"][0]["filters"][0]["typedConfig"];
+    assert_eq!(hcm["rds"]["routeConfigName"], "http.8080");
+    let https = listener(&listeners, "0.0.0.0_8443");
+    let hcm = &https["filterChains"][0]["filters"][0]["typedConfig"];
+    assert_eq!(
+        hcm["rds"]["routeConfigName"],
+        "https.443.https.public.istio-system"
+    );
+    // The route `port: 80` match still compares the server's own port: on
+    // http.8080 it holds (reviews first), on http.9000 it does not.
+    let first_cluster = |name: &str| {
+        let rc = routes
+            .iter()
+            .find(|r| r.name == name)
+            .unwrap_or_else(|| panic!("no route config {name}"));
+        to_json(rc).unwrap()["virtualHosts"][0]["routes"][0]["route"]["cluster"].clone()
+    };
+    assert_eq!(
+        first_cluster("http.8080"),
+        "outbound|9080||reviews.default.svc.cluster.local"
+    );
+    assert_eq!(
+        first_cluster("http.9000"),
+        "outbound|9080||ratings.default.svc.cluster.local"
+    );
+    // No VirtualService serves login.example.com, yet its redirecting
+    // server still redirects it to HTTPS.
+    let rc = to_json(routes.iter().find(|r| r.name == "http.8080").unwrap()).unwrap();
+    let login = rc["virtualHosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["domains"][0] == "login.example.com")
+        .unwrap_or_else(|| panic!("no login.example.com virtual host: {rc}"));
+    assert_eq!(login["requireTls"], "ALL");
+    assert_eq!(login["domains"][1], "login.example.com:80");
+}

@@ -2,7 +2,8 @@
 //! <gateway>.<ns>`): one virtual host per host served, where a host is a
 //! VirtualService host that overlaps a server host (the more specific of
 //! the two). Requests for any other host get Envoy's 404; there is no
-//! default route on a gateway.
+//! default route on a gateway. The hosts of an `httpsRedirect` server get
+//! a redirecting virtual host whether or not a VirtualService serves them.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -38,7 +39,7 @@ pub(super) fn gateway_route_config(
             if !matches!(
                 server_kind(server),
                 ServerKind::Http | ServerKind::HttpsTerminated
-            ) || gateway_route_name(gw, server, port) != name
+            ) || gateway_route_name(gw, server, scope.gateway_bind_port(port)) != name
             {
                 continue;
             }
@@ -87,6 +88,20 @@ pub(super) fn gateway_route_config(
                             entry.routes.extend(r.iter().cloned());
                         }
                     }
+                }
+            }
+            // A redirecting server redirects its hosts even where no
+            // VirtualService serves them (Istio adds such virtual hosts).
+            if https_redirect {
+                for sh in server.hosts.iter().map(|h| server_host(h)) {
+                    hosts
+                        .entry(sh.to_string())
+                        .or_insert_with(|| HostEntry {
+                            routes: Vec::new(),
+                            seen: BTreeSet::new(),
+                            require_tls: true,
+                        })
+                        .require_tls = true;
                 }
             }
         }

@@ -632,6 +632,16 @@ async fn process(
         path: &path,
         headers: req.headers(),
     };
+    // As Envoy: a virtual host requiring TLS redirects plaintext requests
+    // before any route is looked at (it may have none).
+    let tls_required = match vh.require_tls {
+        TlsRequirement::None => false,
+        TlsRequirement::All => true,
+        TlsRequirement::ExternalOnly => ctx.hcm.use_remote_address,
+    };
+    if tls_required && !ctx.conn.tls {
+        return local::to_https(&authority, &path);
+    }
     let Some(route) = vh.route(&view, Some(&metadata)) else {
         return local::error(
             rec,
@@ -648,14 +658,6 @@ async fn process(
         route,
         authority: &authority,
     };
-    let tls_required = match vh.require_tls {
-        TlsRequirement::None => false,
-        TlsRequirement::All => true,
-        TlsRequirement::ExternalOnly => ctx.hcm.use_remote_address,
-    };
-    if tls_required && !ctx.conn.tls {
-        return local::to_https(&authority, &path);
-    }
 
     let cors = if ctx.hcm.cors {
         route
