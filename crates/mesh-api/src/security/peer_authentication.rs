@@ -36,7 +36,10 @@ pub struct PeerAuthenticationSpec {
     pub mtls: Option<MutualTls>,
     /// Port-specific settings, keyed by the workload's (container) port,
     /// not the Service port. Only valid with a workload selector.
+    // Published as a map of strings: schemars gives integer-keyed maps
+    // `patternProperties`, which Kubernetes refuses in a CRD schema.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(with = "BTreeMap<String, MutualTls>")]
     pub port_level_mtls: BTreeMap<u32, MutualTls>,
 }
 
