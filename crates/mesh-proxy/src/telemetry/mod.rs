@@ -12,6 +12,7 @@ pub mod access_log;
 pub mod envoy_stats;
 pub mod labels;
 pub mod metrics;
+pub mod trace;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -75,6 +76,7 @@ impl Telemetry {
         node: &Node,
         registry: &SharedRegistry,
     ) -> Result<Arc<Self>, TelemetryError> {
+        trace::set_node(node);
         let metrics = Metrics::new(LocalIdentity::from_node(node));
         {
             let mut registry = registry.write().unwrap_or_else(|e| e.into_inner());

@@ -373,6 +373,8 @@ pub struct Finish {
     pub started: Instant,
     /// Dropped when the response ends.
     pub guards: Vec<Box<dyn Send>>,
+    /// The request's span, finished from the final record.
+    pub span: Option<Box<crate::telemetry::trace::HopSpan>>,
 }
 
 impl Observed {
@@ -431,6 +433,7 @@ impl Observed {
                 received,
                 started,
                 guards,
+                span,
             } = *f;
             drop(guards);
             record.flags.insert(flags);
@@ -438,6 +441,9 @@ impl Observed {
             record.duration = started.elapsed();
             observer.request(&record);
             crate::telemetry::access_log::log_request(&access_logs, &record);
+            if let Some(span) = span {
+                span.finish(&record);
+            }
         }
     }
 }

@@ -102,6 +102,8 @@ pub(crate) struct Outcome {
     /// Added to the response (an external authorizer's
     /// `allowed_client_headers_on_success`).
     pub response_headers: Vec<(header::HeaderName, HeaderValue)>,
+    /// The request's span, when it is sampled.
+    pub span: Option<Box<crate::telemetry::trace::HopSpan>>,
 }
 
 /// The route a request matched, with where it was found.
@@ -469,6 +471,7 @@ async fn handle(req: Request<Incoming>, ctx: Arc<HttpCtx>) -> Response<ProxyBody
         received,
         started,
         guards: out.guards,
+        span: out.span,
     };
     Response::from_parts(
         parts,
@@ -586,6 +589,15 @@ async fn process(
         authority = strip_port(&authority).to_string();
     }
     normalise(&mut req, ctx, rec);
+    if let Some(config) = &ctx.hcm.tracing {
+        let xff = rec.forwarded_for.as_deref();
+        let info = crate::telemetry::trace::RequestInfo {
+            direction: ctx.conn.listener.direction,
+            internal: ctx.hcm.is_internal(ctx.conn.peer.ip(), xff),
+            runtime: &generation.runtime,
+        };
+        out.span = crate::telemetry::trace::start(config, req.headers_mut(), info).map(Box::new);
+    }
     let mut metadata = Metadata::default();
     if !ctx.hcm.authz.is_empty() {
         match authz::authorize(&mut req, &authority, ctx, generation, &mut metadata, rec).await {

@@ -93,6 +93,8 @@ pub struct HttpManager {
     /// the payload JWT verified, ext_authz the outcome of RBAC shadow
     /// rules).
     pub authz: Vec<HttpAuthz>,
+    /// `tracing` with the OpenTelemetry tracer; `None`: no spans.
+    pub tracing: Option<Arc<crate::telemetry::trace::TraceConfig>>,
 }
 
 /// One authentication or authorization filter of an HTTP connection
@@ -377,7 +379,12 @@ fn http_manager(h: &HttpConnectionManager, at: &str) -> FieldResult<HttpManager>
             && u.enabled.as_ref().is_none_or(|b| b.value)
     });
     let xfcc = xfcc(h, at)?;
+    let tracing = match &h.tracing {
+        Some(t) => crate::telemetry::trace::compile(t, &join(at, "tracing"))?,
+        None => None,
+    };
     Ok(HttpManager {
+        tracing,
         access_logs: crate::runtime::access_log::compile(&h.access_log, &join(at, "access_log"))?,
         xfcc,
         authz,
