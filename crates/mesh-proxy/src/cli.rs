@@ -350,10 +350,24 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             probes = probers.len(),
             "app probes served on the status port"
         );
+        let app_metrics = match std::env::var(admin::merged_metrics::ANNOTATIONS_ENV) {
+            Ok(json) => admin::merged_metrics::parse(&json).unwrap_or_else(|e| {
+                tracing::error!("{e}; /stats/prometheus serves the proxy's metrics only");
+                None
+            }),
+            Err(_) => None,
+        };
+        if let Some(app) = &app_metrics {
+            tracing::info!(
+                port = app.port,
+                path = %app.path,
+                "the app's metrics are merged into the status port's /stats/prometheus"
+            );
+        }
         status.push((
             "status",
             addr,
-            admin::probes::status_router(state.clone(), probers),
+            admin::probes::status_router(state.clone(), probers, app_metrics),
         ));
     }
     let mut servers = Vec::new();

@@ -203,6 +203,72 @@ async fn the_status_port_runs_the_apps_probes() {
     .await;
 }
 
+/// Istio's merged metrics: the status port's `/stats/prometheus` carries
+/// the proxy's metrics and the app's own (from `ISTIO_PROMETHEUS_ANNOTATIONS`)
+/// in one Prometheus text answer, with one `# TYPE` line per family; when
+/// the app stops answering, the proxy's part is still served and the
+/// failure is counted.
+#[tokio::test]
+async fn the_status_port_merges_the_apps_metrics_with_the_proxys() {
+    bounded(60, async {
+        let app = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let app_port = app.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            loop {
+                let Ok((mut s, _)) = app.accept().await else {
+                    return;
+                };
+                let mut buf = [0u8; 2048];
+                let _ = s.read(&mut buf).await;
+                let body = "# HELP app_orders_total Orders taken.\n# TYPE app_orders_total counter\n\
+                            app_orders_total{kind=\"book\"} 7\n\
+                            # TYPE istio_agent_scrapes_total counter\nistio_agent_scrapes_total 0\n";
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(reply.as_bytes()).await;
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let status = free_addr();
+        let mut flags = RunFlags::bootstrap(&write_bootstrap(dir.path(), BOOTSTRAP));
+        flags.extra = vec!["--status-address".into(), status.to_string()];
+        flags.env = vec![(
+            "ISTIO_PROMETHEUS_ANNOTATIONS".into(),
+            format!(r#"{{"scrape":"true","port":"{app_port}","path":"/metrics"}}"#),
+        )];
+        let mut proxy = ProxyProcess::start(flags);
+        proxy.wait_live().await;
+        let (code, text) = admin_get(status, "/stats/prometheus").await.unwrap();
+        assert_eq!(code, 200, "{text}");
+        assert!(text.contains("app_orders_total{kind=\"book\"} 7\n"), "{text}");
+        assert!(text.contains("\nenvoy_tcp_rbac_allowed 0\n"), "{text}");
+        assert!(!text.contains("# EOF"), "{text}");
+        let mut types = std::collections::HashSet::new();
+        for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+            assert!(types.insert(line.split(' ').nth(2).unwrap()), "twice: {line}\n{text}");
+        }
+        assert!(
+            text.contains("istio_agent_scrape_failures_total{type=\"application\"} 0\n"),
+            "{text}"
+        );
+
+        server.abort();
+        let _ = server.await;
+        let (code, text) = admin_get(status, "/stats/prometheus").await.unwrap();
+        assert_eq!(code, 200, "{text}");
+        assert!(!text.contains("app_orders_total"), "{text}");
+        assert!(text.contains("\nenvoy_tcp_rbac_allowed 0\n"), "{text}");
+        assert!(
+            text.contains("istio_agent_scrape_failures_total{type=\"application\"} 1\n"),
+            "{text}"
+        );
+    })
+    .await;
+}
+
 /// `mesh-proxy wait`, the post-start hook holding the app until the proxy
 /// is ready: exit 0 once `/healthz/ready` answers 200, exit 1 with the
 /// reason when it never does.

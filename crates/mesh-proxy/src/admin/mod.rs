@@ -30,6 +30,7 @@ use crate::xds::ConfigWatch;
 mod certs;
 mod config_dump;
 mod logging;
+pub mod merged_metrics;
 pub mod probes;
 mod stats;
 mod text;

@@ -5,7 +5,8 @@
 //! `{httpGet|tcpSocket, timeoutSeconds}`), and each request runs the
 //! matching one against the app over loopback: the proxy's own
 //! connections are never captured, so the probe reaches the app directly.
-//! `/healthz/ready` is served here too, as Istio does.
+//! `/healthz/ready` is served here too, as Istio does, and the merged
+//! app+proxy metrics at `/stats/prometheus` ([`super::merged_metrics`]).
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -14,7 +15,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use http_body_util::{BodyExt, Empty};
@@ -22,6 +23,7 @@ use hyper::body::Bytes;
 use serde::Deserialize;
 
 use super::AdminState;
+use super::merged_metrics::{self, Merger};
 
 /// Environment variable with the probes (Istio's name).
 pub const PROBERS_ENV: &str = "ISTIO_KUBE_APP_PROBERS";
@@ -93,18 +95,42 @@ pub fn parse(json: &str) -> Result<AppProbers, String> {
 struct ProbeState {
     admin: AdminState,
     probers: Arc<AppProbers>,
+    merger: Arc<Merger>,
 }
 
-/// The status router: `/app-health/...` and `/healthz/ready`.
-pub fn status_router(admin: AdminState, probers: AppProbers) -> Router {
+/// The status router: `/app-health/...`, `/healthz/ready` and the merged
+/// `/stats/prometheus` (the app's part scraped from `app_metrics`).
+pub fn status_router(
+    admin: AdminState,
+    probers: AppProbers,
+    app_metrics: Option<merged_metrics::AppTarget>,
+) -> Router {
     let state = ProbeState {
         admin,
         probers: Arc::new(probers),
+        merger: Merger::new(app_metrics),
     };
     Router::new()
         .route("/healthz/ready", get(ready))
         .route("/app-health/{container}/{kind}", get(app_health))
+        .route("/stats/prometheus", get(merged))
         .with_state(state)
+}
+
+async fn merged(State(state): State<ProbeState>, headers: HeaderMap) -> Response {
+    let proxy = match super::stats::encode(&state.admin) {
+        Ok(text) => text,
+        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+    };
+    let text = state
+        .merger
+        .merge(&proxy, merged_metrics::scrape_timeout(&headers))
+        .await;
+    (
+        [(header::CONTENT_TYPE, merged_metrics::PROMETHEUS_TEXT)],
+        text,
+    )
+        .into_response()
 }
 
 async fn ready(State(state): State<ProbeState>) -> Response {
@@ -194,8 +220,8 @@ async fn http_probe(get: &HttpGet) -> Result<StatusCode, String> {
         .clone()
         .unwrap_or_else(|| format!("localhost:{}", get.port));
     let mut request = hyper::Request::get(path)
-        .header(hyper::header::HOST, host)
-        .header(hyper::header::USER_AGENT, "kube-probe/mesh-proxy");
+        .header(header::HOST, host)
+        .header(header::USER_AGENT, "kube-probe/mesh-proxy");
     for h in &get.http_headers {
         request = request.header(h.name.as_str(), h.value.as_str());
     }

@@ -25,7 +25,7 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 /// The prefix of Envoy's per-cluster series in Prometheus form.
 const CLUSTER_PREFIX: &str = "envoy_cluster_";
 
-fn encode(state: &AdminState) -> Result<String, String> {
+pub(super) fn encode(state: &AdminState) -> Result<String, String> {
     let registry = state.registry.read().unwrap_or_else(|e| e.into_inner());
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry)
