@@ -94,6 +94,7 @@ pub fn build_listeners_part(scope: &ProxyScope<'_>, part: Part) -> Vec<Listener>
         ProxyRole::Router => {}
     }
     access_log::apply(&scope.snapshot.mesh, &mut listeners);
+    super::tracing::apply(scope, &mut listeners);
     listeners.sort_by(|a, b| a.name.cmp(&b.name));
     listeners
 }

@@ -43,7 +43,13 @@ pub enum ShapeKey {
     /// A sidecar's inbound part: its ports, the PeerAuthentication modes
     /// that apply to them and the AuthorizationPolicies and
     /// RequestAuthentications that apply to it.
-    Inbound(Vec<InboundPort>, InboundMtls, AppliedPolicies, AppliedAuthn),
+    Inbound(
+        Vec<InboundPort>,
+        InboundMtls,
+        AppliedPolicies,
+        AppliedAuthn,
+        super::tracing::TraceKey,
+    ),
     /// Everything of a gateway (or of a proxy translated whole).
     Whole(WholeShape),
 }
@@ -63,6 +69,8 @@ pub struct OutboundShape {
     /// The proxy's labels when some locality setting uses
     /// `failoverPriority` (which compares arbitrary labels); else empty.
     priority_labels: BTreeMap<String, String>,
+    /// The tracing that applies (it reads the canonical service).
+    tracing: super::tracing::TraceKey,
 }
 
 /// A proxy's whole identity, as far as translation reads it.
@@ -91,6 +99,7 @@ impl ShapeKey {
                 InboundMtls::of(snapshot, proxy),
                 AppliedPolicies::of(snapshot, proxy),
                 AppliedAuthn::of(snapshot, proxy),
+                super::tracing::TraceKey::of(snapshot, proxy),
             ),
             _ => Self::Outbound(OutboundShape::of(&scope)),
         }
@@ -169,6 +178,7 @@ impl OutboundShape {
                 .locality_with(|| super::endpoint::proxy_locality(scope))
                 .clone(),
             priority_labels,
+            tracing: super::tracing::TraceKey::of(snapshot, proxy),
         }
     }
 }
