@@ -45,8 +45,8 @@ fn scenarios() {
         "local" => {
             if !nix::unistd::geteuid().is_root() {
                 if std::env::var("E2E_SKIP_LOCAL").is_ok_and(|v| v == "1") {
-                    eprintln!(
-                        "\n!!! SKIPPED: the local scenario suite needs root (network namespaces, iptables); E2E_SKIP_LOCAL=1 asked to skip it\n"
+                    loud(
+                        "\n!!! SKIPPED: the local scenario suite needs root (network namespaces, iptables); E2E_SKIP_LOCAL=1 asked to skip it\n\n",
                     );
                     return;
                 }
@@ -71,19 +71,20 @@ fn scenarios() {
     let scenarios: Vec<_> = selected.into_iter().copied().collect();
     let outcomes = run(b.as_mut(), &scenarios);
     drop(b);
-    eprintln!(
-        "\nscenario suite on {backend} (setup {:.1} s):",
+    let mut summary = format!(
+        "\nscenario suite on {backend} (setup {:.1} s):\n",
         setup.as_secs_f64()
     );
     for o in &outcomes {
-        eprintln!(
-            "  {:<36} {:>6.1} s  {}",
+        summary += &format!(
+            "  {:<36} {:>6.1} s  {}\n",
             o.name,
             o.elapsed.as_secs_f64(),
             if o.error.is_some() { "FAIL" } else { "ok" }
         );
     }
-    eprintln!("total {:.1} s", started.elapsed().as_secs_f64());
+    summary += &format!("total {:.1} s\n", started.elapsed().as_secs_f64());
+    loud(&summary);
     let failed: Vec<String> = outcomes
         .iter()
         .filter_map(|o| o.error.as_ref().map(|e| format!("{}: {e}", o.name)))
@@ -94,4 +95,14 @@ fn scenarios() {
         failed.len(),
         failed.join("\n\n")
     );
+}
+
+/// Writes straight to the process's stderr, past libtest's capture, so the
+/// suite's times (and a skip) show in `cargo test` output even when the
+/// test passes.
+fn loud(text: &str) {
+    use std::io::Write;
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_all(text.as_bytes());
+    let _ = err.flush();
 }
