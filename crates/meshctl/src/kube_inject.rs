@@ -70,6 +70,7 @@ pub fn run(args: &Args, out: &mut dyn Write) -> anyhow::Result<i32> {
                 .collect();
             anyhow::bail!("{}: {}", path.display(), errors.join("; "));
         };
+        settings.prometheus_merge = mesh.enable_prometheus_merge.unwrap_or(true);
         settings.default_config = mesh.default_config.unwrap_or_default();
     }
     let docs = inject_documents(&text, &args.namespace, &settings)

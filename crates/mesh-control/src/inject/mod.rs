@@ -19,6 +19,9 @@
 //! - the app's HTTP and TCP probes rewritten through the proxy's status
 //!   port (15020), so the kubelet's plaintext probes still work under
 //!   STRICT mTLS;
+//! - Istio's metrics merging: `prometheus.io/*` annotations pointing at the
+//!   status port's `/stats/prometheus`, the app's own moved into
+//!   `ISTIO_PROMETHEUS_ANNOTATIONS` for the proxy to scrape;
 //! - Istio's labels (`security.istio.io/tlsMode`, canonical name and
 //!   revision) and the `sidecar.istio.io/status` annotation that makes a
 //!   second injection a no-op.
@@ -89,6 +92,9 @@ pub struct Settings {
     pub native_sidecars: bool,
     /// MeshConfig `defaultConfig`, which `proxy.istio.io/config` overrides.
     pub default_config: ProxyConfig,
+    /// MeshConfig `enablePrometheusMerge` (default on): scrape annotations
+    /// point at the status port's merged app+proxy metrics.
+    pub prometheus_merge: bool,
 }
 
 impl Settings {
@@ -104,6 +110,7 @@ impl Settings {
             trust_domain: wellknown::DEFAULT_TRUST_DOMAIN.to_string(),
             native_sidecars: true,
             default_config: ProxyConfig::default(),
+            prometheus_merge: true,
         }
     }
 }
@@ -265,21 +272,98 @@ pub fn inject(pod: &Pod, namespace: &str, settings: &Settings) -> Outcome {
                 .or_insert_with(|| first.clone());
         }
     }
-    // Scraped where the proxy serves its metrics (Istio scrapes its merged
-    // app+proxy endpoint on 15020; our proxy serves its own on 15090).
-    for (key, value) in [
-        ("prometheus.io/scrape", "true".to_string()),
-        (
-            "prometheus.io/port",
-            wellknown::PROXY_PROMETHEUS_PORT.to_string(),
-        ),
-        ("prometheus.io/path", "/stats/prometheus".to_string()),
-    ] {
-        annotations.entry(key.to_string()).or_insert(value);
-    }
+    apply_prometheus_merge(&mut pod, settings);
     Outcome::Injected {
         pod: Box::new(pod),
         warnings,
+    }
+}
+
+/// The pod annotations Prometheus' `kubernetes-pods` job reads.
+const PROMETHEUS_SCRAPE: &str = "prometheus.io/scrape";
+/// See [`PROMETHEUS_SCRAPE`].
+const PROMETHEUS_PORT: &str = "prometheus.io/port";
+/// See [`PROMETHEUS_SCRAPE`].
+const PROMETHEUS_PATH: &str = "prometheus.io/path";
+/// Opts a pod out of metrics merging (Istio's annotation).
+pub const ANNOTATION_MERGE_METRICS: &str = "prometheus.istio.io/merge-metrics";
+/// The proxy's variable with the app's original scrape annotations.
+pub const PROMETHEUS_ANNOTATIONS_ENV: &str = "ISTIO_PROMETHEUS_ANNOTATIONS";
+
+/// Istio's metrics merging: unless the pod says `prometheus.io/scrape:
+/// "false"`, or merging is off (MeshConfig `enablePrometheusMerge: false`,
+/// `prometheus.istio.io/merge-metrics: "false"`), the pod's scrape
+/// annotations point at the status port's merged `/stats/prometheus`, and
+/// the app's own (`scrape`, `port`, `path`) move into
+/// `ISTIO_PROMETHEUS_ANNOTATIONS` so the proxy scrapes the app for it.
+/// With merging off, only missing annotations are added, pointing at the
+/// proxy's own Prometheus port (15090).
+fn apply_prometheus_merge(pod: &mut Pod, settings: &Settings) {
+    let annotations = pod.metadata.annotations.get_or_insert_with(BTreeMap::new);
+    if annotations
+        .get(PROMETHEUS_SCRAPE)
+        .is_some_and(|v| v == "false")
+    {
+        return;
+    }
+    let merge = settings.prometheus_merge
+        && annotations
+            .get(ANNOTATION_MERGE_METRICS)
+            .is_none_or(|v| !v.eq_ignore_ascii_case("false"));
+    if !merge {
+        for (key, value) in [
+            (PROMETHEUS_SCRAPE, "true".to_string()),
+            (
+                PROMETHEUS_PORT,
+                wellknown::PROXY_PROMETHEUS_PORT.to_string(),
+            ),
+            (PROMETHEUS_PATH, "/stats/prometheus".to_string()),
+        ] {
+            annotations.entry(key.to_string()).or_insert(value);
+        }
+        return;
+    }
+    let target_port = STATUS_PORT.to_string();
+    // Already pointing at the status port: injected before, or the user's
+    // choice; either way the original annotations are gone.
+    if annotations.get(PROMETHEUS_PORT) == Some(&target_port) {
+        annotations.insert(PROMETHEUS_SCRAPE.to_string(), "true".to_string());
+        annotations
+            .entry(PROMETHEUS_PATH.to_string())
+            .or_insert_with(|| "/stats/prometheus".to_string());
+        return;
+    }
+    let original: serde_json::Map<String, serde_json::Value> = [
+        ("scrape", PROMETHEUS_SCRAPE),
+        ("path", PROMETHEUS_PATH),
+        ("port", PROMETHEUS_PORT),
+    ]
+    .into_iter()
+    .filter_map(|(field, key)| {
+        annotations
+            .get(key)
+            .map(|v| (field.to_string(), serde_json::Value::from(v.clone())))
+    })
+    .collect();
+    annotations.insert(PROMETHEUS_SCRAPE.to_string(), "true".to_string());
+    annotations.insert(PROMETHEUS_PORT.to_string(), target_port);
+    annotations.insert(PROMETHEUS_PATH.to_string(), "/stats/prometheus".to_string());
+    if original.is_empty() {
+        return;
+    }
+    let value = serde_json::Value::Object(original).to_string();
+    if let Some(spec) = pod.spec.as_mut() {
+        let proxy = spec
+            .containers
+            .iter_mut()
+            .chain(spec.init_containers.iter_mut().flatten())
+            .find(|c| c.name == PROXY_CONTAINER);
+        if let Some(proxy) = proxy {
+            proxy
+                .env
+                .get_or_insert_with(Vec::new)
+                .push(value_env(PROMETHEUS_ANNOTATIONS_ENV, value));
+        }
     }
 }
 

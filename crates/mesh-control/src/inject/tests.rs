@@ -414,3 +414,97 @@ fn workload_names_from_owners() {
     );
     drop(p);
 }
+
+/// The pod's annotations (set on the test pod) and MeshConfig
+/// `enablePrometheusMerge`, and what Prometheus and the proxy get.
+struct MergeCase {
+    annotations: &'static [(&'static str, &'static str)],
+    mesh_merge: bool,
+    /// `prometheus.io/scrape`, `port`, `path` after injection.
+    scrape: (&'static str, &'static str, &'static str),
+    /// `ISTIO_PROMETHEUS_ANNOTATIONS` on the proxy.
+    env: Option<serde_json::Value>,
+}
+
+#[test]
+fn scrape_annotations_point_at_the_merged_metrics() {
+    let cases = [
+        // No annotations of its own: the status port, nothing to merge.
+        MergeCase {
+            annotations: &[],
+            mesh_merge: true,
+            scrape: ("true", "15020", "/stats/prometheus"),
+            env: None,
+        },
+        // The app's own endpoint moves into the proxy's variable.
+        MergeCase {
+            annotations: &[
+                ("prometheus.io/scrape", "true"),
+                ("prometheus.io/port", "9080"),
+                ("prometheus.io/path", "/metrics"),
+            ],
+            mesh_merge: true,
+            scrape: ("true", "15020", "/stats/prometheus"),
+            env: Some(serde_json::json!({"scrape": "true", "port": "9080", "path": "/metrics"})),
+        },
+        // Opted out of scraping: left alone.
+        MergeCase {
+            annotations: &[("prometheus.io/scrape", "false")],
+            mesh_merge: true,
+            scrape: ("false", "", ""),
+            env: None,
+        },
+        // Merging off on the pod: the app's annotations stay.
+        MergeCase {
+            annotations: &[
+                ("prometheus.istio.io/merge-metrics", "false"),
+                ("prometheus.io/port", "9080"),
+            ],
+            mesh_merge: true,
+            scrape: ("true", "9080", "/stats/prometheus"),
+            env: None,
+        },
+        // Merging off in MeshConfig: the proxy's own port.
+        MergeCase {
+            annotations: &[],
+            mesh_merge: false,
+            scrape: ("true", "15090", "/stats/prometheus"),
+            env: None,
+        },
+    ];
+    for (i, case) in cases.iter().enumerate() {
+        let mut p = pod(APP);
+        let a = p.metadata.annotations.get_or_insert_default();
+        for (k, v) in case.annotations {
+            a.insert(k.to_string(), v.to_string());
+        }
+        let mut s = settings();
+        s.prometheus_merge = case.mesh_merge;
+        let (p, _) = injected(&p, &s);
+        let a = p.metadata.annotations.as_ref().expect("annotations");
+        let get = |k: &str| a.get(k).map(String::as_str).unwrap_or("");
+        let (scrape, port, path) = case.scrape;
+        assert_eq!(
+            (
+                get("prometheus.io/scrape"),
+                get("prometheus.io/port"),
+                get("prometheus.io/path")
+            ),
+            (scrape, port, path),
+            "case {i}"
+        );
+        let spec = p.spec.as_ref().expect("spec");
+        let proxy = container(
+            spec.init_containers.as_deref().unwrap_or_default(),
+            "istio-proxy",
+        );
+        let env = proxy
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == "ISTIO_PROMETHEUS_ANNOTATIONS")
+            .and_then(|e| e.value.as_deref())
+            .map(|v| serde_json::from_str::<serde_json::Value>(v).expect("JSON"));
+        assert_eq!(env, case.env, "case {i}");
+    }
+}

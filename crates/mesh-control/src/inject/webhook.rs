@@ -154,6 +154,7 @@ pub async fn run(
     let settings_for = |snapshot: &Snapshot| {
         let mut s = options.settings.clone();
         s.default_config = snapshot.mesh.default_config.clone().unwrap_or_default();
+        s.prometheus_merge = snapshot.mesh.enable_prometheus_merge.unwrap_or(true);
         Arc::new(s)
     };
     let (settings_tx, settings_rx) = watch::channel(settings_for(&snapshots.borrow_and_update()));
