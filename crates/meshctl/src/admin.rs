@@ -74,11 +74,13 @@ pub enum Target {
     File(PathBuf),
 }
 
-/// Which proxy a command talks to: a local-mesh pod, an admin address or a
+/// Which proxy a command talks to: a local-mesh pod, a Kubernetes pod
+/// (with --use-kube, --kubeconfig or --context), an admin address or a
 /// saved config dump.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TargetArgs {
-    /// Pod in the local mesh (`name` or `name.namespace`).
+    /// Pod in the local mesh (`name` or `name.namespace`), or in the
+    /// cluster with --use-kube (`name[.namespace]`, `deployment/NAME`).
     #[arg(value_name = "POD")]
     pub pod: Option<String>,
     /// Talk to the admin API at this address directly (e.g. a stock Envoy's).
@@ -89,6 +91,8 @@ pub struct TargetArgs {
     pub file: Option<PathBuf>,
     #[command(flatten)]
     pub run_dir: RunDirArg,
+    #[command(flatten)]
+    pub kube: crate::kube_target::KubeTargetArgs,
 }
 
 // === impl TargetArgs ===
@@ -106,8 +110,28 @@ impl TargetArgs {
         let Some(pod) = &self.pod else {
             bail!("name a pod of the local mesh, or use --admin ADDR or --file CONFIG_DUMP");
         };
+        let pod = match &self.kube.namespace {
+            Some(ns) if !pod.contains('.') => format!("{pod}.{ns}"),
+            _ => pod.clone(),
+        };
         let state = State::running(&self.run_dir.path())?;
-        Ok(Target::for_pod(state.pod(pod)?))
+        Ok(Target::for_pod(state.pod(&pod)?))
+    }
+
+    /// The admin API of the proxy the flags name: a Kubernetes pod's
+    /// through a port-forward, else [`Self::target`].
+    pub async fn admin(&self) -> anyhow::Result<Box<dyn AdminApi>> {
+        use crate::kube_target::{ADMIN_PORT, PodRef, PortForward, resolve};
+        if !self.kube.enabled() || self.admin.is_some() || self.file.is_some() {
+            return Ok(Box::new(self.target()?));
+        }
+        let Some(pod) = &self.pod else {
+            bail!("name a pod of the cluster: POD[.NAMESPACE] or deployment/NAME");
+        };
+        let pod = PodRef::parse(pod, self.kube.namespace.as_deref())?;
+        let cluster = self.kube.cluster().await?;
+        let found = resolve(&cluster, &pod).await?;
+        Ok(Box::new(PortForward::new(cluster, found, ADMIN_PORT)))
     }
 }
 

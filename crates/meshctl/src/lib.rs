@@ -15,6 +15,7 @@ pub mod admin;
 pub mod analyze;
 pub mod install;
 pub mod kube_inject;
+pub mod kube_target;
 pub mod local;
 pub mod manifest;
 pub mod proxy_config;

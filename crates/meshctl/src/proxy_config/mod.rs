@@ -138,8 +138,10 @@ impl Command {
 
 /// Runs `meshctl proxy-config`.
 pub fn run(args: &Args, out: &mut dyn Write) -> anyhow::Result<i32> {
-    let target = args.command.target().target()?;
-    block_on(execute(&args.command, &target, out))??;
+    block_on(async {
+        let admin = args.command.target().admin().await?;
+        execute(&args.command, admin.as_ref(), out).await
+    })??;
     Ok(0)
 }
 

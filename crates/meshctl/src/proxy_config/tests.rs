@@ -332,6 +332,14 @@ fn json_output_is_the_envoy_resources() {
             admin: None,
             file: None,
             run_dir: crate::local::RunDirArg { run_dir: None },
+            kube: crate::kube_target::KubeTargetArgs {
+                use_kube: false,
+                namespace: None,
+                kube: crate::install::KubeArgs {
+                    kubeconfig: None,
+                    context: None,
+                },
+            },
         },
         output,
     };

@@ -7,6 +7,11 @@
 //! or `IGNORED` (not subscribed), as istioctl prints them. With a pod:
 //! mesh-control's `/debug/config_dump?proxyID=` (what it serves that
 //! proxy) compared with the proxy's own `/config_dump`, see [`diff`].
+//!
+//! With --use-kube (or --kubeconfig/--context) both come from the cluster
+//! through port-forwards ([`crate::kube_target`]): mesh-control's port
+//! 15014 on a running `app=istiod` pod of --istio-namespace, the proxy's
+//! admin port 15000 on the pod named.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -16,7 +21,8 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use serde_json::Value;
 
-use crate::admin::{AdminApi, Target, block_on, http_over};
+use crate::admin::{AdminApi, Target, block_on};
+use crate::kube_target::KubeTargetArgs;
 use crate::local::{RunDirArg, State};
 use crate::proxy_config::dump::{ConfigDump, array, field, str_field};
 use crate::proxy_config::table::Table;
@@ -38,11 +44,16 @@ const TYPE_COLUMNS: [(&str, Option<&str>); 5] = [
 pub struct Args {
     /// Compare this proxy's config with the control plane's: a local-mesh
     /// pod (`name` or `name.namespace`) or a node id (`sidecar~IP~POD.NS~...`,
-    /// with --admin or --file).
+    /// with --admin or --file); with --use-kube a pod of the cluster
+    /// (`name[.namespace]`, `deployment/NAME`).
     #[arg(value_name = "POD")]
     pub pod: Option<String>,
     /// mesh-control's monitoring address [default: the local mesh's].
-    #[arg(long = "control-plane", value_name = "ADDR")]
+    #[arg(
+        long = "control-plane",
+        value_name = "ADDR",
+        conflicts_with = "use_kube"
+    )]
     pub control_plane: Option<SocketAddr>,
     /// Read the proxy's config from this admin address instead of the pod's sidecar.
     #[arg(long, value_name = "ADDR", requires = "pod", conflicts_with = "file")]
@@ -52,6 +63,11 @@ pub struct Args {
     pub file: Option<PathBuf>,
     #[command(flatten)]
     pub run_dir: RunDirArg,
+    #[command(flatten)]
+    pub kube: KubeTargetArgs,
+    /// The control plane's namespace in the cluster (with --use-kube).
+    #[arg(short = 'i', long, value_name = "NS", default_value = "istio-system")]
+    pub istio_namespace: String,
 }
 
 /// One proxy's row.
@@ -69,6 +85,11 @@ pub struct ProxyRow {
 
 /// Runs `meshctl proxy-status`.
 pub fn run(args: &Args, out: &mut dyn Write) -> anyhow::Result<i32> {
+    if args.kube.enabled() {
+        let text = block_on(run_kube(args))??;
+        out.write_all(text.as_bytes())?;
+        return Ok(0);
+    }
     let mut state: Option<State> = None;
     let mut local = || -> anyhow::Result<State> {
         if let Some(s) = &state {
@@ -84,8 +105,9 @@ pub fn run(args: &Args, out: &mut dyn Write) -> anyhow::Result<i32> {
             "the local mesh's state names no mesh-control monitoring address; pass --control-plane ADDR",
         )?,
     };
+    let control = Target::Addr(control_plane);
     let Some(pod) = &args.pod else {
-        let syncz = block_on(get_json(control_plane, "/debug/syncz"))??;
+        let syncz = block_on(get_json(&control, "/debug/syncz"))??;
         out.write_all(
             status_table(&syncz, &control_plane.to_string())
                 .render()
@@ -93,10 +115,43 @@ pub fn run(args: &Args, out: &mut dyn Write) -> anyhow::Result<i32> {
         )?;
         return Ok(0);
     };
-    let (node_id, target) = resolve(args, pod, &mut local)?;
-    let text = block_on(compare(control_plane, &node_id, &target))??;
+    let pod = match &args.kube.namespace {
+        Some(ns) if !pod.contains('.') && !pod.contains('~') => format!("{pod}.{ns}"),
+        _ => pod.clone(),
+    };
+    let (node_id, target) = resolve(args, &pod, &mut local)?;
+    let text = block_on(compare(&control, &node_id, &target))??;
     out.write_all(text.as_bytes())?;
     Ok(0)
+}
+
+/// `proxy-status [POD]` against a cluster: the table or the diff, as text.
+async fn run_kube(args: &Args) -> anyhow::Result<String> {
+    use crate::kube_target::{
+        ADMIN_PORT, MONITORING_PORT, PodRef, PortForward, control_plane, resolve,
+    };
+    let cluster = args.kube.cluster().await?;
+    let istiod = control_plane(&cluster, &args.istio_namespace).await?;
+    let control = PortForward::new(cluster.clone(), istiod.clone(), MONITORING_PORT);
+    let syncz = get_json(&control, "/debug/syncz").await?;
+    let Some(pod) = &args.pod else {
+        return Ok(status_table(&syncz, &istiod.name).render());
+    };
+    let found = resolve(
+        &cluster,
+        &PodRef::parse(pod, args.kube.namespace.as_deref())?,
+    )
+    .await?;
+    let name = found.to_string();
+    let Some(row) = rows(&syncz).into_iter().find(|r| r.name == name) else {
+        bail!(
+            "pod {} in namespace {} is not connected to control plane pod {istiod} (no proxy {name} in its /debug/syncz)",
+            found.name,
+            found.namespace
+        );
+    };
+    let proxy = PortForward::new(cluster, found, ADMIN_PORT);
+    compare(&control, &row.proxy_id, &proxy).await
 }
 
 /// The node id to ask the control plane about and where to read the
@@ -132,13 +187,13 @@ fn resolve(
 
 /// The diff report for one proxy.
 pub async fn compare(
-    control_plane: SocketAddr,
+    control_plane: &dyn AdminApi,
     node_id: &str,
     proxy: &dyn AdminApi,
 ) -> anyhow::Result<String> {
     let path = format!("/debug/config_dump?proxyID={}", percent_encode(node_id));
     let served = ConfigDump::from_value(get_json(control_plane, &path).await?)
-        .with_context(|| format!("reading http://{control_plane}{path}"))?;
+        .with_context(|| format!("reading {path} from {}", control_plane.describe()))?;
     let running = crate::proxy_config::config_dump(proxy).await?;
     Ok(diff::compare(&served, &running)
         .iter()
@@ -216,21 +271,14 @@ pub fn display_name(node_id: &str) -> String {
     }
 }
 
-async fn get_json(addr: SocketAddr, path: &str) -> anyhow::Result<Value> {
-    let stream = tokio::time::timeout(
-        crate::admin::REQUEST_TIMEOUT,
-        tokio::net::TcpStream::connect(addr),
-    )
-    .await
-    .with_context(|| format!("connecting to mesh-control at {addr}: timed out"))?
-    .with_context(|| format!("connecting to mesh-control at {addr}"))?;
-    let body = tokio::time::timeout(
-        crate::admin::REQUEST_TIMEOUT,
-        http_over(stream, &addr.to_string(), http::Method::GET, path),
-    )
-    .await
-    .with_context(|| format!("GET http://{addr}{path}: no answer"))??;
-    serde_json::from_slice(&body).with_context(|| format!("GET http://{addr}{path}: not JSON"))
+/// `GET path` on mesh-control's monitoring port, parsed.
+async fn get_json(control_plane: &dyn AdminApi, path: &str) -> anyhow::Result<Value> {
+    let body = control_plane
+        .call(http::Method::GET, path)
+        .await
+        .context("asking mesh-control")?;
+    serde_json::from_slice(&body)
+        .with_context(|| format!("GET {path} on {}: not JSON", control_plane.describe()))
 }
 
 /// Query-string encoding of everything but unreserved characters.
