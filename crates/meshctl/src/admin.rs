@@ -8,8 +8,9 @@
 //! connection is opened by a short-lived thread that joined the namespace,
 //! then driven by tokio on any thread, since a socket stays in the
 //! namespace it was created in), or a saved `/config_dump` file
-//! ([`Target::File`]). The Kubernetes backend adds a port-forward the same
-//! way, over [`http_over`].
+//! ([`Target::File`]). A Kubernetes pod is reached through a port-forward
+//! the same way, over [`http_over`] ([`crate::kube_target::PortForward`],
+//! chosen by [`TargetArgs::admin`] with --use-kube).
 
 use std::fs::File;
 use std::future::Future;

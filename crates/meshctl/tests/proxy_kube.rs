@@ -227,6 +227,11 @@ fn proxy_config_and_status_reach_cluster_pods_through_port_forward() {
     assert_eq!(matches, ["/v2*", "/*"], "{routes}");
     assert_eq!(routes, f.mesh.meshctl(&["proxy-config", "route", envoy]));
 
+    // log levels are POSTs over the same kind of forward.
+    let levels = f.meshctl(&["proxy-config", "log", envoy, "--level", "debug"]);
+    assert!(levels.contains("debug"), "{levels}");
+    f.meshctl(&["proxy-config", "log", envoy, "--level", "info"]);
+
     // deploy/NAME resolves to the first running pod of the selector.
     let by_deployment = f.meshctl(&["proxy-config", "cluster", "deploy/productpage"]);
     assert_eq!(by_deployment, clusters);
