@@ -1,0 +1,444 @@
+//! Distributed tracing through three real `mesh-proxy` processes: a
+//! gateway-like hop (outbound, spawning an upstream span), a sidecar's
+//! outbound hop and a sidecar's inbound hop in front of a mesh-echo
+//! backend, each configured by a static bootstrap with Envoy's
+//! OpenTelemetry tracer. Spans go over OTLP/gRPC to a receiver in this
+//! test: a tonic server implementing the collector's `TraceService`.
+//!
+//! Topology, all on loopback: client -> hop1 (OUTBOUND, spawn upstream
+//! span) -> hop2 (OUTBOUND) -> hop3 (INBOUND) -> echo. Every hop's
+//! collector cluster points at the receiver; hop1 is an edge proxy
+//! (`use_remote_address`, as gateways are) and loopback an internal
+//! address, so the client's `x-envoy-force-trace` is honoured there.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use support::proxy_process::{ProxyProcess, RunFlags};
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(20);
+/// Batches leave the proxies this often (OTEL_BSP_SCHEDULE_DELAY, ms).
+const BATCH_DELAY_MS: &str = "100";
+
+/// A span as the receiver got it.
+#[derive(Clone, Debug)]
+struct Got {
+    service: String,
+    name: String,
+    kind: i32,
+    trace_id: Vec<u8>,
+    span_id: Vec<u8>,
+    parent_span_id: Vec<u8>,
+    attributes: HashMap<String, String>,
+}
+
+/// The OTLP receiver: every span it was sent.
+#[derive(Clone, Default)]
+struct Receiver {
+    spans: Arc<Mutex<Vec<Got>>>,
+}
+
+#[tonic::async_trait]
+impl TraceService for Receiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut spans = self.spans.lock().unwrap();
+        for rs in request.into_inner().resource_spans {
+            let service = rs
+                .resource
+                .iter()
+                .flat_map(|r| &r.attributes)
+                .find(|kv| kv.key == "service.name")
+                .and_then(|kv| kv.value.as_ref())
+                .map(|v| text(v.value.as_ref()))
+                .unwrap_or_default();
+            for s in rs.scope_spans.into_iter().flat_map(|ss| ss.spans) {
+                spans.push(Got {
+                    service: service.clone(),
+                    name: s.name,
+                    kind: s.kind,
+                    trace_id: s.trace_id,
+                    span_id: s.span_id,
+                    parent_span_id: s.parent_span_id,
+                    attributes: s
+                        .attributes
+                        .into_iter()
+                        .map(|kv| (kv.key, text(kv.value.and_then(|v| v.value).as_ref())))
+                        .collect(),
+                });
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+fn text(v: Option<&Value>) -> String {
+    match v {
+        Some(Value::StringValue(s)) => s.clone(),
+        Some(Value::IntValue(i)) => i.to_string(),
+        Some(Value::BoolValue(b)) => b.to_string(),
+        Some(other) => format!("{other:?}"),
+        None => String::new(),
+    }
+}
+
+// === impl Receiver ===
+
+impl Receiver {
+    /// Serves on a loopback port; stops with the test's runtime.
+    async fn start() -> (Self, SocketAddr) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let receiver = Self::default();
+        let service = TraceServiceServer::new(receiver.clone());
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .await
+                .unwrap();
+        });
+        (receiver, addr)
+    }
+
+    /// The spans of trace `trace_id` (hex) so far.
+    fn trace(&self, trace_id: &[u8]) -> Vec<Got> {
+        self.spans
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.trace_id == trace_id)
+            .cloned()
+            .collect()
+    }
+
+    fn all(&self) -> Vec<Got> {
+        self.spans.lock().unwrap().clone()
+    }
+
+    /// Waits until `n` spans of one trace carrying `request_id` arrived.
+    async fn wait_for(&self, request_id: &str, n: usize) -> Vec<Got> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let trace = self
+                .all()
+                .into_iter()
+                .find(|s| {
+                    s.attributes.get("guid:x-request-id").map(String::as_str) == Some(request_id)
+                })
+                .map(|s| self.trace(&s.trace_id));
+            if let Some(t) = trace.filter(|t| t.len() >= n) {
+                return t;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no {n} spans for request {request_id}; got {:#?}",
+                self.all()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// One hop's bootstrap: listener `listen` (direction `direction`; when
+/// `spawn`, an edge proxy like a gateway, spawning an upstream span),
+/// routing to `upstream`,
+/// tracing to `collector` at `sampling` percent.
+fn bootstrap(
+    name: &str,
+    listen: SocketAddr,
+    upstream: SocketAddr,
+    collector: SocketAddr,
+    direction: &str,
+    spawn: bool,
+    sampling: f64,
+) -> String {
+    format!(
+        r#"
+node:
+  id: sidecar~127.0.0.1~{name}-0.default~default.svc.cluster.local
+  locality: {{zone: zone-a}}
+static_resources:
+  listeners:
+  - name: {name}
+    traffic_direction: {direction}
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {listen_port}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: {name}
+          use_remote_address: {spawn}
+          # The test follows each request by its own x-request-id.
+          preserve_external_request_id: true
+          internal_address_config:
+            cidr_ranges: [{{address_prefix: 127.0.0.0, prefix_len: 8}}]
+          tracing:
+            random_sampling: {{value: {sampling}}}
+            client_sampling: {{value: 100}}
+            overall_sampling: {{value: 100}}
+            spawn_upstream_span: {spawn}
+            custom_tags:
+            - {{tag: istio.canonical_service, literal: {{value: {name}}}}}
+            - {{tag: tenant, request_header: {{name: x-tenant, default_value: none}}}}
+            provider:
+              name: envoy.tracers.opentelemetry
+              typed_config:
+                "@type": type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig
+                service_name: {name}.default
+                grpc_service:
+                  envoy_grpc: {{cluster_name: "outbound|4317||otel.observability.svc.cluster.local"}}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+          route_config:
+            name: {name}
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{prefix: /}}
+                route: {{cluster: next}}
+  clusters:
+  - name: next
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: next
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {up_port}}}}}}}
+  - name: "outbound|4317||otel.observability.svc.cluster.local"
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}
+    load_assignment:
+      cluster_name: otel
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {collector_port}}}}}}}
+"#,
+        listen_port = listen.port(),
+        up_port = upstream.port(),
+        collector_port = collector.port(),
+    )
+}
+
+/// Three hops in front of a mesh-echo backend, and the receiver.
+struct Chain {
+    entry: SocketAddr,
+    receiver: Receiver,
+    _hops: Vec<ProxyProcess>,
+    _backend: Backend,
+    _dir: tempfile::TempDir,
+}
+
+impl Chain {
+    async fn start(sampling: f64) -> Self {
+        let (receiver, collector) = Receiver::start().await;
+        let backend = echo("reviews", "v1").await;
+        let addrs = [free_addr(), free_addr(), free_addr()];
+        let dir = tempfile::tempdir().unwrap();
+        let hops = [
+            ("hop1", "OUTBOUND", true, addrs[1]),
+            ("hop2", "OUTBOUND", false, addrs[2]),
+            ("hop3", "INBOUND", false, backend.addr),
+        ];
+        let mut procs = Vec::new();
+        // From the backend outwards, so each hop's readiness check goes
+        // all the way through.
+        for (i, (name, direction, spawn, upstream)) in hops.into_iter().enumerate().rev() {
+            let file = dir.path().join(format!("{name}.yaml"));
+            let text = bootstrap(
+                name, addrs[i], upstream, collector, direction, spawn, sampling,
+            );
+            std::fs::write(&file, text).unwrap();
+            let mut flags = RunFlags::bootstrap(&file);
+            flags
+                .env
+                .push(("OTEL_BSP_SCHEDULE_DELAY".into(), BATCH_DELAY_MS.into()));
+            let mut p = ProxyProcess::start(flags);
+            p.wait_ok(None, addrs[i], "reviews", "/ready-check", WAIT)
+                .await;
+            procs.push(p);
+        }
+        Self {
+            entry: addrs[0],
+            receiver,
+            _hops: procs,
+            _backend: backend,
+            _dir: dir,
+        }
+    }
+
+    async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
+        let reply = send(
+            &h1(),
+            http::Method::GET,
+            self.entry,
+            "reviews",
+            path,
+            headers,
+        )
+        .await;
+        assert_eq!(reply.status, 200, "{:?}", reply.body);
+        reply
+    }
+}
+
+fn by_service<'a>(spans: &'a [Got], service: &str, kind: SpanKind) -> &'a Got {
+    spans
+        .iter()
+        .find(|s| s.service == service && s.kind == kind as i32)
+        .unwrap_or_else(|| panic!("no {kind:?} span of {service} in {spans:#?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_three_hop_request_is_one_trace_with_parent_child_spans_across_proxies() {
+    let chain = Chain::start(100.0).await;
+    chain
+        .get(
+            "/trace-me",
+            &[("x-request-id", "trace-me-1"), ("x-tenant", "acme")],
+        )
+        .await;
+    // hop1: server + upstream client; hop2: client; hop3: server.
+    let spans = chain.receiver.wait_for("trace-me-1", 4).await;
+    assert_eq!(spans.len(), 4, "{spans:#?}");
+
+    let hop1 = by_service(&spans, "hop1.default", SpanKind::Server);
+    let hop1_up = by_service(&spans, "hop1.default", SpanKind::Client);
+    let hop2 = by_service(&spans, "hop2.default", SpanKind::Client);
+    let hop3 = by_service(&spans, "hop3.default", SpanKind::Server);
+    assert!(
+        hop1.parent_span_id.is_empty(),
+        "the first hop starts the trace"
+    );
+    assert_eq!(hop1_up.parent_span_id, hop1.span_id);
+    assert_eq!(hop2.parent_span_id, hop1_up.span_id);
+    assert_eq!(hop3.parent_span_id, hop2.span_id);
+    assert_eq!(hop1.name, "egress reviews");
+    assert_eq!(hop1_up.name, "router next egress");
+    assert_eq!(hop3.name, "ingress");
+
+    for s in &spans {
+        let a = &s.attributes;
+        assert_eq!(a["component"], "proxy");
+        assert_eq!(a["http.method"], "GET");
+        assert_eq!(a["http.url"], "http://reviews/trace-me");
+        assert_eq!(a["http.status_code"], "200");
+        assert_eq!(a["upstream_cluster"], "next");
+        assert_eq!(a["response_flags"], "-");
+        assert_eq!(a["zone"], "zone-a");
+        assert_eq!(a["tenant"], "acme");
+        assert_eq!(
+            a["istio.canonical_service"],
+            s.service.trim_end_matches(".default")
+        );
+        assert!(a["node_id"].starts_with("sidecar~127.0.0.1~hop"), "{a:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_sampling_exports_nothing_and_force_trace_exports() {
+    let chain = Chain::start(0.0).await;
+    for i in 0..20 {
+        chain
+            .get("/quiet", &[("x-request-id", &format!("quiet-{i}"))])
+            .await;
+    }
+    chain
+        .get(
+            "/forced",
+            &[
+                ("x-request-id", "forced-1"),
+                ("x-envoy-force-trace", "true"),
+            ],
+        )
+        .await;
+    let spans = chain.receiver.wait_for("forced-1", 4).await;
+    assert_eq!(
+        spans.len(),
+        4,
+        "every hop keeps the forced decision: {spans:#?}"
+    );
+    // The forced trace came after the quiet ones, through the same
+    // batches; none of those was exported.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let quiet: Vec<_> = chain
+        .receiver
+        .all()
+        .into_iter()
+        .filter(|s| s.attributes["guid:x-request-id"].starts_with("quiet"))
+        .collect();
+    assert!(
+        quiet.is_empty(),
+        "unsampled requests were exported: {quiet:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sampled_traceparent_is_continued_and_b3_is_passed_on() {
+    let chain = Chain::start(0.0).await;
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let reply = chain
+        .get(
+            "/continued",
+            &[
+                ("x-request-id", "continued-1"),
+                ("traceparent", &format!("00-{trace}-00f067aa0ba902b7-01")),
+                ("b3", &format!("{trace}-00f067aa0ba902b7-1")),
+            ],
+        )
+        .await;
+    let spans = chain.receiver.wait_for("continued-1", 4).await;
+    let hop1 = by_service(&spans, "hop1.default", SpanKind::Server);
+    assert_eq!(hex(&hop1.trace_id), trace);
+    assert_eq!(hex(&hop1.parent_span_id), "00f067aa0ba902b7");
+    // The backend saw the last hop's context in both formats.
+    let hop3 = by_service(&spans, "hop3.default", SpanKind::Server);
+    let echoed = String::from_utf8_lossy(&reply.body).to_ascii_lowercase();
+    assert!(
+        echoed.contains(&format!("00-{trace}-{}-01", hex(&hop3.span_id))),
+        "traceparent of hop3 not seen by the backend: {echoed}"
+    );
+    assert!(
+        echoed.contains(&format!("{trace}-{}-1-", hex(&hop3.span_id))),
+        "b3 of hop3 not seen by the backend: {echoed}"
+    );
+
+    // A malformed traceparent is not continued: a new (unsampled at 0 %)
+    // decision is made and a well-formed header replaces it.
+    let reply = chain
+        .get("/broken", &[("traceparent", "00-zz-00f067aa0ba902b7-01")])
+        .await;
+    let echoed = String::from_utf8_lossy(&reply.body).to_ascii_lowercase();
+    assert!(!echoed.contains("00-zz-"), "{echoed}");
+    assert!(echoed.contains("traceparent"), "{echoed}");
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
