@@ -253,8 +253,13 @@ fn api_error(cluster: &Cluster, e: kube::Error, what: &str) -> anyhow::Error {
             status.message
         ),
         kube::Error::Api(status) => anyhow!("{what}: {} {}", status.code, status.message),
-        other => anyhow!(
+        e @ (kube::Error::HyperError(_) | kube::Error::Service(_)) => anyhow!(
             "{what}: cannot reach the Kubernetes API server at {}: {} (check --kubeconfig/--context)",
+            cluster.url,
+            error_chain(&e)
+        ),
+        other => anyhow!(
+            "{what}: the Kubernetes API server at {}: {}",
             cluster.url,
             error_chain(&other)
         ),
