@@ -28,6 +28,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use support::control_plane::ControlPlane;
 use support::proxy_process::{ProxyProcess, RunFlags};
 use support::*;
 
@@ -441,4 +442,269 @@ async fn a_sampled_traceparent_is_continued_and_b3_is_passed_on() {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The config directory of the mesh-control test: three gateways
+/// chained by VirtualServices (hop1 -> Service hop2 -> hop2 -> Service
+/// hop3 -> hop3 -> Service reviews), MeshConfig naming the OTLP collector
+/// (Service otel in `observability`, the receiver) and a mesh-wide
+/// Telemetry selecting it at `sampling` percent.
+fn mesh_config_dir(ports: [u16; 3], backend: u16, receiver: u16, sampling: f64) -> String {
+    let [p1, p2, p3] = ports;
+    let mut text = format!(
+        r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: istio, namespace: istio-system}}
+data:
+  mesh: |
+    extensionProviders:
+    - name: otel
+      opentelemetry: {{service: observability/otel.observability.svc.cluster.local, port: 4317}}
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {{name: mesh-default, namespace: istio-system}}
+spec:
+  tracing:
+  - providers: [{{name: otel}}]
+    randomSamplingPercentage: {sampling}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: otel, namespace: observability}}
+spec:
+  clusterIP: 10.96.31.9
+  selector: {{app: otel}}
+  ports: [{{name: grpc-otlp, port: 4317, targetPort: {receiver}}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: otel-0, namespace: observability, labels: {{app: otel}}}}
+spec: {{containers: [{{name: collector, image: otel}}]}}
+status: {{podIP: 127.0.31.9}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: reviews, namespace: default}}
+spec:
+  clusterIP: 10.96.31.10
+  selector: {{app: reviews}}
+  ports: [{{name: http, port: 9080, targetPort: {backend}}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: reviews-v1-0, namespace: default, labels: {{app: reviews}}}}
+spec: {{containers: [{{name: app, image: mesh-echo}}]}}
+status: {{podIP: 127.0.31.10}}
+"#
+    );
+    let targets = ["hop2", "hop3", "reviews"];
+    for (i, port) in [p1, p2, p3].into_iter().enumerate() {
+        let n = i + 1;
+        let next = targets[i];
+        let next_port = if next == "reviews" { 9080 } else { 80 };
+        text.push_str(&format!(
+            r#"---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: hop{n}, namespace: istio-system}}
+spec:
+  selector: {{istio: hop{n}}}
+  servers:
+  - port: {{number: {port}, name: http, protocol: HTTP}}
+    bind: 127.0.31.{n}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: hop{n}, namespace: istio-system}}
+spec:
+  hosts: ["*"]
+  gateways: [hop{n}]
+  http:
+  - route:
+    - destination: {{host: {next}.default.svc.cluster.local, port: {{number: {next_port}}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: {next}, namespace: default}}
+spec:
+  host: {next}.default.svc.cluster.local
+  trafficPolicy: {{tls: {{mode: DISABLE}}}}
+"#
+        ));
+        if n > 1 {
+            text.push_str(&format!(
+                r#"---
+apiVersion: v1
+kind: Service
+metadata: {{name: hop{n}, namespace: default}}
+spec:
+  clusterIP: 10.96.31.{n}
+  selector: {{app: hop{n}-entry}}
+  ports: [{{name: http, port: 80, targetPort: {port}}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: hop{n}-entry, namespace: default, labels: {{app: hop{n}-entry}}}}
+spec: {{containers: [{{name: app, image: mesh-proxy}}]}}
+status: {{podIP: 127.0.31.{n}}}
+"#
+            ));
+        }
+    }
+    text
+}
+
+/// The three gateways, the backend and the receiver, configured by
+/// mesh-control from the directory above.
+struct Mesh {
+    entry: SocketAddr,
+    receiver: Receiver,
+    _gateways: Vec<ProxyProcess>,
+    _backend: Backend,
+    _cp: ControlPlane,
+    _dir: tempfile::TempDir,
+}
+
+impl Mesh {
+    async fn start(sampling: f64) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.31.9:0").await.unwrap();
+        let receiver_port = listener.local_addr().unwrap().port();
+        let receiver = Receiver::default();
+        let service = TraceServiceServer::new(receiver.clone());
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .await
+                .unwrap();
+        });
+        let backend_port = free_port();
+        let backend = Backend::serve(
+            bind(None, &format!("127.0.31.10:{backend_port}")),
+            "reviews",
+            "v1",
+        );
+        let ports = [free_port(), free_port(), free_port()];
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("mesh.yaml"),
+            mesh_config_dir(ports, backend_port, receiver_port, sampling),
+        )
+        .unwrap();
+        let cp = ControlPlane::serve_loopback(dir.path());
+        let mut gateways = Vec::new();
+        for n in 1..=3 {
+            let mut flags = RunFlags::gateway(cp.addr);
+            let pod = flags.pod.as_mut().unwrap();
+            pod.name = format!("hop{n}-0");
+            pod.labels = vec![
+                ("istio".into(), format!("hop{n}")),
+                ("service.istio.io/canonical-name".into(), format!("hop{n}")),
+            ];
+            flags
+                .env
+                .push(("OTEL_BSP_SCHEDULE_DELAY".into(), BATCH_DELAY_MS.into()));
+            let proxy = ProxyProcess::start(flags);
+            cp.wait_synced(&proxy.flags.node_id(), WAIT).await;
+            gateways.push(proxy);
+        }
+        let entry = SocketAddr::from(([127, 0, 31, 1], ports[0]));
+        gateways[0]
+            .wait_ok(None, entry, "reviews", "/ready-check", WAIT)
+            .await;
+        Self {
+            entry,
+            receiver,
+            _gateways: gateways,
+            _backend: backend,
+            _cp: cp,
+            _dir: dir,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_control_telemetry_traces_three_gateways_as_one_trace() {
+    let mesh = Mesh::start(100.0).await;
+    let reply = send(
+        &h1(),
+        http::Method::GET,
+        mesh.entry,
+        "reviews",
+        "/traced",
+        &[("x-request-id", "mc-1")],
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    // Each gateway: its connection manager's span and the router's
+    // upstream span (spawn_upstream_span, as istiod sets for gateways).
+    // An edge gateway replaces x-request-id, so follow the trace the
+    // backend saw.
+    let traceparent = echoed_header(&reply, "traceparent");
+    let trace_hex = &traceparent[3..35];
+    let trace: Vec<u8> = (0..16)
+        .map(|i| u8::from_str_radix(&trace_hex[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let spans = loop {
+        let spans = mesh.receiver.trace(&trace);
+        if spans.len() >= 6 || tokio::time::Instant::now() > deadline {
+            break spans;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(spans.len(), 6, "{spans:#?}");
+    let mut parent: Vec<u8> = Vec::new();
+    for n in 1..=3 {
+        let service = format!("hop{n}.istio-system");
+        let server = by_service(&spans, &service, SpanKind::Server);
+        let client = by_service(&spans, &service, SpanKind::Client);
+        assert_eq!(
+            server.parent_span_id, parent,
+            "hop{n}'s span continues the caller's"
+        );
+        assert_eq!(client.parent_span_id, server.span_id);
+        assert_eq!(
+            server.attributes["istio.canonical_service"],
+            format!("hop{n}")
+        );
+        assert_eq!(server.attributes["istio.namespace"], "istio-system");
+        parent = client.span_id.clone();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_control_telemetry_at_zero_percent_exports_nothing() {
+    let mesh = Mesh::start(0.0).await;
+    for _ in 0..20 {
+        let reply = send(
+            &h1(),
+            http::Method::GET,
+            mesh.entry,
+            "reviews",
+            "/quiet",
+            &[],
+        )
+        .await;
+        assert_eq!(reply.status, 200);
+        let traceparent = echoed_header(&reply, "traceparent");
+        assert!(
+            traceparent.ends_with("-00"),
+            "the decision travels unsampled: {traceparent}"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(mesh.receiver.all().is_empty(), "{:#?}", mesh.receiver.all());
+}
+
+/// A request header as the mesh-echo backend reports it.
+fn echoed_header(reply: &Reply, name: &str) -> String {
+    let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+    body["headers"][name]
+        .as_str()
+        .unwrap_or_else(|| panic!("{name} did not reach the backend: {body}"))
+        .to_string()
 }
