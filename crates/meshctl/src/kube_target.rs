@@ -7,7 +7,7 @@
 //! ```text
 //! POD[.NS] | deploy/NAME --GET pod / list pods by selector--> a Running pod
 //!     -> PortForward { pod, port 15000 } : AdminApi (one forward per request)
-//! --istio-namespace --list pods app=istiod--> PortForward { istiod, 15014 }
+//! --istio-namespace --list pods app=istiod--> PortForward { each istiod, 15014 }
 //! ```
 //!
 //! Every API failure is turned into a sentence naming the object: a pod
@@ -190,6 +190,18 @@ pub async fn first_running(
     namespace: &str,
     selector: &str,
 ) -> anyhow::Result<Option<FoundPod>> {
+    Ok(running_pods(cluster, namespace, selector)
+        .await?
+        .into_iter()
+        .next())
+}
+
+/// The Running pods matching `selector` in `namespace`, by name.
+pub async fn running_pods(
+    cluster: &Cluster,
+    namespace: &str,
+    selector: &str,
+) -> anyhow::Result<Vec<FoundPod>> {
     let api: Api<Pod> = Api::namespaced(cluster.client.clone(), namespace);
     let list = api
         .list(&ListParams::default().labels(selector))
@@ -208,21 +220,25 @@ pub async fn first_running(
         .filter_map(|p| p.metadata.name.clone())
         .collect();
     names.sort();
-    Ok(names.into_iter().next().map(|name| FoundPod {
-        name,
-        namespace: namespace.to_string(),
-    }))
+    Ok(names
+        .into_iter()
+        .map(|name| FoundPod {
+            name,
+            namespace: namespace.to_string(),
+        })
+        .collect())
 }
 
-/// The control plane pod to ask: a Running `app=istiod` pod of `namespace`.
-pub async fn control_plane(cluster: &Cluster, namespace: &str) -> anyhow::Result<FoundPod> {
-    first_running(cluster, namespace, CONTROL_PLANE_SELECTOR)
-        .await?
-        .with_context(|| {
-            format!(
-                "no running control plane pod (label {CONTROL_PLANE_SELECTOR}) in namespace {namespace}: is the mesh installed there? (--istio-namespace)"
-            )
-        })
+/// The control plane pods to ask: every Running `app=istiod` pod of
+/// `namespace`, by name; an error when there is none.
+pub async fn control_planes(cluster: &Cluster, namespace: &str) -> anyhow::Result<Vec<FoundPod>> {
+    let pods = running_pods(cluster, namespace, CONTROL_PLANE_SELECTOR).await?;
+    if pods.is_empty() {
+        bail!(
+            "no running control plane pod (label {CONTROL_PLANE_SELECTOR}) in namespace {namespace}: is the mesh installed there? (--istio-namespace)"
+        );
+    }
+    Ok(pods)
 }
 
 /// An error unless the pod's phase is Running (and it is not being deleted).

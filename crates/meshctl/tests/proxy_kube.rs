@@ -275,6 +275,14 @@ fn proxy_config_and_status_reach_cluster_pods_through_port_forward() {
         "{:#?}",
         f.api.log()
     );
+    // The Pending replica is not asked.
+    assert!(
+        !f.forwards()
+            .iter()
+            .any(|l| l.contains("istiod-7c9d8f6b5-w8d2m")),
+        "{:#?}",
+        f.api.log()
+    );
     // The same rows as asking mesh-control directly.
     let direct = f.mesh.meshctl(&["proxy-status"]);
     let names = |t: &str| -> Vec<String> { rows(t).iter().map(|r| r[..7].join(" ")).collect() };
@@ -326,7 +334,7 @@ fn proxy_config_and_status_reach_cluster_pods_through_port_forward() {
     let err = f.error(&["proxy-status", "details-v1-7f4b9c8d5-q9m2z"]);
     assert!(
         err.contains(&format!(
-            "is not connected to control plane pod {ISTIOD}.istio-system"
+            "pod details-v1-7f4b9c8d5-q9m2z in namespace default is not connected to the control plane (no proxy details-v1-7f4b9c8d5-q9m2z.default in the /debug/syncz of {ISTIOD}.istio-system)"
         )),
         "{err}"
     );

@@ -126,16 +126,25 @@ pub fn run(args: &Args, out: &mut dyn Write) -> anyhow::Result<i32> {
 }
 
 /// `proxy-status [POD]` against a cluster: the table or the diff, as text.
+/// Every Running control plane pod is asked (each serves the proxies
+/// connected to it, as istioctl aggregates istiod replicas).
 async fn run_kube(args: &Args) -> anyhow::Result<String> {
     use crate::kube_target::{
-        ADMIN_PORT, MONITORING_PORT, PodRef, PortForward, control_plane, resolve,
+        ADMIN_PORT, MONITORING_PORT, PodRef, PortForward, control_planes, resolve,
     };
     let cluster = args.kube.cluster().await?;
-    let istiod = control_plane(&cluster, &args.istio_namespace).await?;
-    let control = PortForward::new(cluster.clone(), istiod.clone(), MONITORING_PORT);
-    let syncz = get_json(&control, "/debug/syncz").await?;
+    let mut planes = Vec::new();
+    for istiod in control_planes(&cluster, &args.istio_namespace).await? {
+        let control = PortForward::new(cluster.clone(), istiod.clone(), MONITORING_PORT);
+        let syncz = get_json(&control, "/debug/syncz").await?;
+        planes.push((control, syncz));
+    }
     let Some(pod) = &args.pod else {
-        return Ok(status_table(&syncz, &istiod.name).render());
+        let tables: Vec<(&Value, &str)> = planes
+            .iter()
+            .map(|(control, syncz)| (syncz, control.pod().name.as_str()))
+            .collect();
+        return Ok(merged_table(&tables).render());
     };
     let found = resolve(
         &cluster,
@@ -143,15 +152,23 @@ async fn run_kube(args: &Args) -> anyhow::Result<String> {
     )
     .await?;
     let name = found.to_string();
-    let Some(row) = rows(&syncz).into_iter().find(|r| r.name == name) else {
+    let connected = planes.iter().find_map(|(control, syncz)| {
+        rows(syncz)
+            .into_iter()
+            .find(|r| r.name == name)
+            .map(|row| (control, row))
+    });
+    let Some((control, row)) = connected else {
+        let asked: Vec<String> = planes.iter().map(|(c, _)| c.pod().to_string()).collect();
         bail!(
-            "pod {} in namespace {} is not connected to control plane pod {istiod} (no proxy {name} in its /debug/syncz)",
+            "pod {} in namespace {} is not connected to the control plane (no proxy {name} in the /debug/syncz of {})",
             found.name,
-            found.namespace
+            found.namespace,
+            asked.join(", ")
         );
     };
     let proxy = PortForward::new(cluster, found, ADMIN_PORT);
-    compare(&control, &row.proxy_id, &proxy).await
+    compare(control, &row.proxy_id, &proxy).await
 }
 
 /// The node id to ask the control plane about and where to read the
@@ -203,18 +220,31 @@ pub async fn compare(
 
 /// The status table from a `/debug/syncz` body.
 pub fn status_table(syncz: &Value, control_plane: &str) -> Table {
+    merged_table(&[(syncz, control_plane)])
+}
+
+/// One table of the proxies of several control plane replicas, each
+/// `(syncz, name)`; sorted by proxy name.
+pub fn merged_table(planes: &[(&Value, &str)]) -> Table {
+    let mut all = Vec::new();
+    for (syncz, control_plane) in planes {
+        let version = match str_field(syncz, "version") {
+            "" => "-",
+            v => v,
+        };
+        for row in rows(syncz) {
+            all.push((row, control_plane.to_string(), version.to_string()));
+        }
+    }
+    all.sort_by(|a, b| (&a.0.name, &a.0.proxy_id, &a.1).cmp(&(&b.0.name, &b.0.proxy_id, &b.1)));
     let mut header = vec!["NAME", "CLUSTER"];
     header.extend(TYPE_COLUMNS.iter().map(|(column, _)| *column));
     header.extend(["CONTROL PLANE", "VERSION"]);
     let mut table = Table::new(&header, 5);
-    let version = match str_field(syncz, "version") {
-        "" => "-",
-        v => v,
-    };
-    for row in rows(syncz) {
+    for (row, control_plane, version) in all {
         let mut cells = vec![row.name, row.cluster];
         cells.extend(row.statuses);
-        cells.extend([control_plane.to_string(), version.to_string()]);
+        cells.extend([control_plane, version]);
         table.push(cells);
     }
     table
@@ -346,6 +376,31 @@ mod tests {
                 .nth(2)
                 .unwrap()
                 .ends_with("127.0.0.1:15014     0.1.0")
+        );
+    }
+
+    #[test]
+    fn replicas_merge_into_one_table() {
+        let a = json!({"version": "0.1.0", "proxies": [
+            {"proxy_id": "sidecar~10.0.0.3~web-1.default~default.svc.cluster.local",
+             "connection_id": 1, "status": {"CDS": "SYNCED"}}]});
+        let b = json!({"version": "0.1.0", "proxies": [
+            {"proxy_id": "sidecar~10.0.0.2~api-1.default~default.svc.cluster.local",
+             "connection_id": 4, "status": {"CDS": "STALE"}}]});
+        let text = merged_table(&[(&a, "istiod-a"), (&b, "istiod-b")]).render();
+        let rows: Vec<Vec<&str>> = text
+            .lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(rows.len(), 2, "{text}");
+        assert_eq!(
+            (rows[0][0], rows[0][2], rows[0][7]),
+            ("api-1.default", "STALE", "istiod-b")
+        );
+        assert_eq!(
+            (rows[1][0], rows[1][2], rows[1][7]),
+            ("web-1.default", "SYNCED", "istiod-a")
         );
     }
 
