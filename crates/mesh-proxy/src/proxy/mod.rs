@@ -113,6 +113,26 @@ struct Bound {
     task: JoinHandle<()>,
 }
 
+// === impl ConnInfo ===
+
+impl ConnInfo {
+    /// How the connection is secured: mutual TLS when the client
+    /// presented a certificate (verified by the chain's TLS config).
+    pub(crate) fn security(&self) -> record::Security {
+        match &self.session {
+            Some(s) if s.peer.is_some() => record::Security::MutualTls,
+            _ if self.tls => record::Security::Tls,
+            _ => record::Security::Plaintext,
+        }
+    }
+
+    /// The first URI SAN of the client's certificate.
+    pub(crate) fn peer_principal(&self) -> Option<Arc<str>> {
+        let peer = self.session.as_ref()?.peer.as_ref()?;
+        peer.uris.first().map(|u| Arc::from(u.as_str()))
+    }
+}
+
 // === impl Options ===
 
 impl Default for Options {

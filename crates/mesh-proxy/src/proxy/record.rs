@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use http::{Method, Version};
@@ -132,6 +133,44 @@ pub struct RequestRecord {
     /// (`route_not_found`, `no_healthy_upstream`, ...); `None` for a
     /// response that came from upstream (`via_upstream`).
     pub details: Option<std::borrow::Cow<'static, str>>,
+    /// The downstream connection's transport security.
+    pub downstream_security: Security,
+    /// The first URI SAN (SPIFFE id) of the certificate the downstream
+    /// peer presented (Envoy's `%DOWNSTREAM_PEER_URI_SAN%`).
+    pub downstream_peer_principal: Option<Arc<str>>,
+    /// The first URI SAN of the certificate the upstream host of the last
+    /// attempt presented (`%UPSTREAM_PEER_URI_SAN%`).
+    pub upstream_peer_principal: Option<Arc<str>>,
+    /// The workload on the other side of the request, learnt by Istio's
+    /// peer metadata exchange: the source for an inbound request, the
+    /// destination for an outbound one.
+    pub peer: Option<Arc<crate::telemetry::peer::PeerMetadata>>,
+    /// The request's trace id (32 lowercase hex digits), when it has a
+    /// span (Envoy's `%TRACE_ID%`).
+    pub trace_id: Option<String>,
+}
+
+/// How a downstream connection was secured (Istio's
+/// `connection_security_policy` on the destination side).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Security {
+    /// No TLS terminated here.
+    #[default]
+    Plaintext,
+    /// TLS without a client certificate.
+    Tls,
+    /// TLS with a verified client certificate.
+    MutualTls,
+}
+
+impl Security {
+    /// Istio's `connection_security_policy` value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Plaintext | Self::Tls => "none",
+            Self::MutualTls => "mutual_tls",
+        }
+    }
 }
 
 /// Failed upstream attempts of one request, for Envoy's counters, which

@@ -12,6 +12,7 @@ pub mod access_log;
 pub mod envoy_stats;
 pub mod labels;
 pub mod metrics;
+pub mod peer;
 pub mod trace;
 
 use std::path::PathBuf;
@@ -176,6 +177,11 @@ pub(crate) mod fixtures {
             breakers: Default::default(),
             failures: Default::default(),
             details: None,
+            downstream_security: Default::default(),
+            downstream_peer_principal: None,
+            upstream_peer_principal: None,
+            peer: None,
+            trace_id: None,
         }
     }
 }

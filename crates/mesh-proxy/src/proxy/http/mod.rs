@@ -539,6 +539,11 @@ fn base_record(conn: &ConnInfo) -> RequestRecord {
         breakers: Default::default(),
         failures: Default::default(),
         details: None,
+        downstream_security: conn.security(),
+        downstream_peer_principal: conn.peer_principal(),
+        upstream_peer_principal: None,
+        peer: None,
+        trace_id: None,
     }
 }
 
@@ -597,6 +602,7 @@ async fn process(
             runtime: &generation.runtime,
         };
         out.span = crate::telemetry::trace::start(config, req.headers_mut(), info).map(Box::new);
+        rec.trace_id = out.span.as_ref().map(|s| s.trace_id());
     }
     let mut metadata = Metadata::default();
     if !ctx.hcm.authz.is_empty() {

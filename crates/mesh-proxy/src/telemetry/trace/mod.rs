@@ -234,6 +234,13 @@ pub struct HopSpan {
     tags: Vec<KeyValue>,
 }
 
+impl HopSpan {
+    /// The trace id, as 32 lowercase hex digits (Envoy's `%TRACE_ID%`).
+    pub fn trace_id(&self) -> String {
+        format!("{:032x}", self.trace_id)
+    }
+}
+
 /// What [`start`] needs to know about a request besides its headers.
 #[derive(Clone, Copy, Debug)]
 pub struct RequestInfo<'a> {
