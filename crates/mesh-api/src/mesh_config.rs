@@ -532,7 +532,7 @@ localityLbSetting: {enabled: true}
 
     #[test]
     fn validation_errors_name_fields() {
-        let yaml = "trustDomain: bad_domain\nextensionProviders:\n- name: a\n  zipkin: {service: z.ns.svc, port: 0}\n- name: a\n  prometheus: {}\n  datadog: {service: d, port: 1}\ndefaultConfig: {concurrency: -1}\ndefaultProviders: {tracing: [missing]}\n";
+        let yaml = "trustDomain: bad_domain\nextensionProviders:\n- name: a\n  zipkin: {service: z.ns.svc, port: 0}\n- name: a\n  prometheus: {}\n  datadog: {service: d, port: 1}\n- name: logs\n  envoyFileAccessLog: {path: /dev/stdout, logFormat: {text: x, labels: {code: 1}}}\ndefaultConfig: {concurrency: -1}\ndefaultProviders: {tracing: [missing]}\n";
         let (_, report) = parse_mesh_config(yaml);
         let errs: Vec<_> = report.errors().map(|d| d.path.as_str()).collect();
         for want in [
@@ -540,6 +540,8 @@ localityLbSetting: {enabled: true}
             "extensionProviders[0].zipkin.port",
             "extensionProviders[1].name",
             "extensionProviders[1]",
+            "extensionProviders[2].envoyFileAccessLog.logFormat",
+            "extensionProviders[2].envoyFileAccessLog.logFormat.labels.code",
             "defaultConfig.concurrency",
         ] {
             assert!(errs.contains(&want), "missing {want}: {errs:?}");

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use super::sidecar::{check_connection_pool, check_ms_duration};
 use super::{Path, Report, check_port, check_wildcard_host, is_dns1123_label};
-use crate::mesh_config::{ExtensionProvider, MeshConfig, ProxyConfig};
+use crate::mesh_config::{ExtensionProvider, LogFormat, MeshConfig, ProxyConfig};
 
 /// Istio's bounds on `connectTimeout`.
 const CONNECT_TIMEOUT_MIN: std::time::Duration = std::time::Duration::from_millis(1);
@@ -338,6 +338,15 @@ fn check_extension_providers<'a>(
         {
             check_ms_duration(t, &pp.field("envoyExtAuthzHttp").field("timeout"), report);
         }
+        if let Some(f) = &p.envoy_file_access_log
+            && let Some(format) = &f.log_format
+        {
+            check_log_format(
+                format,
+                &pp.field("envoyFileAccessLog").field("logFormat"),
+                report,
+            );
+        }
         if let Some(a) = &p.envoy_ext_authz_grpc
             && let Some(t) = &a.timeout
         {
@@ -345,6 +354,31 @@ fn check_extension_providers<'a>(
         }
     }
     names
+}
+
+/// `envoyFileAccessLog.logFormat`: `text` or `labels` (JSON), not both;
+/// every label a string of command operators.
+fn check_log_format(format: &LogFormat, path: &Path, report: &mut Report) {
+    if format.text.is_some() && format.labels.is_some() {
+        report.error(path, "logFormat sets both text and labels; keep one");
+    }
+    match &format.labels {
+        None => {}
+        Some(serde_json::Value::Object(labels)) => {
+            for (k, v) in labels {
+                if !v.is_string() {
+                    report.error(
+                        &path.field("labels").field(k),
+                        format!("label {k:?} must be a string of command operators such as \"%RESPONSE_CODE%\""),
+                    );
+                }
+            }
+        }
+        Some(_) => report.error(
+            &path.field("labels"),
+            "labels must be a map of JSON key to command operators",
+        ),
+    }
 }
 
 fn provider_kinds(p: &ExtensionProvider) -> Vec<&'static str> {

@@ -51,6 +51,13 @@ impl Validate for TelemetrySpec {
                 && filter.expression.trim().is_empty()
             {
                 report.error(&p.field("filter").field("expression"), "filter expression must not be empty; write a CEL expression such as `response.code >= 400`");
+            } else if let Some(filter) = &log.filter
+                && let Err(e) = crate::cel::parse(&filter.expression)
+            {
+                report.error(
+                    &p.field("filter").field("expression"),
+                    format!("invalid CEL expression {:?}: {e}", filter.expression),
+                );
             }
             check_providers(&log.providers, &p.field("providers"), report);
         }

@@ -49,7 +49,7 @@ use crate::model::{Protocol, Service};
 use crate::proxy::ProxyRole;
 use crate::snapshot::namespace_of;
 
-mod access_log;
+pub mod access_log;
 mod gateway;
 mod inbound;
 mod inbound_tls;
@@ -93,7 +93,7 @@ pub fn build_listeners_part(scope: &ProxyScope<'_>, part: Part) -> Vec<Listener>
         ProxyRole::Router if part.outbound() => listeners = gateway::gateway_listeners(scope),
         ProxyRole::Router => {}
     }
-    access_log::apply(&scope.snapshot.mesh, &mut listeners);
+    access_log::apply(scope, &mut listeners);
     super::tracing::apply(scope, &mut listeners);
     listeners.sort_by(|a, b| a.name.cmp(&b.name));
     listeners

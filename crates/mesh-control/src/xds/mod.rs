@@ -28,6 +28,7 @@ pub mod scope;
 pub(crate) mod sds_source;
 pub mod secret;
 pub mod shape;
+pub mod telemetry;
 pub mod tracing;
 
 pub use scope::ProxyScope;

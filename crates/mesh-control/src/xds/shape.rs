@@ -49,6 +49,7 @@ pub enum ShapeKey {
         AppliedPolicies,
         AppliedAuthn,
         super::tracing::TraceKey,
+        super::listener::access_log::AccessLogKey,
     ),
     /// Everything of a gateway (or of a proxy translated whole).
     Whole(WholeShape),
@@ -71,6 +72,8 @@ pub struct OutboundShape {
     priority_labels: BTreeMap<String, String>,
     /// The tracing that applies (it reads the canonical service).
     tracing: super::tracing::TraceKey,
+    /// The access logs that apply (Telemetry selects by labels).
+    access_log: super::listener::access_log::AccessLogKey,
 }
 
 /// A proxy's whole identity, as far as translation reads it.
@@ -100,6 +103,7 @@ impl ShapeKey {
                 AppliedPolicies::of(snapshot, proxy),
                 AppliedAuthn::of(snapshot, proxy),
                 super::tracing::TraceKey::of(snapshot, proxy),
+                super::listener::access_log::AccessLogKey::of(snapshot, proxy),
             ),
             _ => Self::Outbound(OutboundShape::of(&scope)),
         }
@@ -179,6 +183,7 @@ impl OutboundShape {
                 .clone(),
             priority_labels,
             tracing: super::tracing::TraceKey::of(snapshot, proxy),
+            access_log: super::listener::access_log::AccessLogKey::of(snapshot, proxy),
         }
     }
 }

@@ -2,9 +2,9 @@
 //! writes it for an `opentelemetry` extension provider.
 //!
 //! Which provider and sampling apply is resolved the way Istio resolves
-//! Telemetry: the mesh-wide resource (root namespace, no selector), then
-//! the proxy's namespace (no selector), then a resource whose selector
-//! matches the workload; each level's `tracing[]` entries whose
+//! Telemetry (`super::telemetry`: the mesh-wide resource, then the
+//! proxy's namespace, then a resource whose selector matches the
+//! workload); each level's `tracing[]` entries whose
 //! `match.mode` covers the listener's side override the providers and
 //! the sampling percentage and add custom tags. No Telemetry naming a
 //! provider falls back to MeshConfig `defaultProviders.tracing`; the
@@ -25,15 +25,14 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::envoy::r#type::tracing::v3::{CustomTag, custom_tag};
 use envoy_types::pb::envoy::r#type::v3::Percent;
 use envoy_types::pb::google::protobuf::BoolValue;
-use mesh_api::telemetry::{Telemetry, WorkloadMode};
+use mesh_api::telemetry::WorkloadMode;
 use mesh_api::wellknown::{LABEL_APP, LABEL_CANONICAL_NAME, LABEL_CANONICAL_REVISION};
 use mesh_api::xds::pack_any;
 use prost::Message;
 
-use super::authz::selects;
 use super::scope::ProxyScope;
-use crate::proxy::{ProxyInfo, ProxyRole};
-use crate::snapshot::{Snapshot, namespace_of};
+use crate::proxy::ProxyInfo;
+use crate::snapshot::Snapshot;
 
 /// Envoy's name of the OpenTelemetry tracer.
 pub const OPENTELEMETRY_TRACER: &str = "envoy.tracers.opentelemetry";
@@ -96,31 +95,12 @@ pub fn settings(
     mode: WorkloadMode,
 ) -> Option<TraceSettings> {
     let mesh = &snapshot.mesh;
-    let root = snapshot.root_namespace();
-    let covers = |m: Option<WorkloadMode>| {
-        let m = m.unwrap_or_default();
-        m == WorkloadMode::ClientAndServer || m == mode || proxy.role == ProxyRole::Router
-    };
-    let mut levels: [Vec<&Telemetry>; 3] = Default::default();
-    for t in &snapshot.telemetries {
-        let t = t.as_ref();
-        let ns = namespace_of(t);
-        let targeted = t.spec.target_ref.is_some() || !t.spec.target_refs.is_empty();
-        if !selects(ns, t.spec.selector.as_ref(), targeted, root, proxy) {
-            continue;
-        }
-        let level = match (t.spec.selector.is_some(), ns == root) {
-            (true, _) => 2,
-            (false, true) => 0,
-            (false, false) => 1,
-        };
-        levels[level].push(t);
-    }
+    let covers = |m: Option<WorkloadMode>| super::telemetry::covers(proxy, m, mode);
     let mut providers: Option<Vec<String>> = None;
     let mut sampling: Option<f64> = None;
     let mut disabled = false;
     let mut tags = BTreeMap::new();
-    for t in levels.iter().flatten() {
+    for t in super::telemetry::applicable(snapshot, proxy) {
         for tr in t
             .spec
             .tracing
