@@ -10,6 +10,7 @@ pub mod common;
 pub mod crd;
 pub mod kinds;
 pub mod mesh_config;
+pub mod mesh_networks;
 pub mod networking;
 pub mod object;
 pub mod security;

@@ -11,6 +11,7 @@ use std::sync::{Arc, OnceLock};
 use k8s_openapi::api::core::v1::Secret;
 use mesh_api::MeshObject;
 use mesh_api::mesh_config::MeshConfig;
+use mesh_api::mesh_networks::MeshNetworks;
 use mesh_api::networking::{DestinationRule, Gateway, Sidecar, VirtualService};
 use mesh_api::object::Loaded;
 use mesh_api::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
@@ -26,6 +27,8 @@ pub struct Snapshot {
     pub version: u64,
     /// Mesh-wide settings.
     pub mesh: Arc<MeshConfig>,
+    /// The networks of the `meshNetworks` key beside MeshConfig.
+    pub mesh_networks: Arc<MeshNetworks>,
     /// DNS suffix of Kubernetes services (`cluster.local`).
     pub domain: String,
     /// Services and endpoints.
@@ -144,6 +147,7 @@ impl Snapshot {
     /// What changed from `older` to this snapshot.
     pub fn change_since(&self, older: &Snapshot) -> Change {
         let same_policy = self.mesh == older.mesh
+            && self.mesh_networks == older.mesh_networks
             && self.domain == older.domain
             && self.destination_rules == older.destination_rules
             && self.gateways == older.gateways

@@ -20,6 +20,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use mesh_test_support::envoy::Envoy;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -449,8 +450,21 @@ fn hex(bytes: &[u8]) -> String {
 /// hop3 -> hop3 -> Service reviews), MeshConfig naming the OTLP collector
 /// (Service otel in `observability`, the receiver) and a mesh-wide
 /// Telemetry selecting it at `sampling` percent.
-fn mesh_config_dir(ports: [u16; 3], backend: u16, receiver: u16, sampling: f64) -> String {
+fn mesh_config_dir(
+    ports: [u16; 3],
+    backend: u16,
+    receiver: u16,
+    sampling: f64,
+    networks: bool,
+) -> String {
     let [p1, p2, p3] = ports;
+    // MeshNetworks' fromCidr ranges are what istiod makes the gateways'
+    // internal addresses: loopback here, where the client is.
+    let networks = if networks {
+        "  meshNetworks: |\n    networks:\n      local: {endpoints: [{fromCidr: 127.0.0.0/8}]}\n"
+    } else {
+        ""
+    };
     let mut text = format!(
         r#"
 apiVersion: v1
@@ -461,7 +475,7 @@ data:
     extensionProviders:
     - name: otel
       opentelemetry: {{service: observability/otel.observability.svc.cluster.local, port: 4317}}
----
+{networks}---
 apiVersion: telemetry.istio.io/v1
 kind: Telemetry
 metadata: {{name: mesh-default, namespace: istio-system}}
@@ -477,6 +491,15 @@ spec:
   clusterIP: 10.96.31.9
   selector: {{app: otel}}
   ports: [{{name: grpc-otlp, port: 4317, targetPort: {receiver}}}]
+---
+# The collector is outside the mesh: plaintext (a stock Envoy would
+# otherwise wait for the mesh certificates auto mTLS asks it for).
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: otel, namespace: observability}}
+spec:
+  host: otel.observability.svc.cluster.local
+  trafficPolicy: {{tls: {{mode: DISABLE}}}}
 ---
 apiVersion: v1
 kind: Pod
@@ -563,13 +586,87 @@ struct Mesh {
     entry: SocketAddr,
     receiver: Receiver,
     _gateways: Vec<ProxyProcess>,
+    _envoys: Vec<Envoy>,
     _backend: Backend,
     _cp: ControlPlane,
     _dir: tempfile::TempDir,
 }
 
+/// How the mesh of the mesh-control tests is set up.
+#[derive(Clone, Copy, Default)]
+struct MeshOpts {
+    /// Randomly sampled percentage of the mesh-wide Telemetry.
+    sampling: f64,
+    /// MeshNetworks with loopback as a network (internal addresses).
+    networks: bool,
+    /// Which of hop1..hop3 are stock Envoy (the others mesh-proxy).
+    envoy: [bool; 3],
+}
+
+/// A stock Envoy gateway `hop{n}` over ADS from `xds`: the same node
+/// identity and labels as the mesh-proxy gateways, its OpenTelemetry
+/// batches flushed every 100 ms (Envoy's default is 5 s).
+fn envoy_gateway_bootstrap(n: usize, xds: SocketAddr) -> String {
+    format!(
+        r#"
+node:
+  id: router~127.0.0.1~hop{n}-0.istio-system~istio-system.svc.cluster.local
+  cluster: hop{n}
+  metadata:
+    NAME: hop{n}-0
+    NAMESPACE: istio-system
+    LABELS: {{istio: hop{n}, service.istio.io/canonical-name: hop{n}}}
+admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {{admin_port}}}}}}
+layered_runtime:
+  layers:
+  - name: static
+    static_layer:
+      tracing.opentelemetry.flush_interval_ms: 100
+      tracing.opentelemetry.min_flush_spans: 1
+dynamic_resources:
+  ads_config:
+    api_type: GRPC
+    transport_api_version: V3
+    set_node_on_first_message_only: true
+    grpc_services:
+    - envoy_grpc: {{cluster_name: xds-grpc}}
+  cds_config: {{ads: {{}}, resource_api_version: V3}}
+  lds_config: {{ads: {{}}, resource_api_version: V3}}
+static_resources:
+  clusters:
+  - name: xds-grpc
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}
+    load_assignment:
+      cluster_name: xds-grpc
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {xds_port}}}}}}}
+"#,
+        xds_port = xds.port(),
+    )
+}
+
 impl Mesh {
     async fn start(sampling: f64) -> Self {
+        Self::start_with(MeshOpts {
+            sampling,
+            ..MeshOpts::default()
+        })
+        .await
+    }
+
+    async fn start_with(opts: MeshOpts) -> Self {
+        let MeshOpts {
+            sampling,
+            networks,
+            envoy,
+        } = opts;
         let listener = tokio::net::TcpListener::bind("127.0.31.9:0").await.unwrap();
         let receiver_port = listener.local_addr().unwrap().port();
         let receiver = Receiver::default();
@@ -591,12 +688,27 @@ impl Mesh {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
             dir.path().join("mesh.yaml"),
-            mesh_config_dir(ports, backend_port, receiver_port, sampling),
+            mesh_config_dir(ports, backend_port, receiver_port, sampling, networks),
         )
         .unwrap();
         let cp = ControlPlane::serve_loopback(dir.path());
         let mut gateways = Vec::new();
+        let mut envoys = Vec::new();
         for n in 1..=3 {
+            if envoy[n - 1] {
+                let e = Envoy::start(&envoy_gateway_bootstrap(n, cp.addr));
+                let ready = tokio::task::block_in_place(|| e.wait_ready(WAIT));
+                assert!(ready, "envoy hop{n} not ready:\n{}", e.log());
+                cp.wait_synced(
+                    &format!(
+                        "router~127.0.0.1~hop{n}-0.istio-system~istio-system.svc.cluster.local"
+                    ),
+                    WAIT,
+                )
+                .await;
+                envoys.push(e);
+                continue;
+            }
             let mut flags = RunFlags::gateway(cp.addr);
             let pod = flags.pod.as_mut().unwrap();
             pod.name = format!("hop{n}-0");
@@ -612,12 +724,36 @@ impl Mesh {
             gateways.push(proxy);
         }
         let entry = SocketAddr::from(([127, 0, 31, 1], ports[0]));
-        gateways[0]
-            .wait_ok(None, entry, "reviews", "/ready-check", WAIT)
+        // Every hop's listener is up once a request goes all the way
+        // through (listeners arrive after their clusters are warm).
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let reply = try_send(
+                &h1(),
+                http::Method::GET,
+                entry,
+                "reviews",
+                "/ready-check",
+                &[],
+            )
             .await;
+            if reply.as_ref().is_ok_and(|r| r.status == 200) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the chain never answered 200: {reply:?}\n{}",
+                envoys.iter().map(Envoy::log).collect::<Vec<_>>().join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // The readiness requests may have been sampled: start clean.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        receiver.spans.lock().unwrap().clear();
         Self {
             entry,
             receiver,
+            _envoys: envoys,
             _gateways: gateways,
             _backend: backend,
             _cp: cp,
@@ -626,76 +762,176 @@ impl Mesh {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mesh_control_telemetry_traces_three_gateways_as_one_trace() {
-    let mesh = Mesh::start(100.0).await;
-    let reply = send(
-        &h1(),
-        http::Method::GET,
-        mesh.entry,
-        "reviews",
-        "/traced",
-        &[("x-request-id", "mc-1")],
-    )
-    .await;
-    assert_eq!(reply.status, 200, "{:?}", reply.body);
-    // Each gateway: its connection manager's span and the router's
-    // upstream span (spawn_upstream_span, as istiod sets for gateways).
-    // An edge gateway replaces x-request-id, so follow the trace the
-    // backend saw.
-    let traceparent = echoed_header(&reply, "traceparent");
-    let trace_hex = &traceparent[3..35];
-    let trace: Vec<u8> = (0..16)
-        .map(|i| u8::from_str_radix(&trace_hex[2 * i..2 * i + 2], 16).unwrap())
-        .collect();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let spans = loop {
-        let spans = mesh.receiver.trace(&trace);
-        if spans.len() >= 6 || tokio::time::Instant::now() > deadline {
-            break spans;
+impl Mesh {
+    async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
+        let reply = send(
+            &h1(),
+            http::Method::GET,
+            self.entry,
+            "reviews",
+            path,
+            headers,
+        )
+        .await;
+        assert_eq!(reply.status, 200, "{:?}", reply.body);
+        reply
+    }
+
+    /// The spans of the trace the backend saw in `reply`, once `n` have
+    /// arrived or the wait is over.
+    async fn trace_of(&self, reply: &Reply, n: usize) -> Vec<Got> {
+        // An edge gateway replaces x-request-id, so follow the trace the
+        // backend saw.
+        let traceparent = echoed_header(reply, "traceparent");
+        let trace_hex = &traceparent[3..35];
+        let trace: Vec<u8> = (0..16)
+            .map(|i| u8::from_str_radix(&trace_hex[2 * i..2 * i + 2], 16).unwrap())
+            .collect();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let spans = self.receiver.trace(&trace);
+            if spans.len() >= n || tokio::time::Instant::now() > deadline {
+                return spans;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    }
+}
+
+/// Each gateway: its connection manager's span and the router's upstream
+/// span (spawn_upstream_span, as istiod sets for gateways), each
+/// continuing the one before, with Istio's tags.
+fn assert_chain(spans: &[Got]) {
     assert_eq!(spans.len(), 6, "{spans:#?}");
     let mut parent: Vec<u8> = Vec::new();
     for n in 1..=3 {
         let service = format!("hop{n}.istio-system");
-        let server = by_service(&spans, &service, SpanKind::Server);
-        let client = by_service(&spans, &service, SpanKind::Client);
+        let server = by_service(spans, &service, SpanKind::Server);
+        let client = by_service(spans, &service, SpanKind::Client);
         assert_eq!(
             server.parent_span_id, parent,
-            "hop{n}'s span continues the caller's"
+            "hop{n}'s span continues the caller's: {spans:#?}"
         );
-        assert_eq!(client.parent_span_id, server.span_id);
-        assert_eq!(
-            server.attributes["istio.canonical_service"],
-            format!("hop{n}")
-        );
-        assert_eq!(server.attributes["istio.namespace"], "istio-system");
+        assert_eq!(client.parent_span_id, server.span_id, "{spans:#?}");
+        for s in [server, client] {
+            let a = &s.attributes;
+            assert_eq!(a["istio.canonical_service"], format!("hop{n}"), "{a:?}");
+            assert_eq!(a["istio.namespace"], "istio-system", "{a:?}");
+            assert_eq!(a["istio.canonical_revision"], "latest", "{a:?}");
+            assert_eq!(a["istio.mesh_id"], "cluster.local", "{a:?}");
+            assert_eq!(a["http.status_code"], "200", "{a:?}");
+        }
+        assert_eq!(server.attributes["http.method"], "GET");
         parent = client.span_id.clone();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_control_telemetry_traces_three_gateways_as_one_trace() {
+    let mesh = Mesh::start(100.0).await;
+    let reply = mesh.get("/traced", &[("x-request-id", "mc-1")]).await;
+    assert_chain(&mesh.trace_of(&reply, 6).await);
+}
+
+/// The same Istio YAML through mesh-control with stock Envoy as the
+/// middle gateway: mesh-proxy -> Envoy -> mesh-proxy, one trace, and
+/// Envoy's spans carry the same links and tags.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_control_traces_a_chain_mixing_mesh_proxy_and_envoy() {
+    let mesh = Mesh::start_with(MeshOpts {
+        sampling: 100.0,
+        envoy: [false, true, false],
+        ..MeshOpts::default()
+    })
+    .await;
+    let reply = mesh.get("/mixed", &[]).await;
+    assert_chain(&mesh.trace_of(&reply, 6).await);
+}
+
+/// Stock Envoy as every gateway, and force-trace through mesh-control's
+/// internal addresses on Envoy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_control_traces_three_envoy_gateways_and_envoy_honours_force_trace() {
+    let mesh = Mesh::start_with(MeshOpts {
+        sampling: 100.0,
+        networks: true,
+        envoy: [true, true, true],
+    })
+    .await;
+    let reply = mesh.get("/envoy", &[]).await;
+    assert_chain(&mesh.trace_of(&reply, 6).await);
+    drop(mesh);
+
+    let mesh = Mesh::start_with(MeshOpts {
+        sampling: 0.0,
+        networks: true,
+        envoy: [true, false, false],
+    })
+    .await;
+    assert_force_trace(&mesh).await;
+}
+
+/// At 0 %, requests are not exported; one with `x-envoy-force-trace`
+/// from the client (an internal address) is, on every hop.
+async fn assert_force_trace(mesh: &Mesh) {
+    for _ in 0..10 {
+        let reply = mesh.get("/quiet", &[]).await;
+        let traceparent = echoed_header(&reply, "traceparent");
+        assert!(traceparent.ends_with("-00"), "{traceparent}");
+    }
+    let reply = mesh
+        .get("/forced", &[("x-envoy-force-trace", "true")])
+        .await;
+    let traceparent = echoed_header(&reply, "traceparent");
+    assert!(
+        traceparent.ends_with("-01"),
+        "forced decision travels sampled: {traceparent}"
+    );
+    let spans = mesh.trace_of(&reply, 6).await;
+    assert_chain(&spans);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let trace = spans[0].trace_id.clone();
+    let others: Vec<_> = mesh
+        .receiver
+        .all()
+        .into_iter()
+        .filter(|s| s.trace_id != trace)
+        .collect();
+    assert!(
+        others.is_empty(),
+        "unsampled requests were exported: {others:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_control_force_trace_samples_at_zero_percent_from_mesh_networks() {
+    let mesh = Mesh::start_with(MeshOpts {
+        sampling: 0.0,
+        networks: true,
+        ..MeshOpts::default()
+    })
+    .await;
+    assert_force_trace(&mesh).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mesh_control_telemetry_at_zero_percent_exports_nothing() {
     let mesh = Mesh::start(0.0).await;
     for _ in 0..20 {
-        let reply = send(
-            &h1(),
-            http::Method::GET,
-            mesh.entry,
-            "reviews",
-            "/quiet",
-            &[],
-        )
-        .await;
-        assert_eq!(reply.status, 200);
+        let reply = mesh.get("/quiet", &[]).await;
         let traceparent = echoed_header(&reply, "traceparent");
         assert!(
             traceparent.ends_with("-00"),
             "the decision travels unsampled: {traceparent}"
         );
     }
+    // Without MeshNetworks no address is internal: a client's
+    // x-envoy-force-trace is not trusted.
+    let reply = mesh
+        .get("/untrusted", &[("x-envoy-force-trace", "true")])
+        .await;
+    let traceparent = echoed_header(&reply, "traceparent");
+    assert!(traceparent.ends_with("-00"), "{traceparent}");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(mesh.receiver.all().is_empty(), "{:#?}", mesh.receiver.all());
 }

@@ -136,6 +136,7 @@ impl Publisher {
             objects.iter().copied(),
             self.store.mesh_config_named(&self.mesh_config_name),
         );
+        snapshot.mesh_networks = Arc::new(self.store.mesh_networks_named(&self.mesh_config_name));
         if let Some(jwks) = &self.jwks {
             jwks.want(snapshot.jwks_uris());
             snapshot.jwks = jwks.keys();

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use mesh_api::MeshObject;
 use mesh_api::mesh_config::{MeshConfig, parse_mesh_config};
+use mesh_api::mesh_networks::{MeshNetworks, parse_mesh_networks};
 use mesh_api::object::{Loaded, load_str};
 use mesh_api::validation::Severity;
 
@@ -235,6 +236,30 @@ impl ConfigStore {
             }
         }
         MeshConfig::default()
+    }
+
+    /// MeshNetworks from the ConfigMap `name` (key `meshNetworks`); none
+    /// when absent or undecodable. A malformed `fromCidr` is logged and
+    /// skipped, the other ranges kept (as istiod does).
+    pub fn mesh_networks_named(&self, name: &str) -> MeshNetworks {
+        for l in self.objects() {
+            if let Some(MeshObject::ConfigMap(cm)) = &l.object {
+                if l.header.name != name {
+                    continue;
+                }
+                let Some(text) = cm.data.as_ref().and_then(|d| d.get("meshNetworks")) else {
+                    continue;
+                };
+                let (networks, report) = parse_mesh_networks(text);
+                for d in report.errors() {
+                    tracing::warn!(file = %l.source.file, "MeshNetworks {}: {}", d.path, d.message);
+                }
+                if let Some(n) = networks {
+                    return n;
+                }
+            }
+        }
+        MeshNetworks::default()
     }
 
     /// The status of every document, for `/debug/configz`.

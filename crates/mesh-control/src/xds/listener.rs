@@ -53,6 +53,7 @@ pub mod access_log;
 mod gateway;
 mod inbound;
 mod inbound_tls;
+mod internal_address;
 mod tcp;
 
 pub(crate) use gateway::drop_unservable_chains;
@@ -94,6 +95,7 @@ pub fn build_listeners_part(scope: &ProxyScope<'_>, part: Part) -> Vec<Listener>
         ProxyRole::Router => {}
     }
     access_log::apply(scope, &mut listeners);
+    internal_address::apply(&scope.snapshot.mesh_networks, &mut listeners);
     super::tracing::apply(scope, &mut listeners);
     listeners.sort_by(|a, b| a.name.cmp(&b.name));
     listeners
