@@ -6,9 +6,15 @@
 //! when the logger asks for a JSON format (`telemetry::access_log`). A
 //! text format other than Istio's default is written in Istio's default
 //! (logged once when the file opens); a logger of another kind
-//! (OpenTelemetry, gRPC) and access log `filter`s are not implemented and
-//! are left out, never refused: what is logged does not change what is
-//! served.
+//! (OpenTelemetry, gRPC) is not implemented and is left out, never
+//! refused: what is logged does not change what is served.
+//!
+//! A logger's `filter` that is Envoy's CEL extension filter (what istiod
+//! writes for Telemetry `filter.expression`) is compiled
+//! (`access_log_filter`) and decides per request; an expression it cannot
+//! evaluate refuses the update with the filter's field. Other filter kinds
+//! (status code, duration, runtime...) are not implemented: the logger
+//! logs every request.
 
 // Envoy still reads the deprecated format fields, so they are read too.
 #![allow(deprecated)]
@@ -16,7 +22,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::config::accesslog::v3::{AccessLog, access_log};
+use envoy_types::pb::envoy::config::accesslog::v3::{
+    AccessLog, access_log, access_log_filter, extension_filter,
+};
 use envoy_types::pb::envoy::config::core::v3::{
     SubstitutionFormatString, data_source, substitution_format_string,
 };
@@ -27,8 +35,12 @@ use envoy_types::pb::envoy::extensions::access_loggers::stream::v3::{
     StderrAccessLog, StdoutAccessLog, stderr_access_log, stdout_access_log,
 };
 
+use envoy_types::pb::envoy::extensions::access_loggers::filters::cel::v3::ExpressionFilter;
+
+use super::access_log_filter::CelFilter;
 use super::convert::decode_any;
 use super::{FieldResult, join};
+use crate::proxy::record::RequestRecord;
 
 /// One access log sink.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,6 +51,38 @@ pub struct LogSink {
     pub json: bool,
     /// A text format other than Istio's default was asked for.
     pub custom_format: bool,
+    /// Which requests are logged (all without one).
+    pub filter: Option<CelFilter>,
+}
+
+impl LogSink {
+    /// Whether `r` passes the sink's filter.
+    pub fn accepts(&self, r: &RequestRecord) -> bool {
+        self.filter.as_ref().is_none_or(|f| f.accepts(r))
+    }
+}
+
+/// The CEL filter of `log` at field `at`, if it has one.
+fn cel_filter(log: &AccessLog, at: &str) -> FieldResult<Option<CelFilter>> {
+    let Some(access_log_filter::FilterSpecifier::ExtensionFilter(ext)) = log
+        .filter
+        .as_ref()
+        .and_then(|f| f.filter_specifier.as_ref())
+    else {
+        return Ok(None);
+    };
+    let Some(extension_filter::ConfigType::TypedConfig(any)) = &ext.config_type else {
+        return Ok(None);
+    };
+    if !any
+        .type_url
+        .ends_with("envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter")
+    {
+        return Ok(None);
+    }
+    let at = join(at, "filter.extension_filter.typed_config");
+    let cel: ExpressionFilter = decode_any(any, &at)?;
+    CelFilter::compile(&cel.expression, &join(&at, "expression")).map(Some)
 }
 
 /// The sinks of an `access_log` list at field `at`.
@@ -85,7 +129,9 @@ pub(crate) fn compile(logs: &[AccessLog], at: &str) -> FieldResult<Arc<[LogSink]
         if path.as_os_str().is_empty() {
             continue;
         }
+        let filter = cel_filter(log, &field)?;
         sinks.push(LogSink {
+            filter,
             path,
             json: matches!(format, Format::Json),
             custom_format: matches!(&format, Format::Text(t) if !is_istio_default(t)),
@@ -197,5 +243,30 @@ mod tests {
         }
         let err = compile(&l, "access_log").unwrap_err();
         assert_eq!(err.field, "access_log[0].typed_config", "{err:?}");
+    }
+
+    #[test]
+    fn a_cel_filter_is_compiled_and_a_bad_one_refused_with_its_field() {
+        let with = |expr: &str| {
+            logs(json!([{"name": "envoy.access_loggers.file",
+            "filter": {"extensionFilter": {"name": "envoy.access_loggers.extension_filters.cel",
+                "typedConfig": {"@type": "type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
+                    "expression": expr}}},
+            "typedConfig": {
+                "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                "path": "/x"
+            }}]))
+        };
+        let sinks = compile(&with("response.code >= 500"), "access_log").unwrap();
+        let ok = crate::telemetry::fixtures::request(200, Default::default(), None);
+        let failed = crate::telemetry::fixtures::request(503, Default::default(), None);
+        assert!(!sinks[0].accepts(&ok));
+        assert!(sinks[0].accepts(&failed));
+        let err = compile(&with("request.headers['x-tenant'] == 'a'"), "access_log").unwrap_err();
+        assert_eq!(
+            err.field, "access_log[0].filter.extension_filter.typed_config.expression",
+            "{err:?}"
+        );
+        assert!(err.reason.contains("x-tenant"), "{err:?}");
     }
 }

@@ -16,6 +16,7 @@
 //! load-balancer selectors built from them).
 
 pub mod access_log;
+pub mod access_log_filter;
 pub mod action;
 pub mod cluster;
 pub mod convert;

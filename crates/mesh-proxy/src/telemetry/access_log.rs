@@ -71,7 +71,7 @@ pub fn shared(sink: &LogSink) -> Option<Arc<AccessLog>> {
 
 /// Logs a finished request to every sink.
 pub fn log_request(sinks: &[LogSink], r: &RequestRecord) {
-    for sink in sinks {
+    for sink in sinks.iter().filter(|s| s.accepts(r)) {
         if let Some(log) = shared(sink) {
             log.request(r);
         }

@@ -1,0 +1,255 @@
+//! Telemetry access logging end to end: Istio YAML (a MeshConfig
+//! `envoyFileAccessLog` provider with JSON labels, a mesh-wide Telemetry
+//! selecting it with `filter.expression: response.code >= 500`) through
+//! mesh-control to a gateway that is a real `mesh-proxy` process or a
+//! stock Envoy. Requests that succeed leave no line; requests that fail
+//! (a Service without endpoints: 503 UH) leave one line each, with the
+//! response flags and upstream cluster.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use mesh_test_support::envoy::Envoy;
+use support::control_plane::ControlPlane;
+use support::proxy_process::{ProxyProcess, RunFlags};
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn mesh_yaml(log: &Path, port: u16, backend: u16) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: istio, namespace: istio-system}}
+data:
+  mesh: |
+    extensionProviders:
+    - name: errors
+      envoyFileAccessLog:
+        path: {log}
+        logFormat:
+          labels:
+            response_code: "%RESPONSE_CODE%"
+            response_flags: "%RESPONSE_FLAGS%"
+            upstream_cluster: "%UPSTREAM_CLUSTER%"
+            path: "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%"
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {{name: mesh-default, namespace: istio-system}}
+spec:
+  accessLogging:
+  - providers: [{{name: errors}}]
+    filter:
+      expression: "response.code >= 500"
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: reviews, namespace: default}}
+spec:
+  clusterIP: 10.96.32.10
+  selector: {{app: reviews}}
+  ports: [{{name: http, port: 9080, targetPort: {backend}}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: reviews-v1-0, namespace: default, labels: {{app: reviews}}}}
+spec: {{containers: [{{name: app, image: mesh-echo}}]}}
+status: {{podIP: 127.0.32.10}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: gone, namespace: default}}
+spec:
+  clusterIP: 10.96.32.11
+  selector: {{app: gone}}
+  ports: [{{name: http, port: 80, targetPort: 8080}}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: edge, namespace: istio-system}}
+spec:
+  selector: {{istio: edge}}
+  servers:
+  - port: {{number: {port}, name: http, protocol: HTTP}}
+    bind: 127.0.32.1
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: edge, namespace: istio-system}}
+spec:
+  hosts: ["*"]
+  gateways: [edge]
+  http:
+  - match: [{{uri: {{prefix: /broken}}}}]
+    route:
+    - destination: {{host: gone.default.svc.cluster.local, port: {{number: 80}}}}
+  - route:
+    - destination: {{host: reviews.default.svc.cluster.local, port: {{number: 9080}}}}
+"#,
+        log = log.display()
+    )
+}
+
+fn envoy_bootstrap(xds: SocketAddr) -> String {
+    format!(
+        r#"
+node:
+  id: router~127.0.0.1~edge-0.istio-system~istio-system.svc.cluster.local
+  cluster: edge
+  metadata:
+    NAME: edge-0
+    NAMESPACE: istio-system
+    LABELS: {{istio: edge}}
+admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {{admin_port}}}}}}
+dynamic_resources:
+  ads_config:
+    api_type: GRPC
+    transport_api_version: V3
+    set_node_on_first_message_only: true
+    grpc_services:
+    - envoy_grpc: {{cluster_name: xds-grpc}}
+  cds_config: {{ads: {{}}, resource_api_version: V3}}
+  lds_config: {{ads: {{}}, resource_api_version: V3}}
+static_resources:
+  clusters:
+  - name: xds-grpc
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}
+    load_assignment:
+      cluster_name: xds-grpc
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {xds_port}}}}}}}
+"#,
+        xds_port = xds.port(),
+    )
+}
+
+/// The log file's JSON lines.
+fn lines(log: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
+        .collect()
+}
+
+async fn only_failures_are_logged(envoy: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("errors.log");
+    let backend_port = free_port();
+    let _backend = Backend::serve(
+        bind(None, &format!("127.0.32.10:{backend_port}")),
+        "reviews",
+        "v1",
+    );
+    let port = free_port();
+    let config = tempfile::tempdir().unwrap();
+    std::fs::write(
+        config.path().join("mesh.yaml"),
+        mesh_yaml(&log, port, backend_port),
+    )
+    .unwrap();
+    let cp = ControlPlane::serve_loopback(config.path());
+    let mut _envoy = None;
+    let mut _proxy = None;
+    if envoy {
+        let e = Envoy::start(&envoy_bootstrap(cp.addr));
+        let ready = tokio::task::block_in_place(|| e.wait_ready(WAIT));
+        assert!(ready, "envoy not ready:\n{}", e.log());
+        cp.wait_synced(
+            "router~127.0.0.1~edge-0.istio-system~istio-system.svc.cluster.local",
+            WAIT,
+        )
+        .await;
+        _envoy = Some(e);
+    } else {
+        let mut flags = RunFlags::gateway(cp.addr);
+        let pod = flags.pod.as_mut().unwrap();
+        pod.name = "edge-0".into();
+        pod.labels = vec![("istio".into(), "edge".into())];
+        let proxy = ProxyProcess::start(flags);
+        cp.wait_synced(&proxy.flags.node_id(), WAIT).await;
+        _proxy = Some(proxy);
+    }
+    let entry = SocketAddr::from(([127, 0, 32, 1], port));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let reply = try_send(&h1(), http::Method::GET, entry, "reviews", "/ready", &[]).await;
+        if reply.as_ref().is_ok_and(|r| r.status == 200) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the gateway never answered 200: {reply:?}\n{}",
+            _envoy.as_ref().map(Envoy::log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for i in 0..5 {
+        let ok = send(
+            &h1(),
+            http::Method::GET,
+            entry,
+            "reviews",
+            &format!("/ok/{i}"),
+            &[],
+        )
+        .await;
+        assert_eq!(ok.status, 200);
+    }
+    for i in 0..3 {
+        let broken = send(
+            &h1(),
+            http::Method::GET,
+            entry,
+            "reviews",
+            &format!("/broken/{i}"),
+            &[],
+        )
+        .await;
+        assert_eq!(broken.status, 503);
+    }
+    let got = tokio::task::block_in_place(|| {
+        mesh_test_support::wait_for(Duration::from_secs(10), || {
+            let l = lines(&log);
+            (l.len() >= 3).then_some(l)
+        })
+    })
+    .unwrap_or_else(|| panic!("three failure lines never arrived: {:?}", lines(&log)));
+    // Let a wrongly logged success arrive too before counting.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got = if lines(&log).len() > got.len() {
+        lines(&log)
+    } else {
+        got
+    };
+    assert_eq!(got.len(), 3, "only the 503s are logged: {got:#?}");
+    for (i, line) in got.iter().enumerate() {
+        assert_eq!(line["response_code"], 503, "{line}");
+        assert_eq!(line["response_flags"], "UH", "{line}");
+        assert_eq!(
+            line["upstream_cluster"], "outbound|80||gone.default.svc.cluster.local",
+            "{line}"
+        );
+        assert_eq!(line["path"], format!("/broken/{i}"), "{line}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_proxy_logs_only_what_the_telemetry_filter_selects() {
+    only_failures_are_logged(false).await;
+}
