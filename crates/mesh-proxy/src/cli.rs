@@ -405,6 +405,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             observer: telemetry,
             identity: identity.map(|started| started.certs),
             outliers,
+            peer_metadata: crate::telemetry::peer::LocalMetadata::from_node(&node).map(Arc::new),
         },
     ));
     let mut trigger = Some(trigger);

@@ -67,6 +67,9 @@ pub struct Options {
     pub identity: Option<CertWatch>,
     /// Outlier detectors, kept across runtimes and read by the admin.
     pub outliers: Arc<outlier::Outliers>,
+    /// This proxy's peer metadata headers (Istio's metadata exchange);
+    /// `None`: nothing is exchanged, and peers' headers are only stripped.
+    pub peer_metadata: Option<Arc<crate::telemetry::peer::LocalMetadata>>,
 }
 
 /// A runtime with the connection pools that go with it.
@@ -87,6 +90,7 @@ pub(crate) struct Shared {
     generation: watch::Receiver<Arc<Generation>>,
     pub observer: Arc<dyn Observer>,
     identity: Option<CertWatch>,
+    pub peer_metadata: Option<Arc<crate::telemetry::peer::LocalMetadata>>,
 }
 
 /// What is known about a downstream connection once its listener and
@@ -141,6 +145,7 @@ impl Default for Options {
             observer: Arc::new(NoObserver),
             identity: None,
             outliers: Arc::default(),
+            peer_metadata: None,
         }
     }
 }
@@ -197,6 +202,7 @@ pub async fn run_with(
         generation: generation_rx,
         observer: options.observer,
         identity: options.identity,
+        peer_metadata: options.peer_metadata,
     });
     // Every connection task holds a sender; when all are gone, so are the
     // connections.

@@ -94,6 +94,11 @@ struct PendingSlot(Arc<Circuit>);
 #[derive(Clone, Copy, Debug)]
 pub struct ConnectionOverflowed;
 
+/// On a response over TLS originated here: the first URI SAN of the
+/// certificate the upstream presented (Envoy's `%UPSTREAM_PEER_URI_SAN%`).
+#[derive(Clone, Debug)]
+pub struct UpstreamPeer(pub Arc<str>);
+
 #[derive(Clone, Debug, PartialEq)]
 struct Settings {
     connect_timeout: Duration,
@@ -116,6 +121,9 @@ struct EndpointPool {
     /// Whether a reaper watches `idle` (read and written under its lock).
     reaping: AtomicBool,
     h2: tokio::sync::Mutex<Option<H2Conn>>,
+    /// The upstream's identity, from its last TLS handshake (every
+    /// connection of the pool verifies the same expected names).
+    peer: Mutex<Option<Arc<str>>>,
 }
 
 /// The HTTP/2 connection of an endpoint.
@@ -472,7 +480,31 @@ impl EndpointPool {
             idle: Mutex::new(Vec::new()),
             reaping: AtomicBool::new(false),
             h2: tokio::sync::Mutex::new(None),
+            peer: Mutex::new(None),
         }
+    }
+
+    /// Remembers who answered the handshake of `stream`.
+    fn learn_peer(&self, stream: &Stream) {
+        let Stream::ClientTls(tls) = stream else {
+            return;
+        };
+        let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+        let uri = leaf.and_then(|c| crate::tls::PeerNames::of(c).uris.into_iter().next());
+        if let Ok(mut peer) = self.peer.lock() {
+            *peer = uri.map(Arc::from);
+        }
+    }
+
+    /// `resp`, marked when its request waited at `max_connections`, and
+    /// with the upstream's identity when known.
+    fn mark(&self, mut resp: Response<ProxyBody>, overflowed: bool) -> Response<ProxyBody> {
+        if self.tls.is_some()
+            && let Some(peer) = self.peer.lock().ok().and_then(|p| p.clone())
+        {
+            resp.extensions_mut().insert(UpstreamPeer(peer));
+        }
+        mark(resp, overflowed)
     }
 
     fn checkout(&self, settings: &Settings) -> Option<Idle> {
@@ -506,7 +538,7 @@ impl EndpointPool {
                 match idle.sender.try_send_request(req).await {
                     Ok(resp) => {
                         let resp = self.returning(resp, idle.sender, idle.uses + 1, settings);
-                        return Ok(mark(resp, overflowed));
+                        return Ok(self.mark(resp, overflowed));
                     }
                     Err(mut e) => match e.take_message() {
                         Some(r) => req = r,
@@ -534,6 +566,7 @@ impl EndpointPool {
         };
         drop(pending);
         let stream = sender?;
+        self.learn_peer(&stream);
         let (mut sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
@@ -545,7 +578,7 @@ impl EndpointPool {
             }
         });
         match sender.send_request(req).await {
-            Ok(resp) => Ok(mark(self.returning(resp, sender, 1, settings), overflowed)),
+            Ok(resp) => Ok(self.mark(self.returning(resp, sender, 1, settings), overflowed)),
             Err(e) => Err(classify(e)),
         }
     }
@@ -622,6 +655,7 @@ impl EndpointPool {
                     overflowed = self.circuit.at_connection_limit();
                     let counted = self.circuit.connection(Some(&self.open), true);
                     let stream = connect(&self.address, self.tls.as_deref(), settings).await?;
+                    self.learn_peer(&stream);
                     let mut builder = http2::Builder::new(TokioExecutor::new());
                     builder.timer(TokioTimer::new());
                     if let Some(idle) = settings.idle_timeout {
@@ -666,7 +700,7 @@ impl EndpointPool {
                         _held: stream,
                     })
                 });
-                Ok(mark(resp, overflowed))
+                Ok(self.mark(resp, overflowed))
             }
             Err(e) => Err(classify(e)),
         }

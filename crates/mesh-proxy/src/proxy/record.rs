@@ -141,6 +141,10 @@ pub struct RequestRecord {
     /// The first URI SAN of the certificate the upstream host of the last
     /// attempt presented (`%UPSTREAM_PEER_URI_SAN%`).
     pub upstream_peer_principal: Option<Arc<str>>,
+    /// The first URI SAN of this proxy's certificate on the side where
+    /// the peer is: presented downstream on inbound mTLS, upstream on
+    /// outbound (Istio's `destination_principal` / `source_principal`).
+    pub local_principal: Option<Arc<str>>,
     /// The workload on the other side of the request, learnt by Istio's
     /// peer metadata exchange: the source for an inbound request, the
     /// destination for an outbound one.
@@ -230,6 +234,15 @@ pub struct TcpRecord {
     pub bytes_sent: u64,
     /// Connection lifetime.
     pub duration: Duration,
+    /// The downstream connection's transport security.
+    pub downstream_security: Security,
+    /// The first URI SAN of the downstream peer's certificate.
+    pub downstream_peer_principal: Option<Arc<str>>,
+    /// The first URI SAN of the upstream's certificate, when TLS was
+    /// originated here.
+    pub upstream_peer_principal: Option<Arc<str>>,
+    /// This proxy's certificate identity on the side of the peer.
+    pub local_principal: Option<Arc<str>>,
 }
 
 /// An observer that does nothing.

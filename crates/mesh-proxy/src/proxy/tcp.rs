@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use crate::proxy::pool::UpstreamError;
 use crate::proxy::record::{ResponseFlags, TcpRecord};
 use crate::proxy::{ConnInfo, Generation, Shared, Stream, outlier, pick_endpoint, upstream_tls};
-use crate::runtime::listener::TcpProxy;
+use crate::runtime::listener::{Direction, TcpProxy};
 
 /// Proxies `downstream` by `tcp`.
 pub(crate) async fn proxy(
@@ -47,6 +47,18 @@ pub(crate) async fn proxy(
         bytes_received: 0,
         bytes_sent: 0,
         duration: Duration::ZERO,
+        downstream_security: conn.security(),
+        downstream_peer_principal: conn.peer_principal(),
+        upstream_peer_principal: None,
+        local_principal: if conn.listener.direction == Direction::Inbound {
+            conn.session
+                .as_ref()
+                .filter(|s| s.peer.is_some())
+                .and_then(|s| s.local.uris.first())
+                .map(|u| Arc::from(u.as_str()))
+        } else {
+            None
+        },
     };
     let identity = shared.identity();
     // Counted for as long as the upstream connection lives.
@@ -223,7 +235,20 @@ async fn connect(
         };
         record.upstream_host = Some(address.to_string());
         let attempt = match upstream_tls(generation, identity, cluster, endpoint.as_deref()) {
-            Ok(tls) => pool.connect_tcp(&address, tls.as_deref()).await,
+            Ok(tls) => {
+                let attempt = pool.connect_tcp(&address, tls.as_deref()).await;
+                if let (Ok(Stream::ClientTls(s)), Some(tls)) = (&attempt, &tls) {
+                    record.local_principal = tls.local_uri.clone();
+                    record.upstream_peer_principal = s
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .and_then(|c| crate::tls::PeerNames::of(c).uris.into_iter().next())
+                        .map(Arc::from);
+                }
+                attempt
+            }
             Err(e) => Err(e),
         };
         if let Some(detector) = generation.outliers.get(cluster_name) {

@@ -19,8 +19,11 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::google::protobuf::{Struct, value::Kind};
 use prometheus_client::encoding::{EncodeLabel, EncodeLabelSet, LabelSetEncoder};
 
+use crate::proxy::record::Security;
 use crate::runtime::listener::Direction;
 use crate::runtime::route::strip_port;
+
+use super::peer::PeerMetadata;
 
 /// Istio's value for a label the proxy cannot know.
 pub const UNKNOWN: &str = "unknown";
@@ -28,6 +31,60 @@ pub const UNKNOWN: &str = "unknown";
 /// How many distinct peers learnt from `Host` headers (or SNI) are kept
 /// before new ones are reported as `unknown`.
 pub const MAX_HOST_DERIVED: usize = 1000;
+
+/// How many distinct peers (identities and exchanged metadata) are kept
+/// before further ones are reported as `unknown`.
+pub const MAX_PEER_DERIVED: usize = 1000;
+
+/// What a request or connection says about who is on either side: the
+/// transport security of the downstream connection, the certificates'
+/// identities and what the peer said of itself in the metadata exchange.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PeerFacts<'a> {
+    /// The downstream connection's security.
+    pub security: Security,
+    /// The other side's certificate identity (the downstream peer's on
+    /// inbound, the upstream's on outbound).
+    pub peer_principal: Option<&'a str>,
+    /// This proxy's certificate identity on that connection.
+    pub local_principal: Option<&'a str>,
+    /// The other side's exchanged metadata.
+    pub metadata: Option<&'a PeerMetadata>,
+}
+
+impl<'a> PeerFacts<'a> {
+    /// The facts of a request record.
+    pub fn of_request(r: &'a crate::proxy::record::RequestRecord) -> Self {
+        let peer_principal = match r.direction {
+            Direction::Inbound => r.downstream_peer_principal.as_deref(),
+            _ => r.upstream_peer_principal.as_deref(),
+        };
+        Self {
+            security: r.downstream_security,
+            peer_principal,
+            local_principal: r.local_principal.as_deref(),
+            metadata: r.peer.as_deref(),
+        }
+    }
+
+    /// The facts of a TCP record.
+    pub fn of_connection(r: &'a crate::proxy::record::TcpRecord) -> Self {
+        let peer_principal = match r.direction {
+            Direction::Inbound => r.downstream_peer_principal.as_deref(),
+            _ => r.upstream_peer_principal.as_deref(),
+        };
+        Self {
+            security: r.downstream_security,
+            peer_principal,
+            local_principal: r.local_principal.as_deref(),
+            metadata: None,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.peer_principal.is_none() && self.local_principal.is_none() && self.metadata.is_none()
+    }
+}
 
 /// Which side of a request a proxy reports as (Istio's `reporter`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -97,6 +154,7 @@ pub struct PeerCache {
     local: LocalIdentity,
     entries: RwLock<HashMap<String, Arc<PeerLabels>>>,
     host_derived: std::sync::atomic::AtomicUsize,
+    peer_derived: std::sync::atomic::AtomicUsize,
 }
 
 // === impl Reporter ===
@@ -227,13 +285,24 @@ impl PeerLabels {
         reporter: Reporter,
         cluster: Option<&str>,
         service: Service,
+        facts: &PeerFacts<'_>,
     ) -> Self {
+        // This side from the node and its certificate, the other from what
+        // it said in the metadata exchange and its certificate; `unknown`
+        // for what neither tells.
+        let mut this = local.workload.clone();
+        if let Some(p) = facts.local_principal {
+            this.principal = p.to_string();
+        }
+        let mut other = facts
+            .metadata
+            .map_or_else(Workload::unknown, |m| m.workload.clone());
+        other.principal = facts.peer_principal.unwrap_or(UNKNOWN).to_string();
         let (source, destination, security_policy) = match reporter {
-            // Without peer metadata exchange the other side is unknown;
-            // without mTLS the source side cannot tell the policy and the
-            // destination side knows it is plaintext.
-            Reporter::Source => (local.workload.clone(), Workload::unknown(), UNKNOWN),
-            Reporter::Destination => (Workload::unknown(), local.workload.clone(), "none"),
+            // As Istio: the source cannot tell the server's policy; the
+            // destination knows how its connection was secured.
+            Reporter::Source => (this, other, UNKNOWN),
+            Reporter::Destination => (other, this, facts.security.as_str()),
         };
         let mut labels = Self {
             reporter,
@@ -401,6 +470,7 @@ impl PeerCache {
             local,
             entries: RwLock::new(HashMap::new()),
             host_derived: std::sync::atomic::AtomicUsize::new(0),
+            peer_derived: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -417,6 +487,7 @@ impl PeerCache {
         direction: Direction,
         cluster: Option<&str>,
         host: Option<&str>,
+        facts: PeerFacts<'_>,
     ) -> Arc<PeerLabels> {
         let reporter = self.local.reporter(direction);
         let kind = cluster_kind(cluster);
@@ -426,15 +497,55 @@ impl PeerCache {
             Reporter::Source => 's',
             Reporter::Destination => 'd',
         };
-        // Cluster names and hosts never contain a newline.
-        let key = match (uses_host, host) {
+        // Cluster names, hosts and principals never contain a newline.
+        let mut key = match (uses_host, host) {
             (true, Some(h)) => format!("{tag}{}\n{h}", cluster.unwrap_or("")),
             _ => format!("{tag}{}", cluster.unwrap_or("")),
         };
+        if reporter == Reporter::Destination {
+            key.push(match facts.security {
+                Security::MutualTls => 'm',
+                _ => 'p',
+            });
+        }
+        if !facts.is_empty() {
+            use std::fmt::Write as _;
+            let metadata = facts.metadata.map(|m| {
+                let mut h = DefaultHasher::new();
+                m.hash(&mut h);
+                h.finish()
+            });
+            let _ = write!(
+                key,
+                "\n{}\n{}\n{metadata:?}",
+                facts.peer_principal.unwrap_or(""),
+                facts.local_principal.unwrap_or("")
+            );
+        }
         if let Ok(map) = self.entries.read()
             && let Some(found) = map.get(&key)
         {
             return found.clone();
+        }
+        // A new peer: counted against its own cap, past which the peer is
+        // unknown (the cache then holds the plain entry).
+        if !facts.is_empty()
+            && self
+                .peer_derived
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                >= MAX_PEER_DERIVED
+        {
+            self.peer_derived
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            return self.get(
+                direction,
+                cluster,
+                host,
+                PeerFacts {
+                    security: facts.security,
+                    ..PeerFacts::default()
+                },
+            );
         }
         let service = if uses_host
             && self
@@ -452,11 +563,23 @@ impl PeerCache {
                 },
                 _ => Service::unknown(),
             };
-            return Arc::new(PeerLabels::new(&self.local, reporter, cluster, service));
+            return Arc::new(PeerLabels::new(
+                &self.local,
+                reporter,
+                cluster,
+                service,
+                &facts,
+            ));
         } else {
             self.service(reporter, &kind, host)
         };
-        let labels = Arc::new(PeerLabels::new(&self.local, reporter, cluster, service));
+        let labels = Arc::new(PeerLabels::new(
+            &self.local,
+            reporter,
+            cluster,
+            service,
+            &facts,
+        ));
         match self.entries.write() {
             Ok(mut map) => map.entry(key).or_insert(labels).clone(),
             Err(_) => labels,
@@ -545,7 +668,7 @@ mod tests {
         namespace: &str,
     ) {
         let cache = PeerCache::new(sidecar());
-        let p = cache.get(Direction::Outbound, cluster, host);
+        let p = cache.get(Direction::Outbound, cluster, host, PeerFacts::default());
         assert_eq!(p.reporter, Reporter::Source);
         assert_eq!(p.source.name, "reviews-v1");
         assert_eq!(p.destination, Workload::unknown());
@@ -567,6 +690,7 @@ mod tests {
             Direction::Inbound,
             Some("inbound|9080||"),
             Some("reviews:9080"),
+            PeerFacts::default(),
         );
         assert_eq!(p.reporter, Reporter::Destination);
         assert_eq!(p.destination.name, "reviews-v1");
@@ -575,7 +699,12 @@ mod tests {
         assert_eq!(p.service_namespace, "bookinfo");
         assert_eq!(p.security_policy, "none");
         // Cached: the same Arc comes back.
-        let again = cache.get(Direction::Inbound, Some("inbound|9080||"), Some("reviews"));
+        let again = cache.get(
+            Direction::Inbound,
+            Some("inbound|9080||"),
+            Some("reviews"),
+            PeerFacts::default(),
+        );
         assert!(Arc::ptr_eq(&p, &again));
     }
 
@@ -587,9 +716,15 @@ mod tests {
                 Direction::Outbound,
                 None,
                 Some(&format!("h{i}.example.com")),
+                PeerFacts::default(),
             );
         }
-        let p = cache.get(Direction::Outbound, None, Some("new.example.com"));
+        let p = cache.get(
+            Direction::Outbound,
+            None,
+            Some("new.example.com"),
+            PeerFacts::default(),
+        );
         assert_eq!(p.service, UNKNOWN);
         assert!(cache.entries.read().unwrap().len() <= MAX_HOST_DERIVED + 1);
         // Clusters that name their service are never capped.
@@ -597,7 +732,129 @@ mod tests {
             Direction::Outbound,
             Some("outbound|80||a.b.svc.cluster.local"),
             Some("x"),
+            PeerFacts::default(),
         );
         assert_eq!(p.service_name, "a");
+    }
+
+    fn productpage() -> PeerMetadata {
+        PeerMetadata {
+            id: "sidecar~10.1.0.9~productpage-v1-1.bookinfo~bookinfo.svc.cluster.local".into(),
+            workload: Workload {
+                name: "productpage-v1".into(),
+                namespace: "bookinfo".into(),
+                principal: UNKNOWN.into(),
+                app: "productpage".into(),
+                version: "v1".into(),
+                canonical_service: "productpage".into(),
+                canonical_revision: "v1".into(),
+                cluster: "Kubernetes".into(),
+            },
+        }
+    }
+
+    const REVIEWS: &str = "spiffe://cluster.local/ns/bookinfo/sa/bookinfo-reviews";
+    const PRODUCTPAGE: &str = "spiffe://cluster.local/ns/bookinfo/sa/bookinfo-productpage";
+
+    #[test]
+    fn inbound_mutual_tls_names_both_workloads_and_principals() {
+        let cache = PeerCache::new(sidecar());
+        let peer = productpage();
+        let facts = PeerFacts {
+            security: Security::MutualTls,
+            peer_principal: Some(PRODUCTPAGE),
+            local_principal: Some(REVIEWS),
+            metadata: Some(&peer),
+        };
+        let p = cache.get(
+            Direction::Inbound,
+            Some("inbound|9080||"),
+            Some("reviews:9080"),
+            facts,
+        );
+        assert_eq!(p.reporter, Reporter::Destination);
+        assert_eq!(p.security_policy, "mutual_tls");
+        assert_eq!(p.source.name, "productpage-v1");
+        assert_eq!(p.source.app, "productpage");
+        assert_eq!(p.source.principal, PRODUCTPAGE);
+        assert_eq!(p.destination.name, "reviews-v1");
+        assert_eq!(p.destination.principal, REVIEWS);
+        // Plaintext from nobody in particular is another series.
+        let plain = cache.get(
+            Direction::Inbound,
+            Some("inbound|9080||"),
+            Some("reviews:9080"),
+            PeerFacts::default(),
+        );
+        assert_eq!(plain.security_policy, "none");
+        assert_eq!(plain.source, Workload::unknown());
+        assert!(!Arc::ptr_eq(&p, &plain));
+        // The same peer again is the same entry.
+        let again = cache.get(
+            Direction::Inbound,
+            Some("inbound|9080||"),
+            Some("reviews:9080"),
+            facts,
+        );
+        assert!(Arc::ptr_eq(&p, &again));
+    }
+
+    #[test]
+    fn outbound_names_the_destination_the_peer_said_it_was() {
+        let cache = PeerCache::new(sidecar());
+        let mut peer = productpage();
+        peer.workload.name = "ratings-v1".into();
+        let p = cache.get(
+            Direction::Outbound,
+            Some("outbound|9080||ratings.bookinfo.svc.cluster.local"),
+            None,
+            PeerFacts {
+                // The downstream (the app over loopback) is plaintext.
+                security: Security::Plaintext,
+                peer_principal: Some(PRODUCTPAGE),
+                local_principal: Some(REVIEWS),
+                metadata: Some(&peer),
+            },
+        );
+        assert_eq!(p.reporter, Reporter::Source);
+        assert_eq!(p.security_policy, UNKNOWN);
+        assert_eq!(p.source.name, "reviews-v1");
+        assert_eq!(p.source.principal, REVIEWS);
+        assert_eq!(p.destination.name, "ratings-v1");
+        assert_eq!(p.destination.principal, PRODUCTPAGE);
+        assert_eq!(p.service_name, "ratings");
+    }
+
+    #[test]
+    fn peers_are_capped() {
+        let cache = PeerCache::new(sidecar());
+        let principals: Vec<String> = (0..MAX_PEER_DERIVED + 5)
+            .map(|i| format!("spiffe://cluster.local/ns/x/sa/{i}"))
+            .collect();
+        for p in &principals {
+            cache.get(
+                Direction::Inbound,
+                Some("inbound|9080||"),
+                None,
+                PeerFacts {
+                    security: Security::MutualTls,
+                    peer_principal: Some(p),
+                    ..PeerFacts::default()
+                },
+            );
+        }
+        let last = cache.get(
+            Direction::Inbound,
+            Some("inbound|9080||"),
+            None,
+            PeerFacts {
+                security: Security::MutualTls,
+                peer_principal: Some("spiffe://cluster.local/ns/x/sa/new"),
+                ..PeerFacts::default()
+            },
+        );
+        assert_eq!(last.source.principal, UNKNOWN);
+        assert_eq!(last.security_policy, "mutual_tls");
+        assert!(cache.entries.read().unwrap().len() <= MAX_PEER_DERIVED + 2);
     }
 }

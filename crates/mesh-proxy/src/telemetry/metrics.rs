@@ -20,7 +20,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use super::envoy_stats::{ClusterStats, RbacStats};
-use super::labels::{LocalIdentity, PeerCache, PeerLabels};
+use super::labels::{LocalIdentity, PeerCache, PeerFacts, PeerLabels};
 use crate::proxy::record::{RequestRecord, ResponseFlags, TcpRecord};
 
 /// Istio's buckets for `istio_request_duration_milliseconds`.
@@ -152,6 +152,7 @@ impl Metrics {
             r.direction,
             r.cluster.as_deref(),
             Some(r.authority.as_str()).filter(|a| !a.is_empty()),
+            PeerFacts::of_request(r),
         );
         if let Some(cluster) = &peer.cluster {
             self.clusters.request(cluster, r);
@@ -179,9 +180,12 @@ impl Metrics {
     /// connection closes, so `opened` moves then too; totals are right,
     /// but a long-lived connection shows up in `opened` only at its end.
     pub fn connection(&self, r: &TcpRecord) {
-        let peer = self
-            .peers
-            .get(r.direction, r.cluster.as_deref(), r.server_name.as_deref());
+        let peer = self.peers.get(
+            r.direction,
+            r.cluster.as_deref(),
+            r.server_name.as_deref(),
+            PeerFacts::of_connection(r),
+        );
         if let Some(cluster) = &peer.cluster {
             self.clusters.connection(cluster, r);
         }
@@ -310,6 +314,10 @@ mod tests {
             bytes_received: 5,
             bytes_sent: 7,
             duration: Duration::ZERO,
+            downstream_security: Default::default(),
+            downstream_peer_principal: None,
+            upstream_peer_principal: None,
+            local_principal: None,
         };
         m.connection(&r);
         let text = scrape(&m);

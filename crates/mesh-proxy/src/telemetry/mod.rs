@@ -180,6 +180,7 @@ pub(crate) mod fixtures {
             downstream_security: Default::default(),
             downstream_peer_principal: None,
             upstream_peer_principal: None,
+            local_principal: None,
             peer: None,
             trace_id: None,
         }

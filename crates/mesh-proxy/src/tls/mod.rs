@@ -79,6 +79,9 @@ pub struct ClientTls {
     /// Changes whenever the settings or the material do: connections made
     /// with another fingerprint are not reused.
     pub fingerprint: u64,
+    /// The first URI SAN of the client certificate presented, if any
+    /// (Envoy's `%UPSTREAM_LOCAL_URI_SAN%`... as Istio reads it).
+    pub local_uri: Option<Arc<str>>,
 }
 
 type Cached<T> = (Option<Arc<MeshTls>>, Arc<T>);
@@ -229,10 +232,15 @@ fn build_client(
         .with_safe_default_protocol_versions()?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier));
+    let mut local_uri = None;
     let mut config = match &tls.certificate {
         Some(source) => {
             let (chain, key) = certificate(runtime, identity, source)?;
             chain.hash(&mut hasher);
+            local_uri = chain
+                .first()
+                .and_then(|c| PeerNames::of(c).uris.into_iter().next())
+                .map(Arc::from);
             builder.with_client_auth_cert(chain, key)?
         }
         None => builder.with_no_client_auth(),
@@ -243,6 +251,7 @@ fn build_client(
         config: Arc::new(config),
         sni: tls.sni.clone(),
         fingerprint: hasher.finish(),
+        local_uri,
     })
 }
 

@@ -35,6 +35,7 @@ use crate::runtime::action::{Forward, HostRewrite, RetryOn, RetryPolicy, Target,
 use crate::runtime::cluster::UpstreamProtocol;
 use crate::runtime::convert::HostAddress;
 use crate::runtime::lb::hash::{self, HashContext};
+use crate::runtime::listener::Direction;
 use crate::runtime::matcher::RequestView;
 
 /// `x-envoy-attempt-count`.
@@ -332,6 +333,21 @@ pub(super) async fn forward<'a>(
             cluster,
             endpoint.as_deref(),
         );
+        // Istio's metadata exchange goes only to mesh peers: over Istio
+        // mutual TLS (ALPN `istio*`).
+        let mesh_peer = matches!(&tls, Ok(Some(t)) if is_istio_mtls(t));
+        if ctx.conn.listener.direction != Direction::Inbound {
+            rec.local_principal = match &tls {
+                Ok(Some(t)) => t.local_uri.clone(),
+                _ => None,
+            };
+        }
+        if mesh_peer
+            && ctx.conn.listener.direction != Direction::Inbound
+            && let Some(local) = &ctx.shared.peer_metadata
+        {
+            local.insert(upstream_req.headers_mut());
+        }
         let result = match tls {
             Err(e) => Err(Failure::Upstream(e)),
             Ok(tls) => {
@@ -402,6 +418,18 @@ pub(super) async fn forward<'a>(
             Ok(mut resp) => {
                 if resp.extensions().get::<ConnectionOverflowed>().is_some() {
                     rec.breakers.cx_overflow = true;
+                }
+                rec.upstream_peer_principal = resp
+                    .extensions()
+                    .get::<crate::proxy::pool::UpstreamPeer>()
+                    .map(|p| p.0.clone());
+                // The destination's metadata, from a mesh peer; an app's
+                // (or a non-mesh server's) headers of that name go no
+                // further either.
+                if mesh_peer && ctx.conn.listener.direction != Direction::Inbound {
+                    rec.peer = crate::telemetry::peer::take(resp.headers_mut());
+                } else {
+                    crate::telemetry::peer::strip(resp.headers_mut());
                 }
                 if m.vh.attempt_count_in_response {
                     resp.headers_mut()
@@ -861,6 +889,15 @@ fn spawn_mirror(
 fn shadow_host(authority: &str) -> String {
     let host = crate::runtime::route::strip_port(authority);
     format!("{host}-shadow{}", &authority[host.len()..])
+}
+
+/// Whether `tls` is Istio's mutual TLS to a mesh proxy: it offers Istio's
+/// ALPN markers (`istio`, `istio-peer-exchange`, `istio-http/1.1`, ...).
+fn is_istio_mtls(tls: &crate::tls::ClientTls) -> bool {
+    tls.config
+        .alpn_protocols
+        .iter()
+        .any(|p| p.starts_with(b"istio"))
 }
 
 #[cfg(test)]

@@ -43,7 +43,7 @@ use crate::proxy::{ConnInfo, Generation, Shared};
 use crate::runtime::action::{Action, WeightedTarget};
 use crate::runtime::convert::HeaderOps;
 use crate::runtime::jwt::JwtAuthn;
-use crate::runtime::listener::{Codec, HttpManager, NetworkFilter, RouteSource};
+use crate::runtime::listener::{Codec, Direction, HttpManager, NetworkFilter, RouteSource};
 use crate::runtime::matcher::RequestView;
 use crate::runtime::metadata::Metadata;
 use crate::runtime::route::{Route, RouteTable, TlsRequirement, VirtualHost, strip_port};
@@ -459,6 +459,13 @@ async fn handle(req: Request<Incoming>, ctx: Arc<HttpCtx>) -> Response<ProxyBody
     for (name, value) in std::mem::take(&mut out.response_headers) {
         resp.headers_mut().append(name, value);
     }
+    // The answer to a mesh peer that said who it is says who we are.
+    if rec.peer.is_some()
+        && rec.direction == Direction::Inbound
+        && let Some(local) = &ctx.shared.peer_metadata
+    {
+        local.insert(resp.headers_mut());
+    }
     rec.response_code = resp.status().as_u16();
     // A trailers-only gRPC response carries its status in the headers;
     // otherwise the trailers will (read by the observed body).
@@ -542,6 +549,12 @@ fn base_record(conn: &ConnInfo) -> RequestRecord {
         downstream_security: conn.security(),
         downstream_peer_principal: conn.peer_principal(),
         upstream_peer_principal: None,
+        local_principal: conn
+            .session
+            .as_ref()
+            .filter(|s| s.peer.is_some())
+            .and_then(|s| s.local.uris.first())
+            .map(|u| Arc::from(u.as_str())),
         peer: None,
         trace_id: None,
     }
@@ -745,6 +758,11 @@ async fn process(
                 {
                     rec.flags.insert(ResponseFlags::FAULT_INJECTED);
                     rec.details = Some("fault_filter_abort".into());
+                    // As Envoy, the route's cluster is known once the route
+                    // is (weighted clusters are picked by the router).
+                    if let crate::runtime::action::Target::Cluster(c) = &f.target {
+                        rec.cluster = Some(c.clone());
+                    }
                     return local::abort(abort);
                 }
             }
@@ -785,6 +803,15 @@ fn normalise(req: &mut Request<ProxyBody>, ctx: &HttpCtx, rec: &mut RequestRecor
         }
     }
     xfcc::apply(headers, &ctx.hcm.xfcc, ctx.conn.session.as_ref());
+    // Istio's metadata exchange: a mesh peer (over mutual TLS) says who it
+    // is; the headers never reach the app, nor go on from here.
+    if ctx.conn.listener.direction == Direction::Inbound
+        && rec.downstream_security == crate::proxy::record::Security::MutualTls
+    {
+        rec.peer = crate::telemetry::peer::take(headers);
+    } else {
+        crate::telemetry::peer::strip(headers);
+    }
     let scheme = if ctx.conn.tls { "https" } else { "http" };
     if edge || !headers.contains_key("x-forwarded-proto") {
         headers.insert("x-forwarded-proto", HeaderValue::from_static(scheme));
