@@ -18,6 +18,8 @@
 
 #[path = "local/outside_and_ingress.rs"]
 mod outside_and_ingress;
+#[path = "local/prometheus.rs"]
+mod prometheus;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

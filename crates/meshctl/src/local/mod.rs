@@ -18,6 +18,7 @@ pub mod manifest;
 mod net;
 mod pod;
 mod process;
+pub mod prometheus;
 pub mod state;
 pub mod status;
 pub mod up;

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use mesh_api::wellknown::{DEFAULT_TRUST_DOMAIN, PROXY_GID, PROXY_UID, XDS_TLS_PORT};
+use mesh_control::inject::STATUS_PORT;
 
 use super::manifest::{EnvVar, LocalPod, Plan, Role, hosts_file, running_pod};
 use super::process::{in_netns, output_bounded, output_with_input, sibling_dir, spawn_detached};
@@ -217,6 +218,12 @@ fn start_proxy(
                 .args(["--pod-name", &pod.name, "--pod-namespace", &pod.namespace])
                 .args(["--instance-ip", &ip.to_string()])
                 .args(["--service-account", &pod.service_account])
+                // Istio's status port: the merged metrics Prometheus scrapes
+                // (see `prometheus`), reachable from the host over the bridge.
+                .args(["--status-address", &format!("0.0.0.0:{STATUS_PORT}")])
+                // The injector's `ISTIO_META_WORKLOAD_NAME`: the Deployment,
+                // which Istio's metrics report as `*_workload`.
+                .env("ISTIO_META_WORKLOAD_NAME", workload_name(pod))
                 .args(&identity);
             for (key, value) in &pod.labels {
                 command.arg("--label").arg(format!("{key}={value}"));
@@ -231,6 +238,18 @@ fn start_proxy(
         p.proxy_pid = Some(proxy_pid);
     }
     state.save(run_dir)
+}
+
+/// The pod's workload: its Deployment's name (pods are
+/// `<deployment>-<ordinal>`), else the pod's own.
+fn workload_name(pod: &LocalPod) -> &str {
+    if pod.origin.starts_with("Deployment ")
+        && let Some((name, ordinal)) = pod.name.rsplit_once('-')
+        && ordinal.bytes().all(|b| b.is_ascii_digit())
+    {
+        return name;
+    }
+    &pod.name
 }
 
 /// Starts the pod's app (its container's command) in the pod's namespace,

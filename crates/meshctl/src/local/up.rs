@@ -303,7 +303,10 @@ fn start(
         print_started(&pod.role, &pod.name, &pod.namespace, ip, out)?;
     }
     write_service_rules(state, plan)?;
-    await_pods(state, run_dir, args)
+    await_pods(state, run_dir, args)?;
+    let scrape = super::prometheus::write(state, run_dir)?;
+    writeln!(out, "Prometheus scrape config {}", scrape.display())?;
+    Ok(())
 }
 
 /// The line `up` prints for a started pod.
@@ -466,6 +469,7 @@ fn reconcile(
     }
     write_service_rules(&state, plan)?;
     await_pods(&state, run_dir, args)?;
+    super::prometheus::write(&state, run_dir)?;
     writeln!(out)?;
     status::print(&state, out)?;
     Ok(0)
