@@ -517,6 +517,10 @@ mod tests {
             bytes_received: 0,
             bytes_sent: 0,
             duration: Duration::from_millis(1),
+            downstream_security: Default::default(),
+            downstream_peer_principal: None,
+            upstream_peer_principal: None,
+            local_principal: None,
         }
     }
 
