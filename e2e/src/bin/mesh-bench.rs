@@ -102,6 +102,11 @@ enum Area {
         /// Do not pin the proxies and the bench to separate CPUs.
         #[arg(long)]
         no_pin: bool,
+        /// Skip the telemetry phase (a second mesh-proxy and Envoy tracing
+        /// every request over OTLP and scraped for metrics every second,
+        /// in the fixed-rate windows).
+        #[arg(long)]
+        no_telemetry: bool,
     },
     /// Zero trust: added latency and CPU per request with mTLS on both
     /// hops (a pair of mesh-proxy sidecars against a pair of Envoy
@@ -389,6 +394,7 @@ fn main() -> anyhow::Result<()> {
             load_threads,
             no_envoy,
             no_pin,
+            no_telemetry,
         } => {
             let (duration, warmup, rounds) = windows(quick, duration_secs, rounds)?;
             let report = bench::proxy::run(bench::proxy::Params {
@@ -403,9 +409,13 @@ fn main() -> anyhow::Result<()> {
                 load_threads,
                 envoy: !no_envoy,
                 pin: !no_pin,
+                telemetry: !no_telemetry,
                 workspace: workspace(),
             })?;
             println!("\n{}", bench::proxy::summary(&report));
+            if let Some(t) = bench::proxy::telemetry_summary(&report) {
+                println!("{t}");
+            }
             write_report(
                 &args.out_dir,
                 "proxy",

@@ -86,8 +86,6 @@ spec:
     )
 }
 
-/// Loads `yaml` and builds the snapshot, failing on any object the loader
-/// rejects (the bench would measure something else then).
 /// The two gateways of a bench, `<prefix>-envoy` for Envoy on
 /// 127.0.0.1:`envoy_port` and `<prefix>-mesh-proxy` for ours on
 /// 127.0.0.1:`ours_port`, each a YAML document ending with `---`.
@@ -110,7 +108,14 @@ spec:
     gateway("envoy", ENVOY_SELECTOR, envoy_port) + &gateway("mesh-proxy", OURS_SELECTOR, ours_port)
 }
 
+/// Loads `yaml` and builds the snapshot, failing on any object the loader
+/// rejects (the bench would measure something else then).
 pub fn snapshot(yaml: &str) -> anyhow::Result<Snapshot> {
+    snapshot_with(yaml, MeshConfig::default())
+}
+
+/// [`snapshot`] with `mesh` as the MeshConfig.
+pub fn snapshot_with(yaml: &str, mesh: MeshConfig) -> anyhow::Result<Snapshot> {
     let loaded = mesh_api::load_str("bench.yaml", yaml);
     if let Some(bad) = loaded.iter().find(|l| l.object.is_none()) {
         bail!(
@@ -119,7 +124,7 @@ pub fn snapshot(yaml: &str) -> anyhow::Result<Snapshot> {
             bad.report
         );
     }
-    Ok(Snapshot::build(1, loaded.iter(), MeshConfig::default()))
+    Ok(Snapshot::build(1, loaded.iter(), mesh))
 }
 
 /// The node id a router named `pod` in [`GATEWAY_NAMESPACE`] at

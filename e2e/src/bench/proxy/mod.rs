@@ -20,6 +20,13 @@
 //!    per request answered, and its memory ([`procfs`]) idle (configured,
 //!    before any load) and under load.
 //!
+//! With telemetry ([`telemetry`], on unless `--no-telemetry`), a second
+//! mesh-proxy and a second Envoy run beside the plain pair, tracing every
+//! request to an OTLP collector in the bench and scraped for their
+//! Prometheus metrics once a second; their fixed-rate windows rotate with
+//! the others', and the report gives the cost of telemetry per request
+//! (each twin minus its plain peer) and the ratios with telemetry on.
+//!
 //! The proxies and the bench share the machine; with two or more CPUs
 //! each proxy is pinned to one CPU and the bench to the others
 //! ([`procfs::Pinning`]). The report states what was done, and whether a
@@ -32,6 +39,7 @@
 //! and the report's cells.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -40,6 +48,7 @@ use super::Machine;
 use load::{ClosedLoop, Dest, LoadResult, OpenLoop, Protocol, Quantiles, Window};
 use procfs::{Memory, Pinning};
 use subject::{Kind, Proxy};
+use telemetry::{Collector, ScrapeStats, Scraper, TelemetryReport};
 
 pub mod backend;
 pub mod load;
@@ -47,8 +56,9 @@ pub mod mesh;
 pub mod procfs;
 pub(crate) mod report;
 pub mod subject;
+pub mod telemetry;
 
-pub use report::{markdown, plot, section, summary, update_index};
+pub use report::{markdown, plot, section, summary, telemetry_summary, update_index};
 
 /// Added p99 latency, ours / Envoy, at most.
 pub const ADDED_P99_MAX_RATIO: f64 = 0.5;
@@ -92,6 +102,9 @@ pub struct Params {
     pub envoy: bool,
     /// Pin the proxies and the bench to separate CPUs (when possible).
     pub pin: bool,
+    /// Also measure a telemetry twin of each proxy (tracing at 100 % to
+    /// the bench's collector, metrics scraped every second).
+    pub telemetry: bool,
     /// The workspace (finds `.venv/` for Envoy).
     pub workspace: PathBuf,
 }
@@ -161,6 +174,8 @@ pub struct Report {
     pub envoy_skipped: Option<String>,
     /// Direct, ours, Envoy (if run), in that order.
     pub targets: Vec<TargetResult>,
+    /// The telemetry twins, when measured.
+    pub telemetry: Option<TelemetryReport>,
     /// Wall time of the whole run.
     pub wall: Duration,
     /// The workspace's commit, and whether the proxy's sources differ from it.
@@ -172,6 +187,29 @@ struct Target {
     kind: Kind,
     addr: std::net::SocketAddr,
     proxy: Option<Proxy>,
+    /// A telemetry twin: scraped during its windows into this.
+    scrapes: Option<Arc<ScrapeStats>>,
+}
+
+// === impl Target ===
+
+impl Target {
+    fn new(kind: Kind, addr: std::net::SocketAddr, proxy: Option<Proxy>) -> Self {
+        Self {
+            kind,
+            addr,
+            proxy,
+            scrapes: None,
+        }
+    }
+
+    /// How the run's output names it.
+    fn name(&self) -> String {
+        match self.scrapes {
+            Some(_) => format!("{}+telemetry", self.kind.name()),
+            None => self.kind.name().to_string(),
+        }
+    }
 }
 
 /// The load shape of one window.
@@ -351,22 +389,32 @@ pub fn run(params: Params) -> anyhow::Result<Report> {
     let backend = service_rt.spawn(backend::serve(backend_listener));
     let ours_port = crate::envoy::free_port()?;
     let envoy_port = crate::envoy::free_port()?;
-    let snapshot = mesh::snapshot(&mesh::config_yaml(
-        backend_addr.port(),
-        ours_port,
-        envoy_port,
-    ))?;
+    let mut yaml = mesh::config_yaml(backend_addr.port(), ours_port, envoy_port);
+    let mut mesh_config = mesh_api::mesh_config::MeshConfig::default();
+    // The telemetry twins' gateway ports and the collector they export to.
+    let twins = if params.telemetry {
+        let (collector, collector_addr) = service_rt.block_on(Collector::start())?;
+        let ports = (crate::envoy::free_port()?, crate::envoy::free_port()?);
+        yaml.push_str("---\n");
+        yaml.push_str(&telemetry::config_yaml(
+            collector_addr.port(),
+            ports.0,
+            ports.1,
+        ));
+        mesh_config = telemetry::mesh_config()?;
+        println!("OTLP collector on {collector_addr}");
+        Some((collector, ports))
+    } else {
+        None
+    };
+    let snapshot = mesh::snapshot_with(&yaml, mesh_config)?;
     let control = service_rt.block_on(mesh::ControlPlane::start(snapshot))?;
     println!(
         "backend on {backend_addr}, control plane on {}",
         control.addr
     );
 
-    let mut targets = vec![Target {
-        kind: Kind::Direct,
-        addr: backend_addr,
-        proxy: None,
-    }];
+    let mut targets = vec![Target::new(Kind::Direct, backend_addr, None)];
     // Envoy first, and its admin bound before anything else connects:
     // `EnvoyProcess` picks its admin port by binding port 0 and releasing
     // it, and Envoy's bind then fails if a connection of ours (e.g. an ADS
@@ -379,30 +427,48 @@ pub fn run(params: Params) -> anyhow::Result<Report> {
         }
         None => None,
     };
+    let envoy_twin = match (&envoy_bin, &twins) {
+        (Some(bin), Some((_, (_, port)))) => {
+            let mut twin = Proxy::start_envoy_as(
+                bin,
+                control.addr,
+                *port,
+                telemetry::ENVOY_POD,
+                &telemetry::labels(Kind::Envoy),
+            )?;
+            twin.wait_admin(STARTUP_TIMEOUT)?;
+            Some(twin)
+        }
+        _ => None,
+    };
     let ours = Proxy::start_ours(&ours_bin, control.addr, ours_port)?;
-    targets.push(Target {
-        kind: Kind::Ours,
-        addr: ours.addr,
-        proxy: Some(ours),
-    });
+    targets.push(Target::new(Kind::Ours, ours.addr, Some(ours)));
     if let Some(envoy) = envoy {
-        targets.push(Target {
-            kind: Kind::Envoy,
-            addr: envoy.addr,
-            proxy: Some(envoy),
-        });
+        targets.push(Target::new(Kind::Envoy, envoy.addr, Some(envoy)));
+    }
+    if let Some((_, (port, _))) = &twins {
+        let twin = Proxy::start_ours_as(
+            &ours_bin,
+            control.addr,
+            *port,
+            telemetry::OURS_POD,
+            &telemetry::labels(Kind::Ours),
+        )?;
+        let mut target = Target::new(Kind::Ours, twin.addr, Some(twin));
+        target.scrapes = Some(Arc::default());
+        targets.push(target);
+    }
+    if let Some(twin) = envoy_twin {
+        let mut target = Target::new(Kind::Envoy, twin.addr, Some(twin));
+        target.scrapes = Some(Arc::default());
+        targets.push(target);
     }
 
     let mut results: Vec<TargetResult> = targets
         .iter()
         .map(|t| TargetResult {
-            kind: t.kind,
             version: t.proxy.as_ref().map(|p| p.version.clone()),
-            latency: Default::default(),
-            throughput: Default::default(),
-            idle: None,
-            after: None,
-            ready_in: None,
+            ..empty_result(t.kind)
         })
         .collect();
 
@@ -411,23 +477,30 @@ pub fn run(params: Params) -> anyhow::Result<Report> {
     }
     // Let start-up work (and the readiness requests) settle.
     std::thread::sleep(Duration::from_secs(1));
+    let spans_at_start = twins.as_ref().map(|(c, _)| c.counts());
     for (target, result) in targets.iter().zip(&mut results) {
         result.idle = target.proxy.as_ref().and_then(|p| procfs::memory(p.pid));
     }
 
     let ticks = procfs::ticks_per_second();
+    // The telemetry twins take part in the fixed-rate phase only.
+    let plain = targets.iter().filter(|t| t.scrapes.is_none()).count();
     for (phase, shape) in [("fixed rate", Shape::Open), ("throughput", Shape::Closed)] {
+        let n = match shape {
+            Shape::Open => targets.len(),
+            Shape::Closed => plain,
+        };
         for protocol in Protocol::ALL {
             for round in 0..params.rounds {
-                for k in 0..targets.len() {
-                    let i = (round + k) % targets.len();
+                for k in 0..n {
+                    let i = (round + k) % n;
                     let window =
                         measure(&load_rt, &mut targets[i], shape, protocol, &params, ticks)?;
                     let label = format!(
-                        "{phase} {} round {}: {:<10}",
+                        "{phase} {} round {}: {:<21}",
                         protocol.name(),
                         round + 1,
-                        targets[i].kind.name()
+                        targets[i].name()
                     );
                     print_window(&label, &window);
                     let result = &mut results[i];
@@ -446,6 +519,37 @@ pub fn run(params: Params) -> anyhow::Result<Report> {
     let load_after = procfs::loadavg();
     println!("load average after: {load_after}");
 
+    let telemetry = twins.map(|(collector, _)| {
+        // Spans of the last windows may still be batched in the proxies.
+        collector.wait_flushed(Duration::from_secs(2), telemetry::FLUSH_WAIT);
+        let mut spans = collector.counts();
+        // Count the measured traffic only, not the readiness checks.
+        for (service, before) in spans_at_start.unwrap_or_default() {
+            if let Some(c) = spans.get_mut(&service) {
+                c.spans = c.spans.saturating_sub(before.spans);
+                c.exports = c.exports.saturating_sub(before.exports);
+            }
+        }
+        let scrapes = targets
+            .iter()
+            .filter_map(|t| Some((t.kind, t.scrapes.as_ref()?.summary())))
+            .collect();
+        let twins: Vec<TargetResult> = targets
+            .iter()
+            .zip(&mut results)
+            .filter(|(t, _)| t.scrapes.is_some())
+            .map(|(_, r)| std::mem::replace(r, empty_result(Kind::Direct)))
+            .collect();
+        let report = TelemetryReport {
+            targets: twins,
+            spans,
+            scrapes,
+        };
+        print_spans(&report);
+        report
+    });
+    results.truncate(plain);
+
     drop(targets);
     drop(control);
     let report_workspace = params.workspace.clone();
@@ -457,9 +561,57 @@ pub fn run(params: Params) -> anyhow::Result<Report> {
         load_avg: (load_before, load_after),
         envoy_skipped,
         targets: results,
+        telemetry,
         wall: wall.elapsed(),
         source: source_revision(&report_workspace),
     })
+}
+
+/// A result of `kind` with nothing measured yet.
+fn empty_result(kind: Kind) -> TargetResult {
+    TargetResult {
+        kind,
+        version: None,
+        latency: Default::default(),
+        throughput: Default::default(),
+        idle: None,
+        after: None,
+        ready_in: None,
+    }
+}
+
+/// Prints the spans the collector received from each telemetry twin,
+/// loudly when one sent none (the comparison is meaningless then).
+fn print_spans(report: &TelemetryReport) {
+    for t in &report.targets {
+        let c = report.spans_of(t.kind);
+        let answered: u64 = t.latency.iter().map(Series::ok).sum();
+        println!(
+            "collector: {} spans in {} exports from {}+telemetry ({} answers measured, warm-up not counted)",
+            c.spans,
+            c.exports,
+            t.kind.name(),
+            answered
+        );
+        if c.spans == 0 {
+            eprintln!(
+                "\n!!! {}+telemetry exported NO spans: its telemetry numbers measure no tracing at all !!!\n",
+                t.kind.name()
+            );
+        }
+    }
+    for (service, c) in &report.spans {
+        let known = report
+            .targets
+            .iter()
+            .any(|t| telemetry::service_name(t.kind) == *service);
+        if !known {
+            println!(
+                "collector: {} spans from unexpected service {service:?}",
+                c.spans
+            );
+        }
+    }
 }
 
 /// `git rev-parse --short HEAD` of the workspace, noting uncommitted
@@ -521,22 +673,22 @@ fn bring_up(
                 .unwrap_or_default();
             bail!(
                 "{} does not answer 200 over {}: {e}\n{log}",
-                target.kind.name(),
+                target.name(),
                 protocol.name()
             );
         }
     }
+    let name = target.name();
     let Some(proxy) = &target.proxy else {
         return Ok(());
     };
-    wait_synced(control, &proxy.node_id, proxy.kind.name())?;
+    wait_synced(control, &proxy.node_id, &name)?;
     if let Ok(p) = pinning {
         p.pin_proxy(proxy.pid)
-            .map_err(|e| anyhow::anyhow!("pinning {}: {e}", proxy.kind.name()))?;
+            .map_err(|e| anyhow::anyhow!("pinning {name}: {e}"))?;
     }
     println!(
-        "{} (PID {}, {}) configured, in sync and serving {:.2?} after start",
-        proxy.kind.name(),
+        "{name} (PID {}, {}) configured, in sync and serving {:.2?} after start",
         proxy.pid,
         proxy.version,
         result.ready_in.unwrap_or_default()
@@ -612,8 +764,16 @@ fn measure(
             },
         )),
     };
-    let what = format!("{} {}", target.kind.name(), protocol.name());
-    run_window(load_rt, &pids, window, handle, ticks, &what)
+    let what = format!("{} {}", target.name(), protocol.name());
+    // A telemetry twin is scraped as Prometheus would, from the start of
+    // the load to the end of the window.
+    let scraper = match (&target.scrapes, &target.proxy) {
+        (Some(stats), Some(proxy)) => Some(Scraper::start(proxy.prometheus_port(), stats.clone())),
+        _ => None,
+    };
+    let result = run_window(load_rt, &pids, window, handle, ticks, &what);
+    drop(scraper);
+    result
 }
 
 /// The window of a load started now: it opens its connections, warms up

@@ -11,9 +11,10 @@ use plotters::prelude::*;
 
 use super::load::{Protocol, REPORTED};
 use super::subject::Kind;
+use super::telemetry::{self, TelemetryReport};
 use super::{
     ADDED_P99_MAX_RATIO, CPU_MAX_RATIO, RSS_MAX_RATIO, Report, Series, THROUGHPUT_MIN_RATIO,
-    TargetResult,
+    TargetResult, added_us,
 };
 
 /// Below this share of its CPU a proxy was not saturated in the
@@ -340,6 +341,21 @@ pub fn markdown(report: &Report) -> String {
                 opt(s.other_busy(), |b| format!("{b:.0}%")),
             );
         }
+        let twins = report.telemetry.iter().flat_map(|t| &t.targets);
+        for t in twins.clone() {
+            let s = &t.latency[i];
+            let _ = writeln!(
+                md,
+                "| {} | {}+telemetry | {} | {} | {} | {} | {} |",
+                protocol.name(),
+                t.kind.name(),
+                quantile_cells(s),
+                s.ok(),
+                s.errors(),
+                opt(s.cpu_ms_per_1k(), |v| format!("{v:.1} ms")),
+                opt(s.other_busy(), |b| format!("{b:.0}%")),
+            );
+        }
         for kind in [Kind::Ours, Kind::Envoy] {
             if let Some(a) = report.added(kind, protocol) {
                 let cells: Vec<String> = a.iter().map(|&v| signed_us(v)).collect();
@@ -348,6 +364,19 @@ pub fn markdown(report: &Report) -> String {
                     "| {} | added by {} | {} | | | | |",
                     protocol.name(),
                     kind.name(),
+                    cells.join(" | ")
+                );
+            }
+        }
+        let direct = report.target(Kind::Direct).map(|d| &d.latency[i]);
+        for t in twins {
+            if let Some(a) = direct.and_then(|d| added_us(&t.latency[i], d)) {
+                let cells: Vec<String> = a.iter().map(|&v| signed_us(v)).collect();
+                let _ = writeln!(
+                    md,
+                    "| {} | added by {}+telemetry | {} | | | | |",
+                    protocol.name(),
+                    t.kind.name(),
                     cells.join(" | ")
                 );
             }
@@ -379,13 +408,22 @@ pub fn markdown(report: &Report) -> String {
          the most this bench can drive.\n",
     );
 
+    telemetry_markdown(&mut md, report);
+
     md.push_str(
         "\n## Memory\n\n| target | idle VmRSS | under load VmRSS (max sampled) | peak VmHWM | start to admin /ready |\n|---|---:|---:|---:|---:|\n",
     );
-    for t in report.targets.iter().filter(|t| t.kind != Kind::Direct) {
+    let twins = report.telemetry.iter().flat_map(|t| &t.targets);
+    let rows = report
+        .targets
+        .iter()
+        .filter(|t| t.kind != Kind::Direct)
+        .map(|t| (t, ""))
+        .chain(twins.map(|t| (t, "+telemetry")));
+    for (t, suffix) in rows {
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} |",
+            "| {}{suffix} | {} | {} | {} | {} |",
             t.kind.name(),
             opt(t.idle, |m| mb(m.rss_kb)),
             mb(t.rss_load_kb()),
@@ -408,6 +446,224 @@ pub fn markdown(report: &Report) -> String {
     md
 }
 
+/// Added p99 (µs) of `t`'s fixed-rate `protocol` series over the direct path.
+fn added_p99(report: &Report, t: Option<&TargetResult>, protocol: Protocol) -> Option<f64> {
+    let i = protocol.index();
+    let direct = &report.target(Kind::Direct)?.latency[i];
+    added_us(&t?.latency[i], direct).map(|a| a[2])
+}
+
+/// Proxy CPU per 1,000 answers of `t`'s fixed-rate `protocol` series.
+fn cpu_1k(t: Option<&TargetResult>, protocol: Protocol) -> Option<f64> {
+    t?.latency[protocol.index()].cpu_ms_per_1k()
+}
+
+/// The targets with telemetry on (ratios mesh-proxy / Envoy, both
+/// tracing and scraped), and what telemetry costs each per request; `None`
+/// when the telemetry phase did not run.
+pub fn telemetry_summary(report: &Report) -> Option<String> {
+    let tel = report.telemetry.as_ref()?;
+    let rate = report.params.rate;
+    let mut md = String::new();
+    md.push_str(
+        "| measure, telemetry on | mesh-proxy | Envoy | ratio | target | met |\n|---|---:|---:|---:|---:|---|\n",
+    );
+    for protocol in Protocol::ALL {
+        target_row(
+            &mut md,
+            &format!("added p99 latency, {} at {rate:.0} req/s", protocol.name()),
+            added_p99(report, tel.target(Kind::Ours), protocol),
+            added_p99(report, tel.target(Kind::Envoy), protocol),
+            " µs",
+            Goal::AtMost(ADDED_P99_MAX_RATIO),
+        );
+    }
+    for protocol in Protocol::ALL {
+        target_row(
+            &mut md,
+            &format!(
+                "CPU per 1,000 requests, {} at {rate:.0} req/s",
+                protocol.name()
+            ),
+            cpu_1k(tel.target(Kind::Ours), protocol),
+            cpu_1k(tel.target(Kind::Envoy), protocol),
+            " ms",
+            Goal::AtMost(CPU_MAX_RATIO),
+        );
+    }
+    for protocol in Protocol::ALL {
+        let cost =
+            |k: Kind| Some(cpu_1k(tel.target(k), protocol)? - cpu_1k(report.target(k), protocol)?);
+        target_row(
+            &mut md,
+            &format!(
+                "telemetry's CPU per 1,000 requests (on minus off), {}",
+                protocol.name()
+            ),
+            cost(Kind::Ours),
+            cost(Kind::Envoy),
+            " ms",
+            Goal::None,
+        );
+    }
+    Some(md)
+}
+
+/// The per-proxy table: CPU per 1,000 requests and added p99 without and
+/// with telemetry, and the difference.
+fn telemetry_cost_table(report: &Report, tel: &TelemetryReport) -> String {
+    let mut md = String::from(
+        "| protocol | proxy | CPU per 1,000 req, off | on | telemetry's CPU per 1,000 req | per request | added p99, off | on | difference |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for protocol in Protocol::ALL {
+        for kind in [Kind::Ours, Kind::Envoy] {
+            let (off, on) = (report.target(kind), tel.target(kind));
+            if on.is_none() {
+                continue;
+            }
+            let (cpu_off, cpu_on) = (cpu_1k(off, protocol), cpu_1k(on, protocol));
+            let cost = cpu_off.zip(cpu_on).map(|(a, b)| b - a);
+            let (p99_off, p99_on) = (
+                added_p99(report, off, protocol),
+                added_p99(report, on, protocol),
+            );
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                protocol.name(),
+                kind.name(),
+                opt(cpu_off, |v| format!("{v:.1} ms")),
+                opt(cpu_on, |v| format!("{v:.1} ms")),
+                opt(cost, |v| format!("{v:+.1} ms")),
+                // ms per 1,000 requests is µs per request.
+                opt(cost, |v| format!("{v:+.0} µs")),
+                opt(p99_off, signed_us),
+                opt(p99_on, signed_us),
+                opt(p99_off.zip(p99_on), |(a, b)| signed_us(b - a)),
+            );
+        }
+    }
+    md
+}
+
+/// The spans the collector got and the scrapes, per telemetry proxy.
+fn telemetry_export_table(tel: &TelemetryReport) -> String {
+    let mut md = String::from(
+        "| proxy | spans received | export calls | spans per measured answer | scrapes ok / failed | scrape size |\n\
+         |---|---:|---:|---:|---:|---:|\n",
+    );
+    for t in &tel.targets {
+        let c = tel.spans_of(t.kind);
+        let answered: u64 = t.latency.iter().map(Series::ok).sum();
+        let scrapes = tel
+            .scrapes
+            .iter()
+            .find(|(k, _)| *k == t.kind)
+            .map(|(_, s)| *s)
+            .unwrap_or_default();
+        let spans = if c.spans == 0 {
+            "**0 (no tracing measured)**".to_string()
+        } else {
+            c.spans.to_string()
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {spans} | {} | {} | {} / {} | {:.0} kB |",
+            t.kind.name(),
+            c.exports,
+            if answered > 0 {
+                format!("{:.2}", c.spans as f64 / answered as f64)
+            } else {
+                "-".into()
+            },
+            scrapes.ok,
+            scrapes.failed,
+            scrapes.mean_bytes as f64 / 1000.0,
+        );
+    }
+    md
+}
+
+/// What qualifies the telemetry numbers.
+fn telemetry_notes(report: &Report) -> Vec<String> {
+    let Some(tel) = &report.telemetry else {
+        return Vec::new();
+    };
+    let mut notes = Vec::new();
+    for t in &tel.targets {
+        let c = tel.spans_of(t.kind);
+        let answered: u64 = t.latency.iter().map(Series::ok).sum();
+        if c.spans == 0 {
+            notes.push(format!(
+                "**{}+telemetry exported no spans to the collector: its telemetry numbers measure no tracing, the comparison is meaningless**",
+                t.kind.name()
+            ));
+        } else if c.spans < answered {
+            notes.push(format!(
+                "{}+telemetry exported {} spans for {answered} measured answers: it dropped spans (less work than tracing every request)",
+                t.kind.name(),
+                c.spans
+            ));
+        }
+        for (phase, series) in [("fixed rate", &t.latency)] {
+            for protocol in Protocol::ALL {
+                let s = &series[protocol.index()];
+                if s.errors() > 0 {
+                    notes.push(format!(
+                        "{}+telemetry {} {phase}: {} errors (first: {})",
+                        t.kind.name(),
+                        protocol.name(),
+                        s.errors(),
+                        s.first_error().unwrap_or("-")
+                    ));
+                }
+            }
+        }
+    }
+    if let Some((kind, s)) = tel.scrapes.iter().find(|(_, s)| s.failed > 0) {
+        notes.push(format!(
+            "{} scrapes of {}+telemetry's `{}` failed",
+            s.failed,
+            kind.name(),
+            telemetry::PROMETHEUS_PATH
+        ));
+    }
+    notes
+}
+
+/// The telemetry part of the markdown report.
+fn telemetry_markdown(md: &mut String, report: &Report) {
+    let Some(tel) = &report.telemetry else {
+        md.push_str("\n## Telemetry overhead\n\nNot measured in this run (`--no-telemetry`).\n");
+        return;
+    };
+    let _ = write!(
+        md,
+        "\n## Telemetry overhead (metrics plus tracing)\n\n\
+         A second mesh-proxy and a second Envoy, identical to the first pair but for their labels, \
+         selected by a Telemetry resource in the root namespace (`tracing: [{{providers: [{{name: {}}}], \
+         randomSamplingPercentage: {}}}]`, the provider an `opentelemetry` extension provider of MeshConfig \
+         whose Service is an OTLP/gRPC collector in the bench counting spans). Both export with their \
+         defaults (Envoy flushes every 5 s or every 5 spans, mesh-proxy's batch processor every 5 s or 512 spans). \
+         Both always record metrics (mesh-proxy Istio's standard metrics, Envoy its own stats; stock Envoy has no Istio \
+         stats filter); the telemetry pair is also scraped at `{}` once a second during its windows. \
+         Their fixed-rate windows rotate with the other targets'; *off* is the plain proxy of the same run.\n\n",
+        telemetry::PROVIDER,
+        telemetry::SAMPLING,
+        telemetry::PROMETHEUS_PATH,
+    );
+    md.push_str(&telemetry_summary(report).unwrap_or_default());
+    md.push('\n');
+    md.push_str(&telemetry_cost_table(report, tel));
+    md.push_str("\nSpans and scrapes (warm-up traffic is traced too, readiness checks are not counted; each request through a gateway makes a server span and an upstream client span):\n\n");
+    md.push_str(&telemetry_export_table(tel));
+    md.push_str(
+        "\nThe latency rows per percentile of the telemetry pair are in the latency table above \
+         (`+telemetry` rows).\n",
+    );
+}
+
 /// First line of the proxy section of `docs/benchmarks.md`.
 pub const SECTION_BEGIN: &str = "<!-- mesh-bench proxy: begin -->";
 /// Last line of the proxy section of `docs/benchmarks.md`.
@@ -421,15 +677,36 @@ pub fn section(report: &Report) -> String {
         .and_then(|t| t.version.clone())
         .map(|v| format!("Envoy {v}"))
         .unwrap_or_else(|| "no Envoy (not run)".into());
+    let mut table = summary(report);
+    if let (Some(tel), Some(t)) = (&report.telemetry, telemetry_summary(report)) {
+        let _ = write!(
+            table,
+            "\n### Telemetry overhead\n\n\
+             The same run, a second pair tracing every request (Telemetry in the root namespace, \
+             `opentelemetry` provider, 100 % sampling, OTLP/gRPC to a collector in the bench) and scraped \
+             at `/stats/prometheus` every second; metrics are always on in all four.\n\n{t}\n{}",
+            telemetry_cost_table(report, tel)
+        );
+        let spans: Vec<String> = tel
+            .targets
+            .iter()
+            .map(|t| format!("{} {}", t.kind.name(), tel.spans_of(t.kind).spans))
+            .collect();
+        let _ = writeln!(
+            table,
+            "\nSpans received by the collector: {}.",
+            spans.join(", ")
+        );
+    }
     index_section(
         (SECTION_BEGIN, SECTION_END),
         (&report.machine, &report.source, &report.load_avg.0),
         &format!(
             "mesh-proxy against {envoy}, one worker each, the same one-hop configuration \
              from mesh-control, measured in alternating rounds. Full report with latency, \
-             throughput and memory tables: [proxy.md](benchmarks/proxy.md)."
+             throughput, telemetry and memory tables: [proxy.md](benchmarks/proxy.md)."
         ),
-        &summary(report),
+        &table,
         &notes(report),
     )
 }
@@ -497,14 +774,16 @@ pub(crate) fn replace_section(
 
 /// What limits or qualifies the numbers of this run.
 fn notes(report: &Report) -> Vec<String> {
-    let mut notes = Vec::new();
+    let mut notes = telemetry_notes(report);
     if report.machine.profile != "release" {
         notes.push("debug build: the numbers are not comparable; rerun with --release".into());
     }
+    let twins = report.telemetry.iter().flat_map(|t| &t.targets);
     notes.extend(other_work_note(
         report
             .targets
             .iter()
+            .chain(twins)
             .flat_map(|t| t.latency.iter().chain(&t.throughput)),
         "the proxy under test",
     ));

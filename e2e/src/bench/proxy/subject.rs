@@ -46,6 +46,8 @@ enum Process {
     Ours {
         child: Child,
         admin: SocketAddr,
+        /// Istio's 15090: `/stats/prometheus`.
+        stats: SocketAddr,
         dir: PathBuf,
     },
     Envoy(EnvoyProcess),
@@ -135,6 +137,24 @@ impl Proxy {
     /// `istio: mesh-bench-proxy`, one worker thread, its admin, health and
     /// Prometheus servers on free loopback ports.
     pub fn start_ours(binary: &Path, xds: SocketAddr, listen_port: u16) -> anyhow::Result<Self> {
+        Self::start_ours_as(
+            binary,
+            xds,
+            listen_port,
+            OURS_POD,
+            &[("istio", OURS_SELECTOR)],
+        )
+    }
+
+    /// [`Proxy::start_ours`] as the pod `pod` of [`GATEWAY_NAMESPACE`]
+    /// with `labels`.
+    pub fn start_ours_as(
+        binary: &Path,
+        xds: SocketAddr,
+        listen_port: u16,
+        pod: &str,
+        labels: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let health = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let stats = SocketAddr::from(([127, 0, 0, 1], free_port()?));
@@ -149,12 +169,16 @@ impl Proxy {
         // caller's environment would change the node the control plane sees.
         let path = std::env::var_os("PATH").unwrap_or_default();
         let started = Instant::now();
-        let child = Command::new(binary)
+        let mut command = Command::new(binary);
+        command
             .args(["run", "--xds-address", &format!("http://{xds}")])
-            .args(["--role", "router", "--pod-name", OURS_POD])
+            .args(["--role", "router", "--pod-name", pod])
             .args(["--pod-namespace", GATEWAY_NAMESPACE])
-            .args(["--instance-ip", "127.0.0.1"])
-            .args(["--label", &format!("istio={OURS_SELECTOR}")])
+            .args(["--instance-ip", "127.0.0.1"]);
+        for (k, v) in labels {
+            command.args(["--label", &format!("{k}={v}")]);
+        }
+        let child = command
             .args(["--admin-address", &admin.to_string()])
             .args(["--health-address", &health.to_string()])
             .args(["--stats-address", &stats.to_string()])
@@ -172,9 +196,14 @@ impl Proxy {
             addr: SocketAddr::from(([127, 0, 0, 1], listen_port)),
             pid: child.id(),
             version: version_line(binary, "version"),
-            node_id: node_id(OURS_POD),
+            node_id: node_id(pod),
             started,
-            process: Process::Ours { child, admin, dir },
+            process: Process::Ours {
+                child,
+                admin,
+                stats,
+                dir,
+            },
         })
     }
 
@@ -182,7 +211,29 @@ impl Proxy {
     /// [`crate::envoy`] (labels `istio: ingressgateway`).
     pub fn start_envoy(binary: &Path, xds: SocketAddr, listen_port: u16) -> anyhow::Result<Self> {
         let bootstrap = router_bootstrap(ENVOY_POD, GATEWAY_NAMESPACE, xds.port());
-        let process = EnvoyProcess::start(binary, &bootstrap, "warn")
+        Self::start_envoy_with(binary, &bootstrap, ENVOY_POD, listen_port)
+    }
+
+    /// [`Proxy::start_envoy`] as the pod `pod` of [`GATEWAY_NAMESPACE`]
+    /// with `labels` (its node metadata `LABELS`).
+    pub fn start_envoy_as(
+        binary: &Path,
+        xds: SocketAddr,
+        listen_port: u16,
+        pod: &str,
+        labels: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let bootstrap = labelled_router_bootstrap(pod, labels, xds.port());
+        Self::start_envoy_with(binary, &bootstrap, pod, listen_port)
+    }
+
+    fn start_envoy_with(
+        binary: &Path,
+        bootstrap: &str,
+        pod: &str,
+        listen_port: u16,
+    ) -> anyhow::Result<Self> {
+        let process = EnvoyProcess::start(binary, bootstrap, "warn")
             .with_context(|| format!("starting {}", binary.display()))?;
         // EnvoyProcess keeps its Child; find the PID by the scratch
         // directory it put on Envoy's command line.
@@ -201,7 +252,7 @@ impl Proxy {
             addr: SocketAddr::from(([127, 0, 0, 1], listen_port)),
             pid,
             version: version_line(binary, "--version"),
-            node_id: node_id(ENVOY_POD),
+            node_id: node_id(pod),
             started: process.started,
             process: Process::Envoy(process),
         })
@@ -247,6 +298,15 @@ impl Proxy {
         )
     }
 
+    /// The port of its Prometheus endpoint (`/stats/prometheus`):
+    /// mesh-proxy's stats server (Istio's 15090), Envoy's admin.
+    pub fn prometheus_port(&self) -> u16 {
+        match &self.process {
+            Process::Ours { stats, .. } => stats.port(),
+            Process::Envoy(e) => e.admin_port,
+        }
+    }
+
     /// GET on the admin API: the body of a 200.
     pub fn admin(&self, path: &str) -> Option<String> {
         match &self.process {
@@ -282,6 +342,49 @@ impl Proxy {
         };
         tail(&log, 40)
     }
+}
+
+/// A router bootstrap like [`router_bootstrap`]'s for the pod `pod` of
+/// [`GATEWAY_NAMESPACE`], its node metadata carrying `labels`.
+fn labelled_router_bootstrap(pod: &str, labels: &[(&str, &str)], xds_port: u16) -> String {
+    let ns = GATEWAY_NAMESPACE;
+    let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+    let labels = labels.join(", ");
+    format!(
+        r#"
+node:
+  id: router~127.0.0.1~{pod}.{ns}~{ns}.svc.cluster.local
+  cluster: {pod}
+  metadata:
+    NAMESPACE: {ns}
+    LABELS: {{{labels}}}
+admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {{admin_port}}}}}}
+dynamic_resources:
+  ads_config:
+    api_type: GRPC
+    transport_api_version: V3
+    set_node_on_first_message_only: true
+    grpc_services:
+    - envoy_grpc: {{cluster_name: xds-grpc}}
+  cds_config: {{ads: {{}}, resource_api_version: V3}}
+  lds_config: {{ads: {{}}, resource_api_version: V3}}
+static_resources:
+  clusters:
+  - name: xds-grpc
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}
+    load_assignment:
+      cluster_name: xds-grpc
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {xds_port}}}}}}}
+"#
+    )
 }
 
 /// The last `n` lines of `text`.
