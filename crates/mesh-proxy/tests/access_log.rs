@@ -6,6 +6,14 @@
 //! `access_log_telemetry` case). Requests that succeed leave no line; requests that fail
 //! (a Service without endpoints: 503 UH) leave one line each, with the
 //! response flags and upstream cluster.
+//!
+//! A second case gives two providers custom formats (a text
+//! `logFormat.text` with `%TRACE_ID%` and the peer SAN operators, and JSON
+//! `labels`) with tracing on: every request leaves one line in each file,
+//! rendered from the format, the trace id being the one the client sent
+//! in `traceparent`. The gateway's hops are plaintext here, so the SANs
+//! print `-` (their values from mTLS records are asserted in the
+//! formatter's unit tests).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -196,4 +204,192 @@ async fn only_failures_are_logged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mesh_proxy_logs_only_what_the_telemetry_filter_selects() {
     only_failures_are_logged().await;
+}
+
+/// Two access log providers with custom formats and a tracing provider
+/// (its collector is not listening: spans are made, export fails).
+fn custom_formats_yaml(text_log: &Path, json_log: &Path, port: u16, backend: u16) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: istio, namespace: istio-system}}
+data:
+  mesh: |
+    extensionProviders:
+    - name: text
+      envoyFileAccessLog:
+        path: {text_log}
+        logFormat:
+          text: "%TRACE_ID% %DOWNSTREAM_PEER_URI_SAN% %UPSTREAM_PEER_URI_SAN% %RESPONSE_CODE% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %%"
+    - name: json
+      envoyFileAccessLog:
+        path: {json_log}
+        logFormat:
+          labels:
+            trace: "%TRACE_ID%"
+            code: "%RESPONSE_CODE%"
+            peer: "%DOWNSTREAM_PEER_URI_SAN%"
+            upstream_peer: "%UPSTREAM_PEER_URI_SAN%"
+            line: "%REQ(:METHOD)% %REQ(:PATH)% %PROTOCOL%"
+            cluster: "%UPSTREAM_CLUSTER%"
+    - name: otel
+      opentelemetry: {{service: observability/otel.observability.svc.cluster.local, port: 4317}}
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {{name: mesh-default, namespace: istio-system}}
+spec:
+  tracing:
+  - providers: [{{name: otel}}]
+    randomSamplingPercentage: 100
+  accessLogging:
+  - providers: [{{name: text}}, {{name: json}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: otel, namespace: observability}}
+spec:
+  clusterIP: 10.96.32.19
+  selector: {{app: otel}}
+  ports: [{{name: grpc-otlp, port: 4317, targetPort: 4317}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: reviews, namespace: default}}
+spec:
+  clusterIP: 10.96.32.10
+  selector: {{app: reviews}}
+  ports: [{{name: http, port: 9080, targetPort: {backend}}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: reviews-v1-0, namespace: default, labels: {{app: reviews}}}}
+spec: {{containers: [{{name: app, image: mesh-echo}}]}}
+status: {{podIP: 127.0.32.10}}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: edge, namespace: istio-system}}
+spec:
+  selector: {{istio: edge}}
+  servers:
+  - port: {{number: {port}, name: http, protocol: HTTP}}
+    bind: 127.0.32.2
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: edge, namespace: istio-system}}
+spec:
+  hosts: ["*"]
+  gateways: [edge]
+  http:
+  - route:
+    - destination: {{host: reviews.default.svc.cluster.local, port: {{number: 9080}}}}
+"#,
+        text_log = text_log.display(),
+        json_log = json_log.display(),
+    )
+}
+
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_proxy_writes_custom_text_and_json_formats() {
+    let dir = tempfile::tempdir().unwrap();
+    let text_log = dir.path().join("text.log");
+    let json_log = dir.path().join("json.log");
+    let backend_port = free_port();
+    let _backend = Backend::serve(
+        bind(None, &format!("127.0.32.10:{backend_port}")),
+        "reviews",
+        "v1",
+    );
+    let port = free_port();
+    let config = tempfile::tempdir().unwrap();
+    std::fs::write(
+        config.path().join("mesh.yaml"),
+        custom_formats_yaml(&text_log, &json_log, port, backend_port),
+    )
+    .unwrap();
+    let cp = ControlPlane::serve_loopback(config.path());
+    let mut flags = RunFlags::gateway(cp.addr);
+    let pod = flags.pod.as_mut().unwrap();
+    pod.name = "edge-0".into();
+    pod.labels = vec![("istio".into(), "edge".into())];
+    let proxy = ProxyProcess::start(flags);
+    cp.wait_synced(&proxy.flags.node_id(), WAIT).await;
+    let entry = SocketAddr::from(([127, 0, 32, 2], port));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let reply = try_send(&h1(), http::Method::GET, entry, "reviews", "/ready", &[]).await;
+        if reply.as_ref().is_ok_and(|r| r.status == 200) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the gateway never answered 200: {reply:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let traceparent = format!("00-{TRACE_ID}-00f067aa0ba902b7-01");
+    for i in 0..3 {
+        let ok = send(
+            &h1(),
+            http::Method::GET,
+            entry,
+            "reviews",
+            &format!("/custom/{i}"),
+            &[("traceparent", traceparent.as_str())],
+        )
+        .await;
+        assert_eq!(ok.status, 200);
+    }
+    let read = |p: &Path| {
+        std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("/custom/"))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let (text, json) = tokio::task::block_in_place(|| {
+        mesh_test_support::wait_for(Duration::from_secs(10), || {
+            let (t, j) = (read(&text_log), read(&json_log));
+            (t.len() >= 3 && j.len() >= 3).then_some((t, j))
+        })
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "three lines per format never arrived: text {:?}, json {:?}",
+            read(&text_log),
+            read(&json_log)
+        )
+    });
+    // Envoy appends nothing to a text format; istiod (and mesh-control)
+    // end `logFormat.text` with a newline, so there is one line each.
+    let raw = std::fs::read_to_string(&text_log).unwrap();
+    assert!(raw.ends_with("%\n"), "{raw:?}");
+    for (i, line) in text.iter().enumerate() {
+        assert_eq!(line, &format!("{TRACE_ID} - - 200 /custom/{i} %"));
+    }
+    for (i, line) in json.iter().enumerate() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON: {line:?}: {e}"));
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "trace": TRACE_ID,
+                "code": 200,
+                "peer": null,
+                "upstream_peer": null,
+                "line": format!("GET /custom/{i} HTTP/1.1"),
+                "cluster": "outbound|9080||reviews.default.svc.cluster.local",
+            }),
+            "{line}"
+        );
+        // Keys in Envoy's (sorted) order.
+        assert!(line.starts_with("{\"cluster\":"), "{line}");
+    }
 }

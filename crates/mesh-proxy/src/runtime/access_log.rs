@@ -1,13 +1,19 @@
 //! The `access_log` of a connection manager or TCP proxy: file, stdout and
 //! stderr loggers (`envoy.access_loggers.file` / `.stdout` / `.stderr`),
-//! which is what Istio sends for MeshConfig `accessLogFile`.
+//! which is what Istio sends for MeshConfig `accessLogFile` and Telemetry
+//! `envoyFileAccessLog` providers.
 //!
-//! Lines are written in Istio's default text format, or as Istio's JSON
-//! when the logger asks for a JSON format (`telemetry::access_log`). A
-//! text format other than Istio's default is written in Istio's default
-//! (logged once when the file opens); a logger of another kind
-//! (OpenTelemetry, gRPC) is not implemented and is left out, never
-//! refused: what is logged does not change what is served.
+//! Each logger's format is compiled here into a [`Formatter`]
+//! (`telemetry::format`): `log_format` (`text_format`,
+//! `text_format_source`, `json_format`, `omit_empty_values`), or the
+//! deprecated `format` / `json_format` / `typed_json_format`; none is
+//! Envoy's default format. A format Envoy would refuse (an unterminated
+//! `%OP`, an unknown operator) refuses the update with the format's field,
+//! so the last good listener keeps serving. Operators mesh-proxy cannot
+//! fill (see the formatter's docs) print `-` and are logged once per
+//! format. A logger of another kind (OpenTelemetry, gRPC) is not
+//! implemented and is left out, never refused: what is logged does not
+//! change what is served.
 //!
 //! A logger's `filter` that is Envoy's CEL extension filter (what istiod
 //! writes for Telemetry `filter.expression`) is compiled
@@ -19,8 +25,9 @@
 // Envoy still reads the deprecated format fields, so they are read too.
 #![allow(deprecated)]
 
+use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use envoy_types::pb::envoy::config::accesslog::v3::{
     AccessLog, access_log, access_log_filter, extension_filter,
@@ -39,18 +46,17 @@ use envoy_types::pb::envoy::extensions::access_loggers::filters::cel::v3::Expres
 
 use super::access_log_filter::CelFilter;
 use super::convert::decode_any;
-use super::{FieldResult, join};
+use super::{FieldResult, invalid, join};
 use crate::proxy::record::RequestRecord;
+use crate::telemetry::format::{self, Formatter};
 
 /// One access log sink.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogSink {
     /// Where lines go (`/dev/stdout` and `/dev/stderr` for the streams).
     pub path: PathBuf,
-    /// Istio's JSON format instead of its text format.
-    pub json: bool,
-    /// A text format other than Istio's default was asked for.
-    pub custom_format: bool,
+    /// How lines are formatted.
+    pub format: Arc<Formatter>,
     /// Which requests are logged (all without one).
     pub filter: Option<CelFilter>,
 }
@@ -97,30 +103,43 @@ pub(crate) fn compile(logs: &[AccessLog], at: &str) -> FieldResult<Arc<[LogSink]
         let (path, format) = match any.type_url.rsplit('/').next().unwrap_or_default() {
             "envoy.extensions.access_loggers.file.v3.FileAccessLog" => {
                 let f: FileAccessLog = decode_any(any, &typed)?;
-                let format = match f.access_log_format {
-                    None => Format::Default,
-                    Some(file_access_log::AccessLogFormat::Format(text)) => Format::Text(text),
-                    Some(
-                        file_access_log::AccessLogFormat::JsonFormat(_)
-                        | file_access_log::AccessLogFormat::TypedJsonFormat(_),
-                    ) => Format::Json,
-                    Some(file_access_log::AccessLogFormat::LogFormat(s)) => substitution(&s),
+                let format = match &f.access_log_format {
+                    None => format::envoy_default(),
+                    Some(file_access_log::AccessLogFormat::Format(text)) if text.is_empty() => {
+                        format::envoy_default()
+                    }
+                    Some(file_access_log::AccessLogFormat::Format(text)) => {
+                        Arc::new(Formatter::text(text, &join(&typed, "format"))?)
+                    }
+                    Some(file_access_log::AccessLogFormat::JsonFormat(s)) => {
+                        Arc::new(Formatter::json(s, &join(&typed, "json_format"))?)
+                    }
+                    Some(file_access_log::AccessLogFormat::TypedJsonFormat(s)) => {
+                        Arc::new(Formatter::json(s, &join(&typed, "typed_json_format"))?)
+                    }
+                    Some(file_access_log::AccessLogFormat::LogFormat(s)) => {
+                        substitution(s, &join(&typed, "log_format"))?
+                    }
                 };
                 (PathBuf::from(f.path), format)
             }
             "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog" => {
                 let s: StdoutAccessLog = decode_any(any, &typed)?;
-                let format = match s.access_log_format {
-                    Some(stdout_access_log::AccessLogFormat::LogFormat(s)) => substitution(&s),
-                    None => Format::Default,
+                let format = match &s.access_log_format {
+                    Some(stdout_access_log::AccessLogFormat::LogFormat(s)) => {
+                        substitution(s, &join(&typed, "log_format"))?
+                    }
+                    None => format::envoy_default(),
                 };
                 (PathBuf::from("/dev/stdout"), format)
             }
             "envoy.extensions.access_loggers.stream.v3.StderrAccessLog" => {
                 let s: StderrAccessLog = decode_any(any, &typed)?;
-                let format = match s.access_log_format {
-                    Some(stderr_access_log::AccessLogFormat::LogFormat(s)) => substitution(&s),
-                    None => Format::Default,
+                let format = match &s.access_log_format {
+                    Some(stderr_access_log::AccessLogFormat::LogFormat(s)) => {
+                        substitution(s, &join(&typed, "log_format"))?
+                    }
+                    None => format::envoy_default(),
                 };
                 (PathBuf::from("/dev/stderr"), format)
             }
@@ -129,51 +148,92 @@ pub(crate) fn compile(logs: &[AccessLog], at: &str) -> FieldResult<Arc<[LogSink]
         if path.as_os_str().is_empty() {
             continue;
         }
+        warn_unsupported(&path, &format);
         let filter = cel_filter(log, &field)?;
         sinks.push(LogSink {
             filter,
             path,
-            json: matches!(format, Format::Json),
-            custom_format: matches!(&format, Format::Text(t) if !is_istio_default(t)),
+            format,
         });
     }
     Ok(sinks.into())
 }
 
-enum Format {
-    /// Envoy's default format (close to Istio's; written as Istio's).
-    Default,
-    Text(String),
-    Json,
+/// A `SubstitutionFormatString` at field `at`.
+fn substitution(s: &SubstitutionFormatString, at: &str) -> FieldResult<Arc<Formatter>> {
+    use substitution_format_string::Format as F;
+    let formatter = match &s.format {
+        Some(F::TextFormat(t)) => Formatter::text(t, &join(at, "text_format"))?,
+        Some(F::JsonFormat(j)) => Formatter::json(j, &join(at, "json_format"))?,
+        Some(F::TextFormatSource(d)) => {
+            let at = join(at, "text_format_source");
+            let text = match &d.specifier {
+                Some(data_source::Specifier::InlineString(t)) => {
+                    return finish(Formatter::text(t, &join(&at, "inline_string"))?, s);
+                }
+                Some(data_source::Specifier::InlineBytes(b)) => {
+                    let Ok(t) = std::str::from_utf8(b) else {
+                        return invalid(join(&at, "inline_bytes"), "the format is not UTF-8");
+                    };
+                    return finish(Formatter::text(t, &join(&at, "inline_bytes"))?, s);
+                }
+                Some(data_source::Specifier::Filename(name)) => {
+                    match std::fs::read_to_string(name) {
+                        Ok(t) => (t, join(&at, "filename")),
+                        Err(e) => {
+                            return invalid(
+                                join(&at, "filename"),
+                                format!("cannot read the format from {name:?}: {e}"),
+                            );
+                        }
+                    }
+                }
+                Some(data_source::Specifier::EnvironmentVariable(var)) => {
+                    match std::env::var(var) {
+                        Ok(t) => (t, join(&at, "environment_variable")),
+                        Err(e) => {
+                            return invalid(
+                                join(&at, "environment_variable"),
+                                format!("cannot read the format from ${var}: {e}"),
+                            );
+                        }
+                    }
+                }
+                None => return invalid(at, "a data source is required"),
+            };
+            Formatter::text(&text.0, &text.1)?
+        }
+        None => {
+            return invalid(
+                at,
+                "one of text_format, json_format or text_format_source is required",
+            );
+        }
+    };
+    finish(formatter, s)
 }
 
-fn substitution(s: &SubstitutionFormatString) -> Format {
-    match &s.format {
-        Some(substitution_format_string::Format::JsonFormat(_)) => Format::Json,
-        Some(substitution_format_string::Format::TextFormat(t)) => Format::Text(t.clone()),
-        Some(substitution_format_string::Format::TextFormatSource(d)) => match &d.specifier {
-            Some(data_source::Specifier::InlineString(t)) => Format::Text(t.clone()),
-            Some(data_source::Specifier::InlineBytes(b)) => {
-                Format::Text(String::from_utf8_lossy(b).into_owned())
-            }
-            _ => Format::Default,
-        },
-        None => Format::Default,
+fn finish(f: Formatter, s: &SubstitutionFormatString) -> FieldResult<Arc<Formatter>> {
+    Ok(Arc::new(f.omit_empty_values(s.omit_empty_values)))
+}
+
+/// Logs, once per path and format, the operators that will print `-`
+/// although Envoy would print a value (updates recompile the same
+/// formats again and again).
+fn warn_unsupported(path: &std::path::Path, format: &Formatter) {
+    static WARNED: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+    if format.unsupported().is_empty() {
+        return;
     }
-}
-
-/// Whether `text` is Istio's default format (what the text lines are).
-fn is_istio_default(text: &str) -> bool {
-    const ISTIO: &str = concat!(
-        "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" ",
-        "%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS% ",
-        "\"%UPSTREAM_TRANSPORT_FAILURE_REASON%\" %BYTES_RECEIVED% %BYTES_SENT% %DURATION% ",
-        "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(USER-AGENT)%\" ",
-        "\"%REQ(X-REQUEST-ID)%\" \"%REQ(:AUTHORITY)%\" \"%UPSTREAM_HOST%\" %UPSTREAM_CLUSTER% ",
-        "%UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% ",
-        "%REQUESTED_SERVER_NAME% %ROUTE_NAME%",
-    );
-    text.trim_end() == ISTIO
+    let key = format!("{}\0{}", path.display(), format.unsupported().join("\0"));
+    let mut warned = WARNED.lock().unwrap_or_else(|e| e.into_inner());
+    if warned.get_or_insert_with(HashSet::new).insert(key) {
+        tracing::warn!(
+            path = %path.display(),
+            operators = %format.unsupported().join(", "),
+            "access log format: these command operators print '-' in mesh-proxy"
+        );
+    }
 }
 
 #[cfg(test)]
@@ -215,18 +275,102 @@ mod tests {
             "access_log",
         )
         .unwrap();
-        let got: Vec<(&str, bool, bool)> = sinks
+        let got: Vec<(&str, bool)> = sinks
             .iter()
-            .map(|s| (s.path.to_str().unwrap(), s.json, s.custom_format))
+            .map(|s| (s.path.to_str().unwrap(), s.format.is_json()))
             .collect();
         assert_eq!(
             got,
             vec![
-                ("/var/log/mesh.log", false, false),
-                ("/dev/stdout", true, false),
-                ("/tmp/custom.log", false, true),
-                ("/dev/stderr", false, false),
+                ("/var/log/mesh.log", false),
+                ("/dev/stdout", true),
+                ("/tmp/custom.log", false),
+                ("/dev/stderr", false),
             ]
+        );
+        // Istio's text format is Istio's built-in one; the others are
+        // rendered as written; no format is Envoy's default.
+        assert_eq!(*sinks[0].format, *format::istio_text());
+        let r = crate::telemetry::fixtures::request(200, Default::default(), None);
+        assert_eq!(sinks[1].format.request(&r), "{\"code\":200}\n");
+        assert_eq!(sinks[2].format.request(&r), "200\n");
+        assert_eq!(*sinks[3].format, *format::envoy_default());
+    }
+
+    fn file_log(format: serde_json::Value) -> Vec<AccessLog> {
+        let mut config = json!({
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+            "path": "/tmp/x.log",
+        });
+        config
+            .as_object_mut()
+            .unwrap()
+            .extend(format.as_object().unwrap().clone());
+        logs(json!([{"name": "envoy.access_loggers.file", "typedConfig": config}]))
+    }
+
+    #[test]
+    fn deprecated_formats_and_omit_empty_values_are_honoured() {
+        let r = crate::telemetry::fixtures::request(503, Default::default(), None);
+        let sinks = compile(
+            &file_log(json!({"format": "%RESPONSE_CODE% %ROUTE_NAME%"})),
+            "al",
+        )
+        .unwrap();
+        assert_eq!(sinks[0].format.request(&r), "503 -");
+        let sinks = compile(
+            &file_log(json!({"jsonFormat": {"code": "%RESPONSE_CODE%", "route": "%ROUTE_NAME%"}})),
+            "al",
+        )
+        .unwrap();
+        assert_eq!(
+            sinks[0].format.request(&r),
+            "{\"code\":503,\"route\":null}\n"
+        );
+        let sinks = compile(
+            &file_log(json!({"logFormat": {"jsonFormat": {"code": "%RESPONSE_CODE%", "route": "%ROUTE_NAME%"}, "omitEmptyValues": true}})),
+            "al",
+        )
+        .unwrap();
+        assert_eq!(sinks[0].format.request(&r), "{\"code\":503}\n");
+        let sinks = compile(
+            &file_log(
+                json!({"logFormat": {"textFormat": "[%ROUTE_NAME%]", "omitEmptyValues": true}}),
+            ),
+            "al",
+        )
+        .unwrap();
+        assert_eq!(sinks[0].format.request(&r), "[]");
+        let sinks = compile(&file_log(json!({"format": ""})), "al").unwrap();
+        assert_eq!(*sinks[0].format, *format::envoy_default());
+    }
+
+    #[test]
+    fn a_bad_format_refuses_the_update_with_its_field() {
+        let err = compile(
+            &file_log(json!({"logFormat": {"textFormatSource": {"inlineString": "%RESPONSE_CODE% %BOGUS_OP%\n"}}})),
+            "access_log",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.field, "access_log[0].typed_config.log_format.text_format_source.inline_string",
+            "{err:?}"
+        );
+        assert!(err.reason.contains("%BOGUS_OP%"), "{err:?}");
+        let err = compile(
+            &file_log(json!({"logFormat": {"jsonFormat": {"a": {"b": "%RESPONSE_CODE"}}}})),
+            "access_log",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.field, "access_log[0].typed_config.log_format.json_format.a.b",
+            "{err:?}"
+        );
+        assert!(err.reason.contains("position 0"), "{err:?}");
+        let err = compile(&file_log(json!({"logFormat": {}})), "access_log").unwrap_err();
+        assert_eq!(
+            err.field, "access_log[0].typed_config.log_format",
+            "{err:?}"
         );
     }
 

@@ -10,6 +10,7 @@
 
 pub mod access_log;
 pub mod envoy_stats;
+pub mod format;
 pub mod labels;
 pub mod metrics;
 pub mod peer;
