@@ -445,6 +445,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             break Ok(());
         }
     };
+    flush_spans(SPAN_FLUSH_TIMEOUT).await;
     let _ = stop_tx.send(true);
     if let Some(task) = xds_task {
         let _ = task.await;
@@ -454,6 +455,30 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     tracing::info!("exiting");
     result
+}
+
+/// How long exiting waits for the spans still batched to be exported.
+const SPAN_FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Exports the spans still queued in the OTLP batch processors (they
+/// would be lost at exit: the processors are never shut down), waiting
+/// at most `timeout`. The export blocks, so it runs on a thread of its
+/// own that is left behind if the collector does not answer in time; it
+/// never holds up the exit.
+async fn flush_spans(timeout: Duration) {
+    let (done, flushed) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("span-flush".into())
+        .spawn(move || {
+            crate::telemetry::trace::flush();
+            let _ = done.send(());
+        });
+    if spawned.is_err() {
+        return;
+    }
+    if tokio::time::timeout(timeout, flushed).await.is_err() {
+        tracing::warn!(?timeout, "spans not exported in time; exiting without them");
+    }
 }
 
 /// The control plane to use, if any: flags first, then the bootstrap's

@@ -441,6 +441,73 @@ async fn a_sampled_traceparent_is_continued_and_b3_is_passed_on() {
     assert!(echoed.contains("traceparent"), "{echoed}");
 }
 
+/// Spans still batched when the proxy is told to stop are exported
+/// before it exits: the batch delay here is a minute, so the span can
+/// only arrive by the flush on the way out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_still_batched_are_flushed_when_the_proxy_stops() {
+    let (receiver, collector) = Receiver::start().await;
+    let backend = echo("reviews", "v1").await;
+    let addr = free_addr();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("hop.yaml");
+    let text = bootstrap(
+        "hop1",
+        addr,
+        backend.addr,
+        collector,
+        "OUTBOUND",
+        false,
+        0.0,
+    );
+    std::fs::write(&file, text).unwrap();
+    let mut flags = RunFlags::bootstrap(&file);
+    flags
+        .env
+        .push(("OTEL_BSP_SCHEDULE_DELAY".into(), "60000".into()));
+    let mut proxy = ProxyProcess::start(flags);
+    proxy
+        .wait_ok(None, addr, "reviews", "/ready-check", WAIT)
+        .await;
+    let trace = "5bf92f3577b34da6a3ce929d0e0e4737";
+    let reply = send(
+        &h1(),
+        http::Method::GET,
+        addr,
+        "reviews",
+        "/last",
+        &[
+            ("x-request-id", "flushed-at-exit"),
+            ("traceparent", &format!("00-{trace}-00f067aa0ba902b7-01")),
+        ],
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    // Well inside the batch delay: nothing exported yet.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(receiver.all().is_empty(), "{:#?}", receiver.all());
+    let status = tokio::task::block_in_place(|| proxy.terminate());
+    assert!(status.success(), "{status:?}\n{}", proxy.log());
+    let spans = receiver.trace(
+        &(0..16)
+            .map(|i| u8::from_str_radix(&trace[2 * i..2 * i + 2], 16).unwrap())
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(
+        spans.len(),
+        1,
+        "the span did not arrive before exit: {:#?}",
+        receiver.all()
+    );
+    assert_eq!(
+        spans[0]
+            .attributes
+            .get("guid:x-request-id")
+            .map(String::as_str),
+        Some("flushed-at-exit")
+    );
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
