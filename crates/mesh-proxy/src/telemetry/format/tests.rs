@@ -6,6 +6,7 @@ use test_case::test_case;
 
 use super::*;
 use crate::proxy::record::{ResponseFlags, Security};
+use crate::runtime::listener::Direction;
 use crate::telemetry::fixtures::request;
 
 fn text(f: &str) -> Formatter {
