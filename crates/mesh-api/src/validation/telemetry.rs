@@ -193,7 +193,17 @@ impl TelemetrySpec {
                         TagOperation::Remove if has_value => {
                             report.error(&tp.field("value"), "tagOverrides.value may only be set when operation is UPSERT; remove it")
                         }
-                        _ => {}
+                        TagOperation::Upsert => {
+                            if let Some(v) = to.value.as_deref()
+                                && let Err(e) = crate::cel::parse(v)
+                            {
+                                report.error(
+                                    &tp.field("value"),
+                                    format!("invalid CEL expression {v:?}: {e}; a literal value is quoted, as in '\"v1\"'"),
+                                );
+                            }
+                        }
+                        TagOperation::Remove => {}
                     }
                 }
                 if let Some(sel) = &o.r#match {

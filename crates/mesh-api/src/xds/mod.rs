@@ -5,6 +5,7 @@
 //! Build `Any` values with [`pack_any`] and name types with `T::type_url()`,
 //! never with hand-written URLs.
 
+pub mod istio_stats;
 pub mod json;
 
 pub use envoy_types::pb;

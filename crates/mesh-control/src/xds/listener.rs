@@ -54,6 +54,7 @@ mod gateway;
 mod inbound;
 mod inbound_tls;
 mod internal_address;
+pub mod stats;
 mod tcp;
 
 pub(crate) use gateway::drop_unservable_chains;
@@ -95,6 +96,7 @@ pub fn build_listeners_part(scope: &ProxyScope<'_>, part: Part) -> Vec<Listener>
         ProxyRole::Router => {}
     }
     access_log::apply(scope, &mut listeners);
+    stats::apply(scope, &mut listeners);
     internal_address::apply(&scope.snapshot.mesh_networks, &mut listeners);
     super::tracing::apply(scope, &mut listeners);
     listeners.sort_by(|a, b| a.name.cmp(&b.name));

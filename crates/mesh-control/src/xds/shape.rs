@@ -50,6 +50,7 @@ pub enum ShapeKey {
         AppliedAuthn,
         super::tracing::TraceKey,
         super::listener::access_log::AccessLogKey,
+        super::listener::stats::StatsKey,
     ),
     /// Everything of a gateway (or of a proxy translated whole).
     Whole(WholeShape),
@@ -74,6 +75,8 @@ pub struct OutboundShape {
     tracing: super::tracing::TraceKey,
     /// The access logs that apply (Telemetry selects by labels).
     access_log: super::listener::access_log::AccessLogKey,
+    /// The metrics overrides that apply.
+    stats: super::listener::stats::StatsKey,
 }
 
 /// A proxy's whole identity, as far as translation reads it.
@@ -84,6 +87,8 @@ pub struct WholeShape {
     labels: BTreeMap<String, String>,
     ips: Vec<IpAddr>,
     locality: Option<Locality>,
+    /// mesh-proxy gets filters a stock Envoy would refuse.
+    mesh_proxy: bool,
 }
 
 // === impl ShapeKey ===
@@ -104,6 +109,7 @@ impl ShapeKey {
                 AppliedAuthn::of(snapshot, proxy),
                 super::tracing::TraceKey::of(snapshot, proxy),
                 super::listener::access_log::AccessLogKey::of(snapshot, proxy),
+                super::listener::stats::StatsKey::of(snapshot, proxy),
             ),
             _ => Self::Outbound(OutboundShape::of(&scope)),
         }
@@ -120,6 +126,7 @@ impl WholeShape {
             labels: proxy.labels.clone(),
             ips,
             locality: proxy.locality.clone(),
+            mesh_proxy: proxy.mesh_proxy,
         }
     }
 }
@@ -184,6 +191,7 @@ impl OutboundShape {
             priority_labels,
             tracing: super::tracing::TraceKey::of(snapshot, proxy),
             access_log: super::listener::access_log::AccessLogKey::of(snapshot, proxy),
+            stats: super::listener::stats::StatsKey::of(snapshot, proxy),
         }
     }
 }

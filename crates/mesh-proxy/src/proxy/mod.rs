@@ -135,6 +135,13 @@ impl ConnInfo {
         let peer = self.session.as_ref()?.peer.as_ref()?;
         peer.uris.first().map(|u| Arc::from(u.as_str()))
     }
+
+    /// The first URI SAN of this proxy's own certificate, on a mutual TLS
+    /// connection (the identity the client verified).
+    pub(crate) fn local_principal(&self) -> Option<Arc<str>> {
+        let session = self.session.as_ref().filter(|s| s.peer.is_some())?;
+        session.local.uris.first().map(|u| Arc::from(u.as_str()))
+    }
 }
 
 // === impl Options ===

@@ -152,6 +152,9 @@ pub struct RequestRecord {
     /// The request's trace id (32 lowercase hex digits), when it has a
     /// span (Envoy's `%TRACE_ID%`).
     pub trace_id: Option<String>,
+    /// The metric overrides of the connection manager (Telemetry
+    /// `metrics` overrides), if any.
+    pub stats: Option<Arc<crate::telemetry::overrides::Overrides>>,
 }
 
 /// How a downstream connection was secured (Istio's
@@ -243,6 +246,8 @@ pub struct TcpRecord {
     pub upstream_peer_principal: Option<Arc<str>>,
     /// This proxy's certificate identity on the side of the peer.
     pub local_principal: Option<Arc<str>>,
+    /// The metric overrides of the TCP proxy, if any.
+    pub stats: Option<Arc<crate::telemetry::overrides::Overrides>>,
 }
 
 /// An observer that does nothing.

@@ -51,14 +51,11 @@ pub(crate) async fn proxy(
         downstream_peer_principal: conn.peer_principal(),
         upstream_peer_principal: None,
         local_principal: if conn.listener.direction == Direction::Inbound {
-            conn.session
-                .as_ref()
-                .filter(|s| s.peer.is_some())
-                .and_then(|s| s.local.uris.first())
-                .map(|u| Arc::from(u.as_str()))
+            conn.local_principal()
         } else {
             None
         },
+        stats: tcp.stats.clone(),
     };
     let identity = shared.identity();
     // Counted for as long as the upstream connection lives.

@@ -25,6 +25,11 @@
 //! silently logging the wrong requests. At evaluation, as in Envoy, an
 //! error (a missing value, mismatched types) makes the filter false, and
 //! CEL's `&&`/`||` absorb an error when the other side decides.
+//!
+//! The same compiler gives [`CelValue`], the value of a metric tag
+//! (Telemetry `tagOverrides[].value`), which also takes CEL's `string(x)`
+//! and reads a TCP connection's record too (its request and response
+//! attributes are missing).
 
 use std::net::SocketAddr;
 
@@ -32,7 +37,7 @@ use mesh_api::cel::{self, BinaryOp, Expr, UnaryOp};
 use regex::Regex;
 
 use super::{FieldResult, invalid};
-use crate::proxy::record::{RequestRecord, Security};
+use crate::proxy::record::{RequestRecord, Security, TcpRecord};
 
 /// Envoy's name of the filter.
 pub const CEL_FILTER: &str = "envoy.access_loggers.extension_filters.cel";
@@ -64,6 +69,8 @@ enum Node {
     In(Box<Node>, Vec<Node>),
     Str(StrFn, Box<Node>, Box<Node>),
     Matches(Box<Node>, Regex),
+    /// CEL's `string(x)`.
+    ToString(Box<Node>),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -73,8 +80,9 @@ enum StrFn {
     Contains,
 }
 
+/// A CEL attribute the records carry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Attr {
+pub(crate) enum Attr {
     ResponseCode,
     ResponseFlags,
     ResponseCodeDetails,
@@ -104,8 +112,9 @@ enum Attr {
     XdsListener,
 }
 
+/// A CEL value.
 #[derive(Clone, Debug, PartialEq)]
-enum Value {
+pub(crate) enum Value {
     Null,
     Bool(bool),
     Int(i64),
@@ -216,6 +225,78 @@ impl CelFilter {
     }
 }
 
+/// A compiled CEL expression whose value is reported as text: the value of
+/// a metric tag (Telemetry `tagOverrides[].value`), evaluated against a
+/// request or a TCP connection.
+#[derive(Clone, Debug)]
+pub struct CelValue {
+    root: Node,
+}
+
+impl CelValue {
+    /// Compiles `expression`, the value at field `at`.
+    pub(crate) fn compile(expression: &str, at: &str) -> FieldResult<Self> {
+        let filter = CelFilter::compile(expression, at)?;
+        Ok(Self { root: filter.root })
+    }
+
+    /// The value for `r` as text; `None` when it cannot be computed (a
+    /// missing attribute, a type error).
+    pub(crate) fn text(&self, r: &dyn Attributes) -> Option<String> {
+        eval(&self.root, r).and_then(Value::into_text)
+    }
+}
+
+/// What CEL attributes read: a request's or a connection's record.
+pub(crate) trait Attributes {
+    /// The value of `a`, `None` when the record has none.
+    fn attribute(&self, a: Attr) -> Option<Value>;
+}
+
+impl Attributes for RequestRecord {
+    fn attribute(&self, a: Attr) -> Option<Value> {
+        attr(a, self)
+    }
+}
+
+/// A TCP connection has the connection, address and xDS attributes; the
+/// request and response ones are missing.
+impl Attributes for TcpRecord {
+    fn attribute(&self, a: Attr) -> Option<Value> {
+        Some(match a {
+            Attr::ConnectionMtls => Value::Bool(self.downstream_security == Security::MutualTls),
+            Attr::ConnectionSni => return opt_str(self.server_name.as_deref()),
+            Attr::ConnectionPeerSan => return opt_str(self.downstream_peer_principal.as_deref()),
+            Attr::SourceAddress => Value::Str(self.downstream_remote.ip().to_string()),
+            Attr::SourcePort => Value::Int(i64::from(self.downstream_remote.port())),
+            Attr::DestinationAddress => Value::Str(self.downstream_local.ip().to_string()),
+            Attr::DestinationPort => Value::Int(i64::from(self.downstream_local.port())),
+            Attr::UpstreamAddress => upstream_address(self.upstream_host.as_deref())?,
+            Attr::UpstreamPort => {
+                Value::Int(i64::from(host_port(self.upstream_host.as_deref())?.port()))
+            }
+            Attr::UpstreamPeerSan => return opt_str(self.upstream_peer_principal.as_deref()),
+            Attr::XdsCluster => return opt_str(self.cluster.as_deref()),
+            Attr::XdsListener => Value::Str(self.listener.clone()),
+            _ => return None,
+        })
+    }
+}
+
+impl Value {
+    /// The value as a tag shows it.
+    fn into_text(self) -> Option<String> {
+        Some(match self {
+            Value::Null => return None,
+            Value::Bool(b) => b.to_string(),
+            Value::Int(i) => i.to_string(),
+            Value::Uint(u) => u.to_string(),
+            Value::Double(d) => d.to_string(),
+            Value::Str(s) => s,
+        })
+    }
+}
+
 fn path_of(e: &Expr) -> Option<String> {
     match e {
         Expr::Ident(n) => Some(n.clone()),
@@ -309,6 +390,11 @@ fn compile(e: &Expr) -> Result<Node, String> {
             };
             Node::Str(f, bx(t)?, bx(&args[0])?)
         }
+        Expr::Call {
+            target: None,
+            name,
+            args,
+        } if name == "string" && args.len() == 1 => Node::ToString(bx(&args[0])?),
         Expr::Call { name, .. } => return Err(format!("function `{name}` is not supported")),
         Expr::List(_) => return Err("a list is supported only on the right of `in`".into()),
     })
@@ -320,6 +406,13 @@ fn opt_str(v: Option<&str>) -> Option<Value> {
 
 fn host_port(addr: Option<&str>) -> Option<SocketAddr> {
     addr?.parse().ok()
+}
+
+fn upstream_address(host: Option<&str>) -> Option<Value> {
+    let host = host?;
+    Some(Value::Str(
+        host_port(Some(host)).map_or_else(|| host.to_string(), |a| a.ip().to_string()),
+    ))
 }
 
 fn attr(a: Attr, r: &RequestRecord) -> Option<Value> {
@@ -356,12 +449,7 @@ fn attr(a: Attr, r: &RequestRecord) -> Option<Value> {
         Attr::SourcePort => Value::Int(i64::from(r.downstream_remote.port())),
         Attr::DestinationAddress => Value::Str(r.downstream_local.ip().to_string()),
         Attr::DestinationPort => Value::Int(i64::from(r.downstream_local.port())),
-        Attr::UpstreamAddress => {
-            let host = r.upstream_host.as_deref()?;
-            Value::Str(
-                host_port(Some(host)).map_or_else(|| host.to_string(), |a| a.ip().to_string()),
-            )
-        }
+        Attr::UpstreamAddress => upstream_address(r.upstream_host.as_deref())?,
         Attr::UpstreamPort => Value::Int(i64::from(host_port(r.upstream_host.as_deref())?.port())),
         Attr::UpstreamPeerSan => return opt_str(r.upstream_peer_principal.as_deref()),
         Attr::XdsCluster => return opt_str(r.cluster.as_deref()),
@@ -391,11 +479,12 @@ fn compare(a: &Value, b: &Value) -> Option<std::cmp::Ordering> {
     }
 }
 
-fn eval(n: &Node, r: &RequestRecord) -> Option<Value> {
+fn eval(n: &Node, r: &dyn Attributes) -> Option<Value> {
     use std::cmp::Ordering::{Equal, Greater, Less};
     match n {
         Node::Lit(v) => Some(v.clone()),
-        Node::Attr(a) => attr(*a, r),
+        Node::Attr(a) => r.attribute(*a),
+        Node::ToString(x) => eval(x, r)?.into_text().map(Value::Str),
         Node::Not(x) => match eval(x, r)? {
             Value::Bool(b) => Some(Value::Bool(!b)),
             _ => None,

@@ -534,6 +534,7 @@ fn network_filters(
         );
     };
     let mut authz = Vec::new();
+    let mut stats = None;
     for (i, f) in rest.iter().enumerate() {
         let field = format!("{at}[{i}].typed_config");
         let typed = || match &f.config_type {
@@ -541,8 +542,15 @@ fn network_filters(
             _ => invalid(field.clone(), "is required"),
         };
         match f.name.as_str() {
-            // Istio's telemetry filters observe and change nothing on the path.
-            "istio.metadata_exchange" | "istio.stats" => {}
+            mesh_api::xds::istio_stats::FILTER_NAME => {
+                let any = match &f.config_type {
+                    Some(ConfigType::TypedConfig(any)) => Some(any),
+                    _ => None,
+                };
+                stats = network::istio_stats(any, &field)?;
+            }
+            // Istio's metadata exchange observes and changes nothing on the path.
+            "istio.metadata_exchange" => {}
             network::RBAC_NETWORK_FILTER => {
                 let filter = network::network_rbac(typed()?, &field)?;
                 if filter.rules.is_some() || filter.shadow.is_some() {
@@ -567,10 +575,11 @@ fn network_filters(
     let Some(ConfigType::TypedConfig(any)) = &last.config_type else {
         return invalid(join(&at, "typed_config"), "is required");
     };
-    Ok((
-        authz,
-        network::terminal(&last.name, any, &join(&at, "typed_config"))?,
-    ))
+    let mut terminal = network::terminal(&last.name, any, &join(&at, "typed_config"))?;
+    if let NetworkFilter::Tcp(tcp) = &mut terminal {
+        tcp.stats = stats;
+    }
+    Ok((authz, terminal))
 }
 
 // === impl Cidr ===

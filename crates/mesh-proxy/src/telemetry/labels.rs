@@ -23,6 +23,7 @@ use crate::proxy::record::Security;
 use crate::runtime::listener::Direction;
 use crate::runtime::route::strip_port;
 
+use super::overrides::TagChanges;
 use super::peer::PeerMetadata;
 
 /// Istio's value for a label the proxy cannot know.
@@ -361,24 +362,52 @@ impl PeerLabels {
 
     /// Encodes the identity labels, then `extra`, then
     /// `connection_security_policy` (Istio's order).
+    /// With Telemetry's tag `changes`, removed tags are left out, a
+    /// changed standard tag keeps its place with the new value, and new
+    /// tags follow, in the order of the overrides.
     pub(crate) fn encode_with(
         &self,
         extra: &[(&'static str, &str)],
+        changes: Option<&TagChanges>,
         encoder: &mut LabelSetEncoder<'_>,
     ) -> Result<(), std::fmt::Error> {
-        for pair in self.identity_labels() {
-            pair.encode(encoder.encode_label())?;
+        let identity = self.identity_labels();
+        let security = [("connection_security_policy", self.security_policy)];
+        let standard = identity.iter().chain(extra).chain(&security);
+        let Some(changes) = changes else {
+            for pair in standard {
+                pair.encode(encoder.encode_label())?;
+            }
+            return Ok(());
+        };
+        for &(name, value) in standard {
+            if changes.removed.iter().any(|r| **r == *name) {
+                continue;
+            }
+            let value = changes
+                .set
+                .iter()
+                .find(|(n, _)| **n == *name)
+                .map_or(value, |(_, v)| v.as_str());
+            (name, value).encode(encoder.encode_label())?;
         }
-        for pair in extra {
-            pair.encode(encoder.encode_label())?;
+        let is_standard = |n: &str| {
+            identity
+                .iter()
+                .chain(extra)
+                .chain(&security)
+                .any(|(s, _)| *s == n)
+        };
+        for (name, value) in changes.set.iter().filter(|(n, _)| !is_standard(n)) {
+            (&**name, value.as_str()).encode(encoder.encode_label())?;
         }
-        ("connection_security_policy", self.security_policy).encode(encoder.encode_label())
+        Ok(())
     }
 }
 
 impl EncodeLabelSet for PeerLabels {
     fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> Result<(), std::fmt::Error> {
-        self.encode_with(&[], encoder)
+        self.encode_with(&[], None, encoder)
     }
 }
 

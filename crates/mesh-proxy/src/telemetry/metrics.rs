@@ -21,7 +21,9 @@ use prometheus_client::registry::Registry;
 
 use super::envoy_stats::{ClusterStats, RbacStats};
 use super::labels::{LocalIdentity, PeerCache, PeerFacts, PeerLabels};
+use super::overrides::{Metric, Overrides, TagChanges};
 use crate::proxy::record::{RequestRecord, ResponseFlags, TcpRecord};
+use crate::runtime::access_log_filter::Attributes;
 
 /// Istio's buckets for `istio_request_duration_milliseconds`.
 pub const DURATION_BUCKETS: [f64; 19] = [
@@ -59,6 +61,8 @@ struct RequestLabels {
     response_code: u16,
     grpc_status: Option<u32>,
     flags: ResponseFlags,
+    /// Telemetry's tag overrides, when the listener has any.
+    changes: Option<Arc<TagChanges>>,
 }
 
 /// The labels of the TCP metrics.
@@ -66,6 +70,28 @@ struct RequestLabels {
 struct TcpLabels {
     peer: Arc<PeerLabels>,
     flags: ResponseFlags,
+    changes: Option<Arc<TagChanges>>,
+}
+
+/// The labels of `metric` for record `r`: `base` with the overrides'
+/// tag changes; `None` when the metric is dropped.
+fn overridden<L: Clone>(
+    stats: Option<&Overrides>,
+    metric: Metric,
+    r: &dyn Attributes,
+    base: &L,
+    with: fn(&L, Option<Arc<TagChanges>>) -> L,
+) -> Option<L> {
+    let Some(o) = stats.and_then(|s| s.get(metric)) else {
+        return Some(base.clone());
+    };
+    if o.drop {
+        return None;
+    }
+    Some(match o.changes(r) {
+        Some(c) => with(base, Some(c)),
+        None => base.clone(),
+    })
 }
 
 // === impl Metrics ===
@@ -163,17 +189,47 @@ impl Metrics {
             response_code: r.response_code,
             grpc_status: r.grpc_status,
             flags: r.flags,
+            changes: None,
         };
-        self.requests.get_or_create(&labels).inc();
-        self.duration
-            .get_or_create(&labels)
-            .observe(r.duration.as_secs_f64() * 1000.0);
-        self.request_bytes
-            .get_or_create(&labels)
-            .observe(r.bytes_received as f64);
-        self.response_bytes
-            .get_or_create(&labels)
-            .observe(r.bytes_sent as f64);
+        let Some(stats) = r.stats.as_deref() else {
+            self.requests.get_or_create(&labels).inc();
+            self.duration
+                .get_or_create(&labels)
+                .observe(r.duration.as_secs_f64() * 1000.0);
+            self.request_bytes
+                .get_or_create(&labels)
+                .observe(r.bytes_received as f64);
+            self.response_bytes
+                .get_or_create(&labels)
+                .observe(r.bytes_sent as f64);
+            return;
+        };
+        let with = |metric| {
+            overridden(Some(stats), metric, r, &labels, |l, changes| {
+                RequestLabels {
+                    changes,
+                    ..l.clone()
+                }
+            })
+        };
+        if let Some(l) = with(Metric::Requests) {
+            self.requests.get_or_create(&l).inc();
+        }
+        if let Some(l) = with(Metric::Duration) {
+            self.duration
+                .get_or_create(&l)
+                .observe(r.duration.as_secs_f64() * 1000.0);
+        }
+        if let Some(l) = with(Metric::RequestBytes) {
+            self.request_bytes
+                .get_or_create(&l)
+                .observe(r.bytes_received as f64);
+        }
+        if let Some(l) = with(Metric::ResponseBytes) {
+            self.response_bytes
+                .get_or_create(&l)
+                .observe(r.bytes_sent as f64);
+        }
     }
 
     /// Counts a closed TCP connection. The record arrives when the
@@ -192,13 +248,28 @@ impl Metrics {
         let labels = TcpLabels {
             peer,
             flags: r.flags,
+            changes: None,
         };
-        self.tcp_opened.get_or_create(&labels).inc();
-        self.tcp_closed.get_or_create(&labels).inc();
-        self.tcp_sent.get_or_create(&labels).inc_by(r.bytes_sent);
-        self.tcp_received
-            .get_or_create(&labels)
-            .inc_by(r.bytes_received);
+        let with = |metric| {
+            overridden(r.stats.as_deref(), metric, r, &labels, |l, changes| {
+                TcpLabels {
+                    changes,
+                    ..l.clone()
+                }
+            })
+        };
+        if let Some(l) = with(Metric::TcpOpened) {
+            self.tcp_opened.get_or_create(&l).inc();
+        }
+        if let Some(l) = with(Metric::TcpClosed) {
+            self.tcp_closed.get_or_create(&l).inc();
+        }
+        if let Some(l) = with(Metric::TcpSent) {
+            self.tcp_sent.get_or_create(&l).inc_by(r.bytes_sent);
+        }
+        if let Some(l) = with(Metric::TcpReceived) {
+            self.tcp_received.get_or_create(&l).inc_by(r.bytes_received);
+        }
     }
 }
 
@@ -217,6 +288,7 @@ impl EncodeLabelSet for RequestLabels {
                 ("grpc_response_status", &grpc),
                 ("response_flags", &flags),
             ],
+            self.changes.as_deref(),
             encoder,
         )
     }
@@ -229,6 +301,7 @@ impl EncodeLabelSet for TcpLabels {
         let flags = self.flags.to_string();
         self.peer.encode_with(
             &[("request_protocol", "tcp"), ("response_flags", &flags)],
+            self.changes.as_deref(),
             encoder,
         )
     }
@@ -237,10 +310,8 @@ impl EncodeLabelSet for TcpLabels {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::listener::Direction;
     use crate::telemetry::fixtures::request;
     use crate::xds::NodeConfig;
-    use std::time::{Duration, SystemTime};
 
     fn scrape(m: &Metrics) -> String {
         let mut registry = Registry::default();
@@ -300,25 +371,7 @@ mod tests {
     #[test]
     fn tcp_connections_move_the_tcp_counters() {
         let m = Metrics::new(LocalIdentity::from_node(&NodeConfig::default().build(None)));
-        let r = TcpRecord {
-            start: SystemTime::UNIX_EPOCH,
-            listener: "l".into(),
-            direction: Direction::Inbound,
-            filter_chain: String::new(),
-            downstream_remote: "10.0.0.1:1".parse().unwrap(),
-            downstream_local: "10.0.0.2:3306".parse().unwrap(),
-            server_name: None,
-            cluster: Some("inbound|3306||".into()),
-            upstream_host: Some("127.0.0.1:3306".into()),
-            flags: ResponseFlags::default(),
-            bytes_received: 5,
-            bytes_sent: 7,
-            duration: Duration::ZERO,
-            downstream_security: Default::default(),
-            downstream_peer_principal: None,
-            upstream_peer_principal: None,
-            local_principal: None,
-        };
+        let r = crate::telemetry::fixtures::connection();
         m.connection(&r);
         let text = scrape(&m);
         for (name, value) in [
@@ -336,5 +389,73 @@ mod tests {
             );
             assert!(line.ends_with(&format!(" {value}")), "{line}");
         }
+    }
+
+    #[test]
+    fn telemetry_overrides_drop_metrics_and_change_tags() {
+        use mesh_api::xds::istio_stats::{MetricConfig, PluginConfig};
+        let metric =
+            |name: &str, dims: &[(&str, &str)], remove: &[&str], drop: bool| MetricConfig {
+                name: name.into(),
+                dimensions: dims
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                tags_to_remove: remove.iter().map(|s| s.to_string()).collect(),
+                drop,
+                ..Default::default()
+            };
+        let cfg = PluginConfig {
+            metrics: vec![
+                metric(
+                    "requests_total",
+                    &[
+                        ("source_app", "'web'"),
+                        ("destination_port", "string(destination.port)"),
+                    ],
+                    &["response_flags"],
+                    false,
+                ),
+                metric("request_duration_milliseconds", &[], &[], true),
+                metric("tcp_sent_bytes_total", &[], &[], true),
+            ],
+            ..Default::default()
+        };
+        let stats = Overrides::compile(&cfg, "f").unwrap();
+        let m = Metrics::new(LocalIdentity::from_node(&NodeConfig::default().build(None)));
+        let mut r = request(
+            200,
+            ResponseFlags::default(),
+            Some("outbound|9080||reviews.bookinfo.svc.cluster.local"),
+        );
+        r.stats = stats.clone();
+        m.request(&r);
+        let mut tcp = crate::telemetry::fixtures::connection();
+        tcp.stats = stats;
+        m.connection(&tcp);
+        let text = scrape(&m);
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("istio_requests_total{"))
+            .unwrap();
+        assert!(!line.contains("response_flags="), "{line}");
+        assert!(line.contains("source_app=\"web\""), "{line}");
+        // A changed standard tag keeps its place; a new one comes last.
+        let app = line.find("source_app=").unwrap();
+        assert!(app < line.find("destination_workload=").unwrap(), "{line}");
+        assert!(line.ends_with("destination_port=\"9080\"} 1"), "{line}");
+        assert!(
+            !text.contains("istio_request_duration_milliseconds_count"),
+            "{text}"
+        );
+        // The other HTTP metrics keep Istio's labels.
+        let bytes = text
+            .lines()
+            .find(|l| l.starts_with("istio_request_bytes_count{"))
+            .unwrap();
+        assert!(bytes.contains("response_flags=\"-\""), "{bytes}");
+        assert!(!bytes.contains("destination_port"), "{bytes}");
+        assert!(!text.contains("istio_tcp_sent_bytes_total{"), "{text}");
+        assert!(text.contains("istio_tcp_received_bytes_total{"), "{text}");
     }
 }

@@ -13,6 +13,7 @@ pub mod envoy_stats;
 pub mod format;
 pub mod labels;
 pub mod metrics;
+pub mod overrides;
 pub mod peer;
 pub mod trace;
 
@@ -141,7 +142,7 @@ impl Observer for Telemetry {
 pub(crate) mod fixtures {
     use std::time::{Duration, SystemTime};
 
-    use crate::proxy::record::{RequestRecord, ResponseFlags};
+    use crate::proxy::record::{RequestRecord, ResponseFlags, TcpRecord};
     use crate::runtime::listener::Direction;
 
     /// An outbound request answered with `code`; `cluster` set means it
@@ -184,6 +185,32 @@ pub(crate) mod fixtures {
             local_principal: None,
             peer: None,
             trace_id: None,
+            stats: None,
+        }
+    }
+
+    /// An inbound TCP connection from 10.0.0.1 to port 3306 that sent 7
+    /// bytes and received 5.
+    pub(crate) fn connection() -> TcpRecord {
+        TcpRecord {
+            start: SystemTime::UNIX_EPOCH,
+            listener: "virtualInbound".into(),
+            direction: Direction::Inbound,
+            filter_chain: String::new(),
+            downstream_remote: "10.0.0.1:1".parse().unwrap(),
+            downstream_local: "10.0.0.2:3306".parse().unwrap(),
+            server_name: None,
+            cluster: Some("inbound|3306||".into()),
+            upstream_host: Some("127.0.0.1:3306".into()),
+            flags: ResponseFlags::default(),
+            bytes_received: 5,
+            bytes_sent: 7,
+            duration: Duration::ZERO,
+            downstream_security: Default::default(),
+            downstream_peer_principal: None,
+            upstream_peer_principal: None,
+            local_principal: None,
+            stats: None,
         }
     }
 }

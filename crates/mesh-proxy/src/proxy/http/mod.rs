@@ -507,6 +507,7 @@ fn record(ctx: &HttpCtx, req: &Request<Incoming>) -> RequestRecord {
             .map_or_else(|| "/".to_string(), |p| p.to_string()),
         user_agent: header(header::USER_AGENT),
         grpc,
+        stats: ctx.hcm.stats.clone(),
         ..base_record(&ctx.conn)
     }
 }
@@ -549,14 +550,10 @@ fn base_record(conn: &ConnInfo) -> RequestRecord {
         downstream_security: conn.security(),
         downstream_peer_principal: conn.peer_principal(),
         upstream_peer_principal: None,
-        local_principal: conn
-            .session
-            .as_ref()
-            .filter(|s| s.peer.is_some())
-            .and_then(|s| s.local.uris.first())
-            .map(|u| Arc::from(u.as_str())),
+        local_principal: conn.local_principal(),
         peer: None,
         trace_id: None,
+        stats: None,
     }
 }
 

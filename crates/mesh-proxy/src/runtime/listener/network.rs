@@ -58,6 +58,8 @@ pub struct HttpManager {
     pub internal_addresses: Vec<super::Cidr>,
     /// Whether `x-request-id` is generated when absent.
     pub generate_request_id: bool,
+    /// Metric overrides (Istio's `istio.stats` filter), if any.
+    pub stats: Option<Arc<crate::telemetry::overrides::Overrides>>,
     /// Whether an edge proxy keeps a client's `x-request-id`.
     pub preserve_external_request_id: bool,
     /// Whether `x-request-id` is copied to the response.
@@ -172,6 +174,9 @@ pub struct TcpProxy {
     pub idle_timeout: Option<Duration>,
     /// Connect attempts before giving up.
     pub max_connect_attempts: u32,
+    /// Metric overrides (Istio's `istio.stats` network filter before the
+    /// TCP proxy), if any.
+    pub stats: Option<Arc<crate::telemetry::overrides::Overrides>>,
 }
 
 /// The cluster (or clusters) of a TCP proxy.
@@ -212,6 +217,24 @@ pub(super) fn network_ext_authz(any: &Any, at: &str) -> FieldResult<NetworkExtAu
 }
 
 /// Compiles the terminal filter `name` configured by `any`, at `at`.
+/// The metric overrides of an `istio.stats` filter's config at `at`:
+/// `stats.PluginConfig`, packed or in a `TypedStruct`; a config of another
+/// type (Istio's older Wasm configuration) changes nothing.
+pub(super) fn istio_stats(
+    typed: Option<&Any>,
+    at: &str,
+) -> FieldResult<Option<Arc<crate::telemetry::overrides::Overrides>>> {
+    use mesh_api::xds::istio_stats::PluginConfig;
+    let Some(any) = typed else {
+        return Ok(None);
+    };
+    match PluginConfig::from_any(any) {
+        Ok(Some(cfg)) => crate::telemetry::overrides::Overrides::compile(&cfg, at),
+        Ok(None) => Ok(None),
+        Err(e) => invalid(at, e),
+    }
+}
+
 pub(super) fn terminal(name: &str, any: &Any, at: &str) -> FieldResult<NetworkFilter> {
     if any.type_url == HttpConnectionManager::type_url() {
         let hcm: HttpConnectionManager = decode_any(any, at)?;
@@ -293,6 +316,7 @@ fn http_manager(h: &HttpConnectionManager, at: &str) -> FieldResult<HttpManager>
     let mut cors = false;
     let mut router = false;
     let mut authz = Vec::new();
+    let mut stats = None;
     for (i, f) in h.http_filters.iter().enumerate() {
         let field = join(at, &format!("http_filters[{i}]"));
         if router {
@@ -352,11 +376,11 @@ fn http_manager(h: &HttpConnectionManager, at: &str) -> FieldResult<HttpManager>
                 let pb: PbExtAuthz = decode_any(any, &at)?;
                 authz.push(HttpAuthz::ExtAuthz(Arc::new(ext_authz::compile(&pb, &at)?)));
             }
+            mesh_api::xds::istio_stats::FILTER_NAME => {
+                stats = istio_stats(typed, &join(&field, "typed_config"))?;
+            }
             // Istio's telemetry and ALPN filters change nothing on this path.
-            "istio.alpn"
-            | "istio.metadata_exchange"
-            | "istio.stats"
-            | "envoy.filters.http.grpc_stats" => {}
+            "istio.alpn" | "istio.metadata_exchange" | "envoy.filters.http.grpc_stats" => {}
             _ if f.is_optional => {}
             other => {
                 return invalid(
@@ -384,6 +408,7 @@ fn http_manager(h: &HttpConnectionManager, at: &str) -> FieldResult<HttpManager>
         None => None,
     };
     Ok(HttpManager {
+        stats,
         tracing,
         access_logs: crate::runtime::access_log::compile(&h.access_log, &join(at, "access_log"))?,
         xfcc,
@@ -492,6 +517,7 @@ fn tcp_proxy(t: &PbTcpProxy, at: &str) -> FieldResult<TcpProxy> {
         &join(at, "idle_timeout"),
     )?;
     Ok(TcpProxy {
+        stats: None,
         access_logs: crate::runtime::access_log::compile(&t.access_log, &join(at, "access_log"))?,
         stat_prefix: t.stat_prefix.clone(),
         target,
