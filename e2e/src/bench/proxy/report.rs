@@ -309,6 +309,14 @@ pub fn markdown(report: &Report) -> String {
         p.rounds,
         1000.0 / super::procfs::ticks_per_second() as f64,
     );
+    md.push_str(if p.telemetry {
+        "| telemetry | a second mesh-proxy and a second Envoy on two more Gateways, tracing every request \
+         (root-namespace Telemetry selecting them, `opentelemetry` provider, 100 % sampling) over OTLP/gRPC to a \
+         collector in the bench, scraped at `/stats/prometheus` every second; in the fixed-rate phase only, \
+         rotating with the other targets |\n"
+    } else {
+        "| telemetry | not measured (`--no-telemetry`) |\n"
+    });
 
     md.push_str("\n## Targets (mesh-proxy / Envoy, same run)\n\n");
     md.push_str(&summary(report));
@@ -645,7 +653,8 @@ fn telemetry_markdown(md: &mut String, report: &Report) {
          selected by a Telemetry resource in the root namespace (`tracing: [{{providers: [{{name: {}}}], \
          randomSamplingPercentage: {}}}]`, the provider an `opentelemetry` extension provider of MeshConfig \
          whose Service is an OTLP/gRPC collector in the bench counting spans). Both export with their \
-         defaults (Envoy flushes every 5 s or every 5 spans, mesh-proxy's batch processor every 5 s or 512 spans). \
+         defaults (Envoy: a gRPC export every 5 spans or 5 s; mesh-proxy: the OpenTelemetry SDK's batch processor, \
+         batches of up to 512 spans, see `export calls`). \
          Both always record metrics (mesh-proxy Istio's standard metrics, Envoy its own stats; stock Envoy has no Istio \
          stats filter); the telemetry pair is also scraped at `{}` once a second during its windows. \
          Their fixed-rate windows rotate with the other targets'; *off* is the plain proxy of the same run.\n\n",
