@@ -124,6 +124,7 @@ impl CaService {
         &self,
         request: Request<pb::IstioCertificateRequest>,
     ) -> Result<Response<pb::IstioCertificateResponse>, Status> {
+        self.metrics.received.inc();
         let token = request
             .metadata()
             .get("authorization")
@@ -186,11 +187,12 @@ impl CaService {
     fn sign_status(&self, identity: &SpiffeId, err: SignError) -> Status {
         match &err {
             SignError::Csr(csr) => {
-                self.metrics.refuse_csr(csr.reason());
                 tracing::info!(identity = %identity, reason = csr.reason(), error = %csr, "CSR refused");
                 let code = if csr.is_policy_refusal() {
+                    self.metrics.refuse_csr(csr.reason());
                     Code::PermissionDenied
                 } else {
+                    self.metrics.parse_errors.inc();
                     Code::InvalidArgument
                 };
                 Status::new(code, err.to_string())
@@ -200,6 +202,7 @@ impl CaService {
                 Status::permission_denied(err.to_string())
             }
             SignError::CaExpiring { .. } | SignError::Internal(_) => {
+                self.metrics.sign_errors.inc();
                 tracing::error!(identity = %identity, error = %err, "signing failed");
                 Status::internal(err.to_string())
             }

@@ -254,7 +254,7 @@ async fn bad_requests_get_clear_statuses_and_the_ca_keeps_serving() {
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
     assert!(
-        text.contains("citadel_server_csr_refused_total{reason=\"identity_mismatch\"} 1"),
+        text.contains("citadel_server_csr_refused_count{reason=\"identity_mismatch\"} 1"),
         "{text}"
     );
     ca.stop().await;

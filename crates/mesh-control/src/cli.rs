@@ -188,6 +188,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let jwks_task = tokio::spawn(jwks.run(shutdown_signal(stop_rx.clone())));
     let mut metrics = Metrics::new();
     let ca_metrics = crate::secure::register_metrics(metrics.registry_mut());
+    metrics
+        .registry_mut()
+        .register_collector(Box::new(crate::source::publish::ConfigMetrics(
+            status.clone(),
+        )));
     let webhook_task = webhook.map(|(options, tls, root)| {
         let injection = crate::inject::webhook::Metrics::register(metrics.registry_mut());
         let snapshots = snapshots_rx.clone();

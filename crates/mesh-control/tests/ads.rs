@@ -345,7 +345,7 @@ async fn nack_is_recorded_and_the_rejected_version_is_not_resent() {
     assert_eq!(cds.status(), "NACKED");
     let metrics = h.server.metrics().encode();
     assert!(
-        metrics.contains("mesh_xds_nacks_total{type=\"CDS\"} 1"),
+        metrics.contains("pilot_total_xds_rejects{type=\"cds\"} 1"),
         "{metrics}"
     );
 
@@ -597,7 +597,8 @@ async fn fifty_clients_converge() {
         h.server
             .metrics()
             .encode()
-            .contains("mesh_xds_connected_proxies")
+            .lines()
+            .any(|l| l.starts_with("pilot_xds "))
     );
 }
 
@@ -771,7 +772,7 @@ async fn debug_endpoints_serve_syncz_metrics_and_ready() {
 
     let metrics = http_get(addr, "/metrics").await;
     assert!(
-        metrics.contains("mesh_xds_pushes_total{type=\"CDS\"} 1"),
+        metrics.contains("pilot_xds_pushes{type=\"cds\"} 1"),
         "{metrics}"
     );
     assert!(http_get(addr, "/ready").await.starts_with("HTTP/1.1 200"));

@@ -305,10 +305,41 @@ async fn the_embedded_ca_signs_only_what_the_token_proves() {
         "{anonymous:?}"
     );
 
-    // Issuance and refusals show on the control plane's /metrics.
+    // Requests, issuance and refusals show on the control plane's
+    // /metrics under Istio's CA names (bare sums, as istiod exposes them).
     let metrics = http_get(cp.monitoring_port, "/metrics").unwrap();
+    for line in [
+        "citadel_server_csr_count 3",
+        "citadel_server_success_cert_issuance_count 1",
+        "citadel_server_csr_refused_count{reason=\"identity_mismatch\"} 1",
+        "citadel_server_authentication_failure_count{reason=\"missing_token\"} 1",
+        "citadel_server_csr_sign_err_count 0",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line:?} missing:\n{metrics}"
+        );
+    }
+    // The config is healthy: nothing rejected, bookinfo's VirtualServices
+    // counted as istiod counts them.
     assert!(
-        metrics.contains("citadel_server_success_cert_issuance_count"),
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("mesh_config_rejected{")),
         "{metrics}"
     );
+    let virtual_services = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("pilot_virt_services "))
+        .and_then(|v| v.parse::<u32>().ok());
+    let declared: usize = std::fs::read_dir(workspace_root().join("samples/bookinfo"))
+        .unwrap()
+        .map(|f| std::fs::read_to_string(f.unwrap().path()).unwrap())
+        .map(|text| {
+            text.lines()
+                .filter(|l| *l == "kind: VirtualService")
+                .count()
+        })
+        .sum();
+    assert_eq!(virtual_services, Some(declared as u32), "{metrics}");
 }

@@ -1,70 +1,92 @@
-//! Prometheus metrics of the ADS server, named after Istio's `pilot_xds*`
-//! family with a `mesh_` prefix. The lead's monitoring server (or
-//! [`super::debug`]) encodes [`Metrics::registry`] at `/metrics`.
+//! Prometheus metrics of the ADS server, under Istio's names (istiod's
+//! `pilot_*` family), so Istio's control-plane dashboards and alerts read
+//! them unchanged: counters are [`Sum`]s (no `_total`, as istiod exposes
+//! them) and `type` is Istio's short lowercase name (`cds`, `eds`, `lds`,
+//! `rds`, `sds`). The lead's monitoring server (or [`super::debug`])
+//! encodes [`Metrics::registry`] at `/metrics`.
 
+use mesh_api::xds::ResourceType;
+use mesh_ca::metrics::Sum;
 use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-/// `type="CDS"` and so on.
+/// `type="cds"` and so on.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TypeLabels {
-    /// Short type name.
+    /// Istio's short type name.
     pub r#type: &'static str,
+}
+
+impl TypeLabels {
+    /// The labels of resource type `ty`, named as Istio names it.
+    pub fn of(ty: ResourceType) -> Self {
+        let name = match ty {
+            ResourceType::Cluster => "cds",
+            ResourceType::Endpoint => "eds",
+            ResourceType::Listener => "lds",
+            ResourceType::Route => "rds",
+            ResourceType::Secret => "sds",
+        };
+        Self { r#type: name }
+    }
 }
 
 /// Handles on the xDS metrics; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct XdsMetrics {
-    /// `mesh_xds_connected_proxies`: open ADS streams.
+    /// `pilot_xds`: open ADS streams (connected proxies).
     pub connected_proxies: Gauge,
-    /// `mesh_xds_pushes_total{type}`: responses sent.
-    pub pushes: Family<TypeLabels, Counter>,
-    /// `mesh_xds_push_duration_seconds`: translation and sending of one push.
-    pub push_duration: Histogram,
-    /// `mesh_xds_nacks_total{type}`: responses the proxies rejected.
-    pub nacks: Family<TypeLabels, Counter>,
-    /// `mesh_xds_convergence_seconds`: from the moment a connection sees a
-    /// new snapshot to the proxy's ACK of the response it caused.
+    /// `pilot_xds_pushes{type}`: responses sent.
+    pub pushes: Family<TypeLabels, Sum>,
+    /// `pilot_xds_push_time{type}`: translation and sending of one push,
+    /// in seconds.
+    pub push_duration: Family<TypeLabels, Histogram>,
+    /// `pilot_total_xds_rejects{type}`: responses the proxies rejected.
+    pub nacks: Family<TypeLabels, Sum>,
+    /// `pilot_proxy_convergence_time`: from the moment a connection sees a
+    /// new snapshot to the proxy's ACK of the response it caused, in
+    /// seconds.
     pub convergence: Histogram,
 }
 
 impl XdsMetrics {
     /// Creates the metrics and registers them in `registry`.
     pub fn register(registry: &mut Registry) -> Self {
+        let push_buckets: fn() -> Histogram =
+            || Histogram::new(exponential_buckets(0.0005, 2.0, 16));
         let m = Self {
             connected_proxies: Gauge::default(),
             pushes: Family::default(),
-            push_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            push_duration: Family::new_with_constructor(push_buckets),
             nacks: Family::default(),
             convergence: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
         };
         registry.register(
-            "mesh_xds_connected_proxies",
-            "Open ADS streams",
+            "pilot_xds",
+            "Number of proxies connected to this control plane using xDS",
             m.connected_proxies.clone(),
         );
         registry.register(
-            "mesh_xds_pushes",
+            "pilot_xds_pushes",
             "xDS responses sent, by type",
             m.pushes.clone(),
         );
         registry.register(
-            "mesh_xds_push_duration_seconds",
-            "Time to translate and enqueue one push to one proxy",
+            "pilot_xds_push_time",
+            "Time in seconds to translate and enqueue one push to one proxy, by type",
             m.push_duration.clone(),
         );
         registry.register(
-            "mesh_xds_nacks",
+            "pilot_total_xds_rejects",
             "xDS responses rejected by proxies, by type",
             m.nacks.clone(),
         );
         registry.register(
-            "mesh_xds_convergence_seconds",
-            "Time from a connection seeing a new snapshot to the proxy's ACK",
+            "pilot_proxy_convergence_time",
+            "Time in seconds from a connection seeing a new snapshot to the proxy's ACK",
             m.convergence.clone(),
         );
         m

@@ -292,9 +292,7 @@ impl Conn {
             .metrics
             .xds()
             .nacks
-            .get_or_create(&TypeLabels {
-                r#type: ty.short_name(),
-            })
+            .get_or_create(&TypeLabels::of(ty))
             .inc();
         self.sync.update(ty, |t| {
             t.last_nack = Some(message);
@@ -316,12 +314,11 @@ impl Conn {
     /// Counts a push of `ty` whose work began at `started`.
     fn record_push(&self, ty: ResourceType, started: Instant) {
         let xds = self.shared.metrics.xds();
-        xds.pushes
-            .get_or_create(&TypeLabels {
-                r#type: ty.short_name(),
-            })
-            .inc();
-        xds.push_duration.observe(started.elapsed().as_secs_f64());
+        let labels = TypeLabels::of(ty);
+        xds.pushes.get_or_create(&labels).inc();
+        xds.push_duration
+            .get_or_create(&labels)
+            .observe(started.elapsed().as_secs_f64());
     }
 
     /// The resources of the newest snapshot, translating if needed; `None`
