@@ -7,6 +7,7 @@
 
 pub mod istio_stats;
 pub mod json;
+pub mod metadata_exchange;
 
 pub use envoy_types::pb;
 pub use envoy_types::util::pack_any;

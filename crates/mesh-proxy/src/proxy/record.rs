@@ -248,6 +248,9 @@ pub struct TcpRecord {
     pub local_principal: Option<Arc<str>>,
     /// The metric overrides of the TCP proxy, if any.
     pub stats: Option<Arc<crate::telemetry::overrides::Overrides>>,
+    /// What the other side said of itself in the TCP metadata exchange:
+    /// the source on inbound, the destination on outbound.
+    pub peer: Option<Arc<crate::telemetry::peer::PeerMetadata>>,
 }
 
 /// An observer that does nothing.

@@ -7,6 +7,16 @@
 //! so it reaches the upstream untouched. A connection that would take the
 //! cluster past its `max_connections` circuit breaker is closed at once
 //! (flag `UO`), as Envoy's TCP proxy does.
+//!
+//! Istio's TCP metadata exchange runs on both ends, only where ALPN
+//! `istio-peer-exchange` was negotiated (so never toward a proxy that does
+//! not speak it): as the server, when the chain has
+//! `istio.metadata_exchange` and the downstream negotiated it; as the
+//! client, when the cluster has the upstream filter (only then is the ALPN
+//! offered) and the upstream selected it. Each side writes its header
+//! first and strips the peer's from the first bytes it reads
+//! ([`crate::telemetry::peer::exchange`]); the record then names the
+//! other side's workload.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -15,17 +25,21 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use mesh_ca::tls::MeshTls;
-use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 
 use crate::proxy::pool::UpstreamError;
 use crate::proxy::record::{ResponseFlags, TcpRecord};
 use crate::proxy::{ConnInfo, Generation, Shared, Stream, outlier, pick_endpoint, upstream_tls};
 use crate::runtime::listener::{Direction, TcpProxy};
+use crate::telemetry::peer::exchange::{self, PeerReader};
+
+/// Time allowed for writing this proxy's exchange header.
+const HEADER_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Proxies `downstream` by `tcp`.
 pub(crate) async fn proxy(
-    mut downstream: Stream,
+    downstream: Stream,
     conn: Arc<ConnInfo>,
     tcp: &TcpProxy,
     generation: Arc<Generation>,
@@ -56,6 +70,7 @@ pub(crate) async fn proxy(
             None
         },
         stats: tcp.stats.clone(),
+        peer: None,
     };
     let identity = shared.identity();
     // Counted for as long as the upstream connection lives.
@@ -71,6 +86,25 @@ pub(crate) async fn proxy(
         crate::telemetry::access_log::log_connection(&tcp.access_logs, &record);
         return;
     }
+    let local = shared.peer_metadata.as_deref();
+    let negotiated = conn.session.as_ref().and_then(|s| s.alpn.as_deref());
+    let mut downstream = if tcp.peer_exchange && negotiated == Some(exchange::ALPN) {
+        let mut downstream = downstream;
+        if let Some(local) = local
+            && !write_header(&mut downstream, local).await
+        {
+            record
+                .flags
+                .insert(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION);
+            record.duration = started.elapsed();
+            shared.observer.connection(&record);
+            crate::telemetry::access_log::log_connection(&tcp.access_logs, &record);
+            return;
+        }
+        PeerReader::exchanging(downstream)
+    } else {
+        PeerReader::plain(downstream)
+    };
     let upstream = connect(
         &conn,
         &cluster_name,
@@ -80,14 +114,32 @@ pub(crate) async fn proxy(
         &mut record,
     )
     .await;
-    if let Some(mut upstream) = upstream {
-        splice(
-            &mut downstream,
-            &mut upstream,
-            tcp.idle_timeout,
-            &mut record,
-        )
-        .await;
+    if let Some(upstream) = upstream {
+        let upstream = match upstream {
+            Upstream::Exchanging(mut s) => match local {
+                Some(local) if !write_header(&mut s, local).await => None,
+                _ => Some(PeerReader::exchanging(s)),
+            },
+            Upstream::Plain(s) => Some(PeerReader::plain(s)),
+        };
+        match upstream {
+            Some(mut upstream) => {
+                splice(
+                    &mut downstream,
+                    &mut upstream,
+                    tcp.idle_timeout,
+                    &mut record,
+                )
+                .await;
+                record.peer = match conn.listener.direction {
+                    Direction::Inbound => downstream.peer(),
+                    _ => upstream.peer(),
+                };
+            }
+            None => record
+                .flags
+                .insert(ResponseFlags::UPSTREAM_CONNECTION_FAILURE),
+        }
     }
     drop(counted);
     record.duration = started.elapsed();
@@ -95,14 +147,46 @@ pub(crate) async fn proxy(
     crate::telemetry::access_log::log_connection(&tcp.access_logs, &record);
 }
 
+/// An upstream connection, and whether it exchanges peer metadata.
+enum Upstream {
+    /// ALPN `istio-peer-exchange` was negotiated for a cluster that runs
+    /// the exchange.
+    Exchanging(Stream),
+    /// Anything else.
+    Plain(Stream),
+}
+
+/// Writes this proxy's exchange header to `stream`, before any byte of the
+/// application; whether it went out in time.
+async fn write_header(stream: &mut Stream, local: &crate::telemetry::peer::LocalMetadata) -> bool {
+    let write = async {
+        stream.write_all(local.tcp_header()).await?;
+        stream.flush().await
+    };
+    match tokio::time::timeout(HEADER_WRITE_TIMEOUT, write).await {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "writing the peer exchange header failed");
+            false
+        }
+        Err(_) => {
+            tracing::debug!(timeout = ?HEADER_WRITE_TIMEOUT, "writing the peer exchange header timed out");
+            false
+        }
+    }
+}
+
 /// Copies bytes both ways until both directions end (each end's EOF is
 /// passed on as a half close), one fails, or nothing moved for `idle`.
-async fn splice(
-    downstream: &mut Stream,
-    upstream: &mut Stream,
+async fn splice<D, U>(
+    downstream: &mut D,
+    upstream: &mut U,
     idle: Option<Duration>,
     record: &mut TcpRecord,
-) {
+) where
+    D: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
     let activity = Activity {
         base: Instant::now(),
         last: AtomicU64::new(0),
@@ -213,7 +297,7 @@ async fn connect(
     generation: &Generation,
     identity: Option<&Arc<MeshTls>>,
     record: &mut TcpRecord,
-) -> Option<Stream> {
+) -> Option<Upstream> {
     let (Some(cluster), Some(pool)) = (
         generation.runtime.cluster(cluster_name),
         generation.upstreams.get(cluster_name),
@@ -233,6 +317,15 @@ async fn connect(
         record.upstream_host = Some(address.to_string());
         let attempt = match upstream_tls(generation, identity, cluster, endpoint.as_deref()) {
             Ok(tls) => {
+                // Only a cluster that runs the exchange offers its ALPN.
+                let tls = match tls {
+                    Some(t) if cluster.config.peer_exchange && t.exchange.is_some() => {
+                        let mut with = (*t).clone();
+                        with.config = t.exchange.clone().unwrap_or_else(|| t.config.clone());
+                        Some(Arc::new(with))
+                    }
+                    other => other,
+                };
                 let attempt = pool.connect_tcp(&address, tls.as_deref()).await;
                 if let (Ok(Stream::ClientTls(s)), Some(tls)) = (&attempt, &tls) {
                     record.local_principal = tls.local_uri.clone();
@@ -256,7 +349,16 @@ async fn connect(
             }
         }
         match attempt {
-            Ok(s) => return Some(s),
+            Ok(s) => {
+                let exchanging = cluster.config.peer_exchange
+                    && matches!(&s, Stream::ClientTls(t)
+                        if t.get_ref().1.alpn_protocol() == Some(exchange::ALPN.as_bytes()));
+                return Some(if exchanging {
+                    Upstream::Exchanging(s)
+                } else {
+                    Upstream::Plain(s)
+                });
+            }
             Err(e) => {
                 tracing::debug!(upstream = %address, error = %e, "TCP proxy connect failed");
                 tried.push(address);

@@ -87,6 +87,11 @@ pub struct ClusterConfig {
     /// Below this percentage of available hosts a priority level balances
     /// over all its hosts (`healthy_panic_threshold`, default 50).
     pub panic_threshold: f64,
+    /// Istio's upstream metadata exchange filter is configured: TCP proxy
+    /// connections offer ALPN `istio-peer-exchange` and, when the server
+    /// selects it, exchange peer metadata
+    /// ([`crate::telemetry::peer::exchange`]).
+    pub peer_exchange: bool,
 }
 
 /// Envoy's default `dns_refresh_rate`.
@@ -292,6 +297,30 @@ fn source_address(
     Ok(SocketAddr::new(ip, port))
 }
 
+/// Whether the cluster's `filters` run Istio's upstream metadata exchange
+/// for its protocol. Other upstream filters are ignored, as before.
+fn peer_exchange(c: &PbCluster) -> FieldResult<bool> {
+    use mesh_api::xds::metadata_exchange::{
+        CLUSTER_FILTER, LISTENER_FILTER, MetadataExchange, PROTOCOL,
+    };
+    let mut on = false;
+    for (i, f) in c.filters.iter().enumerate() {
+        // Newer istiods name the upstream filter like the listener one.
+        if f.name != CLUSTER_FILTER && f.name != LISTENER_FILTER {
+            continue;
+        }
+        let Some(any) = &f.typed_config else {
+            return invalid(format!("filters[{i}].typed_config"), "is required");
+        };
+        match MetadataExchange::from_any(any) {
+            Ok(Some(mx)) => on |= mx.protocol == PROTOCOL,
+            Ok(None) => {}
+            Err(e) => return invalid(format!("filters[{i}].typed_config"), e),
+        }
+    }
+    Ok(on)
+}
+
 impl ClusterConfig {
     /// Compiles a cluster's settings (and its inline endpoints).
     pub(crate) fn compile(c: &PbCluster) -> FieldResult<Self> {
@@ -451,6 +480,7 @@ impl ClusterConfig {
             dns_lookup_family,
             outlier: super::outlier::OutlierConfig::compile(c)?,
             panic_threshold: super::outlier::panic_threshold(c)?,
+            peer_exchange: peer_exchange(c)?,
         })
     }
 
@@ -724,6 +754,66 @@ mod tests {
         assert_eq!(c.idle_timeout, Some(Duration::from_secs(30)));
         assert_eq!(c.max_requests_per_connection, Some(5));
         assert_eq!(c.connect_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn istios_upstream_metadata_exchange_filter_turns_the_exchange_on() {
+        use envoy_types::pb::envoy::config::cluster::v3::Filter;
+        use envoy_types::pb::google::protobuf::Any;
+        use mesh_api::xds::metadata_exchange::{CLUSTER_FILTER, MetadataExchange};
+        let with = |filters: Vec<Filter>| {
+            ClusterConfig::compile(&PbCluster {
+                name: "c".into(),
+                filters,
+                ..Default::default()
+            })
+        };
+        let mx = |name: &str, any: Option<Any>| Filter {
+            name: name.into(),
+            typed_config: any,
+            ..Default::default()
+        };
+        assert!(!with(vec![]).unwrap().peer_exchange);
+        assert!(
+            with(vec![mx(CLUSTER_FILTER, Some(MetadataExchange::istio()))])
+                .unwrap()
+                .peer_exchange
+        );
+        assert!(
+            with(vec![mx(
+                "istio.metadata_exchange",
+                Some(MetadataExchange::istio())
+            )])
+            .unwrap()
+            .peer_exchange
+        );
+        // Another protocol is not spoken; other filters are ignored as before.
+        let other = mesh_api::xds::pack_any(MetadataExchange {
+            protocol: "something-else".into(),
+        });
+        assert!(
+            !with(vec![mx(CLUSTER_FILTER, Some(other))])
+                .unwrap()
+                .peer_exchange
+        );
+        let unknown = Any {
+            type_url: "type.googleapis.com/some.Filter".into(),
+            value: vec![1, 2],
+        };
+        assert!(
+            !with(vec![mx("some.filter", Some(unknown))])
+                .unwrap()
+                .peer_exchange
+        );
+        // A config that does not decode is refused with its field.
+        let bad = Any {
+            type_url: MetadataExchange::istio().type_url,
+            value: vec![0x0a, 0x40],
+        };
+        let e = with(vec![mx("x", None), mx(CLUSTER_FILTER, Some(bad))]).unwrap_err();
+        assert_eq!(e.field, "filters[1].typed_config");
+        let e = with(vec![mx(CLUSTER_FILTER, None)]).unwrap_err();
+        assert_eq!(e.field, "filters[0].typed_config");
     }
 
     #[test]

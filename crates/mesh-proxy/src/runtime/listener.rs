@@ -535,6 +535,7 @@ fn network_filters(
     };
     let mut authz = Vec::new();
     let mut stats = None;
+    let mut peer_exchange = false;
     for (i, f) in rest.iter().enumerate() {
         let field = format!("{at}[{i}].typed_config");
         let typed = || match &f.config_type {
@@ -549,8 +550,13 @@ fn network_filters(
                 };
                 stats = network::istio_stats(any, &field)?;
             }
-            // Istio's metadata exchange observes and changes nothing on the path.
-            "istio.metadata_exchange" => {}
+            mesh_api::xds::metadata_exchange::LISTENER_FILTER => {
+                let any = match &f.config_type {
+                    Some(ConfigType::TypedConfig(any)) => Some(any),
+                    _ => None,
+                };
+                peer_exchange = network::metadata_exchange(any, &field)?;
+            }
             network::RBAC_NETWORK_FILTER => {
                 let filter = network::network_rbac(typed()?, &field)?;
                 if filter.rules.is_some() || filter.shadow.is_some() {
@@ -578,6 +584,7 @@ fn network_filters(
     let mut terminal = network::terminal(&last.name, any, &join(&at, "typed_config"))?;
     if let NetworkFilter::Tcp(tcp) = &mut terminal {
         tcp.stats = stats;
+        tcp.peer_exchange = peer_exchange;
     }
     Ok((authz, terminal))
 }

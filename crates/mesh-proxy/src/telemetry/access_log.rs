@@ -352,6 +352,7 @@ mod tests {
             upstream_peer_principal: None,
             local_principal: None,
             stats: None,
+            peer: None,
         }
     }
 

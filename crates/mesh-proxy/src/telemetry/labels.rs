@@ -78,7 +78,7 @@ impl<'a> PeerFacts<'a> {
             security: r.downstream_security,
             peer_principal,
             local_principal: r.local_principal.as_deref(),
-            metadata: None,
+            metadata: r.peer.as_deref(),
         }
     }
 

@@ -211,6 +211,7 @@ pub(crate) mod fixtures {
             upstream_peer_principal: None,
             local_principal: None,
             stats: None,
+            peer: None,
         }
     }
 }

@@ -11,6 +11,11 @@
 //! Nothing is sent to a peer that is not a mesh proxy: requests only carry
 //! the headers over Istio mTLS, and responses only when the request came
 //! with them.
+//!
+//! TCP connections exchange the same metadata in a header at the start of
+//! the stream, under ALPN `istio-peer-exchange` ([`exchange`]).
+
+pub mod exchange;
 
 use std::sync::Arc;
 
@@ -60,6 +65,8 @@ pub struct PeerMetadata {
 pub struct LocalMetadata {
     metadata: HeaderValue,
     id: HeaderValue,
+    /// The TCP exchange header ([`exchange::encode`]).
+    tcp: Arc<[u8]>,
 }
 
 // === impl LocalMetadata ===
@@ -79,7 +86,14 @@ impl LocalMetadata {
         Some(Self {
             metadata: HeaderValue::from_str(&encoded).ok()?,
             id: HeaderValue::from_str(&node.id).ok()?,
+            tcp: exchange::encode(&kept, &node.id).into(),
         })
+    }
+
+    /// The header this proxy writes first on a TCP connection that
+    /// negotiated `istio-peer-exchange`.
+    pub fn tcp_header(&self) -> &[u8] {
+        &self.tcp
     }
 
     /// Adds the headers to `headers` (replacing any).
@@ -206,6 +220,19 @@ mod tests {
         // Both headers are gone, the rest stays.
         assert!(!headers.contains_key(METADATA) && !headers.contains_key(METADATA_ID));
         assert_eq!(headers["x-other"], "kept");
+    }
+
+    #[test]
+    fn the_tcp_header_says_what_the_http_headers_say() {
+        let local = LocalMetadata::from_node(&node()).unwrap();
+        let exchange::Parsed::Header { consumed, peer } = exchange::parse(local.tcp_header())
+        else {
+            panic!("the local TCP header does not parse");
+        };
+        assert_eq!(consumed, local.tcp_header().len());
+        let mut headers = HeaderMap::new();
+        local.insert(&mut headers);
+        assert_eq!(peer, take(&mut headers));
     }
 
     #[test]

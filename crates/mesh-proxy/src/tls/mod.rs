@@ -70,10 +70,14 @@ pub struct ServerConfigs {
 }
 
 /// The client side of one upstream TLS setting.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct ClientTls {
-    /// The rustls config.
+    /// The rustls config. It never offers ALPN `istio-peer-exchange`:
+    /// only a TCP proxy that runs the exchange may (see `exchange`).
     pub config: Arc<ClientConfig>,
+    /// The same config offering the settings' ALPN list in full, when it
+    /// names `istio-peer-exchange`.
+    pub exchange: Option<Arc<ClientConfig>>,
     /// SNI to send (empty: none).
     pub sni: String,
     /// Changes whenever the settings or the material do: connections made
@@ -245,10 +249,24 @@ fn build_client(
         }
         None => builder.with_no_client_auth(),
     };
-    config.alpn_protocols = tls.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
     config.enable_sni = !tls.sni.is_empty();
+    let exchange_alpn = crate::telemetry::peer::exchange::ALPN;
+    let exchange = tls.alpn.iter().any(|p| p == exchange_alpn).then(|| {
+        let mut with = config.clone();
+        with.alpn_protocols = tls.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+        Arc::new(with)
+    });
+    // Offering it without running the exchange would let a mesh server
+    // select it and write its header into the application's bytes.
+    config.alpn_protocols = tls
+        .alpn
+        .iter()
+        .filter(|p| *p != exchange_alpn)
+        .map(|p| p.as_bytes().to_vec())
+        .collect();
     Ok(ClientTls {
         config: Arc::new(config),
+        exchange,
         sni: tls.sni.clone(),
         fingerprint: hasher.finish(),
         local_uri,

@@ -177,6 +177,11 @@ pub struct TcpProxy {
     /// Metric overrides (Istio's `istio.stats` network filter before the
     /// TCP proxy), if any.
     pub stats: Option<Arc<crate::telemetry::overrides::Overrides>>,
+    /// Istio's metadata exchange filter (`istio.metadata_exchange`) runs
+    /// before the TCP proxy: a connection that negotiated ALPN
+    /// `istio-peer-exchange` exchanges peer metadata
+    /// ([`crate::telemetry::peer::exchange`]).
+    pub peer_exchange: bool,
 }
 
 /// The cluster (or clusters) of a TCP proxy.
@@ -214,6 +219,21 @@ pub(super) fn network_rbac(any: &Any, at: &str) -> FieldResult<RbacFilter> {
 pub(super) fn network_ext_authz(any: &Any, at: &str) -> FieldResult<NetworkExtAuthz> {
     let pb: PbNetworkExtAuthz = decode_any(any, at)?;
     ext_authz::compile_network(&pb, at)
+}
+
+/// Whether an `istio.metadata_exchange` network filter's config at `at`
+/// runs the exchange: Istio's `MetadataExchange` with protocol
+/// `istio-peer-exchange`. No config, or one of another type, changes
+/// nothing (as before the exchange was implemented).
+pub(super) fn metadata_exchange(typed: Option<&Any>, at: &str) -> FieldResult<bool> {
+    use mesh_api::xds::metadata_exchange::{MetadataExchange, PROTOCOL};
+    let Some(any) = typed else {
+        return Ok(false);
+    };
+    match MetadataExchange::from_any(any) {
+        Ok(mx) => Ok(mx.is_some_and(|mx| mx.protocol == PROTOCOL)),
+        Err(e) => invalid(at, e),
+    }
 }
 
 /// Compiles the terminal filter `name` configured by `any`, at `at`.
@@ -518,6 +538,7 @@ fn tcp_proxy(t: &PbTcpProxy, at: &str) -> FieldResult<TcpProxy> {
     )?;
     Ok(TcpProxy {
         stats: None,
+        peer_exchange: false,
         access_logs: crate::runtime::access_log::compile(&t.access_log, &join(at, "access_log"))?,
         stat_prefix: t.stat_prefix.clone(),
         target,
@@ -603,6 +624,27 @@ mod tests {
             "cidrRanges": [{"addressPrefix": "127.0.0.0", "prefixLen": 8}]}}))
         .unwrap();
         assert_eq!(m.is_internal(LOOPBACK.parse().unwrap(), xff), internal);
+    }
+
+    #[test]
+    fn istio_metadata_exchange_runs_only_for_its_protocol() {
+        use mesh_api::xds::metadata_exchange::MetadataExchange;
+        assert!(metadata_exchange(Some(&MetadataExchange::istio()), "f").unwrap());
+        assert!(!metadata_exchange(None, "f").unwrap());
+        let other = mesh_api::xds::pack_any(MetadataExchange {
+            protocol: "istio2".into(),
+        });
+        assert!(!metadata_exchange(Some(&other), "f").unwrap());
+        let bad = Any {
+            type_url: MetadataExchange::istio().type_url,
+            value: vec![0x0a, 0x09],
+        };
+        assert_eq!(
+            metadata_exchange(Some(&bad), "filters[0].typed_config")
+                .unwrap_err()
+                .field,
+            "filters[0].typed_config"
+        );
     }
 
     #[test]

@@ -54,6 +54,7 @@ fn tcp() -> TcpRecord {
         upstream_peer_principal: None,
         local_principal: Some(Arc::from("spiffe://cluster.local/ns/a/sa/me")),
         stats: None,
+        peer: None,
     }
 }
 
