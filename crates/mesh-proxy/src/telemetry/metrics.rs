@@ -21,9 +21,8 @@ use prometheus_client::registry::Registry;
 
 use super::envoy_stats::{ClusterStats, RbacStats};
 use super::labels::{LocalIdentity, PeerCache, PeerFacts, PeerLabels};
-use super::overrides::{Metric, Overrides, TagChanges};
+use super::overrides::{Metric, TagChanges, Verdict, Verdicts};
 use crate::proxy::record::{RequestRecord, ResponseFlags, TcpRecord};
-use crate::runtime::access_log_filter::Attributes;
 
 /// Istio's buckets for `istio_request_duration_milliseconds`.
 pub const DURATION_BUCKETS: [f64; 19] = [
@@ -73,25 +72,19 @@ struct TcpLabels {
     changes: Option<Arc<TagChanges>>,
 }
 
-/// The labels of `metric` for record `r`: `base` with the overrides'
-/// tag changes; `None` when the metric is dropped.
+/// The labels of `metric` under `verdicts`: `base`, or `base` with the
+/// overrides' tag changes; `None` when the metric is dropped.
 fn overridden<L: Clone>(
-    stats: Option<&Overrides>,
+    verdicts: Option<&Verdicts>,
     metric: Metric,
-    r: &dyn Attributes,
     base: &L,
-    with: fn(&L, Option<Arc<TagChanges>>) -> L,
+    with: fn(&L, Arc<TagChanges>) -> L,
 ) -> Option<L> {
-    let Some(o) = stats.and_then(|s| s.get(metric)) else {
-        return Some(base.clone());
-    };
-    if o.drop {
-        return None;
+    match verdicts.map(|v| v.of(metric)) {
+        None | Some(Verdict::Untouched) => Some(base.clone()),
+        Some(Verdict::Dropped) => None,
+        Some(Verdict::Changed(c)) => Some(with(base, c.clone())),
     }
-    Some(match o.changes(r) {
-        Some(c) => with(base, Some(c)),
-        None => base.clone(),
-    })
 }
 
 // === impl Metrics ===
@@ -204,10 +197,11 @@ impl Metrics {
                 .observe(r.bytes_sent as f64);
             return;
         };
+        let verdicts = stats.verdicts(r);
         let with = |metric| {
-            overridden(Some(stats), metric, r, &labels, |l, changes| {
+            overridden(Some(&verdicts), metric, &labels, |l, changes| {
                 RequestLabels {
-                    changes,
+                    changes: Some(changes),
                     ..l.clone()
                 }
             })
@@ -250,12 +244,11 @@ impl Metrics {
             flags: r.flags,
             changes: None,
         };
+        let verdicts = r.stats.as_deref().map(|s| s.verdicts(r));
         let with = |metric| {
-            overridden(r.stats.as_deref(), metric, r, &labels, |l, changes| {
-                TcpLabels {
-                    changes,
-                    ..l.clone()
-                }
+            overridden(verdicts.as_ref(), metric, &labels, |l, changes| TcpLabels {
+                changes: Some(changes),
+                ..l.clone()
             })
         };
         if let Some(l) = with(Metric::TcpOpened) {
@@ -421,7 +414,7 @@ mod tests {
             ],
             ..Default::default()
         };
-        let stats = Overrides::compile(&cfg, "f").unwrap();
+        let stats = crate::telemetry::overrides::Overrides::compile(&cfg, "f").unwrap();
         let m = Metrics::new(LocalIdentity::from_node(&NodeConfig::default().build(None)));
         let mut r = request(
             200,

@@ -54,11 +54,34 @@ pub struct MetricOverride {
     upsert: Vec<(Arc<str>, CelValue)>,
 }
 
-/// The overrides of a connection manager or TCP proxy.
+/// The overrides of a connection manager or TCP proxy. Metrics changed
+/// by the same configuration entries share one [`MetricOverride`], so a
+/// record evaluates each distinct set of expressions once (an override
+/// without a name, covering every metric, is evaluated once, not eight
+/// times).
 #[derive(Clone, Debug, Default)]
 pub struct Overrides {
-    metrics: [Option<MetricOverride>; STANDARD_METRICS.len()],
+    /// The distinct overrides.
+    distinct: Vec<MetricOverride>,
+    /// Per metric, its override in `distinct`.
+    metrics: [Option<usize>; STANDARD_METRICS.len()],
 }
+
+/// What the overrides make of one metric for one record.
+#[derive(Clone, Debug, Default)]
+pub enum Verdict {
+    /// Reported with Istio's tags.
+    #[default]
+    Untouched,
+    /// Not reported.
+    Dropped,
+    /// Reported with these tag changes.
+    Changed(Arc<TagChanges>),
+}
+
+/// The verdict of every metric for one record.
+#[derive(Clone, Debug, Default)]
+pub struct Verdicts([Verdict; STANDARD_METRICS.len()]);
 
 /// Tag changes evaluated for one record: what a series' labels carry.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
@@ -76,7 +99,10 @@ impl Overrides {
     /// Compiles the stats filter's configuration at field `at`; `None`
     /// when it changes nothing.
     pub(crate) fn compile(cfg: &PluginConfig, at: &str) -> FieldResult<Option<Arc<Self>>> {
-        let mut out = Self::default();
+        let mut merged: [Option<MetricOverride>; STANDARD_METRICS.len()] = Default::default();
+        // The configuration entries that changed each metric: metrics
+        // with the same list have the same override.
+        let mut entries: [Vec<usize>; STANDARD_METRICS.len()] = Default::default();
         for (i, m) in cfg.metrics.iter().enumerate() {
             let targets: Vec<usize> = if m.name.is_empty() {
                 (0..STANDARD_METRICS.len()).collect()
@@ -100,7 +126,8 @@ impl Overrides {
                 ));
             }
             for t in targets {
-                let o = out.metrics[t].get_or_insert_with(MetricOverride::default);
+                entries[t].push(i);
+                let o = merged[t].get_or_insert_with(MetricOverride::default);
                 o.drop |= m.drop;
                 for tag in &m.tags_to_remove {
                     o.upsert.retain(|(n, _)| **n != **tag);
@@ -115,21 +142,64 @@ impl Overrides {
                 }
             }
         }
-        if out.metrics.iter().all(Option::is_none) {
+        if merged.iter().all(Option::is_none) {
             return Ok(None);
+        }
+        let mut out = Self::default();
+        for (t, o) in merged.into_iter().enumerate() {
+            let Some(o) = o else { continue };
+            let shared = (0..t).find(|&u| entries[u] == entries[t] && out.metrics[u].is_some());
+            out.metrics[t] = Some(match shared.and_then(|u| out.metrics[u]) {
+                Some(index) => index,
+                None => {
+                    out.distinct.push(o);
+                    out.distinct.len() - 1
+                }
+            });
         }
         Ok(Some(Arc::new(out)))
     }
 
     /// The overrides of `metric`, if any.
     pub fn get(&self, metric: Metric) -> Option<&MetricOverride> {
-        self.metrics[metric as usize].as_ref()
+        self.metrics[metric as usize].map(|i| &self.distinct[i])
+    }
+
+    /// What becomes of every metric for record `r`, evaluating each
+    /// distinct override's expressions once.
+    pub(crate) fn verdicts(&self, r: &dyn Attributes) -> Verdicts {
+        let mut evaluated: Vec<Option<Verdict>> = vec![None; self.distinct.len()];
+        let mut out = Verdicts::default();
+        for (verdict, index) in out.0.iter_mut().zip(self.metrics) {
+            let Some(i) = index else { continue };
+            *verdict = evaluated[i]
+                .get_or_insert_with(|| self.distinct[i].verdict(r))
+                .clone();
+        }
+        out
+    }
+}
+
+// === impl Verdicts ===
+
+impl Verdicts {
+    /// The verdict for `metric`.
+    pub fn of(&self, metric: Metric) -> &Verdict {
+        &self.0[metric as usize]
     }
 }
 
 // === impl MetricOverride ===
 
 impl MetricOverride {
+    /// What this override makes of its metrics for record `r`.
+    fn verdict(&self, r: &dyn Attributes) -> Verdict {
+        if self.drop {
+            return Verdict::Dropped;
+        }
+        self.changes(r).map_or(Verdict::Untouched, Verdict::Changed)
+    }
+
     /// The tag changes for record `r`; `None` when the tags are Istio's.
     pub(crate) fn changes(&self, r: &dyn Attributes) -> Option<Arc<TagChanges>> {
         if self.remove.is_empty() && self.upsert.is_empty() {
@@ -202,6 +272,28 @@ mod tests {
         let bytes = o.get(Metric::TcpSent).unwrap().changes(&r).unwrap();
         assert_eq!(bytes.removed, vec![Arc::<str>::from("request_protocol")]);
         assert!(!o.get(Metric::TcpSent).unwrap().drop);
+    }
+
+    #[test]
+    fn metrics_changed_by_the_same_entries_share_one_evaluation() {
+        let cfg = config(vec![
+            metric("", &[("route", "xds.route_name")], &[], false),
+            metric("request_duration_milliseconds", &[], &[], true),
+        ]);
+        let o = Overrides::compile(&cfg, "f").unwrap().unwrap();
+        // Seven metrics share the nameless entry; the duration has its own.
+        assert_eq!(o.distinct.len(), 2);
+        let mut r = request(200, ResponseFlags::default(), Some("outbound|80||a"));
+        r.route_name = Some("default".into());
+        let v = o.verdicts(&r);
+        let (Verdict::Changed(a), Verdict::Changed(b)) =
+            (v.of(Metric::Requests), v.of(Metric::TcpSent))
+        else {
+            panic!("{v:?}");
+        };
+        assert!(Arc::ptr_eq(a, b), "one evaluation shared");
+        assert_eq!(a.set, vec![(Arc::from("route"), "default".to_string())]);
+        assert!(matches!(v.of(Metric::Duration), Verdict::Dropped));
     }
 
     #[test]

@@ -45,6 +45,25 @@ spec:
   - route: [{destination: {host: reviews, subset: v1}}]
 ";
 
+/// Telemetry metrics overrides for every workload of the namespace: the
+/// servers stop reporting request sizes, every request count gains the
+/// method and loses the protocol (Istio's `tagOverrides`).
+const OVERRIDES: &str = "\
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: metrics, namespace: default}
+spec:
+  metrics:
+  - providers: [{name: prometheus}]
+    overrides:
+    - match: {metric: REQUEST_SIZE, mode: SERVER}
+      disabled: true
+    - match: {metric: REQUEST_COUNT}
+      tagOverrides:
+        request_method: {value: request.method}
+        request_protocol: {operation: REMOVE}
+";
+
 /// The Prometheus binary, or `None` (skip) when it is missing outside CI.
 fn prometheus_binary() -> Option<String> {
     let found = Command::new("sh")
@@ -166,6 +185,7 @@ fn a_real_prometheus_scraping_the_status_ports_answers_promql_with_the_traffic_s
     };
     let mesh = Mesh::new();
     std::fs::write(mesh.config.path().join("routing.yaml"), ROUTING).unwrap();
+    std::fs::write(mesh.config.path().join("telemetry.yaml"), OVERRIDES).unwrap();
     let up = mesh.up_with(&["--no-gateway"]);
     assert!(
         up.status.success(),
@@ -343,6 +363,52 @@ fn a_real_prometheus_scraping_the_status_ports_answers_promql_with_the_traffic_s
         r#"sum(istio_request_duration_milliseconds_count{reporter="destination",destination_workload="reviews-v2"})"#,
     );
     assert_eq!(buckets, Some(TO_V2 as f64), "p99 {p99:?}");
+
+    // The Telemetry overrides, as the scrape shows them. Request sizes:
+    // only the clients' sidecars report them.
+    let sizes = |reporter: &str| {
+        prometheus.scalar(&format!(
+            r#"sum(istio_request_bytes_count{{reporter="{reporter}"}})"#
+        ))
+    };
+    assert_eq!(
+        (sizes("source"), sizes("destination")),
+        (Some((TO_V1 + TO_V2 + ABORTED) as f64), None),
+        "{:?}",
+        prometheus.query("sum by (reporter) (istio_request_bytes_count)")
+    );
+    // Request counts carry the method and not the protocol; the other
+    // metrics keep Istio's tags.
+    let methods = prometheus.query(
+        r#"sum by (reporter, request_method) (istio_requests_total{source_workload="client"})"#,
+    );
+    let by_method: Vec<(String, String, f64)> = methods
+        .iter()
+        .map(|(m, v)| {
+            let label = |k: &str| m[k].as_str().unwrap_or_default().to_string();
+            (label("reporter"), label("request_method"), *v)
+        })
+        .collect();
+    assert!(
+        by_method.contains(&("destination".into(), "GET".into(), (TO_V1 + TO_V2) as f64))
+            && by_method.contains(&(
+                "source".into(),
+                "GET".into(),
+                (TO_V1 + TO_V2 + ABORTED) as f64
+            ))
+            && by_method.len() == 2,
+        "{by_method:?}"
+    );
+    assert_eq!(
+        prometheus.query(r#"istio_requests_total{request_protocol!=""}"#),
+        Vec::new()
+    );
+    assert_eq!(
+        prometheus.scalar(
+            r#"sum(istio_request_duration_milliseconds_count{reporter="destination",request_protocol="http"})"#
+        ),
+        Some((TO_V1 + TO_V2) as f64)
+    );
     drop(prometheus);
     // (Past the counts.) The exchange's headers reach neither the app (mesh-echo answers
     // with the request headers it got) nor the client.
