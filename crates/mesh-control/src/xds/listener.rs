@@ -507,6 +507,49 @@ pub(crate) fn destination_port(
     }
 }
 
+/// Calls `f` with every filter chain of `listeners` (the default chain
+/// too) and whether its listener is inbound. The passes applied over the
+/// built listeners (access logs, stats, tracing, internal addresses) walk
+/// them this way, so each stays unaware of how a listener was built.
+pub(crate) fn for_each_chain(
+    listeners: &mut [Listener],
+    mut f: impl FnMut(bool, &mut FilterChain),
+) {
+    for l in listeners.iter_mut() {
+        let inbound = l.traffic_direction == TrafficDirection::Inbound as i32;
+        for chain in l
+            .filter_chains
+            .iter_mut()
+            .chain(l.default_filter_chain.iter_mut())
+        {
+            f(inbound, chain);
+        }
+    }
+}
+
+/// Calls `f` with every HTTP connection manager of `listeners`, decoded,
+/// and whether its listener is inbound; a manager `f` says it changed
+/// (`true`) is encoded back in place. A filter that does not decode is
+/// left alone.
+pub(crate) fn for_each_hcm(
+    listeners: &mut [Listener],
+    mut f: impl FnMut(bool, &mut HttpConnectionManager) -> bool,
+) {
+    for_each_chain(listeners, |inbound, chain| {
+        for filter in chain.filters.iter_mut().filter(|x| x.name == HCM_FILTER) {
+            let Some(filter::ConfigType::TypedConfig(any)) = &filter.config_type else {
+                continue;
+            };
+            let Ok(mut hcm) = HttpConnectionManager::decode(any.value.as_slice()) else {
+                continue;
+            };
+            if f(inbound, &mut hcm) {
+                filter.config_type = Some(filter::ConfigType::TypedConfig(pack_any(hcm)));
+            }
+        }
+    });
+}
+
 /// Names of the route configurations the listeners fetch over RDS, sorted.
 pub fn rds_route_names(listeners: &[Listener]) -> Vec<String> {
     let mut names = BTreeSet::new();

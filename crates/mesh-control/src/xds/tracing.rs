@@ -17,10 +17,9 @@
 
 use std::collections::BTreeMap;
 
-use envoy_types::pb::envoy::config::core::v3::{GrpcService, TrafficDirection, grpc_service};
-use envoy_types::pb::envoy::config::listener::v3::{Listener, filter};
+use envoy_types::pb::envoy::config::core::v3::{GrpcService, grpc_service};
+use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::trace::v3::{OpenTelemetryConfig, tracing::Http, tracing::http};
-use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::Tracing;
 use envoy_types::pb::envoy::r#type::tracing::v3::{CustomTag, custom_tag};
 use envoy_types::pb::envoy::r#type::v3::Percent;
@@ -28,7 +27,6 @@ use envoy_types::pb::google::protobuf::BoolValue;
 use mesh_api::telemetry::WorkloadMode;
 use mesh_api::wellknown::{LABEL_APP, LABEL_CANONICAL_NAME, LABEL_CANONICAL_REVISION};
 use mesh_api::xds::pack_any;
-use prost::Message;
 
 use super::scope::ProxyScope;
 use crate::proxy::ProxyInfo;
@@ -38,7 +36,6 @@ use crate::snapshot::Snapshot;
 pub const OPENTELEMETRY_TRACER: &str = "envoy.tracers.opentelemetry";
 /// Istio's default sampling percentage.
 pub const DEFAULT_SAMPLING: f64 = 1.0;
-const HCM_FILTER: &str = "envoy.filters.network.http_connection_manager";
 
 /// What tracing resolves to for one side of one proxy; compared (and
 /// hashed) as a translation dependency.
@@ -151,7 +148,10 @@ pub fn settings(
         tracing::warn!(provider = %provider_name, "opentelemetry provider needs service and port");
         return None;
     };
-    let host = service.split_once('/').map_or(service, |(_, h)| h);
+    let Some(cluster) = collector_cluster(service, port) else {
+        tracing::warn!(provider = %provider_name, port, "opentelemetry provider port is not a port");
+        return None;
+    };
     let sampling = sampling
         .or_else(|| {
             mesh.default_config
@@ -187,11 +187,21 @@ pub fn settings(
             .or_insert_with(|| literal(name, value));
     }
     Some(TraceSettings {
-        cluster: super::outbound_cluster_name(u16::try_from(port).unwrap_or_default(), "", host),
+        cluster,
         service_name: format!("{canonical}.{}", proxy.namespace),
         sampling,
         custom_tags: tags,
     })
+}
+
+/// The outbound cluster of an extension provider's `service` (Istio's
+/// `[namespace/]hostname`) and `port`, `outbound|<port>||<hostname>`: where
+/// a collector (tracing, OpenTelemetry access logs) is reached. `None`
+/// when the port does not fit one.
+pub(crate) fn collector_cluster(service: &str, port: u32) -> Option<String> {
+    let host = service.split_once('/').map_or(service, |(_, h)| h);
+    let port = u16::try_from(port).ok().filter(|p| *p != 0)?;
+    Some(super::outbound_cluster_name(port, "", host))
 }
 
 fn literal(tag: &str, value: String) -> CustomTag {
@@ -269,27 +279,11 @@ pub(crate) fn apply(scope: &ProxyScope<'_>, listeners: &mut [Listener]) {
     if client.is_none() && server.is_none() {
         return;
     }
-    for l in listeners.iter_mut() {
-        let inbound = l.traffic_direction == TrafficDirection::Inbound as i32;
+    super::listener::for_each_hcm(listeners, |inbound, hcm| {
         let Some(s) = (if inbound { &server } else { &client }) else {
-            continue;
+            return false;
         };
-        let block = hcm_tracing(s, !inbound);
-        for chain in l
-            .filter_chains
-            .iter_mut()
-            .chain(l.default_filter_chain.iter_mut())
-        {
-            for f in chain.filters.iter_mut().filter(|f| f.name == HCM_FILTER) {
-                let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else {
-                    continue;
-                };
-                let Ok(mut hcm) = HttpConnectionManager::decode(any.value.as_slice()) else {
-                    continue;
-                };
-                hcm.tracing = Some(block.clone());
-                f.config_type = Some(filter::ConfigType::TypedConfig(pack_any(hcm)));
-            }
-        }
-    }
+        hcm.tracing = Some(hcm_tracing(s, !inbound));
+        true
+    });
 }

@@ -1,5 +1,5 @@
-//! Access logs: the file access logs of every HTTP connection manager of
-//! the proxy's listeners, as istiod writes them.
+//! Access logs: the file and OpenTelemetry access logs of every HTTP
+//! connection manager of the proxy's listeners, as istiod writes them.
 //!
 //! What applies is resolved as Istio does. Telemetry `accessLogging`
 //! entries of the resources that apply (`super::super::telemetry`: mesh,
@@ -19,15 +19,23 @@
 //! Providers are MeshConfig `extensionProviders` of kind
 //! `envoyFileAccessLog` (`path`, default `/dev/stdout`; `logFormat.text`,
 //! or `logFormat.labels` for JSON, empty labels meaning Istio's JSON
-//! fields) and the built-in `envoy` (`/dev/stdout` in Istio's text
-//! format) unless MeshConfig defines its own `envoy`. A name that is not
-//! defined, or a provider of another kind (gRPC and OpenTelemetry access
-//! log services are not translated), is skipped with a warning naming the
-//! Telemetry and the field; the rest still applies.
+//! fields), the built-in `envoy` (`/dev/stdout` in Istio's text format)
+//! unless MeshConfig defines its own `envoy`, and `envoyOtelAls`:
+//! Envoy's OpenTelemetry logger to the collector's outbound cluster
+//! (`service` and `port` resolved as the tracing provider's are,
+//! `super::super::tracing::collector_cluster`), `logName` (default
+//! `otel_envoy_accesslog`), the body `logFormat.text` (Istio's text
+//! format when unset, written as given), one string attribute per
+//! `logFormat.labels` entry (none by default, as istiod) and Envoy's
+//! built-in resource labels off, as istiod sets them. A name that is not
+//! defined, or a provider of another kind (the gRPC access log services
+//! are not translated), is skipped with a warning naming the Telemetry
+//! and the field; the rest still applies. File logs are not put on TCP
+//! proxies, and neither are OpenTelemetry logs.
 //!
-//! Applied once over the built listeners, so each builder of a connection
-//! manager (gateway servers, sidecar ports, inbound chains) stays unaware
-//! of it.
+//! Applied once over the built listeners (`super::for_each_hcm`), so each
+//! builder of a connection manager (gateway servers, sidecar ports,
+//! inbound chains) stays unaware of it.
 
 use std::collections::BTreeMap;
 
@@ -35,89 +43,74 @@ use envoy_types::pb::envoy::config::accesslog::v3::{
     AccessLog, AccessLogFilter, ExtensionFilter, access_log, access_log_filter, extension_filter,
 };
 use envoy_types::pb::envoy::config::core::v3::{
-    DataSource, SubstitutionFormatString, TrafficDirection, data_source, substitution_format_string,
+    ApiVersion, DataSource, GrpcService, SubstitutionFormatString, data_source, grpc_service,
+    substitution_format_string,
 };
-use envoy_types::pb::envoy::config::listener::v3::{Listener, filter};
+use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::extensions::access_loggers::file::v3::{
     FileAccessLog, file_access_log,
 };
 use envoy_types::pb::envoy::extensions::access_loggers::filters::cel::v3::ExpressionFilter;
-use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
-use mesh_api::mesh_config::{AccessLogEncoding, EnvoyFileAccessLog, MeshConfig};
+use envoy_types::pb::envoy::extensions::access_loggers::grpc::v3::CommonGrpcAccessLogConfig;
+use envoy_types::pb::envoy::extensions::access_loggers::open_telemetry::v3::OpenTelemetryAccessLogConfig;
+use envoy_types::pb::opentelemetry::proto::common::v1::{
+    AnyValue, KeyValue, KeyValueList, any_value,
+};
+use mesh_api::access_log_formats::{ISTIO_JSON_FORMAT, ISTIO_TEXT_FORMAT};
+use mesh_api::mesh_config::{AccessLogEncoding, EnvoyFileAccessLog, EnvoyOtelAls, MeshConfig};
 use mesh_api::telemetry::WorkloadMode;
 use mesh_api::xds::pack_any;
 use prost::Message;
 
-use super::HCM_FILTER;
 use crate::proxy::ProxyInfo;
 use crate::snapshot::{Snapshot, name_of, namespace_of};
 use crate::xds::ProxyScope;
 
-/// Istio's default text format (`EnvoyTextLogFormat` in istiod).
-pub(crate) const ISTIO_TEXT_FORMAT: &str = concat!(
-    "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" ",
-    "%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS% ",
-    "\"%UPSTREAM_TRANSPORT_FAILURE_REASON%\" %BYTES_RECEIVED% %BYTES_SENT% %DURATION% ",
-    "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(USER-AGENT)%\" ",
-    "\"%REQ(X-REQUEST-ID)%\" \"%REQ(:AUTHORITY)%\" \"%UPSTREAM_HOST%\" %UPSTREAM_CLUSTER% ",
-    "%UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% ",
-    "%REQUESTED_SERVER_NAME% %ROUTE_NAME%\n",
-);
-
-/// Istio's default JSON format (`accessLogEncoding: JSON`): the text
-/// format's fields under Istio's keys.
-const ISTIO_JSON_FORMAT: &[(&str, &str)] = &[
-    ("start_time", "%START_TIME%"),
-    ("method", "%REQ(:METHOD)%"),
-    ("path", "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%"),
-    ("protocol", "%PROTOCOL%"),
-    ("response_code", "%RESPONSE_CODE%"),
-    ("response_flags", "%RESPONSE_FLAGS%"),
-    ("response_code_details", "%RESPONSE_CODE_DETAILS%"),
-    (
-        "connection_termination_details",
-        "%CONNECTION_TERMINATION_DETAILS%",
-    ),
-    (
-        "upstream_transport_failure_reason",
-        "%UPSTREAM_TRANSPORT_FAILURE_REASON%",
-    ),
-    ("bytes_received", "%BYTES_RECEIVED%"),
-    ("bytes_sent", "%BYTES_SENT%"),
-    ("duration", "%DURATION%"),
-    (
-        "upstream_service_time",
-        "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%",
-    ),
-    ("x_forwarded_for", "%REQ(X-FORWARDED-FOR)%"),
-    ("user_agent", "%REQ(USER-AGENT)%"),
-    ("request_id", "%REQ(X-REQUEST-ID)%"),
-    ("authority", "%REQ(:AUTHORITY)%"),
-    ("upstream_host", "%UPSTREAM_HOST%"),
-    ("upstream_cluster", "%UPSTREAM_CLUSTER%"),
-    ("upstream_local_address", "%UPSTREAM_LOCAL_ADDRESS%"),
-    ("downstream_local_address", "%DOWNSTREAM_LOCAL_ADDRESS%"),
-    ("downstream_remote_address", "%DOWNSTREAM_REMOTE_ADDRESS%"),
-    ("requested_server_name", "%REQUESTED_SERVER_NAME%"),
-    ("route_name", "%ROUTE_NAME%"),
-];
-
 const FILE_LOGGER: &str = "envoy.access_loggers.file";
+/// Envoy's OpenTelemetry access logger.
+pub const OTEL_LOGGER: &str = "envoy.access_loggers.open_telemetry";
+/// istiod's `log_name` of an `envoyOtelAls` provider that sets none.
+pub const DEFAULT_OTEL_LOG_NAME: &str = "otel_envoy_accesslog";
 /// Envoy's CEL access log filter.
 pub const CEL_FILTER: &str = "envoy.access_loggers.extension_filters.cel";
 /// Istio's built-in provider: Envoy's file log on `/dev/stdout`.
 pub const ENVOY_PROVIDER: &str = "envoy";
 const DEFAULT_PATH: &str = "/dev/stdout";
 
-/// One file access log of one side of a proxy.
+/// One access log of one side of a proxy.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LogSpec {
-    /// File path.
-    pub path: String,
-    /// Line format.
-    pub format: LogFormat,
+    /// Where records go, and how they are rendered.
+    pub target: LogTarget,
     /// CEL expression a request must satisfy to be logged.
     pub filter: Option<String>,
+}
+
+/// Where an access log's records go.
+#[derive(Clone, Debug, PartialEq)]
+pub enum LogTarget {
+    /// Lines appended to a file (`envoyFileAccessLog`, `accessLogFile`).
+    File {
+        /// File path.
+        path: String,
+        /// Line format.
+        format: LogFormat,
+    },
+    /// OTLP log records exported to a collector (`envoyOtelAls`).
+    OpenTelemetry(OtelLog),
+}
+
+/// An OpenTelemetry access log, as istiod writes it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OtelLog {
+    /// `outbound|<port>||<host>` of the collector.
+    pub cluster: String,
+    /// `log_name` (istiod's default `otel_envoy_accesslog`).
+    pub log_name: String,
+    /// The record's body: a text format.
+    pub body: String,
+    /// Attribute name to text format, in key order (`logFormat.labels`).
+    pub attributes: BTreeMap<String, String>,
 }
 
 /// A line format.
@@ -259,10 +252,19 @@ pub fn logs(snapshot: &Snapshot, proxy: &ProxyInfo, mode: WorkloadMode) -> Vec<L
             .iter()
             .find(|p| p.name.as_deref() == Some(name.as_str()));
         let file = match provider {
-            Some(p) => match &p.envoy_file_access_log {
-                Some(f) => f,
-                None => {
-                    tracing::warn!(provider = %name, at = %at, "access log provider is not envoyFileAccessLog; only file access logs are translated, skipped");
+            Some(p) => match (&p.envoy_file_access_log, &p.envoy_otel_als) {
+                (Some(f), _) => f,
+                (None, Some(otel)) => {
+                    if let Some(log) = otel_log(otel, &name, &at) {
+                        out.push(LogSpec {
+                            target: LogTarget::OpenTelemetry(log),
+                            filter,
+                        });
+                    }
+                    continue;
+                }
+                (None, None) => {
+                    tracing::warn!(provider = %name, at = %at, "access log provider is neither envoyFileAccessLog nor envoyOtelAls; skipped");
                     continue;
                 }
             },
@@ -273,16 +275,62 @@ pub fn logs(snapshot: &Snapshot, proxy: &ProxyInfo, mode: WorkloadMode) -> Vec<L
             }
         };
         out.push(LogSpec {
-            path: file
-                .path
-                .clone()
-                .filter(|p| !p.is_empty())
-                .unwrap_or_else(|| DEFAULT_PATH.into()),
-            format: provider_format(file),
+            target: LogTarget::File {
+                path: file
+                    .path
+                    .clone()
+                    .filter(|p| !p.is_empty())
+                    .unwrap_or_else(|| DEFAULT_PATH.into()),
+                format: provider_format(file),
+            },
             filter,
         });
     }
     out
+}
+
+/// An `envoyOtelAls` provider, as istiod resolves it: the collector's
+/// outbound cluster (resolved as the tracing provider's service is), the
+/// log name, the text format as the body (Istio's text format when
+/// unset, written as given) and `logFormat.labels` as attributes (none
+/// when empty: istiod adds no default attributes). `None`, with a
+/// warning, when the service or port is missing.
+fn otel_log(otel: &EnvoyOtelAls, name: &str, at: &str) -> Option<OtelLog> {
+    let (Some(service), Some(port)) =
+        (otel.service.as_deref().filter(|s| !s.is_empty()), otel.port)
+    else {
+        tracing::warn!(provider = %name, at = %at, "envoyOtelAls provider needs service and port; skipped");
+        return None;
+    };
+    let Some(cluster) = crate::xds::tracing::collector_cluster(service, port) else {
+        tracing::warn!(provider = %name, at = %at, port, "envoyOtelAls port is not a port; skipped");
+        return None;
+    };
+    let format = otel.log_format.as_ref();
+    let body = format
+        .and_then(|f| f.text.clone())
+        .filter(|t| !t.is_empty())
+        .unwrap_or_else(|| ISTIO_TEXT_FORMAT.to_string());
+    let attributes = match format.and_then(|f| f.labels.as_ref()) {
+        Some(serde_json::Value::Object(labels)) => labels
+            .iter()
+            .map(|(k, v)| {
+                let v = v.as_str().map_or_else(|| v.to_string(), str::to_string);
+                (k.clone(), v)
+            })
+            .collect(),
+        _ => BTreeMap::new(),
+    };
+    Some(OtelLog {
+        cluster,
+        log_name: otel
+            .log_name
+            .clone()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| DEFAULT_OTEL_LOG_NAME.into()),
+        body,
+        attributes,
+    })
 }
 
 /// `logFormat` of a file provider, as istiod renders it: text gets a
@@ -341,30 +389,19 @@ fn mesh_file_log(mesh: &MeshConfig) -> Option<LogSpec> {
         )
     };
     Some(LogSpec {
-        path: path.into(),
-        format,
+        target: LogTarget::File {
+            path: path.into(),
+            format,
+        },
         filter: None,
     })
 }
 
 /// The Envoy access log for `spec`.
 pub fn envoy_access_log(spec: &LogSpec) -> AccessLog {
-    let file = match &spec.format {
-        LogFormat::Json(fields) => json_file_log(&spec.path, fields),
-        LogFormat::Text(text) => pack_any(FileAccessLog {
-            path: spec.path.clone(),
-            access_log_format: Some(file_access_log::AccessLogFormat::LogFormat(
-                SubstitutionFormatString {
-                    format: Some(substitution_format_string::Format::TextFormatSource(
-                        DataSource {
-                            specifier: Some(data_source::Specifier::InlineString(text.clone())),
-                            ..Default::default()
-                        },
-                    )),
-                    ..Default::default()
-                },
-            )),
-        }),
+    let (name, typed) = match &spec.target {
+        LogTarget::File { path, format } => (FILE_LOGGER, file_log(path, format)),
+        LogTarget::OpenTelemetry(otel) => (OTEL_LOGGER, pack_any(otel_config(otel))),
     };
     let filter = spec.filter.as_ref().map(|expression| AccessLogFilter {
         filter_specifier: Some(access_log_filter::FilterSpecifier::ExtensionFilter(
@@ -380,9 +417,74 @@ pub fn envoy_access_log(spec: &LogSpec) -> AccessLog {
         )),
     });
     AccessLog {
-        name: FILE_LOGGER.into(),
+        name: name.into(),
         filter,
-        config_type: Some(access_log::ConfigType::TypedConfig(file)),
+        config_type: Some(access_log::ConfigType::TypedConfig(typed)),
+    }
+}
+
+/// The `OpenTelemetryAccessLogConfig` istiod writes: the collector in
+/// `common_config` (V3 transport, the host as gRPC authority), Envoy's
+/// built-in resource labels off (istiod sets `disable_builtin_labels`),
+/// the body a string format, the attributes string formats.
+// istiod still writes the collector in `common_config`, which Envoy
+// deprecated for the top-level `grpc_service` but reads.
+#[allow(deprecated)]
+pub fn otel_config(otel: &OtelLog) -> OpenTelemetryAccessLogConfig {
+    let string = |s: &str| AnyValue {
+        value: Some(any_value::Value::StringValue(s.to_string())),
+    };
+    OpenTelemetryAccessLogConfig {
+        common_config: Some(CommonGrpcAccessLogConfig {
+            log_name: otel.log_name.clone(),
+            grpc_service: Some(GrpcService {
+                target_specifier: Some(grpc_service::TargetSpecifier::EnvoyGrpc(
+                    grpc_service::EnvoyGrpc {
+                        cluster_name: otel.cluster.clone(),
+                        authority: otel.cluster.rsplit('|').next().unwrap_or_default().into(),
+                        ..Default::default()
+                    },
+                )),
+                ..Default::default()
+            }),
+            transport_api_version: ApiVersion::V3 as i32,
+            ..Default::default()
+        }),
+        disable_builtin_labels: true,
+        body: Some(string(&otel.body)),
+        attributes: (!otel.attributes.is_empty()).then(|| KeyValueList {
+            values: otel
+                .attributes
+                .iter()
+                .map(|(k, v)| KeyValue {
+                    key: k.clone(),
+                    value: Some(string(v)),
+                    ..Default::default()
+                })
+                .collect(),
+        }),
+        ..Default::default()
+    }
+}
+
+/// A file logger's typed config.
+fn file_log(path: &str, format: &LogFormat) -> envoy_types::pb::google::protobuf::Any {
+    match format {
+        LogFormat::Json(fields) => json_file_log(path, fields),
+        LogFormat::Text(text) => pack_any(FileAccessLog {
+            path: path.to_string(),
+            access_log_format: Some(file_access_log::AccessLogFormat::LogFormat(
+                SubstitutionFormatString {
+                    format: Some(substitution_format_string::Format::TextFormatSource(
+                        DataSource {
+                            specifier: Some(data_source::Specifier::InlineString(text.clone())),
+                            ..Default::default()
+                        },
+                    )),
+                    ..Default::default()
+                },
+            )),
+        }),
     }
 }
 
@@ -453,29 +555,11 @@ pub(crate) fn apply(scope: &ProxyScope<'_>, listeners: &mut [Listener]) {
     if client.is_empty() && server.is_empty() {
         return;
     }
-    for l in listeners.iter_mut() {
-        let inbound = l.traffic_direction == TrafficDirection::Inbound as i32;
+    super::for_each_hcm(listeners, |inbound, hcm| {
         let wanted = if inbound { &server } else { &client };
-        if wanted.is_empty() {
-            continue;
-        }
-        for chain in l
-            .filter_chains
-            .iter_mut()
-            .chain(l.default_filter_chain.iter_mut())
-        {
-            for f in chain.filters.iter_mut().filter(|f| f.name == HCM_FILTER) {
-                let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else {
-                    continue;
-                };
-                let Ok(mut hcm) = HttpConnectionManager::decode(any.value.as_slice()) else {
-                    continue;
-                };
-                hcm.access_log.extend(wanted.iter().cloned());
-                f.config_type = Some(filter::ConfigType::TypedConfig(pack_any(hcm)));
-            }
-        }
-    }
+        hcm.access_log.extend(wanted.iter().cloned());
+        !wanted.is_empty()
+    });
 }
 
 #[cfg(test)]
@@ -485,7 +569,7 @@ mod tests {
     use mesh_api::mesh_config::parse_mesh_config;
     use std::net::IpAddr;
 
-    const MESH: &str = "extensionProviders:\n- name: json\n  envoyFileAccessLog: {path: /var/log/json.log, logFormat: {labels: {code: \"%RESPONSE_CODE%\", trace: \"%TRACE_ID%\"}}}\n- name: short\n  envoyFileAccessLog: {logFormat: {text: \"%RESPONSE_CODE% %UPSTREAM_CLUSTER%\"}}\n- name: otel\n  envoyOtelAls: {service: otel.observability.svc.cluster.local, port: 4317}\n";
+    const MESH: &str = "extensionProviders:\n- name: json\n  envoyFileAccessLog: {path: /var/log/json.log, logFormat: {labels: {code: \"%RESPONSE_CODE%\", trace: \"%TRACE_ID%\"}}}\n- name: short\n  envoyFileAccessLog: {logFormat: {text: \"%RESPONSE_CODE% %UPSTREAM_CLUSTER%\"}}\n- name: otel\n  envoyOtelAls: {service: otel.observability.svc.cluster.local, port: 4317}\n- name: otel-custom\n  envoyOtelAls: {service: observability/otel.observability.svc.cluster.local, port: 4318, logName: mesh, logFormat: {text: \"%RESPONSE_CODE% %REQ(:PATH)%\", labels: {code: \"%RESPONSE_CODE%\", cluster: \"%UPSTREAM_CLUSTER%\"}}}\n- name: zipkin\n  zipkin: {service: zipkin.istio-system.svc.cluster.local, port: 9411}\n";
 
     fn snapshot(mesh: &str, yaml: &str) -> Snapshot {
         let loaded = mesh_api::load_str("t.yaml", yaml);
@@ -514,8 +598,21 @@ mod tests {
 
     fn paths(logs: &[LogSpec]) -> Vec<(&str, Option<&str>)> {
         logs.iter()
-            .map(|l| (l.path.as_str(), l.filter.as_deref()))
+            .map(|l| {
+                let path = match &l.target {
+                    LogTarget::File { path, .. } => path.as_str(),
+                    LogTarget::OpenTelemetry(o) => o.cluster.as_str(),
+                };
+                (path, l.filter.as_deref())
+            })
             .collect()
+    }
+
+    fn format(l: &LogSpec) -> &LogFormat {
+        match &l.target {
+            LogTarget::File { format, .. } => format,
+            LogTarget::OpenTelemetry(o) => panic!("not a file log: {o:?}"),
+        }
     }
 
     #[test]
@@ -523,9 +620,9 @@ mod tests {
         let s = snapshot("accessLogFile: /dev/stdout\n", "");
         let got = logs(&s, &web(), WorkloadMode::Client);
         assert_eq!(paths(&got), vec![("/dev/stdout", None)]);
-        assert_eq!(got[0].format, LogFormat::Text(ISTIO_TEXT_FORMAT.into()));
+        assert_eq!(*format(&got[0]), LogFormat::Text(ISTIO_TEXT_FORMAT.into()));
         let s = snapshot("accessLogFile: /dev/stdout\naccessLogEncoding: JSON\n", "");
-        let LogFormat::Json(fields) = &logs_of(&s)[0].format else {
+        let LogFormat::Json(fields) = format(&logs_of(&s)[0]).clone() else {
             panic!("not JSON");
         };
         assert_eq!(fields.len(), ISTIO_JSON_FORMAT.len());
@@ -567,7 +664,7 @@ mod tests {
             paths(&got),
             vec![("/var/log/json.log", Some("response.code >= 500"))]
         );
-        let LogFormat::Json(fields) = &got[0].format else {
+        let LogFormat::Json(fields) = format(&got[0]) else {
             panic!("labels give JSON");
         };
         assert_eq!(fields.get("trace").map(String::as_str), Some("%TRACE_ID%"));
@@ -615,13 +712,13 @@ mod tests {
             &telemetry(
                 "apps",
                 "ns",
-                "  accessLogging:\n  - providers: [{name: nope}, {name: otel}, {name: short}]",
+                "  accessLogging:\n  - providers: [{name: nope}, {name: zipkin}, {name: short}]",
             ),
         );
         let got = logs_of(&s);
         assert_eq!(paths(&got), vec![("/dev/stdout", None)]);
         assert_eq!(
-            got[0].format,
+            *format(&got[0]),
             LogFormat::Text("%RESPONSE_CODE% %UPSTREAM_CLUSTER%\n".into())
         );
     }
@@ -636,8 +733,10 @@ mod tests {
     #[test]
     fn the_filter_becomes_envoys_cel_extension_filter() {
         let spec = LogSpec {
-            path: "/dev/stdout".into(),
-            format: LogFormat::Text("%RESPONSE_CODE%\n".into()),
+            target: LogTarget::File {
+                path: "/dev/stdout".into(),
+                format: LogFormat::Text("%RESPONSE_CODE%\n".into()),
+            },
             filter: Some("response.code >= 500".into()),
         };
         let log = envoy_access_log(&spec);
@@ -664,8 +763,10 @@ mod tests {
             .map(|i| (format!("k{i}"), format!("%RESPONSE_CODE% {i}")))
             .collect();
         let spec = LogSpec {
-            path: "/dev/stdout".into(),
-            format: LogFormat::Json(fields.clone()),
+            target: LogTarget::File {
+                path: "/dev/stdout".into(),
+                format: LogFormat::Json(fields.clone()),
+            },
             filter: None,
         };
         let first = envoy_access_log(&spec);
@@ -686,5 +787,157 @@ mod tests {
         };
         assert_eq!(s.fields.len(), 20);
         assert!(s.fields.contains_key("k19"));
+    }
+    #[test]
+    fn otel_providers_become_opentelemetry_logs_with_istios_defaults() {
+        let s = snapshot(
+            MESH,
+            &telemetry(
+                "apps",
+                "ns",
+                "  accessLogging:\n  - providers: [{name: otel}, {name: otel-custom}]\n    filter: {expression: 'response.code >= 400'}",
+            ),
+        );
+        let got = logs_of(&s);
+        let otel: Vec<&OtelLog> = got
+            .iter()
+            .map(|l| match &l.target {
+                LogTarget::OpenTelemetry(o) => o,
+                LogTarget::File { .. } => panic!("not an otel log: {l:?}"),
+            })
+            .collect();
+        assert_eq!(otel.len(), 2, "{got:?}");
+        assert_eq!(
+            *otel[0],
+            OtelLog {
+                cluster: "outbound|4317||otel.observability.svc.cluster.local".into(),
+                log_name: DEFAULT_OTEL_LOG_NAME.into(),
+                body: ISTIO_TEXT_FORMAT.into(),
+                attributes: BTreeMap::new(),
+            }
+        );
+        assert_eq!(
+            otel[1].cluster, "outbound|4318||otel.observability.svc.cluster.local",
+            "the namespace/ prefix is not part of the host"
+        );
+        assert_eq!(otel[1].log_name, "mesh");
+        assert_eq!(
+            otel[1].body, "%RESPONSE_CODE% %REQ(:PATH)%",
+            "no newline added"
+        );
+        assert_eq!(
+            otel[1].attributes.get("cluster").map(String::as_str),
+            Some("%UPSTREAM_CLUSTER%")
+        );
+        assert!(
+            got.iter()
+                .all(|l| l.filter.as_deref() == Some("response.code >= 400"))
+        );
+    }
+
+    #[test]
+    #[allow(deprecated)]
+    fn otel_logs_encode_as_istiod_writes_them() {
+        let s = snapshot(
+            MESH,
+            &telemetry(
+                "apps",
+                "ns",
+                "  accessLogging:\n  - providers: [{name: otel-custom}]\n    filter: {expression: 'response.code >= 400'}",
+            ),
+        );
+        let log = envoy_access_log(&logs_of(&s)[0]);
+        assert_eq!(log.name, OTEL_LOGGER);
+        assert!(
+            log.filter.is_some(),
+            "the CEL filter applies as for file logs"
+        );
+        let Some(access_log::ConfigType::TypedConfig(any)) = log.config_type else {
+            panic!("no typed config");
+        };
+        assert_eq!(
+            any.type_url,
+            "type.googleapis.com/envoy.extensions.access_loggers.open_telemetry.v3.OpenTelemetryAccessLogConfig"
+        );
+        let config = OpenTelemetryAccessLogConfig::decode(any.value.as_slice()).unwrap();
+        let common = config.common_config.unwrap();
+        assert_eq!(common.log_name, "mesh");
+        assert_eq!(common.transport_api_version, ApiVersion::V3 as i32);
+        let Some(grpc_service::TargetSpecifier::EnvoyGrpc(grpc)) =
+            common.grpc_service.unwrap().target_specifier
+        else {
+            panic!("not envoy_grpc");
+        };
+        assert_eq!(
+            grpc.cluster_name,
+            "outbound|4318||otel.observability.svc.cluster.local"
+        );
+        assert_eq!(grpc.authority, "otel.observability.svc.cluster.local");
+        assert!(config.disable_builtin_labels);
+        assert_eq!(
+            config.body.unwrap().value,
+            Some(any_value::Value::StringValue(
+                "%RESPONSE_CODE% %REQ(:PATH)%".into()
+            ))
+        );
+        let keys: Vec<String> = config
+            .attributes
+            .unwrap()
+            .values
+            .into_iter()
+            .map(|kv| kv.key)
+            .collect();
+        assert_eq!(keys, ["cluster", "code"], "attributes in key order");
+    }
+
+    #[test]
+    fn otel_logs_land_on_the_connection_managers_of_their_side() {
+        use crate::xds::listener::{build_hcm, hcm_filter};
+        use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
+        use envoy_types::pb::envoy::config::listener::v3::{FilterChain, filter};
+        use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+        use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
+        let s = snapshot(
+            MESH,
+            &telemetry(
+                "apps",
+                "ns",
+                "  accessLogging:\n  - match: {mode: CLIENT}\n    providers: [{name: otel}]",
+            ),
+        );
+        let listener = |direction: TrafficDirection| Listener {
+            traffic_direction: direction as i32,
+            filter_chains: vec![FilterChain {
+                filters: vec![hcm_filter(build_hcm(
+                    "s",
+                    RouteSpecifier::Rds(Default::default()),
+                    false,
+                ))],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let mut listeners = vec![
+            listener(TrafficDirection::Outbound),
+            listener(TrafficDirection::Inbound),
+        ];
+        let proxy = web();
+        let scope = ProxyScope::new(&s, &proxy);
+        apply(&scope, &mut listeners);
+        let names = |l: &Listener| -> Vec<String> {
+            let Some(filter::ConfigType::TypedConfig(any)) =
+                &l.filter_chains[0].filters[0].config_type
+            else {
+                panic!("no typed config");
+            };
+            HttpConnectionManager::decode(any.value.as_slice())
+                .unwrap()
+                .access_log
+                .into_iter()
+                .map(|a| a.name)
+                .collect()
+        };
+        assert_eq!(names(&listeners[0]), [OTEL_LOGGER]);
+        assert!(names(&listeners[1]).is_empty(), "CLIENT only");
     }
 }

@@ -12,15 +12,10 @@
 //! switch.
 
 use envoy_types::pb::envoy::config::core::v3::CidrRange;
-use envoy_types::pb::envoy::config::listener::v3::{Listener, filter};
-use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::InternalAddressConfig;
 use envoy_types::pb::google::protobuf::UInt32Value;
 use mesh_api::mesh_networks::MeshNetworks;
-use mesh_api::xds::pack_any;
-use prost::Message;
-
-use super::HCM_FILTER;
 
 /// The `internal_address_config` for `networks`, if it has ranges.
 pub(crate) fn internal_address_config(networks: &MeshNetworks) -> Option<InternalAddressConfig> {
@@ -43,25 +38,13 @@ pub(crate) fn apply(networks: &MeshNetworks, listeners: &mut [Listener]) {
     let Some(config) = internal_address_config(networks) else {
         return;
     };
-    for chain in listeners.iter_mut().flat_map(|l| {
-        l.filter_chains
-            .iter_mut()
-            .chain(l.default_filter_chain.iter_mut())
-    }) {
-        for f in chain.filters.iter_mut().filter(|f| f.name == HCM_FILTER) {
-            let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else {
-                continue;
-            };
-            let Ok(mut hcm) = HttpConnectionManager::decode(any.value.as_slice()) else {
-                continue;
-            };
-            if !hcm.use_remote_address.is_some_and(|b| b.value) {
-                continue;
-            }
-            hcm.internal_address_config = Some(config.clone());
-            f.config_type = Some(filter::ConfigType::TypedConfig(pack_any(hcm)));
+    super::for_each_hcm(listeners, |_, hcm| {
+        if !hcm.use_remote_address.is_some_and(|b| b.value) {
+            return false;
         }
-    }
+        hcm.internal_address_config = Some(config.clone());
+        true
+    });
 }
 
 #[cfg(test)]
@@ -69,6 +52,9 @@ pub(crate) fn apply(networks: &MeshNetworks, listeners: &mut [Listener]) {
 mod tests {
     use super::*;
     use crate::xds::listener::{build_hcm, hcm_filter};
+    use envoy_types::pb::envoy::config::listener::v3::filter;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+    use prost::Message;
     use envoy_types::pb::envoy::config::listener::v3::FilterChain;
     use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
 

@@ -29,17 +29,14 @@
 
 use std::collections::BTreeMap;
 
-use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
 use envoy_types::pb::envoy::config::listener::v3::{Filter, Listener, filter};
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-    HttpConnectionManager, HttpFilter, http_filter,
+    HttpFilter, http_filter,
 };
 use mesh_api::telemetry::{IstioMetric, TagOperation, WorkloadMode};
 use mesh_api::xds::istio_stats::{FILTER_NAME, MetricConfig, PluginConfig, STANDARD_METRICS};
-use mesh_api::xds::pack_any;
-use prost::Message;
 
-use super::{HCM_FILTER, ROUTER_FILTER, TCP_PROXY_FILTER};
+use super::{ROUTER_FILTER, TCP_PROXY_FILTER};
 use crate::proxy::ProxyInfo;
 use crate::snapshot::Snapshot;
 use crate::xds::ProxyScope;
@@ -202,42 +199,35 @@ pub(crate) fn apply(scope: &ProxyScope<'_>, listeners: &mut [Listener]) {
     if client.is_empty() && server.is_empty() {
         return;
     }
-    for l in listeners.iter_mut() {
-        let inbound = l.traffic_direction == TrafficDirection::Inbound as i32;
-        let wanted = if inbound { &server } else { &client };
-        if wanted.is_empty() {
-            continue;
-        }
-        for chain in l
-            .filter_chains
-            .iter_mut()
-            .chain(l.default_filter_chain.iter_mut())
-        {
-            if proxy.mesh_proxy
-                && let Some(at) = chain
-                    .filters
-                    .iter()
-                    .position(|f| f.name == TCP_PROXY_FILTER)
+    let wanted = |inbound: bool| if inbound { &server } else { &client };
+    if proxy.mesh_proxy {
+        super::for_each_chain(listeners, |inbound, chain| {
+            let wanted = wanted(inbound);
+            if wanted.is_empty() {
+                return;
+            }
+            if let Some(at) = chain
+                .filters
+                .iter()
+                .position(|f| f.name == TCP_PROXY_FILTER)
             {
                 chain.filters.insert(at, network_filter(wanted));
             }
-            for f in chain.filters.iter_mut().filter(|f| f.name == HCM_FILTER) {
-                let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else {
-                    continue;
-                };
-                let Ok(mut hcm) = HttpConnectionManager::decode(any.value.as_slice()) else {
-                    continue;
-                };
-                let at = hcm
-                    .http_filters
-                    .iter()
-                    .position(|h| h.name == ROUTER_FILTER)
-                    .unwrap_or(hcm.http_filters.len());
-                hcm.http_filters.insert(at, http_filter(wanted));
-                f.config_type = Some(filter::ConfigType::TypedConfig(pack_any(hcm)));
-            }
-        }
+        });
     }
+    super::for_each_hcm(listeners, |inbound, hcm| {
+        let wanted = wanted(inbound);
+        if wanted.is_empty() {
+            return false;
+        }
+        let at = hcm
+            .http_filters
+            .iter()
+            .position(|h| h.name == ROUTER_FILTER)
+            .unwrap_or(hcm.http_filters.len());
+        hcm.http_filters.insert(at, http_filter(wanted));
+        true
+    });
 }
 
 #[cfg(test)]
@@ -416,8 +406,11 @@ spec:
 
     #[test]
     fn the_filter_goes_before_the_router_and_tcp_only_on_mesh_proxy() {
+        use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
         use envoy_types::pb::envoy::config::listener::v3::FilterChain;
+        use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
         use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy;
+        use prost::Message;
         let s = snapshot("rootNamespace: istio-system\n", LEVELS);
         let hcm = super::super::build_hcm("s", super::super::rds("80"), false);
         let listeners = |proxy: &ProxyInfo| {
