@@ -32,12 +32,71 @@ pub enum JsonError {
     },
 }
 
-/// The descriptor pool of every Envoy API message, decoded once.
+/// The descriptor pool of every Envoy API message, decoded once, plus the
+/// few messages the mesh sends that `envoy-types` does not describe.
 pub fn pool() -> Result<&'static DescriptorPool, JsonError> {
     static POOL: OnceLock<Result<DescriptorPool, String>> = OnceLock::new();
-    POOL.get_or_init(|| DescriptorPool::decode(DESCRIPTORS).map_err(|e| e.to_string()))
-        .as_ref()
-        .map_err(|e| JsonError::Descriptors(e.clone()))
+    POOL.get_or_init(|| {
+        let mut pool = DescriptorPool::decode(DESCRIPTORS).map_err(|e| e.to_string())?;
+        pool.add_file_descriptor_protos(extra_files())
+            .map_err(|e| e.to_string())?;
+        Ok(pool)
+    })
+    .as_ref()
+    .map_err(|e| JsonError::Descriptors(e.clone()))
+}
+
+/// `xds.type.v3.TypedStruct` (how extension configs of other types travel)
+/// and Istio's `envoy.tcp.metadataexchange.config.MetadataExchange`, so
+/// that a config carrying them still prints in `/config_dump`.
+fn extra_files() -> Vec<prost_reflect::prost_types::FileDescriptorProto> {
+    use prost_reflect::prost_types::field_descriptor_proto::{Label, Type};
+    use prost_reflect::prost_types::{DescriptorProto, FieldDescriptorProto, FileDescriptorProto};
+    let field = |name: &str, number: i32, ty: Type, type_name: Option<&str>| FieldDescriptorProto {
+        name: Some(name.into()),
+        json_name: None,
+        number: Some(number),
+        label: Some(Label::Optional as i32),
+        r#type: Some(ty as i32),
+        type_name: type_name.map(str::to_string),
+        ..Default::default()
+    };
+    let file = |name: &str, package: &str, deps: Vec<String>, message: DescriptorProto| {
+        FileDescriptorProto {
+            name: Some(name.into()),
+            package: Some(package.into()),
+            dependency: deps,
+            message_type: vec![message],
+            syntax: Some("proto3".into()),
+            ..Default::default()
+        }
+    };
+    let struct_file = "google/protobuf/struct.proto".to_string();
+    vec![
+        file(
+            "mesh/xds/type/v3/typed_struct.proto",
+            "xds.type.v3",
+            vec![struct_file],
+            DescriptorProto {
+                name: Some("TypedStruct".into()),
+                field: vec![
+                    field("type_url", 1, Type::String, None),
+                    field("value", 2, Type::Message, Some(".google.protobuf.Struct")),
+                ],
+                ..Default::default()
+            },
+        ),
+        file(
+            "mesh/istio/metadata_exchange.proto",
+            "envoy.tcp.metadataexchange.config",
+            Vec::new(),
+            DescriptorProto {
+                name: Some("MetadataExchange".into()),
+                field: vec![field("protocol", 1, Type::String, None)],
+                ..Default::default()
+            },
+        ),
+    ]
 }
 
 /// Converts any Envoy message to its proto3 JSON value (camelCase field

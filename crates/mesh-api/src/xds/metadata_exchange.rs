@@ -7,9 +7,15 @@
 //!
 //! mesh-control writes it for mesh-proxy nodes only (a stock Envoy has
 //! neither filter and would refuse the resource); mesh-proxy reads it.
+//! It travels in an `xds.type.v3.TypedStruct` (as the stats filter's
+//! config does), which Envoy accepts for any extension config and which
+//! prints in `/config_dump` without this message's descriptor; the packed
+//! message is read too.
 
-use envoy_types::pb::google::protobuf::Any;
+use envoy_types::pb::google::protobuf::{Any, Struct, Value, value::Kind};
 use prost::{Message, Name};
+
+use super::istio_stats::TypedStruct;
 
 /// The listener (downstream) filter's name.
 pub const LISTENER_FILTER: &str = "istio.metadata_exchange";
@@ -36,22 +42,52 @@ impl Name for MetadataExchange {
 }
 
 impl MetadataExchange {
-    /// Istio's configuration: `protocol: istio-peer-exchange`, packed.
+    /// Istio's configuration, `protocol: istio-peer-exchange`, in a
+    /// `TypedStruct`.
     pub fn istio() -> Any {
-        super::pack_any(Self {
-            protocol: PROTOCOL.into(),
-        })
+        let protocol = Value {
+            kind: Some(Kind::StringValue(PROTOCOL.into())),
+        };
+        let ts = TypedStruct {
+            type_url: Self::type_url(),
+            value: Some(Struct {
+                fields: [("protocol".to_string(), protocol)].into_iter().collect(),
+            }),
+        };
+        Any {
+            type_url: TypedStruct::type_url(),
+            value: ts.encode_to_vec(),
+        }
     }
 
-    /// The config in `any`. `Ok(None)` for another type; `Err` says why
-    /// the bytes are not a `MetadataExchange`.
+    /// The config in `any`: the packed message or a `TypedStruct` of it.
+    /// `Ok(None)` for another type; `Err` says what is malformed.
     pub fn from_any(any: &Any) -> Result<Option<Self>, String> {
-        if any.type_url != Self::type_url() {
+        if any.type_url == Self::type_url() {
+            return Self::decode(any.value.as_slice()).map(Some).map_err(|e| {
+                format!("not an envoy.tcp.metadataexchange.config.MetadataExchange: {e}")
+            });
+        }
+        if any.type_url != TypedStruct::type_url()
+            && any.type_url != "type.googleapis.com/udpa.type.v1.TypedStruct"
+        {
             return Ok(None);
         }
-        Self::decode(any.value.as_slice())
-            .map(Some)
-            .map_err(|e| format!("not an envoy.tcp.metadataexchange.config.MetadataExchange: {e}"))
+        let ts = TypedStruct::decode(any.value.as_slice())
+            .map_err(|e| format!("not a TypedStruct: {e}"))?;
+        if ts.type_url != Self::type_url() {
+            return Ok(None);
+        }
+        let mut out = Self::default();
+        for (key, value) in ts.value.iter().flat_map(|s| &s.fields) {
+            match (key.as_str(), &value.kind) {
+                ("protocol", Some(Kind::StringValue(p))) => out.protocol = p.clone(),
+                ("protocol", _) => return Err("protocol: must be a string".into()),
+                // Fields of newer Istio versions this mesh does not act on.
+                _ => {}
+            }
+        }
+        Ok(Some(out))
     }
 }
 
@@ -61,18 +97,26 @@ mod tests {
 
     #[test]
     fn packs_istios_bytes_and_reads_them_back() {
-        let any = MetadataExchange::istio();
+        let packed = super::super::pack_any(MetadataExchange {
+            protocol: PROTOCOL.into(),
+        });
         assert_eq!(
-            any.type_url,
+            packed.type_url,
             "type.googleapis.com/envoy.tcp.metadataexchange.config.MetadataExchange"
         );
         // Field 1, length-delimited, then "istio-peer-exchange".
-        assert_eq!(any.value[0], (1 << 3) | 2);
-        assert_eq!(&any.value[2..], PROTOCOL.as_bytes());
-        let back = MetadataExchange::from_any(&any).unwrap().unwrap();
-        assert_eq!(back.protocol, PROTOCOL);
+        assert_eq!(packed.value[0], (1 << 3) | 2);
+        assert_eq!(&packed.value[2..], PROTOCOL.as_bytes());
+        for any in [&packed, &MetadataExchange::istio()] {
+            let back = MetadataExchange::from_any(any).unwrap().unwrap();
+            assert_eq!(back.protocol, PROTOCOL);
+        }
+        let typed = MetadataExchange::istio();
+        assert_eq!(typed.type_url, TypedStruct::type_url());
+        let json = super::super::json::to_json(&typed);
+        assert!(json.is_ok(), "{json:?}");
         let bad = Any {
-            type_url: any.type_url.clone(),
+            type_url: packed.type_url.clone(),
             value: vec![0x0a, 0x20, b'x'],
         };
         assert!(MetadataExchange::from_any(&bad).is_err());

@@ -217,6 +217,8 @@ fn outbound_cluster(
         port: port.port,
         subset: subset_name,
         http2,
+        // As istiod: TCP (and sniffed) ports, for proxies that have the filter.
+        peer_exchange: scope.proxy.mesh_proxy && !http2 && !port.protocol.is_http(),
     };
     tls::apply_tls(&mut cluster, scope, policy.tls, &target);
     cluster

@@ -51,6 +51,8 @@ pub enum ShapeKey {
         super::tracing::TraceKey,
         super::listener::access_log::AccessLogKey,
         super::listener::stats::StatsKey,
+        /// mesh-proxy: TCP chains run Istio's metadata exchange.
+        bool,
     ),
     /// Everything of a gateway (or of a proxy translated whole).
     Whole(WholeShape),
@@ -77,6 +79,8 @@ pub struct OutboundShape {
     access_log: super::listener::access_log::AccessLogKey,
     /// The metrics overrides that apply.
     stats: super::listener::stats::StatsKey,
+    /// mesh-proxy: TCP clusters run Istio's metadata exchange.
+    mesh_proxy: bool,
 }
 
 /// A proxy's whole identity, as far as translation reads it.
@@ -110,6 +114,7 @@ impl ShapeKey {
                 super::tracing::TraceKey::of(snapshot, proxy),
                 super::listener::access_log::AccessLogKey::of(snapshot, proxy),
                 super::listener::stats::StatsKey::of(snapshot, proxy),
+                proxy.mesh_proxy,
             ),
             _ => Self::Outbound(OutboundShape::of(&scope)),
         }
@@ -192,6 +197,7 @@ impl OutboundShape {
             tracing: super::tracing::TraceKey::of(snapshot, proxy),
             access_log: super::listener::access_log::AccessLogKey::of(snapshot, proxy),
             stats: super::listener::stats::StatsKey::of(snapshot, proxy),
+            mesh_proxy: proxy.mesh_proxy,
         }
     }
 }

@@ -224,6 +224,71 @@ fn sidecars_get_inbound_and_passthrough_clusters_gateways_do_not() {
     );
 }
 
+const TCP_AND_HTTP: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: default}
+spec:
+  clusterIP: 10.96.0.20
+  selector: {app: db}
+  ports: [{name: tcp-db, port: 5432}, {name: http, port: 80}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db-1, namespace: default, labels: {app: db, security.istio.io/tlsMode: istio}}
+spec: {serviceAccountName: db, containers: [{name: app, image: x}]}
+status: {podIP: 10.1.0.7}
+"#;
+
+/// The ALPN of the Istio mTLS a cluster speaks, and its filter names.
+fn mesh_tls(c: &Cluster) -> (Vec<String>, Vec<String>) {
+    use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext;
+    use prost::Message;
+    let socket = c.transport_socket_matches[0]
+        .transport_socket
+        .as_ref()
+        .unwrap();
+    let Some(ConfigType::TypedConfig(any)) = &socket.config_type else {
+        panic!("no TLS config");
+    };
+    let ctx = UpstreamTlsContext::decode(any.value.as_slice()).unwrap();
+    let alpn = ctx.common_tls_context.unwrap().alpn_protocols;
+    (alpn, c.filters.iter().map(|f| f.name.clone()).collect())
+}
+
+#[test]
+fn mesh_proxy_tcp_clusters_run_istios_metadata_exchange() {
+    use mesh_api::xds::metadata_exchange::{CLUSTER_FILTER, MetadataExchange};
+    let snap = snapshot(TCP_AND_HTTP);
+    let tcp = "outbound|5432||db.default.svc.cluster.local";
+    let http = "outbound|80||db.default.svc.cluster.local";
+    let mut proxy = ProxyInfo::sidecar("client", "default", ip("10.1.0.9"), &[]);
+    proxy.mesh_proxy = true;
+    let clusters = build_clusters(&ProxyScope::new(&snap, &proxy));
+    let (alpn, filters) = mesh_tls(find(&clusters, tcp));
+    assert_eq!(alpn, ["istio-peer-exchange", "istio"]);
+    assert_eq!(filters, [CLUSTER_FILTER]);
+    let config = find(&clusters, tcp).filters[0]
+        .typed_config
+        .as_ref()
+        .unwrap();
+    let mx = MetadataExchange::from_any(config).unwrap().unwrap();
+    assert_eq!(mx.protocol, "istio-peer-exchange");
+    // HTTP clusters exchange in headers: neither ALPN nor filter.
+    assert_eq!(
+        mesh_tls(find(&clusters, http)),
+        (vec!["istio".into()], vec![])
+    );
+    // Stock Envoy has no such filter: it gets what it got before.
+    let stock = ProxyInfo::sidecar("client", "default", ip("10.1.0.9"), &[]);
+    let clusters = build_clusters(&ProxyScope::new(&snap, &stock));
+    assert_eq!(
+        mesh_tls(find(&clusters, tcp)),
+        (vec!["istio".into()], vec![])
+    );
+}
+
 #[test]
 fn istio_sni_matches_istio() {
     let snap = snapshot(CONFIG);
@@ -236,6 +301,7 @@ fn istio_sni_matches_istio() {
         port: 9080,
         subset,
         http2: false,
+        peer_exchange: false,
     };
     assert_eq!(
         tls::istio_sni(&target("")),

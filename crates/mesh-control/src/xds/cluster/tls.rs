@@ -2,11 +2,17 @@
 //! (SIMPLE, MUTUAL, ISTIO_MUTUAL) or, when it sets none, Istio's auto-mTLS:
 //! transport socket matches that speak Istio mTLS to endpoints labelled
 //! `tlsMode: istio` (see [`crate::xds::endpoint`]) and plaintext to the rest.
+//!
+//! For mesh-proxy nodes, Istio mTLS to a port that is not HTTP also runs
+//! Istio's TCP metadata exchange, as istiod sets it up: ALPN
+//! `istio-peer-exchange, istio` and the upstream filter
+//! `envoy.filters.network.upstream.metadata_exchange`. A stock Envoy has
+//! no such filter (it would refuse the cluster) and gets plain `istio`.
 
 use std::net::IpAddr;
 
-use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::TransportSocketMatch;
+use envoy_types::pb::envoy::config::cluster::v3::{Cluster, Filter};
 use envoy_types::pb::envoy::config::core::v3::{
     AggregatedConfigSource, ApiVersion, ConfigSource, DataSource, TransportSocket,
     config_source::ConfigSourceSpecifier, data_source::Specifier, transport_socket::ConfigType,
@@ -51,6 +57,8 @@ pub(crate) struct TlsTarget<'a> {
     pub subset: &'a str,
     /// Whether the upstream speaks HTTP/2 (ALPN `h2`).
     pub http2: bool,
+    /// Whether Istio mTLS to it runs the TCP metadata exchange.
+    pub peer_exchange: bool,
 }
 
 /// Applies the DestinationRule's `tls`, or auto-mTLS when it has none.
@@ -74,12 +82,14 @@ pub(crate) fn apply_tls(
                     tls.subject_alt_names.clone()
                 };
                 cluster.transport_socket =
-                    Some(tls_socket(istio_mutual_context(sni, &sans, target.http2)));
+                    Some(tls_socket(istio_mutual_context(sni, &sans, target)));
+                add_peer_exchange(cluster, target);
             }
         },
         None if auto_mtls_applies(scope, target.service) => {
             let sans = service_identities(scope, target.service);
-            let ctx = istio_mutual_context(istio_sni(target), &sans, target.http2);
+            let ctx = istio_mutual_context(istio_sni(target), &sans, target);
+            add_peer_exchange(cluster, target);
             cluster.transport_socket_matches = vec![
                 TransportSocketMatch {
                     name: "tlsMode-istio".into(),
@@ -94,6 +104,18 @@ pub(crate) fn apply_tls(
             ];
         }
         None => {}
+    }
+}
+
+/// Istio's upstream metadata exchange filter, when the target runs it.
+fn add_peer_exchange(cluster: &mut Cluster, target: &TlsTarget<'_>) {
+    use mesh_api::xds::metadata_exchange::{CLUSTER_FILTER, MetadataExchange};
+    if target.peer_exchange {
+        cluster.filters.push(Filter {
+            name: CLUSTER_FILTER.into(),
+            typed_config: Some(MetadataExchange::istio()),
+            ..Default::default()
+        });
     }
 }
 
@@ -216,8 +238,13 @@ fn san_matcher(san: &str) -> SubjectAltNameMatcher {
     }
 }
 
-fn alpn(mesh: bool, http2: bool) -> Vec<String> {
+/// Istio's cluster ALPN: `istio-peer-exchange` first when the exchange
+/// runs (`ALPNInMeshWithMxc`), `istio` for mesh peers, `h2` for HTTP/2.
+fn alpn(mesh: bool, http2: bool, peer_exchange: bool) -> Vec<String> {
     let mut out = Vec::new();
+    if mesh && peer_exchange {
+        out.push(mesh_api::xds::metadata_exchange::PROTOCOL.to_string());
+    }
     if mesh {
         out.push(ALPN_ISTIO.to_string());
     }
@@ -228,9 +255,14 @@ fn alpn(mesh: bool, http2: bool) -> Vec<String> {
 }
 
 /// ISTIO_MUTUAL: the workload certificate (`default`) and trust bundle
-/// (`ROOTCA`) from the agent's SDS server (`sds-grpc`), ALPN `istio`, the Istio SNI, and the
+/// (`ROOTCA`) from the agent's SDS server (`sds-grpc`), ALPN `istio`
+/// (after `istio-peer-exchange` when the exchange runs), the Istio SNI, and the
 /// destination's SPIFFE ids as accepted SANs.
-fn istio_mutual_context(sni: String, sans: &[String], http2: bool) -> UpstreamTlsContext {
+fn istio_mutual_context(
+    sni: String,
+    sans: &[String],
+    target: &TlsTarget<'_>,
+) -> UpstreamTlsContext {
     UpstreamTlsContext {
         sni,
         common_tls_context: Some(CommonTlsContext {
@@ -248,7 +280,7 @@ fn istio_mutual_context(sni: String, sans: &[String], http2: bool) -> UpstreamTl
                     ..Default::default()
                 },
             )),
-            alpn_protocols: alpn(true, http2),
+            alpn_protocols: alpn(true, target.http2, target.peer_exchange),
             ..Default::default()
         }),
         ..Default::default()
@@ -267,7 +299,7 @@ fn user_tls_context(tls: &ClientTlsSettings, http2: bool) -> UpstreamTlsContext 
         .map(|s| san_matcher(s))
         .collect();
     let mut common = CommonTlsContext {
-        alpn_protocols: alpn(false, http2),
+        alpn_protocols: alpn(false, http2, false),
         ..Default::default()
     };
     if let Some(name) = tls.credential_name.as_deref().filter(|n| !n.is_empty()) {

@@ -15,6 +15,11 @@
 //! AuthorizationPolicy puts RBAC and ext_authz filters (see
 //! [`crate::xds::authz`]) in front of every chain: first among an HTTP
 //! chain's HTTP filters, before `tcp_proxy` in TCP and passthrough chains.
+//!
+//! For mesh-proxy nodes, TCP chains that terminate Istio mTLS run Istio's
+//! metadata exchange (`istio.metadata_exchange` first, server ALPN
+//! `istio-peer-exchange`); stock Envoy has no such filter and gets the
+//! chains without it.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -34,7 +39,7 @@ use envoy_types::pb::google::protobuf::{Duration as PbDuration, UInt32Value};
 
 use super::inbound_tls::{
     ChainKind, ChainSpec, chain_specs, downstream_mtls_socket, forward_client_cert,
-    tls_inspector_for,
+    metadata_exchange_filter, tls_inspector_for,
 };
 use super::{
     INBOUND_CAPTURE_PORT, build_hcm, hcm_filter, http_inspector, original_dst, socket_address,
@@ -70,6 +75,8 @@ pub(super) fn virtual_inbound(scope: &ProxyScope<'_>) -> Listener {
     let mtls = InboundMtls::of(scope.snapshot, scope.proxy);
     let rbac = InboundRbac::of(scope.snapshot, scope.proxy);
     let trust_domain = scope.snapshot.mesh.trust_domain();
+    let exchange = scope.proxy.mesh_proxy;
+    let chain = |upstream, spec: &ChainSpec| chain(upstream, spec, trust_domain, &rbac, exchange);
     let ports: BTreeMap<u16, Protocol> = inbound_ports(scope)
         .into_iter()
         .filter(|(port, _)| *port != INBOUND_CAPTURE_PORT)
@@ -77,11 +84,7 @@ pub(super) fn virtual_inbound(scope: &ProxyScope<'_>) -> Listener {
     let mut chains = Vec::new();
     for (&port, &protocol) in &ports {
         let specs = chain_specs(protocol, mtls.port(port));
-        chains.extend(
-            specs
-                .iter()
-                .map(|spec| chain(Upstream::Port(port), spec, trust_domain, &rbac)),
-        );
+        chains.extend(specs.iter().map(|spec| chain(Upstream::Port(port), spec)));
     }
     // A port-level mode on a port no service declares still applies to the
     // traffic passing through to it (as in Istio).
@@ -95,14 +98,14 @@ pub(super) fn virtual_inbound(scope: &ProxyScope<'_>) -> Listener {
         chains.extend(
             specs
                 .iter()
-                .map(|spec| chain(Upstream::Passthrough(Some(port)), spec, trust_domain, &rbac)),
+                .map(|spec| chain(Upstream::Passthrough(Some(port)), spec)),
         );
     }
     let specs = chain_specs(Protocol::Tcp, mtls.workload);
     chains.extend(
         specs
             .iter()
-            .map(|spec| chain(Upstream::Passthrough(None), spec, trust_domain, &rbac)),
+            .map(|spec| chain(Upstream::Passthrough(None), spec)),
     );
     // TLS inspection first: the HTTP inspector leaves TLS alone.
     let mut listener_filters = vec![original_dst()];
@@ -130,13 +133,17 @@ pub(super) fn virtual_inbound(scope: &ProxyScope<'_>) -> Listener {
 
 /// One chain: `0.0.0.0_<port><suffix>` for a port, `virtualInbound<suffix>`
 /// for the catch-all passthrough (whose plaintext chain keeps the plain
-/// name `virtualInbound`). `rbac` goes in front of the chain's filters.
+/// name `virtualInbound`). `rbac` goes in front of the chain's filters;
+/// with `peer_exchange`, a TCP chain terminating mTLS runs Istio's metadata
+/// exchange before them.
 fn chain(
     upstream: Upstream,
     spec: &ChainSpec,
     trust_domain: &str,
     rbac: &InboundRbac,
+    peer_exchange: bool,
 ) -> FilterChain {
+    let exchange = peer_exchange && spec.terminate && spec.kind == ChainKind::Tcp;
     let (name, port) = match upstream {
         Upstream::Port(port) | Upstream::Passthrough(Some(port)) => {
             (format!("0.0.0.0_{port}{}", spec.suffix), Some(port))
@@ -146,7 +153,7 @@ fn chain(
             (format!("{VIRTUAL_INBOUND_LISTENER}{suffix}"), None)
         }
     };
-    let filters = match (upstream, spec.kind) {
+    let mut filters = match (upstream, spec.kind) {
         (Upstream::Port(port), ChainKind::Http) => {
             vec![http_filter(port, spec.terminate, &rbac.http)]
         }
@@ -168,6 +175,9 @@ fn chain(
             ),
         ),
     };
+    if exchange {
+        filters.insert(0, metadata_exchange_filter());
+    }
     let filter_chain_match = FilterChainMatch {
         destination_port: port.map(|p| UInt32Value { value: p.into() }),
         transport_protocol: spec.transport.unwrap_or_default().into(),
@@ -181,7 +191,7 @@ fn chain(
         filters,
         transport_socket: spec
             .terminate
-            .then(|| downstream_mtls_socket(trust_domain, spec.kind)),
+            .then(|| downstream_mtls_socket(trust_domain, spec.kind, exchange)),
         ..Default::default()
     }
 }

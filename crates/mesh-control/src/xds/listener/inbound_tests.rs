@@ -300,6 +300,57 @@ spec:
 }
 
 #[test]
+fn mesh_proxy_tcp_mtls_chains_run_istios_metadata_exchange() {
+    let inbound = |mesh_proxy: bool| {
+        let mut proxy = sidecar();
+        proxy.mesh_proxy = mesh_proxy;
+        let (listeners, _, _) = translate(MESH, &proxy);
+        let vi = listeners
+            .iter()
+            .find(|l| l.name == "virtualInbound")
+            .unwrap();
+        to_json(vi).unwrap()
+    };
+    let alpn = |c: &Value| {
+        c["transportSocket"]["typedConfig"]["commonTlsContext"]["alpnProtocols"].clone()
+    };
+    let vi = inbound(true);
+    for name in ["0.0.0.0_9999_mtls", "virtualInbound-mtls"] {
+        let c = chain(&vi, name);
+        assert_eq!(
+            filter_names(&c["filters"]),
+            ["istio.metadata_exchange", "envoy.filters.network.tcp_proxy"],
+            "{name}"
+        );
+        assert_eq!(
+            c["filters"][0]["typedConfig"]["value"]["protocol"],
+            "istio-peer-exchange"
+        );
+        assert_eq!(alpn(c), json!(["istio-peer-exchange"]), "{name}");
+    }
+    // Plaintext, passed-through TLS and HTTP chains never exchange.
+    for name in ["0.0.0.0_9999", "0.0.0.0_9999_tls", "0.0.0.0_9080_mtls"] {
+        let c = chain(&vi, name);
+        assert!(
+            !filter_names(&c["filters"]).contains(&"istio.metadata_exchange"),
+            "{name}"
+        );
+    }
+    assert_eq!(
+        alpn(chain(&vi, "0.0.0.0_9080_mtls")),
+        json!(["h2", "http/1.1"])
+    );
+    // Stock Envoy: the chains it always got.
+    let vi = inbound(false);
+    let c = chain(&vi, "0.0.0.0_9999_mtls");
+    assert_eq!(
+        filter_names(&c["filters"]),
+        ["envoy.filters.network.tcp_proxy"]
+    );
+    assert!(alpn(c).is_null());
+}
+
+#[test]
 fn without_authorization_policies_chains_have_no_rbac() {
     let vi = virtual_inbound("");
     for name in chain_names(&vi) {

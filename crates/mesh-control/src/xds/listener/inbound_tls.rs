@@ -22,7 +22,8 @@ use std::collections::BTreeSet;
 
 use envoy_types::pb::envoy::config::core::v3::{TransportSocket, transport_socket};
 use envoy_types::pb::envoy::config::listener::v3::{
-    ListenerFilter, ListenerFilterChainMatchPredicate, listener_filter_chain_match_predicate,
+    Filter, ListenerFilter, ListenerFilterChainMatchPredicate, filter,
+    listener_filter_chain_match_predicate,
 };
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, http_connection_manager,
@@ -139,8 +140,15 @@ pub(super) fn chain_specs(protocol: Protocol, mode: MtlsMode) -> Vec<ChainSpec> 
 /// The TLS transport socket of a chain that terminates Istio mTLS: the
 /// workload certificate and trust bundle from the agent (SDS over
 /// `sds-grpc`), a client certificate required and its SPIFFE id checked
-/// against the trust domain. HTTP chains offer `h2` and `http/1.1`.
-pub(super) fn downstream_mtls_socket(trust_domain: &str, kind: ChainKind) -> TransportSocket {
+/// against the trust domain. HTTP chains offer `h2` and `http/1.1`; TCP
+/// chains offer `istio-peer-exchange` when they run Istio's metadata
+/// exchange (`peer_exchange`, mesh-proxy only), so a client offering it
+/// gets it selected, and nothing otherwise.
+pub(super) fn downstream_mtls_socket(
+    trust_domain: &str,
+    kind: ChainKind,
+    peer_exchange: bool,
+) -> TransportSocket {
     let ctx = DownstreamTlsContext {
         require_client_certificate: Some(BoolValue { value: true }),
         common_tls_context: Some(CommonTlsContext {
@@ -166,6 +174,9 @@ pub(super) fn downstream_mtls_socket(trust_domain: &str, kind: ChainKind) -> Tra
             )),
             alpn_protocols: match kind {
                 ChainKind::Http => SERVER_HTTP_ALPNS.iter().map(|s| s.to_string()).collect(),
+                ChainKind::Tcp if peer_exchange => {
+                    vec![mesh_api::xds::metadata_exchange::PROTOCOL.to_string()]
+                }
                 ChainKind::Tcp => Vec::new(),
             },
             ..Default::default()
@@ -177,6 +188,16 @@ pub(super) fn downstream_mtls_socket(trust_domain: &str, kind: ChainKind) -> Tra
         config_type: Some(transport_socket::ConfigType::TypedConfig(
             mesh_api::xds::pack_any(ctx),
         )),
+    }
+}
+
+/// Istio's `istio.metadata_exchange` network filter (server side), first
+/// on a TCP chain that terminates Istio mTLS.
+pub(super) fn metadata_exchange_filter() -> Filter {
+    use mesh_api::xds::metadata_exchange::{LISTENER_FILTER, MetadataExchange};
+    Filter {
+        name: LISTENER_FILTER.into(),
+        config_type: Some(filter::ConfigType::TypedConfig(MetadataExchange::istio())),
     }
 }
 
