@@ -29,20 +29,76 @@ pub fn free_port() -> std::io::Result<u16> {
         .port())
 }
 
-/// Bootstrap of a gateway (role `router`, labels `istio: ingressgateway`)
-/// named `name` in `namespace`, taking CDS and LDS from ADS on
-/// 127.0.0.1:`xds_port`. `{admin_port}` is left for [`EnvoyProcess::start`].
-pub fn router_bootstrap(name: &str, namespace: &str, xds_port: u16) -> String {
-    format!(
-        r#"
+/// An Envoy bootstrap taking everything but its ADS cluster from ADS:
+/// Istio's node identity and metadata, admin on loopback, CDS and LDS over
+/// ADS (gRPC, v3, node sent once) from the static cluster `xds-grpc`.
+/// The one place tests and the bench spell this out.
+#[derive(Clone, Debug)]
+pub struct AdsBootstrap {
+    /// `node.id`, e.g. `router~127.0.0.1~pod.ns~ns.svc.cluster.local`.
+    pub node_id: String,
+    /// `node.cluster`.
+    pub cluster: String,
+    /// `node.metadata` entries, each value a YAML flow value
+    /// (`default`, `{app: a}`, `"10.0.0.1"`).
+    pub metadata: Vec<(String, String)>,
+    /// Admin port; `None` leaves `{admin_port}` for [`EnvoyProcess::start`].
+    pub admin_port: Option<u16>,
+    /// The control plane's ADS address.
+    pub xds: std::net::SocketAddr,
+    /// More top-level YAML (e.g. a `layered_runtime`), appended as is.
+    pub extra: String,
+}
+
+impl AdsBootstrap {
+    /// A gateway (role `router`) pod `pod` in `namespace`, its metadata
+    /// naming the namespace and carrying `labels`.
+    pub fn router(
+        pod: &str,
+        cluster: &str,
+        namespace: &str,
+        labels: &[(&str, &str)],
+        xds: std::net::SocketAddr,
+    ) -> Self {
+        let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+        Self {
+            node_id: format!("router~127.0.0.1~{pod}.{namespace}~{namespace}.svc.cluster.local"),
+            cluster: cluster.to_string(),
+            metadata: vec![
+                ("NAMESPACE".into(), namespace.to_string()),
+                ("LABELS".into(), format!("{{{}}}", labels.join(", "))),
+            ],
+            admin_port: None,
+            xds,
+            extra: String::new(),
+        }
+    }
+
+    /// Adds a `node.metadata` entry.
+    pub fn metadata(mut self, key: &str, value: &str) -> Self {
+        self.metadata.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// The bootstrap YAML.
+    pub fn yaml(&self) -> String {
+        let metadata: String = self
+            .metadata
+            .iter()
+            .map(|(k, v)| format!("    {k}: {v}\n"))
+            .collect();
+        let admin_port = self
+            .admin_port
+            .map_or_else(|| "{admin_port}".to_string(), |p| p.to_string());
+        format!(
+            r#"
 node:
-  id: router~127.0.0.1~{name}.{namespace}~{namespace}.svc.cluster.local
-  cluster: {name}
+  id: {id}
+  cluster: {cluster}
   metadata:
-    NAMESPACE: {namespace}
-    LABELS: {{istio: ingressgateway}}
-admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {{admin_port}}}}}}
+{metadata}admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin_port}}}}}
+{extra}
 dynamic_resources:
   ads_config:
     api_type: GRPC
@@ -65,9 +121,29 @@ static_resources:
       cluster_name: xds-grpc
       endpoints:
       - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {xds_port}}}}}}}
-"#
+        - endpoint: {{address: {{socket_address: {{address: {xds_ip}, port_value: {xds_port}}}}}}}
+"#,
+            id = self.node_id,
+            cluster = self.cluster,
+            extra = self.extra,
+            xds_ip = self.xds.ip(),
+            xds_port = self.xds.port(),
+        )
+    }
+}
+
+/// Bootstrap of a gateway (role `router`, labels `istio: ingressgateway`)
+/// named `name` in `namespace`, taking CDS and LDS from ADS on
+/// 127.0.0.1:`xds_port`. `{admin_port}` is left for [`EnvoyProcess::start`].
+pub fn router_bootstrap(name: &str, namespace: &str, xds_port: u16) -> String {
+    AdsBootstrap::router(
+        name,
+        name,
+        namespace,
+        &[("istio", "ingressgateway")],
+        ([127, 0, 0, 1], xds_port).into(),
     )
+    .yaml()
 }
 
 /// A running Envoy; killed (and its scratch directory removed) on drop.

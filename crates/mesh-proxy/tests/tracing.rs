@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mesh_test_support::envoy::Envoy;
+use mesh_test_support::envoy::{AdsBootstrap, Envoy};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -674,49 +674,19 @@ struct MeshOpts {
 /// identity and labels as the mesh-proxy gateways, its OpenTelemetry
 /// batches flushed every 100 ms (Envoy's default is 5 s).
 fn envoy_gateway_bootstrap(n: usize, xds: SocketAddr) -> String {
-    format!(
-        r#"
-node:
-  id: router~127.0.0.1~hop{n}-0.istio-system~istio-system.svc.cluster.local
-  cluster: hop{n}
-  metadata:
-    NAME: hop{n}-0
-    NAMESPACE: istio-system
-    LABELS: {{istio: hop{n}, service.istio.io/canonical-name: hop{n}}}
-admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {{admin_port}}}}}}
-layered_runtime:
-  layers:
-  - name: static
-    static_layer:
-      tracing.opentelemetry.flush_interval_ms: 100
-      tracing.opentelemetry.min_flush_spans: 1
-dynamic_resources:
-  ads_config:
-    api_type: GRPC
-    transport_api_version: V3
-    set_node_on_first_message_only: true
-    grpc_services:
-    - envoy_grpc: {{cluster_name: xds-grpc}}
-  cds_config: {{ads: {{}}, resource_api_version: V3}}
-  lds_config: {{ads: {{}}, resource_api_version: V3}}
-static_resources:
-  clusters:
-  - name: xds-grpc
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{http2_protocol_options: {{}}}}
-    load_assignment:
-      cluster_name: xds-grpc
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {xds_port}}}}}}}
-"#,
-        xds_port = xds.port(),
-    )
+    let hop = format!("hop{n}");
+    AdsBootstrap {
+        extra: "layered_runtime:\n  layers:\n  - name: static\n    static_layer:\n      tracing.opentelemetry.flush_interval_ms: 100\n      tracing.opentelemetry.min_flush_spans: 1\n".into(),
+        ..AdsBootstrap::router(
+            &format!("{hop}-0"),
+            &hop,
+            "istio-system",
+            &[("istio", &hop), ("service.istio.io/canonical-name", &hop)],
+            xds,
+        )
+        .metadata("NAME", &format!("{hop}-0"))
+    }
+    .yaml()
 }
 
 impl Mesh {

@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use e2e::envoy::{AdsBootstrap, admin_get as http_get, router_bootstrap};
 use e2e::envoy::{EnvoyProcess, find_binary};
-pub use e2e::envoy::{admin_get as http_get, router_bootstrap};
 
 use crate::{wait_for, workspace_root};
 

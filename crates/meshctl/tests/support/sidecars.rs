@@ -20,6 +20,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use mesh_test_support::envoy::AdsBootstrap;
 use mesh_test_support::netns::{Namespace, require_program, require_root, run_bounded};
 use mesh_test_support::process::Process;
 use mesh_test_support::{free_port, wait_for};
@@ -381,49 +382,24 @@ impl Sidecar {
     /// An Envoy sidecar bootstrap as the local mesh writes it: Istio's node
     /// metadata, admin on loopback, everything else over ADS.
     fn bootstrap(&self, xds: SocketAddr) -> String {
-        format!(
-            r#"
-node:
-  id: {id}
-  cluster: productpage.default
-  metadata:
-    NAMESPACE: default
-    NAME: {pod}
-    LABELS: {{app: productpage, version: v1}}
-    INSTANCE_IPS: "{ip}"
-    CLUSTER_ID: Kubernetes
-admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: 15000}}}}
-dynamic_resources:
-  ads_config:
-    api_type: GRPC
-    transport_api_version: V3
-    set_node_on_first_message_only: true
-    grpc_services:
-    - envoy_grpc: {{cluster_name: xds-grpc}}
-  cds_config: {{ads: {{}}, resource_api_version: V3}}
-  lds_config: {{ads: {{}}, resource_api_version: V3}}
-static_resources:
-  clusters:
-  - name: xds-grpc
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{http2_protocol_options: {{}}}}
-    load_assignment:
-      cluster_name: xds-grpc
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: {xds_ip}, port_value: {xds_port}}}}}}}
-"#,
-            id = self.node_id,
-            pod = self.pod,
-            ip = self.ip,
-            xds_ip = xds.ip(),
-            xds_port = xds.port(),
-        )
+        AdsBootstrap {
+            node_id: self.node_id.clone(),
+            cluster: "productpage.default".into(),
+            metadata: [
+                ("NAMESPACE", "default".to_string()),
+                ("NAME", self.pod.to_string()),
+                ("LABELS", "{app: productpage, version: v1}".into()),
+                ("INSTANCE_IPS", format!("\"{}\"", self.ip)),
+                ("CLUSTER_ID", "Kubernetes".into()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+            admin_port: Some(15000),
+            xds,
+            extra: String::new(),
+        }
+        .yaml()
     }
 }
 

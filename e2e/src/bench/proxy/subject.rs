@@ -347,44 +347,14 @@ impl Proxy {
 /// A router bootstrap like [`router_bootstrap`]'s for the pod `pod` of
 /// [`GATEWAY_NAMESPACE`], its node metadata carrying `labels`.
 fn labelled_router_bootstrap(pod: &str, labels: &[(&str, &str)], xds_port: u16) -> String {
-    let ns = GATEWAY_NAMESPACE;
-    let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}: {v}")).collect();
-    let labels = labels.join(", ");
-    format!(
-        r#"
-node:
-  id: router~127.0.0.1~{pod}.{ns}~{ns}.svc.cluster.local
-  cluster: {pod}
-  metadata:
-    NAMESPACE: {ns}
-    LABELS: {{{labels}}}
-admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {{admin_port}}}}}}
-dynamic_resources:
-  ads_config:
-    api_type: GRPC
-    transport_api_version: V3
-    set_node_on_first_message_only: true
-    grpc_services:
-    - envoy_grpc: {{cluster_name: xds-grpc}}
-  cds_config: {{ads: {{}}, resource_api_version: V3}}
-  lds_config: {{ads: {{}}, resource_api_version: V3}}
-static_resources:
-  clusters:
-  - name: xds-grpc
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{http2_protocol_options: {{}}}}
-    load_assignment:
-      cluster_name: xds-grpc
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {xds_port}}}}}}}
-"#
+    crate::envoy::AdsBootstrap::router(
+        pod,
+        pod,
+        GATEWAY_NAMESPACE,
+        labels,
+        ([127, 0, 0, 1], xds_port).into(),
     )
+    .yaml()
 }
 
 /// The last `n` lines of `text`.
