@@ -20,6 +20,8 @@
 mod outside_and_ingress;
 #[path = "local/prometheus.rs"]
 mod prometheus;
+#[path = "local/tcp_exchange.rs"]
+mod tcp_exchange;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
