@@ -396,6 +396,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         tokio::spawn(xds::run(config, publisher, stopped()))
     });
 
+    crate::telemetry::otel_log::start(&node, config.runtime.clone());
     let (trigger, drain_watch) = drain::channel();
     let mut data_path = tokio::spawn(serve_data_path(
         config.runtime.clone(),
@@ -446,6 +447,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     };
     flush_spans(SPAN_FLUSH_TIMEOUT).await;
+    crate::telemetry::otel_log::flush(SPAN_FLUSH_TIMEOUT).await;
     let _ = stop_tx.send(true);
     if let Some(task) = xds_task {
         let _ = task.await;

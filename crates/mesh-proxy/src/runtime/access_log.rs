@@ -11,9 +11,12 @@
 //! `%OP`, an unknown operator) refuses the update with the format's field,
 //! so the last good listener keeps serving. Operators mesh-proxy cannot
 //! fill (see the formatter's docs) print `-` and are logged once per
-//! format. A logger of another kind (OpenTelemetry, gRPC) is not
-//! implemented and is left out, never refused: what is logged does not
-//! change what is served.
+//! format. The OpenTelemetry logger (`envoy.access_loggers.open_telemetry`,
+//! istiod's `envoyOtelAls`) is compiled by `telemetry::otel_log`: its body
+//! and attribute values are formats as above, refused the same way with
+//! their field, and a missing collector (`grpc_service`) refuses the
+//! update. A logger of another kind (gRPC ALS) is not implemented and is
+//! left out, never refused: what is logged does not change what is served.
 //!
 //! A logger's `filter` that is Envoy's CEL extension filter (what istiod
 //! writes for Telemetry `filter.expression`) is compiled
@@ -43,22 +46,36 @@ use envoy_types::pb::envoy::extensions::access_loggers::stream::v3::{
 };
 
 use envoy_types::pb::envoy::extensions::access_loggers::filters::cel::v3::ExpressionFilter;
+use envoy_types::pb::envoy::extensions::access_loggers::open_telemetry::v3::OpenTelemetryAccessLogConfig;
 
 use super::access_log_filter::CelFilter;
 use super::convert::decode_any;
 use super::{FieldResult, invalid, join};
 use crate::proxy::record::RequestRecord;
 use crate::telemetry::format::{self, Formatter};
+use crate::telemetry::otel_log::OtelLogger;
 
 /// One access log sink.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogSink {
-    /// Where lines go (`/dev/stdout` and `/dev/stderr` for the streams).
-    pub path: PathBuf,
-    /// How lines are formatted.
-    pub format: Arc<Formatter>,
+    /// Where records go.
+    pub target: LogTarget,
     /// Which requests are logged (all without one).
     pub filter: Option<CelFilter>,
+}
+
+/// Where a sink's records go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogTarget {
+    /// Lines appended to a file.
+    File {
+        /// Where lines go (`/dev/stdout` and `/dev/stderr` for the streams).
+        path: PathBuf,
+        /// How lines are formatted.
+        format: Arc<Formatter>,
+    },
+    /// OTLP log records exported to a collector.
+    OpenTelemetry(Arc<OtelLogger>),
 }
 
 impl LogSink {
@@ -101,6 +118,19 @@ pub(crate) fn compile(logs: &[AccessLog], at: &str) -> FieldResult<Arc<[LogSink]
         };
         let typed = join(&field, "typed_config");
         let (path, format) = match any.type_url.rsplit('/').next().unwrap_or_default() {
+            "envoy.extensions.access_loggers.open_telemetry.v3.OpenTelemetryAccessLogConfig" => {
+                let c: OpenTelemetryAccessLogConfig = decode_any(any, &typed)?;
+                let Some(logger) = OtelLogger::compile(&c, &typed)? else {
+                    continue;
+                };
+                warn_unsupported(&format!("OpenTelemetry {field}"), &logger.unsupported());
+                let filter = cel_filter(log, &field)?;
+                sinks.push(LogSink {
+                    target: LogTarget::OpenTelemetry(Arc::new(logger)),
+                    filter,
+                });
+                continue;
+            }
             "envoy.extensions.access_loggers.file.v3.FileAccessLog" => {
                 let f: FileAccessLog = decode_any(any, &typed)?;
                 let format = match &f.access_log_format {
@@ -148,12 +178,11 @@ pub(crate) fn compile(logs: &[AccessLog], at: &str) -> FieldResult<Arc<[LogSink]
         if path.as_os_str().is_empty() {
             continue;
         }
-        warn_unsupported(&path, &format);
+        warn_unsupported(&path.display().to_string(), format.unsupported());
         let filter = cel_filter(log, &field)?;
         sinks.push(LogSink {
             filter,
-            path,
-            format,
+            target: LogTarget::File { path, format },
         });
     }
     Ok(sinks.into())
@@ -217,20 +246,20 @@ fn finish(f: Formatter, s: &SubstitutionFormatString) -> FieldResult<Arc<Formatt
     Ok(Arc::new(f.omit_empty_values(s.omit_empty_values)))
 }
 
-/// Logs, once per path and format, the operators that will print `-`
-/// although Envoy would print a value (updates recompile the same
-/// formats again and again).
-fn warn_unsupported(path: &std::path::Path, format: &Formatter) {
+/// Logs, once per sink (a path, or an OpenTelemetry logger's field) and
+/// operators, the operators that will print `-` although Envoy would
+/// print a value (updates recompile the same formats again and again).
+fn warn_unsupported(sink: &str, unsupported: &[String]) {
     static WARNED: Mutex<Option<HashSet<String>>> = Mutex::new(None);
-    if format.unsupported().is_empty() {
+    if unsupported.is_empty() {
         return;
     }
-    let key = format!("{}\0{}", path.display(), format.unsupported().join("\0"));
+    let key = format!("{sink}\0{}", unsupported.join("\0"));
     let mut warned = WARNED.lock().unwrap_or_else(|e| e.into_inner());
     if warned.get_or_insert_with(HashSet::new).insert(key) {
         tracing::warn!(
-            path = %path.display(),
-            operators = %format.unsupported().join(", "),
+            sink,
+            operators = %unsupported.join(", "),
             "access log format: these command operators print '-' in mesh-proxy"
         );
     }
@@ -277,7 +306,7 @@ mod tests {
         .unwrap();
         let got: Vec<(&str, bool)> = sinks
             .iter()
-            .map(|s| (s.path.to_str().unwrap(), s.format.is_json()))
+            .map(|s| (path(s), format_of(s).is_json()))
             .collect();
         assert_eq!(
             got,
@@ -290,11 +319,25 @@ mod tests {
         );
         // Istio's text format is Istio's built-in one; the others are
         // rendered as written; no format is Envoy's default.
-        assert_eq!(*sinks[0].format, *format::istio_text());
+        assert_eq!(*format_of(&sinks[0]), *format::istio_text());
         let r = crate::telemetry::fixtures::request(200, Default::default(), None);
-        assert_eq!(sinks[1].format.request(&r), "{\"code\":200}\n");
-        assert_eq!(sinks[2].format.request(&r), "200\n");
-        assert_eq!(*sinks[3].format, *format::envoy_default());
+        assert_eq!(format_of(&sinks[1]).request(&r), "{\"code\":200}\n");
+        assert_eq!(format_of(&sinks[2]).request(&r), "200\n");
+        assert_eq!(*format_of(&sinks[3]), *format::envoy_default());
+    }
+
+    fn path(s: &LogSink) -> &str {
+        match &s.target {
+            LogTarget::File { path, .. } => path.to_str().unwrap(),
+            LogTarget::OpenTelemetry(_) => "otel",
+        }
+    }
+
+    fn format_of(s: &LogSink) -> &Formatter {
+        match &s.target {
+            LogTarget::File { format, .. } => format,
+            LogTarget::OpenTelemetry(o) => panic!("not a file sink: {o:?}"),
+        }
     }
 
     fn file_log(format: serde_json::Value) -> Vec<AccessLog> {
@@ -317,14 +360,14 @@ mod tests {
             "al",
         )
         .unwrap();
-        assert_eq!(sinks[0].format.request(&r), "503 -");
+        assert_eq!(format_of(&sinks[0]).request(&r), "503 -");
         let sinks = compile(
             &file_log(json!({"jsonFormat": {"code": "%RESPONSE_CODE%", "route": "%ROUTE_NAME%"}})),
             "al",
         )
         .unwrap();
         assert_eq!(
-            sinks[0].format.request(&r),
+            format_of(&sinks[0]).request(&r),
             "{\"code\":503,\"route\":null}\n"
         );
         let sinks = compile(
@@ -332,7 +375,7 @@ mod tests {
             "al",
         )
         .unwrap();
-        assert_eq!(sinks[0].format.request(&r), "{\"code\":503}\n");
+        assert_eq!(format_of(&sinks[0]).request(&r), "{\"code\":503}\n");
         let sinks = compile(
             &file_log(
                 json!({"logFormat": {"textFormat": "[%ROUTE_NAME%]", "omitEmptyValues": true}}),
@@ -340,9 +383,9 @@ mod tests {
             "al",
         )
         .unwrap();
-        assert_eq!(sinks[0].format.request(&r), "[]");
+        assert_eq!(format_of(&sinks[0]).request(&r), "[]");
         let sinks = compile(&file_log(json!({"format": ""})), "al").unwrap();
-        assert_eq!(*sinks[0].format, *format::envoy_default());
+        assert_eq!(*format_of(&sinks[0]), *format::envoy_default());
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Access log lines, one per HTTP request and one per TCP connection,
 //! formatted by the sink's [`Formatter`] (Envoy's command operators: a
-//! listener's own format, or Istio's default text or JSON).
+//! listener's own format, or Istio's default text or JSON). Sinks that
+//! are OpenTelemetry loggers hand their records to
+//! [`super::otel_log`] instead, which exports them as OTLP logs.
 //!
 //! Lines are formatted on the request path and handed to the file's
 //! writer thread over a bounded queue, so a slow disk or a full pipe never
@@ -32,7 +34,7 @@ use std::sync::{Arc, Mutex};
 
 use super::format::{self, Formatter};
 use crate::proxy::record::{RequestRecord, TcpRecord};
-use crate::runtime::access_log::LogSink;
+use crate::runtime::access_log::{LogSink, LogTarget};
 
 /// The writers of access log files, by path: every sink writing to one
 /// file shares its writer thread. A file that cannot be opened is
@@ -61,8 +63,13 @@ pub fn shared_writer(path: &Path) -> io::Result<Arc<LogWriter>> {
 /// Logs a finished request to every sink that accepts it.
 pub fn log_request(sinks: &[LogSink], r: &RequestRecord) {
     for sink in sinks.iter().filter(|s| s.accepts(r)) {
-        if let Ok(writer) = shared_writer(&sink.path) {
-            writer.send(sink.format.request(r));
+        match &sink.target {
+            LogTarget::File { path, format } => {
+                if let Ok(writer) = shared_writer(path) {
+                    writer.send(format.request(r));
+                }
+            }
+            LogTarget::OpenTelemetry(otel) => otel.request(r),
         }
     }
 }
@@ -70,8 +77,13 @@ pub fn log_request(sinks: &[LogSink], r: &RequestRecord) {
 /// Logs a closed TCP connection to every sink.
 pub fn log_connection(sinks: &[LogSink], r: &TcpRecord) {
     for sink in sinks {
-        if let Ok(writer) = shared_writer(&sink.path) {
-            writer.send(sink.format.connection(r));
+        match &sink.target {
+            LogTarget::File { path, format } => {
+                if let Ok(writer) = shared_writer(path) {
+                    writer.send(format.connection(r));
+                }
+            }
+            LogTarget::OpenTelemetry(otel) => otel.connection(r),
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod envoy_stats;
 pub mod format;
 pub mod labels;
 pub mod metrics;
+pub mod otel_log;
 pub mod overrides;
 pub mod peer;
 pub mod trace;

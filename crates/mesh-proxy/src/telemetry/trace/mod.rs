@@ -338,8 +338,9 @@ fn new_span_id() -> u64 {
     fastrand::u64(1..)
 }
 
-/// The first endpoint of the collector's cluster, as an `http://` URI.
-fn collector_endpoint(runtime: &Runtime, cluster: &str) -> Option<String> {
+/// The first endpoint of the collector's cluster, as an `http://` URI
+/// (also where OpenTelemetry access logs go).
+pub(crate) fn collector_endpoint(runtime: &Runtime, cluster: &str) -> Option<String> {
     let c = runtime.cluster(cluster)?;
     let assignment = match &c.config.inline_assignment {
         Some(a) if c.assignment.endpoints().next().is_none() => a,
