@@ -8,6 +8,9 @@
 //! its body the rendered format, its attributes the labels, its resource
 //! the log name; a collector that is down changes nothing for requests;
 //! records still batched when the proxy stops are sent before it exits.
+//! And end to end from Istio YAML: mesh-control turns a MeshConfig
+//! `envoyOtelAls` provider named by a Telemetry into the logger, and a
+//! mesh-proxy gateway and a stock Envoy gateway send the same record.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -18,6 +21,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use mesh_test_support::envoy::{AdsBootstrap, Envoy};
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
     LogsService, LogsServiceServer,
 };
@@ -26,6 +30,7 @@ use opentelemetry_proto::tonic::collector::logs::v1::{
 };
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use support::control_plane::ControlPlane;
 use support::proxy_process::{ProxyProcess, RunFlags};
 use support::*;
 
@@ -94,7 +99,11 @@ impl LogsService for Receiver {
 impl Receiver {
     /// Serves on a loopback port; stops with the test's runtime.
     async fn start() -> (Self, SocketAddr) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on("127.0.0.1:0").await
+    }
+
+    async fn start_on(addr: &str) -> (Self, SocketAddr) {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let receiver = Self::default();
         let service = LogsServiceServer::new(receiver.clone());
@@ -325,4 +334,185 @@ async fn records_still_batched_are_sent_when_the_proxy_stops() {
     let status = tokio::task::block_in_place(|| gw.proxy.terminate());
     assert!(status.success(), "{status:?}\n{}", gw.proxy.log());
     assert_eq!(receiver.of("/otel/last").len(), 1, "not flushed at exit");
+}
+
+/// The Istio YAML of the end-to-end test: MeshConfig's `otel` provider
+/// (the receiver, Service `otel` in `observability`), a mesh-wide
+/// Telemetry naming it, and two gateways (`gw1` on 127.0.32.1, `gw2` on
+/// 127.0.32.2) routing to `reviews`.
+fn istio_yaml(gw_ports: [u16; 2], backend: u16, receiver: u16) -> String {
+    let [p1, p2] = gw_ports;
+    format!(
+        r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: istio, namespace: istio-system}}
+data:
+  mesh: |
+    extensionProviders:
+    - name: otel
+      envoyOtelAls:
+        service: observability/otel.observability.svc.cluster.local
+        port: 4317
+        logFormat:
+          text: "%RESPONSE_CODE% %REQ(:PATH)% %UPSTREAM_CLUSTER%"
+          labels: {{path: "%REQ(:PATH)%"}}
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {{name: mesh-default, namespace: istio-system}}
+spec:
+  accessLogging:
+  - providers: [{{name: otel}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: otel, namespace: observability}}
+spec:
+  clusterIP: 10.96.32.9
+  selector: {{app: otel}}
+  ports: [{{name: grpc-otlp, port: 4317, targetPort: {receiver}}}]
+---
+# The collector is outside the mesh: plaintext.
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: otel, namespace: observability}}
+spec:
+  host: otel.observability.svc.cluster.local
+  trafficPolicy: {{tls: {{mode: DISABLE}}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: otel-0, namespace: observability, labels: {{app: otel}}}}
+spec: {{containers: [{{name: collector, image: otel}}]}}
+status: {{podIP: 127.0.32.9}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: reviews, namespace: default}}
+spec:
+  clusterIP: 10.96.32.10
+  selector: {{app: reviews}}
+  ports: [{{name: http, port: 9080, targetPort: {backend}}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: reviews-v1-0, namespace: default, labels: {{app: reviews}}}}
+spec: {{containers: [{{name: app, image: mesh-echo}}]}}
+status: {{podIP: 127.0.32.10}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: reviews, namespace: default}}
+spec:
+  host: reviews.default.svc.cluster.local
+  trafficPolicy: {{tls: {{mode: DISABLE}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: gw1, namespace: istio-system}}
+spec:
+  selector: {{istio: gw1}}
+  servers:
+  - port: {{number: {p1}, name: http, protocol: HTTP}}
+    bind: 127.0.32.1
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: gw2, namespace: istio-system}}
+spec:
+  selector: {{istio: gw2}}
+  servers:
+  - port: {{number: {p2}, name: http, protocol: HTTP}}
+    bind: 127.0.32.2
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews, namespace: istio-system}}
+spec:
+  hosts: ["*"]
+  gateways: [gw1, gw2]
+  http:
+  - route:
+    - destination: {{host: reviews.default.svc.cluster.local, port: {{number: 9080}}}}
+"#
+    )
+}
+
+/// Waits (bounded) until a GET through `addr` answers 200.
+async fn wait_200(addr: SocketAddr) {
+    let ok = eventually(WAIT, || async {
+        try_send(
+            &h1(),
+            http::Method::GET,
+            addr,
+            "reviews",
+            "/ready-check",
+            &[],
+        )
+        .await
+        .ok()
+        .filter(|r| r.status == 200)
+    })
+    .await;
+    assert!(ok.is_some(), "{addr} never answered 200");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_control_otel_provider_logs_from_mesh_proxy_and_stock_envoy_alike() {
+    let (receiver, collector) = Receiver::start_on("127.0.32.9:0").await;
+    let backend_port = free_port();
+    let _backend = Backend::serve(
+        bind(None, &format!("127.0.32.10:{backend_port}")),
+        "reviews",
+        "v1",
+    );
+    let ports = [free_port(), free_port()];
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("mesh.yaml"),
+        istio_yaml(ports, backend_port, collector.port()),
+    )
+    .unwrap();
+    let cp = ControlPlane::serve_loopback(dir.path());
+
+    // gw1: mesh-proxy.
+    let mut flags = RunFlags::gateway(cp.addr);
+    let pod = flags.pod.as_mut().unwrap();
+    pod.name = "gw1-0".into();
+    pod.labels = vec![("istio".into(), "gw1".into())];
+    let proxy = ProxyProcess::start(flags);
+    cp.wait_synced(&proxy.flags.node_id(), WAIT).await;
+    // gw2: stock Envoy, the same YAML.
+    let envoy = Envoy::start(
+        &AdsBootstrap::router("gw2-0", "gw2", "istio-system", &[("istio", "gw2")], cp.addr).yaml(),
+    );
+    assert!(
+        tokio::task::block_in_place(|| envoy.wait_ready(WAIT)),
+        "envoy not ready:\n{}",
+        envoy.log()
+    );
+    let gw1 = SocketAddr::from(([127, 0, 32, 1], ports[0]));
+    let gw2 = SocketAddr::from(([127, 0, 32, 2], ports[1]));
+    wait_200(gw1).await;
+    wait_200(gw2).await;
+
+    for (addr, path) in [(gw1, "/mc/mesh-proxy"), (gw2, "/mc/envoy")] {
+        let reply = send(&h1(), http::Method::GET, addr, "reviews", path, &[]).await;
+        assert_eq!(reply.status, 200, "{path}");
+        let got = receiver.wait_for(path).await;
+        assert_eq!(
+            got.body,
+            format!("200 {path} outbound|9080||reviews.default.svc.cluster.local"),
+            "{got:?}"
+        );
+        assert_eq!(got.attributes.get("path").map(String::as_str), Some(path));
+        // istiod turns Envoy's built-in resource labels off; so does
+        // mesh-control, and both proxies honour it.
+        assert!(!got.resource.contains_key("log_name"), "{path}: {got:?}");
+    }
+    drop(proxy);
+    drop(envoy);
 }
