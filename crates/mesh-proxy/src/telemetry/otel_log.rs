@@ -491,13 +491,20 @@ impl ExportTask {
                     }
                 }
                 Some(Queued::Flush(done)) => {
-                    // Records queued before the flush are exported with it.
-                    while let Ok(Queued::Record(r)) = rx.try_recv() {
-                        batch.push(*r);
+                    // Records queued before the flush go with it, and so
+                    // do flushes asked for meanwhile.
+                    let mut waiting = vec![done];
+                    while let Ok(queued) = rx.try_recv() {
+                        match queued {
+                            Queued::Record(r) => batch.push(*r),
+                            Queued::Flush(more) => waiting.push(more),
+                        }
                     }
                     self.export(std::mem::take(&mut batch)).await;
                     bytes = 0;
-                    let _ = done.send(());
+                    for done in waiting {
+                        let _ = done.send(());
+                    }
                 }
                 None => {
                     self.export(batch).await;
