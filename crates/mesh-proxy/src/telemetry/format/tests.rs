@@ -7,7 +7,7 @@ use test_case::test_case;
 use super::*;
 use crate::proxy::record::{ResponseFlags, Security};
 use crate::runtime::listener::Direction;
-use crate::telemetry::fixtures::request;
+use crate::telemetry::fixtures::{connection, request};
 
 fn text(f: &str) -> Formatter {
     Formatter::text(f, "log_format.text_format").unwrap_or_else(|e| panic!("{f:?}: {e:?}"))
@@ -36,25 +36,18 @@ fn mtls_request() -> RequestRecord {
 
 fn tcp() -> TcpRecord {
     TcpRecord {
-        start: UNIX_EPOCH,
         listener: "l".into(),
         direction: Direction::Outbound,
-        filter_chain: String::new(),
         downstream_remote: "10.0.0.1:1234".parse().unwrap(),
         downstream_local: "10.96.0.9:3306".parse().unwrap(),
         server_name: Some("db.example.com".into()),
         cluster: Some("outbound|3306||db.example.com".into()),
         upstream_host: Some("10.1.0.9:3306".into()),
         flags: ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
-        bytes_received: 5,
-        bytes_sent: 7,
         duration: Duration::from_millis(1),
-        downstream_security: Default::default(),
         downstream_peer_principal: Some(Arc::from("spiffe://cluster.local/ns/a/sa/client")),
-        upstream_peer_principal: None,
         local_principal: Some(Arc::from("spiffe://cluster.local/ns/a/sa/me")),
-        stats: None,
-        peer: None,
+        ..connection()
     }
 }
 
