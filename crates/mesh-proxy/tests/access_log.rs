@@ -115,42 +115,67 @@ fn lines(log: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// The `edge` gateway (pod `edge-0`, label `istio: edge`) configured by a
+/// control plane from the YAML `mesh(port, backend_port)` returns, in
+/// front of a `reviews` backend on 127.0.32.10; ready once it answers
+/// `/ready` with 200 on `ip:port`. Everything stops on drop.
+struct EdgeGateway {
+    entry: SocketAddr,
+    _proxy: ProxyProcess,
+    _cp: ControlPlane,
+    _config: tempfile::TempDir,
+    _backend: Backend,
+}
+
+impl EdgeGateway {
+    async fn start(ip: [u8; 4], mesh: impl FnOnce(u16, u16) -> String) -> Self {
+        let backend_port = free_port();
+        let backend = Backend::serve(
+            bind(None, &format!("127.0.32.10:{backend_port}")),
+            "reviews",
+            "v1",
+        );
+        let port = free_port();
+        let config = tempfile::tempdir().unwrap();
+        std::fs::write(config.path().join("mesh.yaml"), mesh(port, backend_port)).unwrap();
+        let cp = ControlPlane::serve_loopback(config.path());
+        let mut flags = RunFlags::gateway(cp.addr);
+        let pod = flags.pod.as_mut().unwrap();
+        pod.name = "edge-0".into();
+        pod.labels = vec![("istio".into(), "edge".into())];
+        let proxy = ProxyProcess::start(flags);
+        cp.wait_synced(&proxy.flags.node_id(), WAIT).await;
+        let entry = SocketAddr::from((ip, port));
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let reply = try_send(&h1(), http::Method::GET, entry, "reviews", "/ready", &[]).await;
+            if reply.as_ref().is_ok_and(|r| r.status == 200) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the gateway never answered 200: {reply:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Self {
+            entry,
+            _proxy: proxy,
+            _cp: cp,
+            _config: config,
+            _backend: backend,
+        }
+    }
+}
+
 async fn only_failures_are_logged() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("errors.log");
-    let backend_port = free_port();
-    let _backend = Backend::serve(
-        bind(None, &format!("127.0.32.10:{backend_port}")),
-        "reviews",
-        "v1",
-    );
-    let port = free_port();
-    let config = tempfile::tempdir().unwrap();
-    std::fs::write(
-        config.path().join("mesh.yaml"),
-        mesh_yaml(&log, port, backend_port),
-    )
-    .unwrap();
-    let cp = ControlPlane::serve_loopback(config.path());
-    let mut flags = RunFlags::gateway(cp.addr);
-    let pod = flags.pod.as_mut().unwrap();
-    pod.name = "edge-0".into();
-    pod.labels = vec![("istio".into(), "edge".into())];
-    let proxy = ProxyProcess::start(flags);
-    cp.wait_synced(&proxy.flags.node_id(), WAIT).await;
-    let entry = SocketAddr::from(([127, 0, 32, 1], port));
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let reply = try_send(&h1(), http::Method::GET, entry, "reviews", "/ready", &[]).await;
-        if reply.as_ref().is_ok_and(|r| r.status == 200) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the gateway never answered 200: {reply:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let edge = EdgeGateway::start([127, 0, 32, 1], |port, backend| {
+        mesh_yaml(&log, port, backend)
+    })
+    .await;
+    let entry = edge.entry;
     for i in 0..5 {
         let ok = send(
             &h1(),
@@ -300,39 +325,11 @@ async fn mesh_proxy_writes_custom_text_and_json_formats() {
     let dir = tempfile::tempdir().unwrap();
     let text_log = dir.path().join("text.log");
     let json_log = dir.path().join("json.log");
-    let backend_port = free_port();
-    let _backend = Backend::serve(
-        bind(None, &format!("127.0.32.10:{backend_port}")),
-        "reviews",
-        "v1",
-    );
-    let port = free_port();
-    let config = tempfile::tempdir().unwrap();
-    std::fs::write(
-        config.path().join("mesh.yaml"),
-        custom_formats_yaml(&text_log, &json_log, port, backend_port),
-    )
-    .unwrap();
-    let cp = ControlPlane::serve_loopback(config.path());
-    let mut flags = RunFlags::gateway(cp.addr);
-    let pod = flags.pod.as_mut().unwrap();
-    pod.name = "edge-0".into();
-    pod.labels = vec![("istio".into(), "edge".into())];
-    let proxy = ProxyProcess::start(flags);
-    cp.wait_synced(&proxy.flags.node_id(), WAIT).await;
-    let entry = SocketAddr::from(([127, 0, 32, 2], port));
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let reply = try_send(&h1(), http::Method::GET, entry, "reviews", "/ready", &[]).await;
-        if reply.as_ref().is_ok_and(|r| r.status == 200) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the gateway never answered 200: {reply:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let edge = EdgeGateway::start([127, 0, 32, 2], |port, backend| {
+        custom_formats_yaml(&text_log, &json_log, port, backend)
+    })
+    .await;
+    let entry = edge.entry;
     let traceparent = format!("00-{TRACE_ID}-00f067aa0ba902b7-01");
     for i in 0..3 {
         let ok = send(
