@@ -550,6 +550,32 @@ pub(crate) fn for_each_hcm(
     });
 }
 
+/// Calls `f` with every `tcp_proxy` of `listeners`, decoded, and whether
+/// its listener is inbound; a proxy `f` changed (`true`) is encoded back
+/// in place. A filter that does not decode is left alone.
+pub(crate) fn for_each_tcp_proxy(
+    listeners: &mut [Listener],
+    mut f: impl FnMut(bool, &mut TcpProxy) -> bool,
+) {
+    for_each_chain(listeners, |inbound, chain| {
+        for filter in chain
+            .filters
+            .iter_mut()
+            .filter(|x| x.name == TCP_PROXY_FILTER)
+        {
+            let Some(filter::ConfigType::TypedConfig(any)) = &filter.config_type else {
+                continue;
+            };
+            let Ok(mut tcp) = TcpProxy::decode(any.value.as_slice()) else {
+                continue;
+            };
+            if f(inbound, &mut tcp) {
+                filter.config_type = Some(filter::ConfigType::TypedConfig(pack_any(tcp)));
+            }
+        }
+    });
+}
+
 /// Names of the route configurations the listeners fetch over RDS, sorted.
 pub fn rds_route_names(listeners: &[Listener]) -> Vec<String> {
     let mut names = BTreeSet::new();

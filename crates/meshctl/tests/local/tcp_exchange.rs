@@ -26,6 +26,42 @@ spec:
   - {name: tcp-echo, port: 9091, targetPort: 9091}
 ";
 
+/// Access logs of every sidecar of the namespace in Istio's text format
+/// on the proxy's stdout (the built-in `envoy` provider).
+const ACCESS_LOGS: &str = "\
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: logs, namespace: default}
+spec:
+  accessLogging:
+  - providers: [{name: envoy}]
+";
+
+/// The access log lines of the TCP connections in the sidecar log of
+/// the pod whose name starts with `pod`: Istio's text format with no
+/// request (`"- - -" 0`), naming `cluster`.
+fn tcp_log_lines(mesh: &Mesh, pod: &str, cluster: &str) -> Vec<String> {
+    let logs = mesh.run_dir.path().join("logs");
+    let Ok(entries) = std::fs::read_dir(&logs) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            name.starts_with(pod) && name.ends_with(".proxy.log")
+        })
+        .flat_map(|e| {
+            std::fs::read_to_string(e.path())
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains("\"- - -\" 0 ") && l.contains(cluster))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 /// Connections the client makes.
 const CONNECTIONS: usize = 3;
 
@@ -84,6 +120,7 @@ fn mesh_proxy_sidecars_exchange_peer_metadata_over_tcp_without_touching_the_byte
         r#"command: [mesh-echo, --port, "9080", --port, "9091", --version, v1]"#,
     );
     std::fs::write(&app, format!("{sample}\n---\n{TCP_SERVICE}")).unwrap();
+    std::fs::write(mesh.config.path().join("telemetry.yaml"), ACCESS_LOGS).unwrap();
     let up = mesh.up_with(&["--no-gateway"]);
     assert!(
         up.status.success(),
@@ -182,5 +219,20 @@ fn mesh_proxy_sidecars_exchange_peer_metadata_over_tcp_without_touching_the_byte
         sent,
         sum(&server, "istio_tcp_sent_bytes_total", &destination),
         "bytes to the client differ between the two sidecars"
+    );
+
+    // Each TCP connection is in both sidecars' access logs, as Istio logs
+    // a tcp_proxy connection: no request, the cluster it went to.
+    let outbound = "outbound|9091||reviews-tcp.default.svc.cluster.local";
+    let logged = wait_for(Duration::from_secs(10), || {
+        let client = tcp_log_lines(&mesh, "client", outbound);
+        let server = tcp_log_lines(&mesh, "reviews-v1", "inbound|9091||");
+        (client.len() >= CONNECTIONS && server.len() >= CONNECTIONS).then_some((client, server))
+    });
+    assert!(
+        logged.is_some(),
+        "TCP connections missing from the access logs: client {:?}, reviews-v1 {:?}",
+        tcp_log_lines(&mesh, "client", outbound),
+        tcp_log_lines(&mesh, "reviews-v1", "inbound|9091||")
     );
 }

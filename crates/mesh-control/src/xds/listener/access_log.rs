@@ -1,5 +1,6 @@
 //! Access logs: the file and OpenTelemetry access logs of every HTTP
-//! connection manager of the proxy's listeners, as istiod writes them.
+//! connection manager and TCP proxy of the proxy's listeners, as istiod
+//! writes them.
 //!
 //! What applies is resolved as Istio does. Telemetry `accessLogging`
 //! entries of the resources that apply (`super::super::telemetry`: mesh,
@@ -30,10 +31,13 @@
 //! built-in resource labels off, as istiod sets them. A name that is not
 //! defined, or a provider of another kind (the gRPC access log services
 //! are not translated), is skipped with a warning naming the Telemetry
-//! and the field; the rest still applies. File logs are not put on TCP
-//! proxies, and neither are OpenTelemetry logs.
+//! and the field; the rest still applies. TCP proxies (sidecar TCP ports,
+//! inbound TCP chains, passthrough) get the same loggers as the
+//! connection managers of their side: one entry per connection, its
+//! request fields `-`.
 //!
-//! Applied once over the built listeners (`super::for_each_hcm`), so each
+//! Applied once over the built listeners (`super::for_each_hcm`,
+//! `super::for_each_tcp_proxy`), so each
 //! builder of a connection manager (gateway servers, sidecar ports,
 //! inbound chains) stays unaware of it.
 
@@ -539,7 +543,8 @@ fn json_file_log(
     }
 }
 
-/// Adds the access logs to every HTTP connection manager of `listeners`:
+/// Adds the access logs to every HTTP connection manager and TCP proxy of
+/// `listeners`:
 /// the client side's on outbound listeners and gateways, the server
 /// side's on inbound ones.
 pub(crate) fn apply(scope: &ProxyScope<'_>, listeners: &mut [Listener]) {
@@ -558,6 +563,13 @@ pub(crate) fn apply(scope: &ProxyScope<'_>, listeners: &mut [Listener]) {
     super::for_each_hcm(listeners, |inbound, hcm| {
         let wanted = if inbound { &server } else { &client };
         hcm.access_log.extend(wanted.iter().cloned());
+        !wanted.is_empty()
+    });
+    // TCP connections are logged too, as istiod does: one line per
+    // connection (request fields `-`), with the same providers and filter.
+    super::for_each_tcp_proxy(listeners, |inbound, tcp| {
+        let wanted = if inbound { &server } else { &client };
+        tcp.access_log.extend(wanted.iter().cloned());
         !wanted.is_empty()
     });
 }
@@ -939,5 +951,59 @@ mod tests {
         };
         assert_eq!(names(&listeners[0]), [OTEL_LOGGER]);
         assert!(names(&listeners[1]).is_empty(), "CLIENT only");
+    }
+
+    #[test]
+    fn tcp_proxies_log_connections_with_their_sides_providers() {
+        use crate::xds::listener::tcp_proxy_filter;
+        use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
+        use envoy_types::pb::envoy::config::listener::v3::{FilterChain, filter};
+        use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
+            TcpProxy, tcp_proxy::ClusterSpecifier,
+        };
+        let s = snapshot(
+            MESH,
+            &telemetry(
+                "apps",
+                "ns",
+                "  accessLogging:\n  - match: {mode: SERVER}\n    providers: [{name: short}, {name: otel}]",
+            ),
+        );
+        let listener = |direction: TrafficDirection| Listener {
+            traffic_direction: direction as i32,
+            filter_chains: vec![FilterChain {
+                filters: vec![tcp_proxy_filter(
+                    "db",
+                    ClusterSpecifier::Cluster("inbound|3306||".into()),
+                )],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let mut listeners = vec![
+            listener(TrafficDirection::Outbound),
+            listener(TrafficDirection::Inbound),
+        ];
+        let proxy = web();
+        apply(&ProxyScope::new(&s, &proxy), &mut listeners);
+        let names = |l: &Listener| -> Vec<String> {
+            let Some(filter::ConfigType::TypedConfig(any)) =
+                &l.filter_chains[0].filters[0].config_type
+            else {
+                panic!("no typed config");
+            };
+            TcpProxy::decode(any.value.as_slice())
+                .unwrap()
+                .access_log
+                .into_iter()
+                .map(|a| a.name)
+                .collect()
+        };
+        assert!(names(&listeners[0]).is_empty(), "SERVER only");
+        assert_eq!(
+            names(&listeners[1]),
+            [OTEL_LOGGER, FILE_LOGGER],
+            "providers in name order, as on connection managers"
+        );
     }
 }
