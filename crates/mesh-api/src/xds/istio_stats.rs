@@ -91,6 +91,52 @@ impl Name for TypedStruct {
     }
 }
 
+/// What an `Any` holding Istio extension config of one type carries.
+#[derive(Debug)]
+pub enum Unpacked<'a> {
+    /// The message itself, still encoded.
+    Message(&'a [u8]),
+    /// The fields of a `TypedStruct` of it (proto3 JSON names).
+    Fields(Struct),
+}
+
+impl TypedStruct {
+    /// `Any` of a `TypedStruct` holding `fields` as a message of type
+    /// `M`: how istiod sends Istio's own extension config.
+    pub fn wrap<M: Name>(fields: BTreeMap<String, Value>) -> Any {
+        let ts = TypedStruct {
+            type_url: M::type_url(),
+            value: Some(Struct {
+                fields: fields.into_iter().collect(),
+            }),
+        };
+        Any {
+            type_url: Self::type_url(),
+            value: ts.encode_to_vec(),
+        }
+    }
+
+    /// What `any` carries of message type `M`: the packed message, or
+    /// the fields of a `TypedStruct` (xds or udpa) of it. `Ok(None)` for
+    /// another type; `Err` when the TypedStruct itself is malformed.
+    pub fn unpack<M: Name>(any: &Any) -> Result<Option<Unpacked<'_>>, String> {
+        if any.type_url == M::type_url() {
+            return Ok(Some(Unpacked::Message(any.value.as_slice())));
+        }
+        if any.type_url != Self::type_url()
+            && any.type_url != "type.googleapis.com/udpa.type.v1.TypedStruct"
+        {
+            return Ok(None);
+        }
+        let ts =
+            Self::decode(any.value.as_slice()).map_err(|e| format!("not a TypedStruct: {e}"))?;
+        if ts.type_url != M::type_url() {
+            return Ok(None);
+        }
+        Ok(Some(Unpacked::Fields(ts.value.unwrap_or_default())))
+    }
+}
+
 fn string(s: &str) -> Value {
     Value {
         kind: Some(Kind::StringValue(s.to_string())),
@@ -192,39 +238,24 @@ impl PluginConfig {
             };
             fields.insert("disableHostHeaderFallback".to_string(), yes);
         }
-        let ts = TypedStruct {
-            type_url: Self::type_url(),
-            value: Some(Struct {
-                fields: fields.into_iter().collect(),
-            }),
-        };
-        Any {
-            type_url: TypedStruct::type_url(),
-            value: ts.encode_to_vec(),
-        }
+        TypedStruct::wrap::<Self>(fields)
     }
 
     /// The config in `any`: the packed message or a `TypedStruct` of it.
     /// `Ok(None)` for another type (Istio's older Wasm configuration);
     /// `Err` names what is malformed.
     pub fn from_any(any: &Any) -> Result<Option<Self>, String> {
-        if any.type_url == Self::type_url() {
-            return Self::decode(any.value.as_slice())
-                .map(Some)
-                .map_err(|e| format!("not a stats.PluginConfig: {e}"));
-        }
-        if any.type_url != TypedStruct::type_url()
-            && any.type_url != "type.googleapis.com/udpa.type.v1.TypedStruct"
-        {
-            return Ok(None);
-        }
-        let ts = TypedStruct::decode(any.value.as_slice())
-            .map_err(|e| format!("not a TypedStruct: {e}"))?;
-        if ts.type_url != Self::type_url() {
-            return Ok(None);
-        }
+        let fields = match TypedStruct::unpack::<Self>(any)? {
+            None => return Ok(None),
+            Some(Unpacked::Message(bytes)) => {
+                return Self::decode(bytes)
+                    .map(Some)
+                    .map_err(|e| format!("not a stats.PluginConfig: {e}"));
+            }
+            Some(Unpacked::Fields(fields)) => fields,
+        };
         let mut out = Self::default();
-        for (key, value) in ts.value.iter().flat_map(|s| &s.fields) {
+        for (key, value) in &fields.fields {
             match (key.as_str(), &value.kind) {
                 ("metrics", Some(Kind::ListValue(l))) => {
                     for (i, m) in l.values.iter().enumerate() {

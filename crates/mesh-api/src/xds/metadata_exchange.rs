@@ -12,10 +12,10 @@
 //! prints in `/config_dump` without this message's descriptor; the packed
 //! message is read too.
 
-use envoy_types::pb::google::protobuf::{Any, Struct, Value, value::Kind};
+use envoy_types::pb::google::protobuf::{Any, Value, value::Kind};
 use prost::{Message, Name};
 
-use super::istio_stats::TypedStruct;
+use super::istio_stats::{TypedStruct, Unpacked};
 
 /// The listener (downstream) filter's name.
 pub const LISTENER_FILTER: &str = "istio.metadata_exchange";
@@ -48,38 +48,23 @@ impl MetadataExchange {
         let protocol = Value {
             kind: Some(Kind::StringValue(PROTOCOL.into())),
         };
-        let ts = TypedStruct {
-            type_url: Self::type_url(),
-            value: Some(Struct {
-                fields: [("protocol".to_string(), protocol)].into_iter().collect(),
-            }),
-        };
-        Any {
-            type_url: TypedStruct::type_url(),
-            value: ts.encode_to_vec(),
-        }
+        TypedStruct::wrap::<Self>([("protocol".to_string(), protocol)].into())
     }
 
     /// The config in `any`: the packed message or a `TypedStruct` of it.
     /// `Ok(None)` for another type; `Err` says what is malformed.
     pub fn from_any(any: &Any) -> Result<Option<Self>, String> {
-        if any.type_url == Self::type_url() {
-            return Self::decode(any.value.as_slice()).map(Some).map_err(|e| {
-                format!("not an envoy.tcp.metadataexchange.config.MetadataExchange: {e}")
-            });
-        }
-        if any.type_url != TypedStruct::type_url()
-            && any.type_url != "type.googleapis.com/udpa.type.v1.TypedStruct"
-        {
-            return Ok(None);
-        }
-        let ts = TypedStruct::decode(any.value.as_slice())
-            .map_err(|e| format!("not a TypedStruct: {e}"))?;
-        if ts.type_url != Self::type_url() {
-            return Ok(None);
-        }
+        let fields = match TypedStruct::unpack::<Self>(any)? {
+            None => return Ok(None),
+            Some(Unpacked::Message(bytes)) => {
+                return Self::decode(bytes).map(Some).map_err(|e| {
+                    format!("not an envoy.tcp.metadataexchange.config.MetadataExchange: {e}")
+                });
+            }
+            Some(Unpacked::Fields(fields)) => fields,
+        };
         let mut out = Self::default();
-        for (key, value) in ts.value.iter().flat_map(|s| &s.fields) {
+        for (key, value) in &fields.fields {
             match (key.as_str(), &value.kind) {
                 ("protocol", Some(Kind::StringValue(p))) => out.protocol = p.clone(),
                 ("protocol", _) => return Err("protocol: must be a string".into()),
