@@ -167,3 +167,92 @@ fn promtool_accepts_the_scrape_configuration() {
     }
     assert!(out.status.success(), "{said}");
 }
+
+/// The metric families mesh-control (and its CA and injector) register:
+/// the name literals of their registration code.
+fn control_plane_families() -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for file in [
+        "crates/mesh-control/src/ads/metrics.rs",
+        "crates/mesh-control/src/source/publish.rs",
+        "crates/mesh-control/src/inject/webhook.rs",
+        "crates/mesh-ca/src/metrics.rs",
+    ] {
+        let text = read(file);
+        for prefix in ["pilot_", "citadel_", "mesh_config_", "sidecar_injection_"] {
+            out.extend(literals(&text, prefix));
+        }
+    }
+    out
+}
+
+#[test]
+fn the_control_plane_dashboard_uses_only_what_mesh_control_exports() {
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&read("deploy/addons/grafana-control-plane.json"))
+            .expect("dashboard JSON");
+    let families = control_plane_families();
+    assert!(families.contains("pilot_xds"), "{families:?}");
+    // Istio's sums are exposed under their bare names; prometheus-client
+    // counters (the injector's) get `_total`, histograms their series.
+    let webhook = read("crates/mesh-control/src/inject/webhook.rs");
+    let exprs = expressions(&dashboard);
+    assert!(exprs.len() >= 10, "{exprs:?}");
+    let mut used = BTreeSet::new();
+    for expr in &exprs {
+        for (word, _) in identifiers(expr).into_iter().filter(|(w, _)| {
+            ["pilot_", "citadel_", "mesh_config_", "sidecar_injection_"]
+                .iter()
+                .any(|p| w.starts_with(p))
+        }) {
+            let family = if families.contains(&word) {
+                word.clone()
+            } else if let Some(f) = word
+                .strip_suffix("_total")
+                .filter(|f| families.contains(*f) && webhook.contains(&format!("\"{f}\"")))
+            {
+                f.to_string()
+            } else {
+                ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| word.strip_suffix(s).filter(|f| families.contains(*f)))
+                    .unwrap_or_else(|| {
+                        panic!("{word} (in {expr}) is not a metric mesh-control exports")
+                    })
+                    .to_string()
+            };
+            used.insert(family);
+        }
+        // Labels: the ones these metrics carry, and Prometheus' `job`.
+        let mut in_by = false;
+        for (word, next) in identifiers(expr) {
+            if word == "by" || word == "without" {
+                in_by = true;
+                continue;
+            }
+            let is_label = matches!(next, '=' | '!') || (in_by && matches!(next, ',' | ')' | ' '));
+            if next == ')' {
+                in_by = false;
+            }
+            if is_label {
+                assert!(
+                    ["type", "kind", "reason", "le", "job"].contains(&word.as_str()),
+                    "label {word} (in {expr}) is not one mesh-control writes"
+                );
+            }
+        }
+    }
+    for family in [
+        "pilot_xds",
+        "pilot_xds_pushes",
+        "pilot_proxy_convergence_time",
+        "pilot_total_xds_rejects",
+        "mesh_config_rejected",
+        "citadel_server_success_cert_issuance_count",
+    ] {
+        assert!(
+            used.contains(family),
+            "the control-plane dashboard has no panel on {family}: {used:?}"
+        );
+    }
+}

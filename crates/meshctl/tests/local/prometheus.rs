@@ -90,7 +90,8 @@ struct Prometheus {
 }
 
 impl Prometheus {
-    fn start(binary: &str, targets_file: &std::path::Path) -> Self {
+    /// Scrapes the pods in `targets_file` and mesh-control at `control`.
+    fn start(binary: &str, targets_file: &std::path::Path, control: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("prometheus.yml");
         std::fs::write(
@@ -99,7 +100,9 @@ impl Prometheus {
                 "global: {{scrape_interval: 1s, scrape_timeout: 1s}}\n\
                  scrape_configs:\n\
                  - job_name: kubernetes-pods\n  \
-                   file_sd_configs: [{{files: ['{}'], refresh_interval: 1s}}]\n",
+                   file_sd_configs: [{{files: ['{}'], refresh_interval: 1s}}]\n\
+                 - job_name: istiod\n  \
+                   static_configs: [{{targets: ['{control}']}}]\n",
                 targets_file.display()
             ),
         )
@@ -243,7 +246,11 @@ fn a_real_prometheus_scraping_the_status_ports_answers_promql_with_the_traffic_s
         );
     }
 
-    let prometheus = Prometheus::start(&binary, &targets_file);
+    let control = mesh.state()["monitoring"]
+        .as_str()
+        .expect("mesh-control's monitoring address in state.json")
+        .to_string();
+    let prometheus = Prometheus::start(&binary, &targets_file, &control);
     let v2 =
         r#"sum(istio_requests_total{reporter="destination",destination_workload="reviews-v2"})"#;
     let scraped = wait_for(Duration::from_secs(60), || {
@@ -409,6 +416,7 @@ fn a_real_prometheus_scraping_the_status_ports_answers_promql_with_the_traffic_s
         ),
         Some((TO_V1 + TO_V2) as f64)
     );
+    control_plane_dashboard_answers(&prometheus);
     drop(prometheus);
     // (Past the counts.) The exchange's headers reach neither the app (mesh-echo answers
     // with the request headers it got) nor the client.
@@ -422,4 +430,75 @@ fn a_real_prometheus_scraping_the_status_ports_answers_promql_with_the_traffic_s
 
     let down = mesh.meshctl(&["down"]);
     assert!(down.status.success(), "{}", text(&down.stderr));
+}
+
+/// deploy/addons/grafana-control-plane.json against the same Prometheus,
+/// which also scraped mesh-control: the three sidecars connected, pushes,
+/// push and convergence times, CA issuance and the config in effect all
+/// answer; nothing was rejected.
+fn control_plane_dashboard_answers(prometheus: &Prometheus) {
+    let connected = wait_for(Duration::from_secs(30), || {
+        (prometheus.scalar(r#"sum(pilot_xds{job="istiod"})"#) == Some(3.0)).then_some(())
+    });
+    assert!(
+        connected.is_some(),
+        "pilot_xds: {:?}",
+        prometheus.query(r#"{job="istiod"}"#).len()
+    );
+    let path = mesh_test_support::workspace_root().join("deploy/addons/grafana-control-plane.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let answered = || {
+        let mut answered = Vec::new();
+        for panel in dashboard["panels"].as_array().unwrap() {
+            for target in panel["targets"].as_array().into_iter().flatten() {
+                let expr = target["expr"]
+                    .as_str()
+                    .unwrap()
+                    .replace("$__rate_interval", "1m")
+                    .replace("$job", "istiod");
+                if !prometheus.query(&expr).is_empty() {
+                    answered.push(panel["title"].as_str().unwrap().to_string());
+                }
+            }
+        }
+        answered
+    };
+    let wanted = [
+        "Connected proxies",
+        "Pushes by type",
+        "Push time p99 by type",
+        "Convergence time (snapshot to ACK)",
+        "VirtualServices in effect",
+        "Certificates issued and CSRs received",
+    ];
+    // Rates need two scrapes of mesh-control.
+    let all = wait_for(Duration::from_secs(30), || {
+        let got = answered();
+        wanted
+            .iter()
+            .all(|w| got.iter().any(|a| a == w))
+            .then_some(())
+    });
+    assert!(
+        all.is_some(),
+        "panels showing nothing; wanted {wanted:?}, answered: {:?}",
+        answered()
+    );
+    // The sample's config is good and every push was accepted.
+    assert_eq!(
+        prometheus.scalar(r#"sum(mesh_config_rejected{job="istiod"})"#),
+        None
+    );
+    assert!(
+        prometheus
+            .scalar(r#"sum(pilot_total_xds_rejects{job="istiod"})"#)
+            .is_none_or(|v| v == 0.0)
+    );
+    // Each sidecar's certificate was issued by mesh-control's CA.
+    assert!(
+        prometheus
+            .scalar(r#"sum(citadel_server_success_cert_issuance_count{job="istiod"})"#)
+            .is_some_and(|v| v >= 3.0)
+    );
 }
