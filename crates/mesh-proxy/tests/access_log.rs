@@ -13,7 +13,9 @@
 //! rendered from the format, the trace id being the one the client sent
 //! in `traceparent`. The gateway's hops are plaintext here, so the SANs
 //! print `-` (their values from mTLS records are asserted in the
-//! formatter's unit tests).
+//! formatter's unit tests), as does the upstream transport failure reason;
+//! `%UPSTREAM_LOCAL_ADDRESS%` is the local end of the gateway's open
+//! connection to the backend, as `/proc/net/tcp` lists it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -124,7 +126,7 @@ struct EdgeGateway {
     _proxy: ProxyProcess,
     _cp: ControlPlane,
     _config: tempfile::TempDir,
-    _backend: Backend,
+    backend: Backend,
 }
 
 impl EdgeGateway {
@@ -163,7 +165,7 @@ impl EdgeGateway {
             _proxy: proxy,
             _cp: cp,
             _config: config,
-            _backend: backend,
+            backend,
         }
     }
 }
@@ -246,7 +248,7 @@ data:
       envoyFileAccessLog:
         path: {text_log}
         logFormat:
-          text: "%TRACE_ID% %DOWNSTREAM_PEER_URI_SAN% %UPSTREAM_PEER_URI_SAN% %RESPONSE_CODE% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %%"
+          text: "%TRACE_ID% %DOWNSTREAM_PEER_URI_SAN% %UPSTREAM_PEER_URI_SAN% %RESPONSE_CODE% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %UPSTREAM_LOCAL_ADDRESS% %UPSTREAM_LOCAL_PORT% %UPSTREAM_TRANSPORT_FAILURE_REASON% %%"
     - name: json
       envoyFileAccessLog:
         path: {json_log}
@@ -320,6 +322,28 @@ spec:
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 
+/// The local addresses of the established IPv4 TCP connections to `to`
+/// (from `/proc/net/tcp`).
+fn established_to(to: SocketAddr) -> Vec<SocketAddr> {
+    // `0100007F:1F90`: the address's bytes as a native-endian integer.
+    let addr = |s: &str| -> Option<SocketAddr> {
+        let (ip, port) = s.split_once(':')?;
+        let ip = u32::from_str_radix(ip, 16).ok()?.to_ne_bytes();
+        Some(SocketAddr::from((ip, u16::from_str_radix(port, 16).ok()?)))
+    };
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // State 01 is ESTABLISHED.
+            let (local, remote) = (addr(f.get(1)?)?, addr(f.get(2)?)?);
+            (remote == to && *f.get(3)? == "01").then_some(local)
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mesh_proxy_writes_custom_text_and_json_formats() {
     let dir = tempfile::tempdir().unwrap();
@@ -368,9 +392,29 @@ async fn mesh_proxy_writes_custom_text_and_json_formats() {
     // end `logFormat.text` with a newline, so there is one line each.
     let raw = std::fs::read_to_string(&text_log).unwrap();
     assert!(raw.ends_with("%\n"), "{raw:?}");
+    let mut upstream_locals = Vec::new();
     for (i, line) in text.iter().enumerate() {
-        assert_eq!(line, &format!("{TRACE_ID} - - 200 /custom/{i} %"));
+        // The upstream connection's local address and port, then `-` for
+        // the transport failure reason (the connection was plaintext).
+        let fields: Vec<&str> = line.split(' ').collect();
+        assert_eq!(fields.len(), 9, "{line}");
+        let local: SocketAddr = fields[5]
+            .parse()
+            .unwrap_or_else(|e| panic!("UPSTREAM_LOCAL_ADDRESS is no ip:port in {line:?}: {e}"));
+        assert!(local.ip().is_loopback() && local.port() != 0, "{line}");
+        assert_eq!(fields[6], local.port().to_string(), "{line}");
+        let rest = [&fields[..5], &fields[7..]].concat().join(" ");
+        assert_eq!(rest, format!("{TRACE_ID} - - 200 /custom/{i} - %"));
+        upstream_locals.push(local);
     }
+    // The logged address is that of the proxy's (pooled, still open)
+    // connection to the backend, as the kernel knows it.
+    let open = established_to(edge.backend.addr);
+    assert!(
+        upstream_locals.iter().any(|a| open.contains(a)),
+        "logged {upstream_locals:?}, connections to {} are from {open:?}",
+        edge.backend.addr
+    );
     for (i, line) in json.iter().enumerate() {
         let v: serde_json::Value =
             serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON: {line:?}: {e}"));

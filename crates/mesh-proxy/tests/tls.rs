@@ -284,15 +284,17 @@ async fn cluster_originates_tls_and_checks_the_server() {
         let backend_cert = ca.leaf(&["db.example.com"], ServerAuth);
         let backend = tls_backend(&backend_cert, Some(&ca)).await;
         let client = ca.leaf(&[CLIENT_ID], ClientAuth);
-        let upstream = |sans: &str| {
+        let other_ca = TestCa::new("another root");
+        let upstream_trusting = |trusted: &TestCa, sans: &str| {
             tls_socket(
                 "UpstreamTlsContext",
                 json!({"sni": "db.example.com", "commonTlsContext": {
                     "tlsCertificates": [inline_cert(&client)],
-                    "validationContext": {"trustedCa": {"inlineString": ca.pem()},
+                    "validationContext": {"trustedCa": {"inlineString": trusted.pem()},
                         "matchTypedSubjectAltNames": [{"sanType": "DNS", "matcher": {"exact": sans}}]}}}),
             )
         };
+        let upstream = |sans: &str| upstream_trusting(&ca, sans);
         let addr = free_addr();
         let proxy = Proxy::start(
             vec![
@@ -302,6 +304,7 @@ async fn cluster_originates_tls_and_checks_the_server() {
                     json!([
                         {"match": {"prefix": "/good"}, "route": {"cluster": "good"}},
                         {"match": {"prefix": "/wrong-san"}, "route": {"cluster": "wrong-san"}},
+                        {"match": {"prefix": "/wrong-ca"}, "route": {"cluster": "wrong-ca"}},
                         {"match": {"prefix": "/plain"}, "route": {"cluster": "plain"}},
                     ]),
                 ),
@@ -314,6 +317,11 @@ async fn cluster_originates_tls_and_checks_the_server() {
                     "wrong-san",
                     &[backend],
                     json!({"transportSocket": upstream("cache.example.com")}),
+                ),
+                static_cluster_with(
+                    "wrong-ca",
+                    &[backend],
+                    json!({"transportSocket": upstream_trusting(&other_ca, "db.example.com")}),
                 ),
                 static_cluster("plain", &[backend]),
             ],
@@ -330,17 +338,37 @@ async fn cluster_originates_tls_and_checks_the_server() {
         // A server whose certificate lacks the expected SAN is a
         // connection failure (503, UF); plaintext gets nowhere either.
         assert_eq!(get(&client, addr, "db", "/wrong-san").await.status, 503);
+        assert_eq!(get(&client, addr, "db", "/wrong-ca").await.status, 503);
         assert_ne!(get(&client, addr, "db", "/plain").await.status, 200);
-        let flags: Vec<String> = proxy
-            .records
-            .requests
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|r| r.cluster.as_deref() == Some("wrong-san"))
-            .map(|r| r.flags.to_string())
-            .collect();
-        assert_eq!(flags, vec!["UF".to_string()]);
+        let records = proxy.records.requests.lock().unwrap().clone();
+        let of = |cluster: &str| {
+            records
+                .iter()
+                .find(|r| r.cluster.as_deref() == Some(cluster))
+                .unwrap_or_else(|| panic!("no record for {cluster}"))
+        };
+        assert_eq!(of("wrong-san").flags.to_string(), "UF");
+        // %UPSTREAM_TRANSPORT_FAILURE_REASON%: why the handshake failed,
+        // between Envoy's markers; nothing when TLS went well (or was not
+        // spoken at all).
+        assert_eq!(
+            of("wrong-san").upstream_transport_failure.as_deref(),
+            Some(
+                "TLS_error:|invalid peer certificate: no subject alternative name of the peer \
+                 certificate matches the configured matchers:TLS_error_end"
+            )
+        );
+        assert_eq!(
+            of("wrong-ca").upstream_transport_failure.as_deref(),
+            Some("TLS_error:|invalid peer certificate: UnknownIssuer:TLS_error_end")
+        );
+        assert_eq!(of("good").upstream_transport_failure, None);
+        assert_eq!(of("plain").upstream_transport_failure, None);
+        // The connection that failed its handshake had no local address
+        // worth logging; the good one's is a loopback address.
+        let local = of("good").upstream_local.expect("upstream local address");
+        assert!(local.ip().is_loopback() && local.port() != 0, "{local}");
+        assert_eq!(of("wrong-ca").upstream_local, None);
     })
     .await;
 }
@@ -534,12 +562,17 @@ async fn tcp_round_trip(addr: SocketAddr, data: &[u8]) -> Result<Vec<u8>, String
 async fn network_rbac_closes_connections_it_refuses() {
     bounded(30, async {
         let backend = tcp_backend("db", None).await;
-        for (action, prefix, admitted) in [
-            ("DENY", "127.0.0.0", false),
-            ("DENY", "10.0.0.0", true),
-            ("ALLOW", "127.0.0.0", true),
-            ("ALLOW", "10.0.0.0", false),
+        let logs = tempfile::tempdir().unwrap();
+        // The TCP proxy's access log has a line for each connection, the
+        // refused ones with Envoy's termination details (the matched
+        // policy, `none` when an ALLOW matched nothing) and no upstream.
+        for (action, prefix, admitted, logged) in [
+            ("DENY", "127.0.0.0", false, "rbac_access_denied_matched_policy[p] - - -"),
+            ("DENY", "10.0.0.0", true, "- - backend up"),
+            ("ALLOW", "127.0.0.0", true, "- - backend up"),
+            ("ALLOW", "10.0.0.0", false, "rbac_access_denied_matched_policy[none] - - -"),
         ] {
+            let log = logs.path().join(format!("{action}-{prefix}.log"));
             let addr = free_addr();
             let rbac = json!({"name": "envoy.filters.network.rbac", "typedConfig": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC",
@@ -549,7 +582,12 @@ async fn network_rbac_closes_connections_it_refuses() {
                     "principals": [{"directRemoteIp": {"addressPrefix": prefix, "prefixLen": 8}}]}}}}});
             let tcp_proxy = json!({"name": "envoy.filters.network.tcp_proxy", "typedConfig": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
-                "statPrefix": "db", "cluster": "backend"}});
+                "statPrefix": "db", "cluster": "backend",
+                "accessLog": [{"name": "envoy.access_loggers.file", "typedConfig": {
+                    "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                    "path": log.display().to_string(),
+                    "logFormat": {"textFormatSource": {"inlineString":
+                        "%CONNECTION_TERMINATION_DETAILS% %RESPONSE_FLAGS% %UPSTREAM_CLUSTER% %UPSTREAM_LOCAL_ADDRESS%\n"}}}}]}});
             let _proxy = Proxy::start(
                 vec![
                     listener(json!({"name": "db", "address": address(addr),
@@ -565,6 +603,29 @@ async fn network_rbac_closes_connections_it_refuses() {
                 admitted,
                 "{action} {prefix}: {echoed:?}"
             );
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+            let line = loop {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                if let Some(line) = text.lines().next() {
+                    break line.to_string();
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{action} {prefix}: no access log line"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            };
+            // The proxied connection's upstream local address is its own
+            // loopback ip:port.
+            let (head, local) = line.rsplit_once(' ').unwrap();
+            let shown = if admitted {
+                let local: SocketAddr = local.parse().unwrap_or_else(|e| panic!("{line:?}: {e}"));
+                assert!(local.ip().is_loopback(), "{line}");
+                format!("{head} up")
+            } else {
+                line.clone()
+            };
+            assert_eq!(shown, logged, "{action} {prefix}");
         }
     })
     .await;

@@ -11,6 +11,7 @@ use tracing::Instrument;
 
 use super::{ConnInfo, Generation, Shared, Stream, ext_authz, http, inspect, tcp};
 use crate::drain;
+use crate::proxy::record::ResponseFlags;
 use crate::runtime::Runtime;
 use crate::runtime::listener::{
     ConnectionInfo, FilterChain, Listener, NetworkAuthz, NetworkFilter,
@@ -156,7 +157,13 @@ async fn serve(
         tls: session.is_some(),
         session,
     });
-    if !chain.authz.is_empty() && !connection_allowed(chain, &conn, &generation, &shared).await {
+    if !chain.authz.is_empty()
+        && let Err((flags, details)) = connection_allowed(chain, &conn, &generation, &shared).await
+    {
+        // A TCP proxy logs the connections closed before it.
+        if let NetworkFilter::Tcp(proxy) = &chain.filter {
+            tcp::refused(&conn, proxy, flags, details);
+        }
         return;
     }
     match &chain.filter {
@@ -169,13 +176,16 @@ async fn serve(
 
 /// Runs the chain's network authorization filters in order on a new
 /// connection: whether it may go on. Refused connections are closed
-/// without a word, as Envoy's network RBAC and ext_authz filters do.
+/// without a word, as Envoy's network RBAC and ext_authz filters do; the
+/// error has the response flags and connection termination details the
+/// refusing filter sets: RBAC none and
+/// `rbac_access_denied_matched_policy[<policy>]`, ext_authz `UAEX`.
 async fn connection_allowed(
     chain: &FilterChain,
     conn: &Arc<ConnInfo>,
     generation: &Generation,
     shared: &Shared,
-) -> bool {
+) -> Result<(), (ResponseFlags, Option<String>)> {
     use crate::proxy::record::AuthzEvent;
     use crate::runtime::rbac::{Input, Verdict};
     let mut metadata = Metadata::default();
@@ -207,8 +217,10 @@ async fn connection_allowed(
                 enforced |= verdict.is_some();
                 if let Some(Verdict::Denied(policy)) = verdict {
                     shared.observer.rbac(None, false);
-                    tracing::debug!(peer = %conn.peer, chain = %chain.name, policy = policy.as_deref().unwrap_or("none"), "connection refused by RBAC");
-                    return false;
+                    let policy = policy.as_deref().unwrap_or("none");
+                    tracing::debug!(peer = %conn.peer, chain = %chain.name, policy, "connection refused by RBAC");
+                    let details = format!("rbac_access_denied_matched_policy[{policy}]");
+                    return Err((ResponseFlags::default(), Some(details)));
                 }
             }
             NetworkAuthz::ExtAuthz(f) => {
@@ -247,7 +259,7 @@ async fn connection_allowed(
                 };
                 if refused {
                     tracing::debug!(peer = %conn.peer, chain = %chain.name, "connection refused by external authorization");
-                    return false;
+                    return Err((ResponseFlags::UNAUTHORIZED_EXTERNAL_SERVICE, None));
                 }
             }
         }
@@ -255,7 +267,7 @@ async fn connection_allowed(
     if enforced {
         shared.observer.rbac(None, true);
     }
-    true
+    Ok(())
 }
 
 /// The listener a `use_original_dst` listener hands a connection to: the

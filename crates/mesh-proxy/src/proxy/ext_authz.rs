@@ -548,7 +548,7 @@ impl Call<'_> {
         let req = super::http::upstream_request(&head, full(self.body), wire, self.authority);
         let exchange = async {
             let resp = pool
-                .send(&address, tls, wire, req)
+                .send(&address, tls, wire, req, &mut None)
                 .await
                 .map_err(|e| e.to_string())?;
             let (parts, mut body) = resp.into_parts();

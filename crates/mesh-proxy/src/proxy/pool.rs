@@ -130,6 +130,8 @@ struct EndpointPool {
 #[derive(Debug)]
 struct H2Conn {
     sender: http2::SendRequest<ProxyBody>,
+    /// The connection's local address.
+    local: Option<SocketAddr>,
     streams: Arc<H2Streams>,
 }
 
@@ -149,6 +151,8 @@ struct H2Stream(Arc<H2Streams>);
 #[derive(Debug)]
 struct Idle {
     sender: http1::SendRequest<ProxyBody>,
+    /// The connection's local address.
+    local: Option<SocketAddr>,
     since: Instant,
     uses: u32,
 }
@@ -187,6 +191,26 @@ pub enum UpstreamError {
     /// were already waiting for a connection. Never retried.
     #[error("overflow")]
     Overflow,
+}
+
+impl UpstreamError {
+    /// Envoy's `%UPSTREAM_TRANSPORT_FAILURE_REASON%`: the TLS error of a
+    /// handshake that failed (see [`crate::tls::failure_reason`]).
+    pub fn transport_failure(&self) -> Option<Arc<str>> {
+        match self {
+            Self::Connect(e) => crate::tls::failure_reason(e).map(Arc::from),
+            _ => None,
+        }
+    }
+}
+
+/// The local address of an upstream connection.
+pub fn local_address(stream: &Stream) -> Option<SocketAddr> {
+    match stream {
+        Stream::Tcp(s) => s.local_addr().ok(),
+        Stream::ClientTls(s) => s.get_ref().0.local_addr().ok(),
+        Stream::ServerTls(s) => s.get_ref().0.local_addr().ok(),
+    }
 }
 
 // === impl Upstreams ===
@@ -324,18 +348,21 @@ impl ClusterPool {
 
     /// Sends `req` to `address` (with TLS when `tls` says so), reusing a
     /// pooled connection when there is one. The request must already be in
-    /// the form `wire` needs.
+    /// the form `wire` needs. `local` learns the local address of the
+    /// connection the request went out on, once it has one (so also when
+    /// the request then fails on it).
     pub async fn send(
         &self,
         address: &HostAddress,
         tls: Option<Arc<ClientTls>>,
         wire: Wire,
         req: Request<ProxyBody>,
+        local: &mut Option<SocketAddr>,
     ) -> Result<Response<ProxyBody>, UpstreamError> {
         let endpoint = self.endpoint(address, tls);
         match wire {
-            Wire::Http1 => endpoint.send_http1(&self.settings, req).await,
-            Wire::Http2 => endpoint.send_http2(&self.settings, req).await,
+            Wire::Http1 => endpoint.send_http1(&self.settings, req, local).await,
+            Wire::Http2 => endpoint.send_http2(&self.settings, req, local).await,
         }
     }
 }
@@ -524,6 +551,7 @@ impl EndpointPool {
         self: Arc<Self>,
         settings: &Settings,
         mut req: Request<ProxyBody>,
+        local: &mut Option<SocketAddr>,
     ) -> Result<Response<ProxyBody>, UpstreamError> {
         let mut pending: Option<PendingSlot> = None;
         let mut overflowed = false;
@@ -535,9 +563,11 @@ impl EndpointPool {
             // A pooled connection the server closed meanwhile fails without
             // sending; the request then goes on another one.
             while let Some(mut idle) = self.checkout(settings) {
+                *local = idle.local;
                 match idle.sender.try_send_request(req).await {
                     Ok(resp) => {
-                        let resp = self.returning(resp, idle.sender, idle.uses + 1, settings);
+                        let resp =
+                            self.returning(resp, idle.sender, idle.uses + 1, idle.local, settings);
                         return Ok(self.mark(resp, overflowed));
                     }
                     Err(mut e) => match e.take_message() {
@@ -567,6 +597,8 @@ impl EndpointPool {
         drop(pending);
         let stream = sender?;
         self.learn_peer(&stream);
+        let local_addr = local_address(&stream);
+        *local = local_addr;
         let (mut sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
@@ -578,7 +610,10 @@ impl EndpointPool {
             }
         });
         match sender.send_request(req).await {
-            Ok(resp) => Ok(self.mark(self.returning(resp, sender, 1, settings), overflowed)),
+            Ok(resp) => {
+                let resp = self.returning(resp, sender, 1, local_addr, settings);
+                Ok(self.mark(resp, overflowed))
+            }
             Err(e) => Err(classify(e)),
         }
     }
@@ -590,6 +625,7 @@ impl EndpointPool {
         resp: Response<Incoming>,
         sender: http1::SendRequest<ProxyBody>,
         uses: u32,
+        local: Option<SocketAddr>,
         settings: &Settings,
     ) -> Response<ProxyBody> {
         let reusable = resp.status() != http::StatusCode::SWITCHING_PROTOCOLS
@@ -600,7 +636,7 @@ impl EndpointPool {
             if reusable {
                 boxed(ReturnOnEnd {
                     inner: body,
-                    slot: Some((sender, Arc::downgrade(self), uses)),
+                    slot: Some((sender, Arc::downgrade(self), uses, local)),
                 })
             } else {
                 boxed(body)
@@ -608,12 +644,18 @@ impl EndpointPool {
         })
     }
 
-    fn put_back(self: &Arc<Self>, sender: http1::SendRequest<ProxyBody>, uses: u32) {
+    fn put_back(
+        self: &Arc<Self>,
+        sender: http1::SendRequest<ProxyBody>,
+        uses: u32,
+        local: Option<SocketAddr>,
+    ) {
         let Ok(mut idle) = self.idle.lock() else {
             return;
         };
         idle.push(Idle {
             sender,
+            local,
             since: Instant::now(),
             uses,
         });
@@ -629,6 +671,7 @@ impl EndpointPool {
         self: Arc<Self>,
         settings: &Settings,
         req: Request<ProxyBody>,
+        local: &mut Option<SocketAddr>,
     ) -> Result<Response<ProxyBody>, UpstreamError> {
         let mut overflowed = false;
         // Waiting for the connection (queued behind the request making it,
@@ -645,7 +688,10 @@ impl EndpointPool {
             match slot.as_ref() {
                 // The stream is counted under the lock, so the reaper never
                 // retires a connection a request is about to use.
-                Some(c) if !c.sender.is_closed() => (c.sender.clone(), H2Stream::open(&c.streams)),
+                Some(c) if !c.sender.is_closed() => {
+                    *local = c.local;
+                    (c.sender.clone(), H2Stream::open(&c.streams))
+                }
                 _ => {
                     // The endpoint's only HTTP/2 connection may always be
                     // made; past `max_connections` it counts as an overflow.
@@ -656,6 +702,7 @@ impl EndpointPool {
                     let counted = self.circuit.connection(Some(&self.open), true);
                     let stream = connect(&self.address, self.tls.as_deref(), settings).await?;
                     self.learn_peer(&stream);
+                    *local = local_address(&stream);
                     let mut builder = http2::Builder::new(TokioExecutor::new());
                     builder.timer(TokioTimer::new());
                     if let Some(idle) = settings.idle_timeout {
@@ -684,6 +731,7 @@ impl EndpointPool {
                     let stream = H2Stream::open(&streams);
                     *slot = Some(H2Conn {
                         sender: sender.clone(),
+                        local: *local,
                         streams,
                     });
                     (sender, stream)
@@ -833,19 +881,28 @@ impl Body for Holding {
 /// read to the end (a body dropped early takes the connection with it).
 struct ReturnOnEnd {
     inner: Incoming,
-    slot: Option<(http1::SendRequest<ProxyBody>, Weak<EndpointPool>, u32)>,
+    slot: Option<ReturnSlot>,
 }
+
+/// What [`ReturnOnEnd`] puts back: the connection, its pool, how often
+/// it was used and its local address.
+type ReturnSlot = (
+    http1::SendRequest<ProxyBody>,
+    Weak<EndpointPool>,
+    u32,
+    Option<SocketAddr>,
+);
 
 impl ReturnOnEnd {
     fn give_back(&mut self) {
-        let Some((mut sender, pool, uses)) = self.slot.take() else {
+        let Some((mut sender, pool, uses, local)) = self.slot.take() else {
             return;
         };
         let Some(pool) = pool.upgrade() else {
             return;
         };
         if sender.is_ready() {
-            pool.put_back(sender, uses);
+            pool.put_back(sender, uses, local);
         } else {
             // The connection becomes ready once hyper has seen the end of
             // both messages; wait for that off the request path.
@@ -854,7 +911,7 @@ impl ReturnOnEnd {
                     .await
                     .is_ok_and(|r| r.is_ok())
                 {
-                    pool.put_back(sender, uses);
+                    pool.put_back(sender, uses, local);
                 }
             });
         }

@@ -111,6 +111,13 @@ pub struct RequestRecord {
     pub cluster: Option<String>,
     /// Upstream host of the last attempt.
     pub upstream_host: Option<String>,
+    /// The local address of the upstream connection of the last attempt
+    /// (`%UPSTREAM_LOCAL_ADDRESS%`), once it had one.
+    pub upstream_local: Option<SocketAddr>,
+    /// Why the last attempt's upstream connection failed at the transport
+    /// layer (`%UPSTREAM_TRANSPORT_FAILURE_REASON%`): a TLS handshake
+    /// error, as [`crate::tls::failure_reason`] writes it.
+    pub upstream_transport_failure: Option<Arc<str>>,
     /// Status sent downstream (0 if none was sent).
     pub response_code: u16,
     /// Response flags.
@@ -229,6 +236,16 @@ pub struct TcpRecord {
     pub cluster: Option<String>,
     /// Upstream host.
     pub upstream_host: Option<String>,
+    /// The local address of the upstream connection
+    /// (`%UPSTREAM_LOCAL_ADDRESS%`).
+    pub upstream_local: Option<SocketAddr>,
+    /// Why the last upstream connection attempt failed at the transport
+    /// layer (a TLS handshake error, see [`crate::tls::failure_reason`]).
+    pub upstream_transport_failure: Option<Arc<str>>,
+    /// Why a network filter closed the connection
+    /// (`%CONNECTION_TERMINATION_DETAILS%`): the RBAC filter's
+    /// `rbac_access_denied_matched_policy[<policy>]`.
+    pub termination_details: Option<String>,
     /// Response flags (`UF`, `UH`, `NC`, ...).
     pub flags: ResponseFlags,
     /// Bytes from the client.

@@ -47,31 +47,8 @@ pub(crate) async fn proxy(
 ) {
     let started = Instant::now();
     let cluster_name = tcp.target.pick().to_string();
-    let mut record = TcpRecord {
-        start: SystemTime::now(),
-        listener: conn.listener.name.clone(),
-        direction: conn.listener.direction,
-        filter_chain: conn.chain.clone(),
-        downstream_remote: conn.peer,
-        downstream_local: conn.destination,
-        server_name: conn.server_name.clone(),
-        cluster: Some(cluster_name.clone()),
-        upstream_host: None,
-        flags: ResponseFlags::default(),
-        bytes_received: 0,
-        bytes_sent: 0,
-        duration: Duration::ZERO,
-        downstream_security: conn.security(),
-        downstream_peer_principal: conn.peer_principal(),
-        upstream_peer_principal: None,
-        local_principal: if conn.listener.direction == Direction::Inbound {
-            conn.local_principal()
-        } else {
-            None
-        },
-        stats: tcp.stats.clone(),
-        peer: None,
-    };
+    let mut record = record(&conn, tcp);
+    record.cluster = Some(cluster_name.clone());
     let identity = shared.identity();
     // Counted for as long as the upstream connection lives.
     let counted = generation
@@ -145,6 +122,55 @@ pub(crate) async fn proxy(
     record.duration = started.elapsed();
     shared.observer.connection(&record);
     crate::telemetry::access_log::log_connection(&tcp.access_logs, &record);
+}
+
+/// Logs a connection of this TCP proxy's chain that a network filter
+/// before it closed, as Envoy's TCP proxy logs it: no cluster or upstream,
+/// the filter's `flags`, and `details` (`%CONNECTION_TERMINATION_DETAILS%`)
+/// saying why. Only the access logs hear of it; the connection metrics
+/// count proxied connections only.
+pub(crate) fn refused(
+    conn: &ConnInfo,
+    tcp: &TcpProxy,
+    flags: ResponseFlags,
+    details: Option<String>,
+) {
+    let mut record = record(conn, tcp);
+    record.flags = flags;
+    record.termination_details = details;
+    crate::telemetry::access_log::log_connection(&tcp.access_logs, &record);
+}
+
+/// The record of a connection on `conn`, before the proxy did anything.
+fn record(conn: &ConnInfo, tcp: &TcpProxy) -> TcpRecord {
+    TcpRecord {
+        start: SystemTime::now(),
+        listener: conn.listener.name.clone(),
+        direction: conn.listener.direction,
+        filter_chain: conn.chain.clone(),
+        downstream_remote: conn.peer,
+        downstream_local: conn.destination,
+        server_name: conn.server_name.clone(),
+        cluster: None,
+        upstream_host: None,
+        upstream_local: None,
+        upstream_transport_failure: None,
+        termination_details: None,
+        flags: ResponseFlags::default(),
+        bytes_received: 0,
+        bytes_sent: 0,
+        duration: Duration::ZERO,
+        downstream_security: conn.security(),
+        downstream_peer_principal: conn.peer_principal(),
+        upstream_peer_principal: None,
+        local_principal: if conn.listener.direction == Direction::Inbound {
+            conn.local_principal()
+        } else {
+            None
+        },
+        stats: tcp.stats.clone(),
+        peer: None,
+    }
 }
 
 /// An upstream connection, and whether it exchanges peer metadata.
@@ -348,8 +374,13 @@ async fn connect(
                 Err(_) => detector.report(&address, outlier::Outcome::ConnectFailed),
             }
         }
+        record.upstream_transport_failure = attempt
+            .as_ref()
+            .err()
+            .and_then(UpstreamError::transport_failure);
         match attempt {
             Ok(s) => {
+                record.upstream_local = crate::proxy::pool::local_address(&s);
                 let exchanging = cluster.config.peer_exchange
                     && matches!(&s, Stream::ClientTls(t)
                         if t.get_ref().1.alpn_protocol() == Some(exchange::ALPN.as_bytes()));

@@ -107,6 +107,9 @@ pub(crate) enum Attr {
     UpstreamAddress,
     UpstreamPort,
     UpstreamPeerSan,
+    UpstreamLocalAddress,
+    UpstreamTransportFailureReason,
+    ConnectionTerminationDetails,
     XdsCluster,
     XdsRoute,
     XdsListener,
@@ -150,6 +153,15 @@ const ATTRIBUTES: &[(&str, Attr)] = &[
     ("upstream.address", Attr::UpstreamAddress),
     ("upstream.port", Attr::UpstreamPort),
     ("upstream.uri_san_peer_certificate", Attr::UpstreamPeerSan),
+    ("upstream.local_address", Attr::UpstreamLocalAddress),
+    (
+        "upstream.transport_failure_reason",
+        Attr::UpstreamTransportFailureReason,
+    ),
+    (
+        "connection.termination_details",
+        Attr::ConnectionTerminationDetails,
+    ),
     ("xds.cluster_name", Attr::XdsCluster),
     ("xds.route_name", Attr::XdsRoute),
     ("xds.listener_name", Attr::XdsListener),
@@ -276,6 +288,13 @@ impl Attributes for TcpRecord {
                 Value::Int(i64::from(host_port(self.upstream_host.as_deref())?.port()))
             }
             Attr::UpstreamPeerSan => return opt_str(self.upstream_peer_principal.as_deref()),
+            Attr::UpstreamLocalAddress => Value::Str(self.upstream_local?.to_string()),
+            Attr::UpstreamTransportFailureReason => {
+                return opt_str(self.upstream_transport_failure.as_deref());
+            }
+            Attr::ConnectionTerminationDetails => {
+                return opt_str(self.termination_details.as_deref());
+            }
             Attr::XdsCluster => return opt_str(self.cluster.as_deref()),
             Attr::XdsListener => Value::Str(self.listener.clone()),
             _ => return None,
@@ -452,6 +471,12 @@ fn attr(a: Attr, r: &RequestRecord) -> Option<Value> {
         Attr::UpstreamAddress => upstream_address(r.upstream_host.as_deref())?,
         Attr::UpstreamPort => Value::Int(i64::from(host_port(r.upstream_host.as_deref())?.port())),
         Attr::UpstreamPeerSan => return opt_str(r.upstream_peer_principal.as_deref()),
+        Attr::UpstreamLocalAddress => Value::Str(r.upstream_local?.to_string()),
+        Attr::UpstreamTransportFailureReason => {
+            return opt_str(r.upstream_transport_failure.as_deref());
+        }
+        // A request never sees its connection closed by a network filter.
+        Attr::ConnectionTerminationDetails => return None,
         Attr::XdsCluster => return opt_str(r.cluster.as_deref()),
         Attr::XdsRoute => return opt_str(r.route_name.as_deref()),
         Attr::XdsListener => Value::Str(r.listener.clone()),
@@ -604,6 +629,35 @@ mod tests {
             assert_eq!(accepts(expr, &ok), want_ok, "{expr} on a 200");
             assert_eq!(accepts(expr, &failed), want_failed, "{expr} on a 503 UF");
         }
+    }
+
+    #[test]
+    fn upstream_connection_attributes_are_envoys() {
+        let mut failed = request(
+            503,
+            ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
+            Some("outbound|443||api"),
+        );
+        let tls_error = "TLS_error:|invalid peer certificate: UnknownIssuer:TLS_error_end";
+        let expr = "upstream.transport_failure_reason.contains('UnknownIssuer')";
+        assert!(!accepts(expr, &failed), "no reason recorded yet");
+        failed.upstream_transport_failure = Some(std::sync::Arc::from(tls_error));
+        assert!(accepts(expr, &failed));
+        let text = |expr: &str, r: &dyn Attributes| CelValue::compile(expr, "v").unwrap().text(r);
+        assert_eq!(text("upstream.local_address", &failed), None);
+        failed.upstream_local = Some("127.0.0.1:40000".parse().unwrap());
+        assert_eq!(
+            text("upstream.local_address", &failed).as_deref(),
+            Some("127.0.0.1:40000")
+        );
+        assert_eq!(text("connection.termination_details", &failed), None);
+        let mut denied = crate::telemetry::fixtures::connection();
+        assert_eq!(text("connection.termination_details", &denied), None);
+        denied.termination_details = Some("rbac_access_denied_matched_policy[none]".into());
+        assert_eq!(
+            text("connection.termination_details", &denied).as_deref(),
+            Some("rbac_access_denied_matched_policy[none]")
+        );
     }
 
     #[test]

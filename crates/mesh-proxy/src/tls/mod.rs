@@ -391,6 +391,29 @@ pub async fn connect(
         .await
 }
 
+/// Envoy's `%UPSTREAM_TRANSPORT_FAILURE_REASON%` for a failed upstream
+/// connection: when `e` is a TLS error (rustls', as [`connect`] returns
+/// it), its text between Envoy's markers, e.g.
+/// `TLS_error:|invalid peer certificate: UnknownIssuer:TLS_error_end`
+/// (Envoy puts BoringSSL's error there instead). `None` for anything else
+/// (a refused or timed out TCP connection, a handshake the peer cut short
+/// without an alert). A certificate refused by this proxy's own checks
+/// (SANs, SPIFFE rules) is told by its reason, e.g. `invalid peer
+/// certificate: no subject alternative name of the peer certificate
+/// matches the configured matchers`.
+pub fn failure_reason(e: &std::io::Error) -> Option<String> {
+    let tls = e.get_ref()?.downcast_ref::<rustls::Error>()?;
+    Some(match tls {
+        rustls::Error::InvalidCertificate(rustls::CertificateError::Other(why)) => {
+            format!(
+                "TLS_error:|invalid peer certificate: {}:TLS_error_end",
+                why.0
+            )
+        }
+        tls => format!("TLS_error:|{tls}:TLS_error_end"),
+    })
+}
+
 /// What a terminated connection knows about its peer and itself.
 #[derive(Clone, Debug, Default)]
 pub struct Session {

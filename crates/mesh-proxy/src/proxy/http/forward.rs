@@ -348,10 +348,11 @@ pub(super) async fn forward<'a>(
         {
             local.insert(upstream_req.headers_mut());
         }
+        rec.upstream_local = None;
         let result = match tls {
             Err(e) => Err(Failure::Upstream(e)),
             Ok(tls) => {
-                let send = pool.send(&address, tls, wire, upstream_req);
+                let send = pool.send(&address, tls, wire, upstream_req, &mut rec.upstream_local);
                 match limit {
                     None => send.await.map_err(Failure::Upstream),
                     Some(limit) => match tokio::time::timeout_at(limit.into(), send).await {
@@ -367,6 +368,10 @@ pub(super) async fn forward<'a>(
         if let Some(detector) = generation.outliers.get(&cluster.config.name) {
             report_outlier(detector, &address, &result);
         }
+        rec.upstream_transport_failure = match &result {
+            Err(Failure::Upstream(e)) => e.transport_failure(),
+            _ => None,
+        };
         match &result {
             Err(Failure::PerTryTimeout) => rec.failures.per_try_timeout += 1,
             Err(Failure::GlobalTimeout) => rec.failures.route_timeout = true,
@@ -876,7 +881,7 @@ fn spawn_mirror(
             };
             let wire = wire_for(&cluster, head.version, false);
             let req = upstream_request(&head, body, wire, &host);
-            if let Ok(resp) = pool.send(&address, tls, wire, req).await {
+            if let Ok(resp) = pool.send(&address, tls, wire, req, &mut None).await {
                 // Read to the end so the connection goes back to the pool.
                 let _ = resp.into_body().collect().await;
             }

@@ -537,6 +537,8 @@ fn base_record(conn: &ConnInfo) -> RequestRecord {
         route_name: None,
         cluster: None,
         upstream_host: None,
+        upstream_local: None,
+        upstream_transport_failure: None,
         response_code: 0,
         flags: ResponseFlags::default(),
         bytes_received: 0,

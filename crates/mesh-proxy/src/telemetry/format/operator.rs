@@ -48,6 +48,11 @@ pub(super) enum Op {
     UpstreamHostWithoutPort,
     UpstreamPort,
     UpstreamCluster,
+    UpstreamLocal,
+    UpstreamLocalWithoutPort,
+    UpstreamLocalPort,
+    UpstreamTransportFailureReason,
+    ConnectionTerminationDetails,
     DownstreamLocal,
     DownstreamLocalWithoutPort,
     DownstreamLocalPort,
@@ -126,8 +131,6 @@ pub const UNIMPLEMENTED: &[&str] = &[
     "UPSTREAM_FILTER_STATE",
     "UPSTREAM_HEADER_BYTES_RECEIVED",
     "UPSTREAM_HEADER_BYTES_SENT",
-    "UPSTREAM_LOCAL_ADDRESS_WITHOUT_PORT",
-    "UPSTREAM_LOCAL_PORT",
     "UPSTREAM_METADATA",
     "UPSTREAM_PEER_CERT",
     "UPSTREAM_PEER_CERT_V_END",
@@ -143,14 +146,6 @@ pub const UNIMPLEMENTED: &[&str] = &[
     "UPSTREAM_WIRE_BYTES_SENT",
     "VIRTUAL_CLUSTER_NAME",
     "XDS_ROUTE_NAME",
-];
-
-/// Operators that are known to print `-` here because the proxy never
-/// has their value (as Envoy prints them when it has none).
-const ALWAYS_DASH: &[&str] = &[
-    "CONNECTION_TERMINATION_DETAILS",
-    "UPSTREAM_LOCAL_ADDRESS",
-    "UPSTREAM_TRANSPORT_FAILURE_REASON",
 ];
 
 /// A record being formatted.
@@ -354,6 +349,11 @@ fn plain_operator(name: &str) -> Option<Op> {
         "UPSTREAM_REMOTE_PORT" => Op::UpstreamPort,
         // No alt_stat_name here: the observability name is the name.
         "UPSTREAM_CLUSTER" | "UPSTREAM_CLUSTER_RAW" => Op::UpstreamCluster,
+        "UPSTREAM_LOCAL_ADDRESS" => Op::UpstreamLocal,
+        "UPSTREAM_LOCAL_ADDRESS_WITHOUT_PORT" => Op::UpstreamLocalWithoutPort,
+        "UPSTREAM_LOCAL_PORT" => Op::UpstreamLocalPort,
+        "UPSTREAM_TRANSPORT_FAILURE_REASON" => Op::UpstreamTransportFailureReason,
+        "CONNECTION_TERMINATION_DETAILS" => Op::ConnectionTerminationDetails,
         "DOWNSTREAM_LOCAL_ADDRESS" => Op::DownstreamLocal,
         "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT" => Op::DownstreamLocalWithoutPort,
         "DOWNSTREAM_LOCAL_PORT" => Op::DownstreamLocalPort,
@@ -372,7 +372,6 @@ fn plain_operator(name: &str) -> Option<Op> {
         "UPSTREAM_LOCAL_URI_SAN" => Op::UpstreamLocalUriSan,
         "UPSTREAM_REQUEST_ATTEMPT_COUNT" => Op::AttemptCount,
         "HOSTNAME" => Op::Fixed(hostname()),
-        n if ALWAYS_DASH.contains(&n) => Op::Fixed(None),
         _ => return None,
     })
 }
@@ -467,6 +466,20 @@ impl Op {
                 .and_then(|h| h.parse::<std::net::SocketAddr>().ok())
                 .map_or(Val::Absent, |a| Val::Num(u64::from(a.port()))),
             Op::UpstreamCluster => s(both!(cluster).as_deref()),
+            Op::UpstreamLocal => owned(both!(upstream_local).map(|a| a.to_string())),
+            Op::UpstreamLocalWithoutPort => {
+                owned(both!(upstream_local).map(|a| a.ip().to_string()))
+            }
+            Op::UpstreamLocalPort => {
+                both!(upstream_local).map_or(Val::Absent, |a| Val::Num(u64::from(a.port())))
+            }
+            Op::UpstreamTransportFailureReason => s(both!(upstream_transport_failure).as_deref()),
+            // Only a TCP proxy logs a connection a network filter closed;
+            // such a connection never has an HTTP request.
+            Op::ConnectionTerminationDetails => match rec {
+                Rec::Http(_) => Val::Absent,
+                Rec::Tcp(t) => s(t.termination_details.as_deref()),
+            },
             Op::DownstreamLocal => Val::Str(Cow::Owned(downstream_local.to_string())),
             Op::DownstreamLocalWithoutPort => {
                 Val::Str(Cow::Owned(downstream_local.ip().to_string()))

@@ -150,6 +150,50 @@ fn tcp_records_print_dashes_for_http_fields() {
     );
 }
 
+#[test]
+fn upstream_connection_operators_read_the_record() {
+    let f = text(
+        "%UPSTREAM_LOCAL_ADDRESS%|%UPSTREAM_LOCAL_ADDRESS_WITHOUT_PORT%|%UPSTREAM_LOCAL_PORT%|\
+         %UPSTREAM_TRANSPORT_FAILURE_REASON%|%CONNECTION_TERMINATION_DETAILS%",
+    );
+    assert!(f.unsupported().is_empty(), "{:?}", f.unsupported());
+    // None known: dashes, for a request and a connection.
+    let mut r = mtls_request();
+    assert_eq!(f.request(&r), "-|-|-|-|-");
+    assert_eq!(f.connection(&tcp()), "-|-|-|-|-");
+    r.upstream_local = Some("10.0.0.2:51234".parse().unwrap());
+    r.upstream_transport_failure = Some(Arc::from(
+        "TLS_error:|invalid peer certificate: UnknownIssuer:TLS_error_end",
+    ));
+    assert_eq!(
+        f.request(&r),
+        "10.0.0.2:51234|10.0.0.2|51234|\
+         TLS_error:|invalid peer certificate: UnknownIssuer:TLS_error_end|-"
+    );
+    let mut c = tcp();
+    c.upstream_local = Some("[fd00::2]:40001".parse().unwrap());
+    c.termination_details = Some("rbac_access_denied_matched_policy[none]".into());
+    assert_eq!(
+        f.connection(&c),
+        "[fd00::2]:40001|fd00::2|40001|-|rbac_access_denied_matched_policy[none]"
+    );
+    // In JSON the port is a number.
+    let json = Formatter::json(
+        &Struct {
+            fields: [(
+                "port".to_string(),
+                Value {
+                    kind: Some(Kind::StringValue("%UPSTREAM_LOCAL_PORT%".into())),
+                },
+            )]
+            .into(),
+        },
+        "log_format.json_format",
+    )
+    .unwrap();
+    assert_eq!(json.connection(&c), "{\"port\":40001}\n");
+}
+
 #[test_case("%START_TIME%", "2024-05-01T12:00:00.123Z"; "default")]
 #[test_case("%START_TIME(%s)%", "1714564800"; "epoch seconds")]
 #[test_case("%START_TIME(%Y-%m-%dT%H:%M:%S.%3fZ)%", "2024-05-01T12:00:00.123Z"; "millis")]
