@@ -565,12 +565,13 @@ async fn network_rbac_closes_connections_it_refuses() {
         let logs = tempfile::tempdir().unwrap();
         // The TCP proxy's access log has a line for each connection, the
         // refused ones with Envoy's termination details (the matched
-        // policy, `none` when an ALLOW matched nothing) and no upstream.
+        // policy, `none` when an ALLOW matched nothing), the cluster and
+        // no upstream connection.
         for (action, prefix, admitted, logged) in [
-            ("DENY", "127.0.0.0", false, "rbac_access_denied_matched_policy[p] - - -"),
+            ("DENY", "127.0.0.0", false, "rbac_access_denied_matched_policy[p] - backend -"),
             ("DENY", "10.0.0.0", true, "- - backend up"),
             ("ALLOW", "127.0.0.0", true, "- - backend up"),
-            ("ALLOW", "10.0.0.0", false, "rbac_access_denied_matched_policy[none] - - -"),
+            ("ALLOW", "10.0.0.0", false, "rbac_access_denied_matched_policy[none] - backend -"),
         ] {
             let log = logs.path().join(format!("{action}-{prefix}.log"));
             let addr = free_addr();

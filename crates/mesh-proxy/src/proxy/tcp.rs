@@ -125,10 +125,13 @@ pub(crate) async fn proxy(
 }
 
 /// Logs a connection of this TCP proxy's chain that a network filter
-/// before it closed, as Envoy's TCP proxy logs it: no cluster or upstream,
-/// the filter's `flags`, and `details` (`%CONNECTION_TERMINATION_DETAILS%`)
-/// saying why. Only the access logs hear of it; the connection metrics
-/// count proxied connections only.
+/// before it closed, as Envoy's TCP proxy logs it: its cluster, the
+/// filter's `flags`, and `details` (`%CONNECTION_TERMINATION_DETAILS%`)
+/// saying why. Envoy's filters judge on the first bytes, by when its TCP
+/// proxy has often connected upstream already; here the filters judge
+/// before any upstream connection is made, so the upstream host and local
+/// address stay `-`. Only the access logs hear of it; the connection
+/// metrics count proxied connections only.
 pub(crate) fn refused(
     conn: &ConnInfo,
     tcp: &TcpProxy,
@@ -136,6 +139,7 @@ pub(crate) fn refused(
     details: Option<String>,
 ) {
     let mut record = record(conn, tcp);
+    record.cluster = Some(tcp.target.pick().to_string());
     record.flags = flags;
     record.termination_details = details;
     crate::telemetry::access_log::log_connection(&tcp.access_logs, &record);

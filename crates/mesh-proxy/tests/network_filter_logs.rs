@@ -1,0 +1,257 @@
+//! What a TCP proxy's access log says about connections, through both
+//! data planes: the real `mesh-proxy` binary and a stock Envoy run the same
+//! static bootstrap, and each listener's log line must read the same in
+//! both. A network RBAC filter that refuses a connection leaves a line with
+//! `%CONNECTION_TERMINATION_DETAILS%` naming the matched policy (`none`
+//! when an ALLOW matched nothing) and no upstream; a network ext_authz
+//! filter whose check fails leaves one flagged `UAEX`; both name the TCP
+//! proxy's cluster. A proxied connection has its cluster, upstream host
+//! and `%UPSTREAM_LOCAL_ADDRESS%` (a loopback `ip:port`, different in each
+//! proxy, so compared by shape).
+//!
+//! One difference is known and asserted: Envoy's RBAC and ext_authz
+//! network filters judge a connection on its first bytes, by when its TCP
+//! proxy has (usually) connected upstream, so Envoy's line for a refused
+//! connection may have an upstream host and local address; mesh-proxy
+//! judges before connecting anywhere and prints `-` for both.
+//!
+//! All on loopback: an echo backend and each proxy's listeners on ports
+//! the test picks.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use mesh_test_support::envoy::Envoy;
+use support::proxy_process::{ProxyProcess, RunFlags};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+const FORMAT: &str = "%RESPONSE_FLAGS% %CONNECTION_TERMINATION_DETAILS% %UPSTREAM_CLUSTER% \
+                      %UPSTREAM_HOST% \\\"%UPSTREAM_TRANSPORT_FAILURE_REASON%\\\" \
+                      %UPSTREAM_LOCAL_ADDRESS%\\n";
+
+/// The listeners: name and the network filters before the TCP proxy.
+fn cases() -> Vec<(&'static str, String)> {
+    let rbac = |action: &str, prefix: &str| {
+        format!(
+            r#"
+      - name: envoy.filters.network.rbac
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC
+          stat_prefix: tcp.
+          rules:
+            action: {action}
+            policies:
+              "ns[default]-policy[db]-rule[0]":
+                permissions: [{{any: true}}]
+                principals: [{{direct_remote_ip: {{address_prefix: {prefix}, prefix_len: 8}}}}]"#
+        )
+    };
+    vec![
+        ("denied", rbac("DENY", "127.0.0.0")),
+        ("not_allowed", rbac("ALLOW", "10.0.0.0")),
+        (
+            "authz_down",
+            r#"
+      - name: envoy.filters.network.ext_authz
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.ext_authz.v3.ExtAuthz
+          stat_prefix: tcp.
+          transport_api_version: V3
+          grpc_service: {envoy_grpc: {cluster_name: dead}, timeout: 1s}"#
+                .to_string(),
+        ),
+        ("admitted", rbac("ALLOW", "127.0.0.0")),
+    ]
+}
+
+fn bootstrap(ports: &[SocketAddr], logs: &Path, backend: SocketAddr) -> String {
+    let mut listeners = String::new();
+    for ((name, filters), addr) in cases().iter().zip(ports) {
+        listeners.push_str(&format!(
+            r#"
+  - name: {name}
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+    filter_chains:
+    - filters:{filters}
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: {name}
+          cluster: backend
+          access_log:
+          - name: envoy.access_loggers.file
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+              path: {log}
+              log_format: {{text_format_source: {{inline_string: "{FORMAT}"}}}}"#,
+            port = addr.port(),
+            log = logs.join(format!("{name}.log")).display(),
+        ));
+    }
+    let cluster = |name: &str, addr: SocketAddr, h2: bool| {
+        let h2 = if h2 {
+            r#"
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {http2_protocol_options: {}}"#
+        } else {
+            ""
+        };
+        format!(
+            r#"
+  - name: {name}
+    type: STATIC
+    connect_timeout: 1s{h2}
+    load_assignment:
+      cluster_name: {name}
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: {ip}, port_value: {port}}}}}}}"#,
+            ip = addr.ip(),
+            port = addr.port(),
+        )
+    };
+    format!(
+        r#"
+node: {{id: "router~127.0.0.1~logs-gateway.istio-system~istio-system.svc.cluster.local", cluster: logs-gateway}}
+admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {{admin_port}}}}}}
+static_resources:
+  listeners:{listeners}
+  clusters:{backend}{dead}
+"#,
+        backend = cluster("backend", backend, false),
+        dead = cluster("dead", dead_addr(), true),
+    )
+}
+
+/// Writes to `addr` and reads until the proxy closes or echoes (bounded).
+async fn poke(addr: SocketAddr) -> Vec<u8> {
+    let Ok(mut s) = TcpStream::connect(addr).await else {
+        return Vec::new();
+    };
+    let _ = s.write_all(b"ping").await;
+    let mut buf = vec![0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or(0);
+    buf.truncate(n);
+    buf
+}
+
+/// The lines of `log` so far.
+fn read(log: &Path) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Each listener's log line for one connection (waiting for it), with the
+/// upstream local address replaced by `LOCAL` once checked to be a
+/// loopback `ip:port`.
+async fn lines(who: &str, ports: &[SocketAddr], logs: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for ((name, _), addr) in cases().iter().zip(ports) {
+        let log = logs.join(format!("{name}.log"));
+        let before = read(&log).len();
+        let echoed = poke(*addr).await;
+        assert_eq!(
+            echoed == b"db:ping",
+            *name == "admitted",
+            "{who} {name}: {echoed:?}"
+        );
+        let line = eventually(WAIT, || async { read(&log).get(before).cloned() })
+            .await
+            .unwrap_or_else(|| panic!("{who} {name}: no access log line"));
+        let (head, local) = line.rsplit_once(' ').unwrap();
+        let local = if local == "-" {
+            "-".to_string()
+        } else {
+            let a: SocketAddr = local
+                .parse()
+                .unwrap_or_else(|e| panic!("{who} {name}: {line:?}: {e}"));
+            assert!(
+                a.ip().is_loopback() && a.port() != 0,
+                "{who} {name}: {line}"
+            );
+            "LOCAL".to_string()
+        };
+        out.push(format!("{name}: {head} {local}"));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_and_proxied_connections_are_logged_as_envoy_logs_them() {
+    bounded(120, async {
+        let backend = tcp_backend("db", None).await;
+        let pick = || (0..cases().len()).map(|_| free_addr()).collect::<Vec<_>>();
+
+        let ours = pick();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bootstrap.yaml");
+        std::fs::write(
+            &file,
+            bootstrap(&ours, dir.path(), backend).replace("{admin_port}", "0"),
+        )
+        .unwrap();
+        let mut proxy = ProxyProcess::start(RunFlags::bootstrap(&file));
+        let up = eventually(WAIT, || async {
+            TcpStream::connect(ours[ours.len() - 1]).await.ok()
+        })
+        .await;
+        proxy.assert_running();
+        assert!(up.is_some(), "mesh-proxy never listened\n{}", proxy.log());
+        drop(up);
+        // The probe's own line, if any, comes before the ones read.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mesh = lines("mesh-proxy", &ours, dir.path()).await;
+
+        let theirs = pick();
+        let envoy_dir = tempfile::tempdir().unwrap();
+        let envoy = Envoy::start(&bootstrap(&theirs, envoy_dir.path(), backend));
+        assert!(envoy.wait_ready(WAIT), "Envoy not ready\n{}", envoy.log());
+        let stock = lines("Envoy", &theirs, envoy_dir.path()).await;
+
+        // Flags, termination details, cluster and transport failure
+        // reason agree everywhere; the whole line where nothing was
+        // refused.
+        let judged = |l: &str| {
+            let f: Vec<&str> = l.split(' ').collect();
+            format!("{} {} {} {} {}", f[0], f[1], f[2], f[3], f[5])
+        };
+        assert_eq!(
+            mesh.iter().map(|l| judged(l)).collect::<Vec<_>>(),
+            stock.iter().map(|l| judged(l)).collect::<Vec<_>>(),
+            "mesh-proxy vs Envoy\n{}",
+            proxy.log()
+        );
+        assert_eq!(mesh[3], stock[3], "a proxied connection");
+        // mesh-proxy's lines, spelled out: refused before any upstream
+        // connection.
+        assert_eq!(
+            mesh[..3],
+            [
+                "denied: - rbac_access_denied_matched_policy[ns[default]-policy[db]-rule[0]] \
+                 backend - \"-\" -",
+                "not_allowed: - rbac_access_denied_matched_policy[none] backend - \"-\" -",
+                "authz_down: UAEX - backend - \"-\" -",
+            ]
+        );
+    })
+    .await;
+}
