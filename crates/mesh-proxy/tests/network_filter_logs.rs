@@ -7,7 +7,12 @@
 //! filter whose check fails leaves one flagged `UAEX`; both name the TCP
 //! proxy's cluster. A proxied connection has its cluster, upstream host
 //! and `%UPSTREAM_LOCAL_ADDRESS%` (a loopback `ip:port`, different in each
-//! proxy, so compared by shape).
+//! proxy, so compared by shape). A TCP proxy whose cluster originates TLS
+//! to a server it does not trust logs `UF,URX` (Envoy counts the one
+//! connect attempt as exhausted) with
+//! `%UPSTREAM_TRANSPORT_FAILURE_REASON%` between Envoy's
+//! `TLS_error:|...:TLS_error_end` markers (BoringSSL's words in Envoy,
+//! rustls' here).
 //!
 //! One difference is known and asserted: Envoy's RBAC and ext_authz
 //! network filters judge a connection on its first bytes, by when its TCP
@@ -26,7 +31,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use mesh_test_support::certs::TestCa;
 use mesh_test_support::envoy::Envoy;
+use rcgen::ExtendedKeyUsagePurpose::ServerAuth;
 use support::proxy_process::{ProxyProcess, RunFlags};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -38,8 +45,9 @@ const FORMAT: &str = "%RESPONSE_FLAGS% %CONNECTION_TERMINATION_DETAILS% %UPSTREA
                       %UPSTREAM_HOST% \\\"%UPSTREAM_TRANSPORT_FAILURE_REASON%\\\" \
                       %UPSTREAM_LOCAL_ADDRESS%\\n";
 
-/// The listeners: name and the network filters before the TCP proxy.
-fn cases() -> Vec<(&'static str, String)> {
+/// The listeners: name, the network filters before the TCP proxy and its
+/// cluster.
+fn cases() -> Vec<(&'static str, String, &'static str)> {
     let rbac = |action: &str, prefix: &str| {
         format!(
             r#"
@@ -56,8 +64,8 @@ fn cases() -> Vec<(&'static str, String)> {
         )
     };
     vec![
-        ("denied", rbac("DENY", "127.0.0.0")),
-        ("not_allowed", rbac("ALLOW", "10.0.0.0")),
+        ("denied", rbac("DENY", "127.0.0.0"), "backend"),
+        ("not_allowed", rbac("ALLOW", "10.0.0.0"), "backend"),
         (
             "authz_down",
             r#"
@@ -68,14 +76,24 @@ fn cases() -> Vec<(&'static str, String)> {
           transport_api_version: V3
           grpc_service: {envoy_grpc: {cluster_name: dead}, timeout: 1s}"#
                 .to_string(),
+            "backend",
         ),
-        ("admitted", rbac("ALLOW", "127.0.0.0")),
+        ("untrusted_tls", String::new(), "untrusted"),
+        ("admitted", rbac("ALLOW", "127.0.0.0"), "backend"),
     ]
 }
 
-fn bootstrap(ports: &[SocketAddr], logs: &Path, backend: SocketAddr) -> String {
+/// The backends: the echo server, and a TLS server with a certificate
+/// of a CA the proxies are not told to trust (they trust `trusted`).
+struct Backends {
+    echo: SocketAddr,
+    tls: SocketAddr,
+    trusted: TestCa,
+}
+
+fn bootstrap(ports: &[SocketAddr], logs: &Path, backends: &Backends) -> String {
     let mut listeners = String::new();
-    for ((name, filters), addr) in cases().iter().zip(ports) {
+    for ((name, filters, cluster), addr) in cases().iter().zip(ports) {
         listeners.push_str(&format!(
             r#"
   - name: {name}
@@ -86,7 +104,7 @@ fn bootstrap(ports: &[SocketAddr], logs: &Path, backend: SocketAddr) -> String {
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
           stat_prefix: {name}
-          cluster: backend
+          cluster: {cluster}
           access_log:
           - name: envoy.access_loggers.file
             typed_config:
@@ -97,7 +115,7 @@ fn bootstrap(ports: &[SocketAddr], logs: &Path, backend: SocketAddr) -> String {
             log = logs.join(format!("{name}.log")).display(),
         ));
     }
-    let cluster = |name: &str, addr: SocketAddr, h2: bool| {
+    let cluster = |name: &str, addr: SocketAddr, h2: bool, extra: &str| {
         let h2 = if h2 {
             r#"
     typed_extension_protocol_options:
@@ -111,7 +129,7 @@ fn bootstrap(ports: &[SocketAddr], logs: &Path, backend: SocketAddr) -> String {
             r#"
   - name: {name}
     type: STATIC
-    connect_timeout: 1s{h2}
+    connect_timeout: 1s{h2}{extra}
     load_assignment:
       cluster_name: {name}
       endpoints:
@@ -128,11 +146,51 @@ admin:
   address: {{socket_address: {{address: 127.0.0.1, port_value: {{admin_port}}}}}}
 static_resources:
   listeners:{listeners}
-  clusters:{backend}{dead}
+  clusters:{backend}{dead}{untrusted}
 "#,
-        backend = cluster("backend", backend, false),
-        dead = cluster("dead", dead_addr(), true),
+        backend = cluster("backend", backends.echo, false, ""),
+        dead = cluster("dead", dead_addr(), true, ""),
+        untrusted = cluster(
+            "untrusted",
+            backends.tls,
+            false,
+            &format!(
+                r#"
+    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        sni: db.example.com
+        common_tls_context:
+          validation_context: {{trusted_ca: {{inline_string: {pem}}}}}"#,
+                pem = serde_json::to_string(&backends.trusted.pem()).unwrap()
+            )
+        ),
     )
+}
+
+/// A TLS server for `db.example.com` with a certificate of its own CA,
+/// closing each connection after the handshake.
+async fn tls_backend() -> SocketAddr {
+    let leaf = TestCa::new("untrusted root").leaf(&["db.example.com"], ServerAuth);
+    let config = rustls::ServerConfig::builder_with_provider(mesh_ca::crypto_provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(leaf.chain.clone(), leaf.private_key())
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let _ = acceptor.accept(tcp).await;
+            });
+        }
+    });
+    addr
 }
 
 /// Writes to `addr` and reads until the proxy closes or echoes (bounded).
@@ -165,7 +223,7 @@ fn read(log: &Path) -> Vec<String> {
 /// loopback `ip:port`.
 async fn lines(who: &str, ports: &[SocketAddr], logs: &Path) -> Vec<String> {
     let mut out = Vec::new();
-    for ((name, _), addr) in cases().iter().zip(ports) {
+    for ((name, _, _), addr) in cases().iter().zip(ports) {
         let log = logs.join(format!("{name}.log"));
         let before = read(&log).len();
         let echoed = poke(*addr).await;
@@ -198,7 +256,11 @@ async fn lines(who: &str, ports: &[SocketAddr], logs: &Path) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_and_proxied_connections_are_logged_as_envoy_logs_them() {
     bounded(120, async {
-        let backend = tcp_backend("db", None).await;
+        let backends = Backends {
+            echo: tcp_backend("db", None).await,
+            tls: tls_backend().await,
+            trusted: TestCa::new("the proxies' root"),
+        };
         let pick = || (0..cases().len()).map(|_| free_addr()).collect::<Vec<_>>();
 
         let ours = pick();
@@ -206,7 +268,7 @@ async fn refused_and_proxied_connections_are_logged_as_envoy_logs_them() {
         let file = dir.path().join("bootstrap.yaml");
         std::fs::write(
             &file,
-            bootstrap(&ours, dir.path(), backend).replace("{admin_port}", "0"),
+            bootstrap(&ours, dir.path(), &backends).replace("{admin_port}", "0"),
         )
         .unwrap();
         let mut proxy = ProxyProcess::start(RunFlags::bootstrap(&file));
@@ -223,16 +285,24 @@ async fn refused_and_proxied_connections_are_logged_as_envoy_logs_them() {
 
         let theirs = pick();
         let envoy_dir = tempfile::tempdir().unwrap();
-        let envoy = Envoy::start(&bootstrap(&theirs, envoy_dir.path(), backend));
+        let envoy = Envoy::start(&bootstrap(&theirs, envoy_dir.path(), &backends));
         assert!(envoy.wait_ready(WAIT), "Envoy not ready\n{}", envoy.log());
         let stock = lines("Envoy", &theirs, envoy_dir.path()).await;
 
         // Flags, termination details, cluster and transport failure
-        // reason agree everywhere; the whole line where nothing was
-        // refused.
+        // reason (its markers: the TLS library's words differ) agree
+        // everywhere; the whole line where nothing was refused.
         let judged = |l: &str| {
-            let f: Vec<&str> = l.split(' ').collect();
-            format!("{} {} {} {} {}", f[0], f[1], f[2], f[3], f[5])
+            let (head, rest) = l.split_once(" \"").unwrap();
+            let (reason, _local) = rest.rsplit_once("\" ").unwrap();
+            let f: Vec<&str> = head.split(' ').collect();
+            let reason = if reason.starts_with("TLS_error:|") && reason.ends_with(":TLS_error_end")
+            {
+                "TLS_error:|...:TLS_error_end"
+            } else {
+                reason
+            };
+            format!("{} {} {} {} {reason}", f[0], f[1], f[2], f[3])
         };
         assert_eq!(
             mesh.iter().map(|l| judged(l)).collect::<Vec<_>>(),
@@ -240,17 +310,24 @@ async fn refused_and_proxied_connections_are_logged_as_envoy_logs_them() {
             "mesh-proxy vs Envoy\n{}",
             proxy.log()
         );
-        assert_eq!(mesh[3], stock[3], "a proxied connection");
+        assert_eq!(mesh[4], stock[4], "a proxied connection");
         // mesh-proxy's lines, spelled out: refused before any upstream
-        // connection.
+        // connection; the failed handshake with rustls' reason.
         assert_eq!(
-            mesh[..3],
+            mesh[..4],
             [
                 "denied: - rbac_access_denied_matched_policy[ns[default]-policy[db]-rule[0]] \
-                 backend - \"-\" -",
-                "not_allowed: - rbac_access_denied_matched_policy[none] backend - \"-\" -",
-                "authz_down: UAEX - backend - \"-\" -",
-            ]
+                 backend - \"-\" -"
+                    .to_string(),
+                "not_allowed: - rbac_access_denied_matched_policy[none] backend - \"-\" -".into(),
+                "authz_down: UAEX - backend - \"-\" -".into(),
+                format!(
+                    "untrusted_tls: UF,URX - untrusted {} \
+                     \"TLS_error:|invalid peer certificate: UnknownIssuer:TLS_error_end\" -",
+                    backends.tls
+                ),
+            ],
+            "Envoy's: {stock:#?}"
         );
     })
     .await;

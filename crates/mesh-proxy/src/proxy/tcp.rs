@@ -400,8 +400,13 @@ async fn connect(
             }
         }
     }
+    // As Envoy's TCP proxy: the connect attempts are used up (`URX`, even
+    // when only one is allowed).
     record
         .flags
         .insert(ResponseFlags::UPSTREAM_CONNECTION_FAILURE);
+    record
+        .flags
+        .insert(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED);
     None
 }
