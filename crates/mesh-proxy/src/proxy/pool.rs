@@ -571,7 +571,11 @@ impl EndpointPool {
                         return Ok(self.mark(resp, overflowed));
                     }
                     Err(mut e) => match e.take_message() {
-                        Some(r) => req = r,
+                        // Not sent on it: not its connection.
+                        Some(r) => {
+                            *local = None;
+                            req = r;
+                        }
                         None => return Err(classify(e.into_error())),
                     },
                 }
