@@ -1,7 +1,7 @@
-//! What a TCP proxy's access log says about connections, through both
-//! data planes: the real `mesh-proxy` binary and a stock Envoy run the same
-//! static bootstrap, and each listener's log line must read the same in
-//! both. A network RBAC filter that refuses a connection leaves a line with
+//! What a TCP proxy's (and a connection manager's) access log says about
+//! connections, through both data planes: the real `mesh-proxy` binary
+//! and a stock Envoy run the same static bootstrap, and each listener's
+//! log line must read the same in both. A network RBAC filter that refuses a connection leaves a line with
 //! `%CONNECTION_TERMINATION_DETAILS%` naming the matched policy (`none`
 //! when an ALLOW matched nothing) and no upstream; a network ext_authz
 //! filter whose check fails leaves one flagged `UAEX`; both name the TCP
@@ -13,6 +13,11 @@
 //! `%UPSTREAM_TRANSPORT_FAILURE_REASON%` between Envoy's
 //! `TLS_error:|...:TLS_error_end` markers (BoringSSL's words in Envoy,
 //! rustls' here).
+//!
+//! A second case does the same for a connection manager's log: a request
+//! to the untrusted TLS cluster logs `503 UF` with the reason and `-` for
+//! the local address (no connection was made), one to an HTTP backend the
+//! local address of the connection it went out on.
 //!
 //! One difference is known and asserted: Envoy's RBAC and ext_authz
 //! network filters judge a connection on its first bytes, by when its TCP
@@ -115,30 +120,6 @@ fn bootstrap(ports: &[SocketAddr], logs: &Path, backends: &Backends) -> String {
             log = logs.join(format!("{name}.log")).display(),
         ));
     }
-    let cluster = |name: &str, addr: SocketAddr, h2: bool, extra: &str| {
-        let h2 = if h2 {
-            r#"
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {http2_protocol_options: {}}"#
-        } else {
-            ""
-        };
-        format!(
-            r#"
-  - name: {name}
-    type: STATIC
-    connect_timeout: 1s{h2}{extra}
-    load_assignment:
-      cluster_name: {name}
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: {ip}, port_value: {port}}}}}}}"#,
-            ip = addr.ip(),
-            port = addr.port(),
-        )
-    };
     format!(
         r#"
 node: {{id: "router~127.0.0.1~logs-gateway.istio-system~istio-system.svc.cluster.local", cluster: logs-gateway}}
@@ -154,8 +135,43 @@ static_resources:
             "untrusted",
             backends.tls,
             false,
-            &format!(
-                r#"
+            &untrusted_tls(&backends.trusted)
+        ),
+    )
+}
+
+/// A static cluster `name` of one endpoint `addr` (HTTP/2 with `h2`),
+/// with `extra` YAML fields.
+fn cluster(name: &str, addr: SocketAddr, h2: bool, extra: &str) -> String {
+    let h2 = if h2 {
+        r#"
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {http2_protocol_options: {}}"#
+    } else {
+        ""
+    };
+    format!(
+        r#"
+  - name: {name}
+    type: STATIC
+    connect_timeout: 1s{h2}{extra}
+    load_assignment:
+      cluster_name: {name}
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: {ip}, port_value: {port}}}}}}}"#,
+        ip = addr.ip(),
+        port = addr.port(),
+    )
+}
+
+/// The transport socket of a cluster that trusts only `trusted`'s
+/// certificates.
+fn untrusted_tls(trusted: &TestCa) -> String {
+    format!(
+        r#"
     transport_socket:
       name: envoy.transport_sockets.tls
       typed_config:
@@ -163,9 +179,7 @@ static_resources:
         sni: db.example.com
         common_tls_context:
           validation_context: {{trusted_ca: {{inline_string: {pem}}}}}"#,
-                pem = serde_json::to_string(&backends.trusted.pem()).unwrap()
-            )
-        ),
+        pem = serde_json::to_string(&trusted.pem()).unwrap()
     )
 }
 
@@ -328,6 +342,149 @@ async fn refused_and_proxied_connections_are_logged_as_envoy_logs_them() {
                 ),
             ],
             "Envoy's: {stock:#?}"
+        );
+    })
+    .await;
+}
+
+const HTTP_FORMAT: &str = "%REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS% %UPSTREAM_CLUSTER% \
+                           \\\"%UPSTREAM_TRANSPORT_FAILURE_REASON%\\\" %UPSTREAM_LOCAL_ADDRESS%\\n";
+
+/// One connection manager on `port` logging to `log`: `/tls` to the
+/// untrusted TLS server, the rest to the HTTP backend `web`.
+fn http_bootstrap(port: u16, log: &Path, web: SocketAddr, backends: &Backends) -> String {
+    format!(
+        r#"
+node: {{id: "router~127.0.0.1~logs-gateway.istio-system~istio-system.svc.cluster.local", cluster: logs-gateway}}
+admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {{admin_port}}}}}}
+static_resources:
+  listeners:
+  - name: http
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: http
+          access_log:
+          - name: envoy.access_loggers.file
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+              path: {log}
+              log_format: {{text_format_source: {{inline_string: "{HTTP_FORMAT}"}}}}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+          route_config:
+            name: http
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{prefix: /tls}}
+                route: {{cluster: untrusted}}
+              - match: {{prefix: /}}
+                route: {{cluster: web}}
+  clusters:{web}{untrusted}
+"#,
+        log = log.display(),
+        web = cluster("web", web, false, ""),
+        untrusted = cluster(
+            "untrusted",
+            backends.tls,
+            false,
+            &untrusted_tls(&backends.trusted)
+        ),
+    )
+}
+
+/// The log lines of `GET /tls` (503) and `GET /ok` (200) through `addr`,
+/// the local address checked and replaced as in [`lines`].
+async fn http_lines(who: &str, addr: SocketAddr, log: &Path) -> Vec<String> {
+    let client = h1();
+    assert_eq!(get(&client, addr, "db", "/tls").await.status, 503, "{who}");
+    assert_eq!(get(&client, addr, "db", "/ok").await.status, 200, "{who}");
+    let got = eventually(WAIT, || async {
+        let l = read(log);
+        (l.len() >= 2).then_some(l)
+    })
+    .await
+    .unwrap_or_else(|| panic!("{who}: two access log lines never arrived: {:?}", read(log)));
+    got.iter()
+        .map(|line| {
+            let (head, local) = line.rsplit_once(' ').unwrap();
+            let local = if local == "-" {
+                "-"
+            } else {
+                let a: SocketAddr = local
+                    .parse()
+                    .unwrap_or_else(|e| panic!("{who}: {line:?}: {e}"));
+                assert!(a.ip().is_loopback() && a.port() != 0, "{who}: {line}");
+                "LOCAL"
+            };
+            format!("{head} {local}")
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_requests_log_the_upstream_connection_as_envoy_does() {
+    bounded(120, async {
+        let web = echo("web", "v1").await;
+        let backends = Backends {
+            echo: dead_addr(),
+            tls: tls_backend().await,
+            trusted: TestCa::new("the proxies' root"),
+        };
+        let ours = free_addr();
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("http.log");
+        let file = dir.path().join("bootstrap.yaml");
+        std::fs::write(
+            &file,
+            http_bootstrap(ours.port(), &log, web.addr, &backends).replace("{admin_port}", "0"),
+        )
+        .unwrap();
+        let mut proxy = ProxyProcess::start(RunFlags::bootstrap(&file));
+        let up = eventually(WAIT, || async { TcpStream::connect(ours).await.ok() }).await;
+        proxy.assert_running();
+        assert!(up.is_some(), "mesh-proxy never listened\n{}", proxy.log());
+        drop(up);
+        let mesh = http_lines("mesh-proxy", ours, &log).await;
+
+        let theirs = free_addr();
+        let envoy_dir = tempfile::tempdir().unwrap();
+        let envoy_log = envoy_dir.path().join("http.log");
+        let envoy = Envoy::start(&http_bootstrap(
+            theirs.port(),
+            &envoy_log,
+            web.addr,
+            &backends,
+        ));
+        assert!(envoy.wait_ready(WAIT), "Envoy not ready\n{}", envoy.log());
+        let stock = http_lines("Envoy", theirs, &envoy_log).await;
+
+        // The same lines, but for the TLS library's words.
+        let markers = |l: &String| match (l.find("\"TLS_error:|"), l.find(":TLS_error_end\"")) {
+            (Some(a), Some(b)) => format!("{}\"TLS_error:|...{}", &l[..a], &l[b..]),
+            _ => l.clone(),
+        };
+        assert_eq!(
+            mesh.iter().map(markers).collect::<Vec<_>>(),
+            stock.iter().map(markers).collect::<Vec<_>>(),
+            "mesh-proxy vs Envoy\n{}",
+            proxy.log()
+        );
+        assert_eq!(
+            mesh,
+            [
+                "/tls 503 UF untrusted \"TLS_error:|invalid peer certificate: \
+                 UnknownIssuer:TLS_error_end\" -",
+                "/ok 200 - web \"-\" LOCAL",
+            ]
         );
     })
     .await;
