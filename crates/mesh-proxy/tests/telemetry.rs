@@ -317,3 +317,64 @@ async fn tcp_connections_move_the_tcp_counters_and_log_json() {
     })
     .await;
 }
+
+/// Istio's periodic TCP reports: a connection still open is counted as
+/// opened, with the bytes it moved, within one reporting interval (5 s);
+/// its close adds only what came after, so nothing is counted twice.
+#[tokio::test]
+async fn a_long_lived_tcp_connection_is_reported_while_it_is_open() {
+    bounded(40, async {
+        let backend = tcp_echo().await;
+        let addr = free_addr();
+        let cluster = "inbound|5432||";
+        let address = json!({"socketAddress": {"address": addr.ip().to_string(), "portValue": addr.port()}});
+        let proxy = start(
+            vec![
+                listener(json!({"name": "virtualInbound", "address": address, "trafficDirection": "INBOUND",
+                    "filterChains": [{"filters": [tcp_proxy(cluster)]}]})),
+                static_cluster(cluster, &[backend]),
+            ],
+            addr,
+            AccessLogMode::Json,
+        )
+        .await;
+        let inbound = ["reporter=\"destination\"", "request_protocol=\"tcp\""];
+        // The readiness probe's connection, opened and closed.
+        proxy.wait_sample("istio_tcp_connections_closed_total", &inbound, 1.0).await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"hello").await.unwrap();
+        let mut buf = [0u8; 5];
+        s.read_exact(&mut buf).await.unwrap();
+        // Still open: reported by the first periodic report.
+        let open = eventually(Duration::from_secs(10), || async {
+            let text = proxy.admin("/stats/prometheus").await;
+            (sample(&text, "istio_tcp_connections_opened_total", &inbound) == Some(2.0)
+                && sample(&text, "istio_tcp_received_bytes_total", &inbound) == Some(5.0))
+            .then_some(text)
+        })
+        .await
+        .unwrap_or_else(|| {
+            panic!("the open connection was never reported")
+        });
+        assert_eq!(
+            sample(&open, "istio_tcp_connections_closed_total", &inbound),
+            Some(1.0),
+            "only the probe's connection is closed:\n{open}"
+        );
+        assert_eq!(sample(&open, "istio_tcp_sent_bytes_total", &inbound), Some(5.0));
+        assert!(proxy.log.lines().len() == 1, "access logs wait for the close");
+        // More bytes, then the close: counted once each.
+        s.write_all(b"bye").await.unwrap();
+        let mut buf = [0u8; 3];
+        s.read_exact(&mut buf).await.unwrap();
+        drop(s);
+        let text = proxy.wait_sample("istio_tcp_connections_closed_total", &inbound, 2.0).await;
+        assert_eq!(sample(&text, "istio_tcp_connections_opened_total", &inbound), Some(2.0));
+        assert_eq!(sample(&text, "istio_tcp_received_bytes_total", &inbound), Some(8.0));
+        assert_eq!(sample(&text, "istio_tcp_sent_bytes_total", &inbound), Some(8.0));
+        let lines = proxy.log.wait_lines(2).await;
+        let line: serde_json::Value = serde_json::from_str(&lines[1]).unwrap();
+        assert_eq!(line["bytes_received"], 8, "the log has the whole connection");
+    })
+    .await;
+}

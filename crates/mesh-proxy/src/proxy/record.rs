@@ -27,6 +27,13 @@ pub trait Observer: Send + Sync + 'static {
         let _ = record;
     }
 
+    /// A TCP-proxied connection is still open: its periodic report, the
+    /// record's bytes so far (metrics count what `record.reported` does
+    /// not have yet; access logs wait for the close).
+    fn connection_progress(&self, record: &TcpRecord) {
+        let _ = record;
+    }
+
     /// An RBAC decision: on an HTTP connection manager (`http` with its
     /// stat prefix) or on a connection (`http` is `None`).
     fn rbac(&self, http: Option<&str>, allowed: bool) {
@@ -268,6 +275,20 @@ pub struct TcpRecord {
     /// What the other side said of itself in the TCP metadata exchange:
     /// the source on inbound, the destination on outbound.
     pub peer: Option<Arc<crate::telemetry::peer::PeerMetadata>>,
+    /// What the metrics already counted while the connection was open
+    /// (periodic reports); the close reports the rest.
+    pub reported: Reported,
+}
+
+/// What the periodic reports of a still-open TCP connection counted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reported {
+    /// The connection was counted as opened.
+    pub opened: bool,
+    /// Bytes from the downstream counted so far.
+    pub bytes_received: u64,
+    /// Bytes to the downstream counted so far.
+    pub bytes_sent: u64,
 }
 
 /// An observer that does nothing.

@@ -29,10 +29,14 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 
 use crate::proxy::pool::UpstreamError;
-use crate::proxy::record::{ResponseFlags, TcpRecord};
+use crate::proxy::record::{Reported, ResponseFlags, TcpRecord};
 use crate::proxy::{ConnInfo, Generation, Shared, Stream, outlier, pick_endpoint, upstream_tls};
 use crate::runtime::listener::{Direction, TcpProxy};
 use crate::telemetry::peer::exchange::{self, PeerReader};
+
+/// How often an open connection's TCP metrics are reported (Istio's
+/// stats filter default, `tcp_reporting_duration`).
+const TCP_REPORTING_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Time allowed for writing this proxy's exchange header.
 const HEADER_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -101,17 +105,24 @@ pub(crate) async fn proxy(
         };
         match upstream {
             Some(mut upstream) => {
+                // The side whose exchange header names the peer.
+                let peer = match conn.listener.direction {
+                    Direction::Inbound => downstream.peer_slot(),
+                    _ => upstream.peer_slot(),
+                };
+                let observer = &shared.observer;
                 splice(
                     &mut downstream,
                     &mut upstream,
                     tcp.idle_timeout,
                     &mut record,
+                    |record| {
+                        record.peer = peer.get().cloned();
+                        observer.connection_progress(record);
+                    },
                 )
                 .await;
-                record.peer = match conn.listener.direction {
-                    Direction::Inbound => downstream.peer(),
-                    _ => upstream.peer(),
-                };
+                record.peer = peer.get().cloned();
             }
             None => record
                 .flags
@@ -174,6 +185,7 @@ fn record(conn: &ConnInfo, tcp: &TcpProxy) -> TcpRecord {
         },
         stats: tcp.stats.clone(),
         peer: None,
+        reported: Default::default(),
     }
 }
 
@@ -213,6 +225,7 @@ async fn splice<D, U>(
     upstream: &mut U,
     idle: Option<Duration>,
     record: &mut TcpRecord,
+    mut report: impl FnMut(&mut TcpRecord),
 ) where
     D: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
@@ -220,12 +233,14 @@ async fn splice<D, U>(
     let activity = Activity {
         base: Instant::now(),
         last: AtomicU64::new(0),
+        received: AtomicU64::new(0),
+        sent: AtomicU64::new(0),
     };
     let (down_read, mut down_write) = tokio::io::split(downstream);
     let (up_read, mut up_write) = tokio::io::split(upstream);
-    let mut from_client = Touching::new(down_read, &activity);
-    let mut to_client = Touching::new(up_read, &activity);
-    let outcome = {
+    let mut from_client = Touching::new(down_read, &activity, &activity.received);
+    let mut to_client = Touching::new(up_read, &activity, &activity.sent);
+    let copies = async {
         let client_to_upstream = async {
             tokio::io::copy(&mut from_client, &mut up_write).await?;
             up_write.shutdown().await
@@ -234,17 +249,38 @@ async fn splice<D, U>(
             tokio::io::copy(&mut to_client, &mut down_write).await?;
             down_write.shutdown().await
         };
+        tokio::try_join!(client_to_upstream, upstream_to_client).map(drop)
+    };
+    tokio::pin!(copies);
+    let idle_timeout = activity.idle(idle);
+    tokio::pin!(idle_timeout);
+    let mut reports = tokio::time::interval_at(
+        Instant::now() + TCP_REPORTING_INTERVAL,
+        TCP_REPORTING_INTERVAL,
+    );
+    reports.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let outcome = loop {
         tokio::select! {
-            r = async { tokio::try_join!(client_to_upstream, upstream_to_client) } => r.map(drop),
-            () = activity.idle(idle) => {
+            r = &mut copies => break r,
+            () = &mut idle_timeout => {
                 tracing::debug!(timeout = ?idle, "no bytes either way for the idle timeout; closing both sides");
                 record.flags.insert(ResponseFlags::STREAM_IDLE_TIMEOUT);
-                Ok(())
+                break Ok(());
+            }
+            _ = reports.tick() => {
+                record.bytes_received = activity.received.load(Ordering::Relaxed);
+                record.bytes_sent = activity.sent.load(Ordering::Relaxed);
+                report(record);
+                record.reported = Reported {
+                    opened: true,
+                    bytes_received: record.bytes_received,
+                    bytes_sent: record.bytes_sent,
+                };
             }
         }
     };
-    record.bytes_received = from_client.bytes;
-    record.bytes_sent = to_client.bytes;
+    record.bytes_received = activity.received.load(Ordering::Relaxed);
+    record.bytes_sent = activity.sent.load(Ordering::Relaxed);
     if let Err(e) = outcome {
         tracing::debug!(error = %e, "proxied connection ended with an error");
         record
@@ -253,18 +289,22 @@ async fn splice<D, U>(
     }
 }
 
-/// When a byte last moved on a proxied connection.
+/// When a byte last moved on a proxied connection, and how many.
 struct Activity {
     base: Instant,
     /// Milliseconds after `base`.
     last: AtomicU64,
+    /// Bytes read from the downstream.
+    received: AtomicU64,
+    /// Bytes read from the upstream (sent to the downstream).
+    sent: AtomicU64,
 }
 
 /// A read half that counts its bytes and marks the connection active.
 struct Touching<'a, R> {
     inner: R,
     activity: &'a Activity,
-    bytes: u64,
+    bytes: &'a AtomicU64,
 }
 
 // === impl Activity ===
@@ -294,11 +334,11 @@ impl Activity {
 // === impl Touching ===
 
 impl<'a, R> Touching<'a, R> {
-    fn new(inner: R, activity: &'a Activity) -> Self {
+    fn new(inner: R, activity: &'a Activity, bytes: &'a AtomicU64) -> Self {
         Self {
             inner,
             activity,
-            bytes: 0,
+            bytes,
         }
     }
 }
@@ -313,7 +353,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for Touching<'_, R> {
         let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
         let read = buf.filled().len() - before;
         if read > 0 {
-            self.bytes += read as u64;
+            self.bytes.fetch_add(read as u64, Ordering::Relaxed);
             self.activity.touch();
         }
         poll

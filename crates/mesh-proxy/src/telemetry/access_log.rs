@@ -368,6 +368,7 @@ mod tests {
             local_principal: None,
             stats: None,
             peer: None,
+            reported: Default::default(),
         }
     }
 

@@ -226,17 +226,27 @@ impl Metrics {
         }
     }
 
-    /// Counts a closed TCP connection. The record arrives when the
-    /// connection closes, so `opened` moves then too; totals are right,
-    /// but a long-lived connection shows up in `opened` only at its end.
+    /// Counts a closed TCP connection: what its periodic reports
+    /// ([`Self::connection_progress`]) did not count yet, and the close.
     pub fn connection(&self, r: &TcpRecord) {
+        self.tcp(r, true);
+    }
+
+    /// Counts a TCP connection still open, as Istio's periodic TCP
+    /// reports do: opened on its first report, and the bytes moved since
+    /// the last one, so a long-lived connection shows up while it lives.
+    pub fn connection_progress(&self, r: &TcpRecord) {
+        self.tcp(r, false);
+    }
+
+    fn tcp(&self, r: &TcpRecord, closed: bool) {
         let peer = self.peers.get(
             r.direction,
             r.cluster.as_deref(),
             r.server_name.as_deref(),
             PeerFacts::of_connection(r),
         );
-        if let Some(cluster) = &peer.cluster {
+        if closed && let Some(cluster) = &peer.cluster {
             self.clusters.connection(cluster, r);
         }
         let labels = TcpLabels {
@@ -251,17 +261,25 @@ impl Metrics {
                 ..l.clone()
             })
         };
-        if let Some(l) = with(Metric::TcpOpened) {
+        let sent = r.bytes_sent.saturating_sub(r.reported.bytes_sent);
+        let received = r.bytes_received.saturating_sub(r.reported.bytes_received);
+        if !r.reported.opened
+            && let Some(l) = with(Metric::TcpOpened)
+        {
             self.tcp_opened.get_or_create(&l).inc();
         }
-        if let Some(l) = with(Metric::TcpClosed) {
+        if closed && let Some(l) = with(Metric::TcpClosed) {
             self.tcp_closed.get_or_create(&l).inc();
         }
-        if let Some(l) = with(Metric::TcpSent) {
-            self.tcp_sent.get_or_create(&l).inc_by(r.bytes_sent);
+        if (closed || sent > 0)
+            && let Some(l) = with(Metric::TcpSent)
+        {
+            self.tcp_sent.get_or_create(&l).inc_by(sent);
         }
-        if let Some(l) = with(Metric::TcpReceived) {
-            self.tcp_received.get_or_create(&l).inc_by(r.bytes_received);
+        if (closed || received > 0)
+            && let Some(l) = with(Metric::TcpReceived)
+        {
+            self.tcp_received.get_or_create(&l).inc_by(received);
         }
     }
 }

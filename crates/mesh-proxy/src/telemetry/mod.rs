@@ -125,6 +125,12 @@ impl Observer for Telemetry {
         }
     }
 
+    fn connection_progress(&self, record: &TcpRecord) {
+        if let Some(m) = &self.metrics {
+            m.connection_progress(record);
+        }
+    }
+
     fn rbac(&self, http: Option<&str>, allowed: bool) {
         if let Some(m) = &self.metrics {
             m.rbac(http, allowed);
@@ -218,6 +224,7 @@ pub(crate) mod fixtures {
             local_principal: None,
             stats: None,
             peer: None,
+            reported: Default::default(),
         }
     }
 }

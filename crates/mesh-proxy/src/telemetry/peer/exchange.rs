@@ -19,7 +19,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -150,7 +150,9 @@ pub fn parse(buf: &[u8]) -> Parsed {
 pub struct PeerReader<S> {
     inner: S,
     state: State,
-    peer: Option<Arc<PeerMetadata>>,
+    /// Set once the peer's header is read; shared so that the connection
+    /// can name its peer while the stream is still being read.
+    peer: Arc<OnceLock<Arc<PeerMetadata>>>,
 }
 
 /// Where a [`PeerReader`] is.
@@ -180,7 +182,7 @@ impl<S> PeerReader<S> {
                 held: Vec::new(),
                 deadline: None,
             },
-            peer: None,
+            peer: Arc::default(),
         }
     }
 
@@ -189,12 +191,18 @@ impl<S> PeerReader<S> {
         Self {
             inner,
             state: State::Passing,
-            peer: None,
+            peer: Arc::default(),
         }
     }
 
     /// What the peer said, once its header was read.
     pub fn peer(&self) -> Option<Arc<PeerMetadata>> {
+        self.peer.get().cloned()
+    }
+
+    /// Where the peer will be once its header is read, for whoever needs
+    /// it while the stream is borrowed (periodic TCP metrics).
+    pub fn peer_slot(&self) -> Arc<OnceLock<Arc<PeerMetadata>>> {
         self.peer.clone()
     }
 
@@ -263,7 +271,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for PeerReader<S> {
                                     }
                                 }
                                 Parsed::Header { consumed, peer } => {
-                                    this.peer = peer;
+                                    if let Some(peer) = peer {
+                                        let _ = this.peer.set(peer);
+                                    }
                                     let rest = held.split_off(consumed);
                                     this.replay(rest);
                                 }
