@@ -370,7 +370,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             admin::probes::status_router(state.clone(), probers, app_metrics),
         ));
     }
-    let mut servers = Vec::new();
+    // Every port is bound before any answers, so a client that saw the
+    // admin port answer finds the status port (and the others) bound too.
+    let mut bound = Vec::new();
     for (name, addr, router) in [
         ("admin", admin_address, admin::router(state.clone())),
         (
@@ -389,8 +391,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     {
         let listener = admin::bind(name, addr).await?;
         tracing::info!(%addr, "{name} server listening");
-        servers.push(tokio::spawn(admin::serve(listener, router, stopped())));
+        bound.push((listener, router));
     }
+    let servers: Vec<_> = bound
+        .into_iter()
+        .map(|(listener, router)| tokio::spawn(admin::serve(listener, router, stopped())))
+        .collect();
     let xds_task = xds.map(|config| {
         tracing::info!(address = %config.address, node = %config.node.id, protocol = ?config.protocol, "connecting to the control plane");
         tokio::spawn(xds::run(config, publisher, stopped()))
