@@ -549,6 +549,10 @@ fn tracer_for(endpoint: &str, service: &str) -> Option<SdkTracer> {
         return Some(t.clone());
     }
     use opentelemetry_otlp::WithExportConfig as _;
+    // The gRPC client's tasks (encoding and writing each batch) are
+    // spawned where the exporter is built: on the export runtime's own
+    // thread, never on the data path's workers.
+    let _on_export_runtime = export_runtime().map(tokio::runtime::Runtime::enter);
     let exporter = match opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
         .with_endpoint(endpoint)
@@ -566,17 +570,47 @@ fn tracer_for(endpoint: &str, service: &str) -> Option<SdkTracer> {
         resource = resource.with_service_name(service.to_string());
     }
     // Batches leave every 5 s (Envoy's flush interval) unless
-    // OTEL_BSP_SCHEDULE_DELAY says otherwise; the SDK reads it.
+    // OTEL_BSP_SCHEDULE_DELAY says otherwise (the SDK reads the OTEL_BSP_*
+    // variables), or once EXPORT_BATCH spans wait: small batches keep
+    // each export short.
+    let batch = opentelemetry_sdk::trace::BatchConfigBuilder::default()
+        .with_max_export_batch_size(EXPORT_BATCH)
+        .build();
+    let processor = opentelemetry_sdk::trace::BatchSpanProcessor::builder(exporter)
+        .with_batch_config(batch)
+        .build();
     let provider = SdkTracerProvider::builder()
         .with_sampler(opentelemetry_sdk::trace::Sampler::AlwaysOn)
         .with_resource(resource.build())
-        .with_batch_exporter(exporter)
+        .with_span_processor(processor)
         .build();
     use opentelemetry::trace::TracerProvider as _;
     let tracer = provider.tracer("envoy");
     tracing::info!(endpoint, service, "exporting spans over OTLP/gRPC");
     map.insert(key, (provider, tracer.clone()));
     Some(tracer)
+}
+
+/// Spans per export (the SDK's default is 512).
+const EXPORT_BATCH: usize = 128;
+
+/// The runtime the span exporters' gRPC clients run on: one thread of its
+/// own, so that encoding and writing a batch never holds up requests on
+/// the data path's workers. `None` (exporters then use the caller's
+/// runtime) if the thread cannot be started.
+fn export_runtime() -> Option<&'static tokio::runtime::Runtime> {
+    static RUNTIME: OnceLock<Option<tokio::runtime::Runtime>> = OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("otlp-spans")
+                .enable_all()
+                .build()
+                .map_err(|e| tracing::warn!(error = %e, "no runtime for the span exporters; they share the data path's"))
+                .ok()
+        })
+        .as_ref()
 }
 
 /// Exports the spans still queued (at shutdown).
