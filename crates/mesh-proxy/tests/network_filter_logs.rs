@@ -275,7 +275,17 @@ async fn refused_and_proxied_connections_are_logged_as_envoy_logs_them() {
             tls: tls_backend().await,
             trusted: TestCa::new("the proxies' root"),
         };
-        let pick = || (0..cases().len()).map(|_| free_addr()).collect::<Vec<_>>();
+        // Distinct ports: all held at once while they are picked (ports
+        // picked one at a time can repeat, and a bootstrap with the same
+        // address twice is refused).
+        let pick = || {
+            let held: Vec<std::net::TcpListener> = (0..cases().len())
+                .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+                .collect();
+            held.iter()
+                .map(|l| l.local_addr().unwrap())
+                .collect::<Vec<_>>()
+        };
 
         let ours = pick();
         let dir = tempfile::tempdir().unwrap();
