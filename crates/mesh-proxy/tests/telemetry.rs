@@ -267,23 +267,33 @@ async fn tcp_echo() -> SocketAddr {
     addr
 }
 
+/// The proxy with an inbound TCP listener to an echo backend through
+/// `cluster`, logging JSON: the proxy, its listener address, the backend.
+async fn tcp_inbound(cluster: &str) -> (Telemetered, SocketAddr, SocketAddr) {
+    let backend = tcp_echo().await;
+    let addr = free_addr();
+    let address =
+        json!({"socketAddress": {"address": addr.ip().to_string(), "portValue": addr.port()}});
+    let proxy = start(
+        vec![
+            listener(
+                json!({"name": "virtualInbound", "address": address, "trafficDirection": "INBOUND",
+                "filterChains": [{"filters": [tcp_proxy(cluster)]}]}),
+            ),
+            static_cluster(cluster, &[backend]),
+        ],
+        addr,
+        AccessLogMode::Json,
+    )
+    .await;
+    (proxy, addr, backend)
+}
+
 #[tokio::test]
 async fn tcp_connections_move_the_tcp_counters_and_log_json() {
     bounded(30, async {
-        let backend = tcp_echo().await;
-        let addr = free_addr();
         let cluster = "inbound|3306||";
-        let address = json!({"socketAddress": {"address": addr.ip().to_string(), "portValue": addr.port()}});
-        let proxy = start(
-            vec![
-                listener(json!({"name": "virtualInbound", "address": address, "trafficDirection": "INBOUND",
-                    "filterChains": [{"filters": [tcp_proxy(cluster)]}]})),
-                static_cluster(cluster, &[backend]),
-            ],
-            addr,
-            AccessLogMode::Json,
-        )
-        .await;
+        let (proxy, addr, backend) = tcp_inbound(cluster).await;
         // The readiness probe made (and closed) a connection without bytes.
         let inbound = [
             "reporter=\"destination\"",
@@ -293,19 +303,34 @@ async fn tcp_connections_move_the_tcp_counters_and_log_json() {
             "request_protocol=\"tcp\"",
             "connection_security_policy=\"none\"",
         ];
-        proxy.wait_sample("istio_tcp_connections_closed_total", &inbound, 1.0).await;
+        proxy
+            .wait_sample("istio_tcp_connections_closed_total", &inbound, 1.0)
+            .await;
         let mut s = TcpStream::connect(addr).await.unwrap();
         s.write_all(b"select 1;").await.unwrap();
         let mut buf = [0u8; 9];
         s.read_exact(&mut buf).await.unwrap();
         assert_eq!(&buf, b"select 1;");
         drop(s);
-        proxy.wait_sample("istio_tcp_connections_closed_total", &inbound, 2.0).await;
-        let text = proxy.wait_sample("istio_tcp_connections_opened_total", &inbound, 2.0).await;
-        assert_eq!(sample(&text, "istio_tcp_received_bytes_total", &inbound), Some(9.0));
-        assert_eq!(sample(&text, "istio_tcp_sent_bytes_total", &inbound), Some(9.0));
+        proxy
+            .wait_sample("istio_tcp_connections_closed_total", &inbound, 2.0)
+            .await;
+        let text = proxy
+            .wait_sample("istio_tcp_connections_opened_total", &inbound, 2.0)
+            .await;
+        assert_eq!(
+            sample(&text, "istio_tcp_received_bytes_total", &inbound),
+            Some(9.0)
+        );
+        assert_eq!(
+            sample(&text, "istio_tcp_sent_bytes_total", &inbound),
+            Some(9.0)
+        );
         let name = format!("envoy_cluster_name=\"{cluster}\"");
-        assert_eq!(sample(&text, "envoy_cluster_upstream_cx_total", &[&name]), Some(2.0));
+        assert_eq!(
+            sample(&text, "envoy_cluster_upstream_cx_total", &[&name]),
+            Some(2.0)
+        );
 
         let lines = proxy.log.wait_lines(2).await;
         let line: serde_json::Value = serde_json::from_str(&lines[1]).unwrap();
@@ -324,23 +349,13 @@ async fn tcp_connections_move_the_tcp_counters_and_log_json() {
 #[tokio::test]
 async fn a_long_lived_tcp_connection_is_reported_while_it_is_open() {
     bounded(40, async {
-        let backend = tcp_echo().await;
-        let addr = free_addr();
         let cluster = "inbound|5432||";
-        let address = json!({"socketAddress": {"address": addr.ip().to_string(), "portValue": addr.port()}});
-        let proxy = start(
-            vec![
-                listener(json!({"name": "virtualInbound", "address": address, "trafficDirection": "INBOUND",
-                    "filterChains": [{"filters": [tcp_proxy(cluster)]}]})),
-                static_cluster(cluster, &[backend]),
-            ],
-            addr,
-            AccessLogMode::Json,
-        )
-        .await;
+        let (proxy, addr, _backend) = tcp_inbound(cluster).await;
         let inbound = ["reporter=\"destination\"", "request_protocol=\"tcp\""];
         // The readiness probe's connection, opened and closed.
-        proxy.wait_sample("istio_tcp_connections_closed_total", &inbound, 1.0).await;
+        proxy
+            .wait_sample("istio_tcp_connections_closed_total", &inbound, 1.0)
+            .await;
         let mut s = TcpStream::connect(addr).await.unwrap();
         s.write_all(b"hello").await.unwrap();
         let mut buf = [0u8; 5];
@@ -353,28 +368,46 @@ async fn a_long_lived_tcp_connection_is_reported_while_it_is_open() {
             .then_some(text)
         })
         .await
-        .unwrap_or_else(|| {
-            panic!("the open connection was never reported")
-        });
+        .unwrap_or_else(|| panic!("the open connection was never reported"));
         assert_eq!(
             sample(&open, "istio_tcp_connections_closed_total", &inbound),
             Some(1.0),
             "only the probe's connection is closed:\n{open}"
         );
-        assert_eq!(sample(&open, "istio_tcp_sent_bytes_total", &inbound), Some(5.0));
-        assert!(proxy.log.lines().len() == 1, "access logs wait for the close");
+        assert_eq!(
+            sample(&open, "istio_tcp_sent_bytes_total", &inbound),
+            Some(5.0)
+        );
+        assert!(
+            proxy.log.lines().len() == 1,
+            "access logs wait for the close"
+        );
         // More bytes, then the close: counted once each.
         s.write_all(b"bye").await.unwrap();
         let mut buf = [0u8; 3];
         s.read_exact(&mut buf).await.unwrap();
         drop(s);
-        let text = proxy.wait_sample("istio_tcp_connections_closed_total", &inbound, 2.0).await;
-        assert_eq!(sample(&text, "istio_tcp_connections_opened_total", &inbound), Some(2.0));
-        assert_eq!(sample(&text, "istio_tcp_received_bytes_total", &inbound), Some(8.0));
-        assert_eq!(sample(&text, "istio_tcp_sent_bytes_total", &inbound), Some(8.0));
+        let text = proxy
+            .wait_sample("istio_tcp_connections_closed_total", &inbound, 2.0)
+            .await;
+        assert_eq!(
+            sample(&text, "istio_tcp_connections_opened_total", &inbound),
+            Some(2.0)
+        );
+        assert_eq!(
+            sample(&text, "istio_tcp_received_bytes_total", &inbound),
+            Some(8.0)
+        );
+        assert_eq!(
+            sample(&text, "istio_tcp_sent_bytes_total", &inbound),
+            Some(8.0)
+        );
         let lines = proxy.log.wait_lines(2).await;
         let line: serde_json::Value = serde_json::from_str(&lines[1]).unwrap();
-        assert_eq!(line["bytes_received"], 8, "the log has the whole connection");
+        assert_eq!(
+            line["bytes_received"], 8,
+            "the log has the whole connection"
+        );
     })
     .await;
 }
