@@ -533,44 +533,38 @@ pub(crate) fn for_each_chain(
 /// left alone.
 pub(crate) fn for_each_hcm(
     listeners: &mut [Listener],
-    mut f: impl FnMut(bool, &mut HttpConnectionManager) -> bool,
+    f: impl FnMut(bool, &mut HttpConnectionManager) -> bool,
 ) {
-    for_each_chain(listeners, |inbound, chain| {
-        for filter in chain.filters.iter_mut().filter(|x| x.name == HCM_FILTER) {
-            let Some(filter::ConfigType::TypedConfig(any)) = &filter.config_type else {
-                continue;
-            };
-            let Ok(mut hcm) = HttpConnectionManager::decode(any.value.as_slice()) else {
-                continue;
-            };
-            if f(inbound, &mut hcm) {
-                filter.config_type = Some(filter::ConfigType::TypedConfig(pack_any(hcm)));
-            }
-        }
-    });
+    for_each_filter(listeners, HCM_FILTER, f);
 }
 
-/// Calls `f` with every `tcp_proxy` of `listeners`, decoded, and whether
-/// its listener is inbound; a proxy `f` changed (`true`) is encoded back
-/// in place. A filter that does not decode is left alone.
+/// [`for_each_hcm`] for every `tcp_proxy`.
 pub(crate) fn for_each_tcp_proxy(
     listeners: &mut [Listener],
-    mut f: impl FnMut(bool, &mut TcpProxy) -> bool,
+    f: impl FnMut(bool, &mut TcpProxy) -> bool,
+) {
+    for_each_filter(listeners, TCP_PROXY_FILTER, f);
+}
+
+/// Calls `f` with every network filter named `name` of `listeners`,
+/// decoded as `M`, and whether its listener is inbound; one `f` changed
+/// (`true`) is encoded back in place. One that does not decode is left
+/// alone.
+fn for_each_filter<M: prost::Name + Default>(
+    listeners: &mut [Listener],
+    name: &str,
+    mut f: impl FnMut(bool, &mut M) -> bool,
 ) {
     for_each_chain(listeners, |inbound, chain| {
-        for filter in chain
-            .filters
-            .iter_mut()
-            .filter(|x| x.name == TCP_PROXY_FILTER)
-        {
+        for filter in chain.filters.iter_mut().filter(|x| x.name == name) {
             let Some(filter::ConfigType::TypedConfig(any)) = &filter.config_type else {
                 continue;
             };
-            let Ok(mut tcp) = TcpProxy::decode(any.value.as_slice()) else {
+            let Ok(mut message) = M::decode(any.value.as_slice()) else {
                 continue;
             };
-            if f(inbound, &mut tcp) {
-                filter.config_type = Some(filter::ConfigType::TypedConfig(pack_any(tcp)));
+            if f(inbound, &mut message) {
+                filter.config_type = Some(filter::ConfigType::TypedConfig(pack_any(message)));
             }
         }
     });
